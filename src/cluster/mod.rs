@@ -1,0 +1,235 @@
+//! Talking to Kubernetes: connecting through a kubeconfig context, finding
+//! which APIs the cluster serves, and the handful of calls the engine makes.
+//!
+//! Every kube error is turned into a [`ClusterError`] that says what failed
+//! and what the user can do about it; nothing above this module sees
+//! `kube::Error`.
+
+mod error;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiResource, Discovery, Scope};
+use kube::{Client, Config};
+use serde_json::Value;
+
+pub use error::ClusterError;
+
+use crate::state::ClusterId;
+
+/// How to reach the cluster: kubectl's `--kubeconfig` and `--context`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// A connected cluster and what it serves.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+    pub id: ClusterId,
+    discovery: std::sync::Arc<Discovery>,
+}
+
+/// Where a kind lives in the API.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+}
+
+impl Kind {
+    /// `nodepools.karpenter.sh`, as kubectl names a resource.
+    pub fn plural_name(&self) -> String {
+        if self.resource.group.is_empty() {
+            self.resource.plural.clone()
+        } else {
+            format!("{}.{}", self.resource.plural, self.resource.group)
+        }
+    }
+}
+
+/// Labels every client request carries, so access logs can tell rayform apart.
+const USER_AGENT: &str = concat!("rayform/", env!("CARGO_PKG_VERSION"));
+
+impl Cluster {
+    pub async fn connect(options: &ConnectOptions) -> Result<Cluster, ClusterError> {
+        let kubeconfig = match &options.kubeconfig {
+            Some(path) => Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+                message: format!("cannot read {}: {e}", path.display()),
+            })?,
+            None => Kubeconfig::read().map_err(|e| ClusterError::Kubeconfig {
+                message: format!("no usable kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
+            })?,
+        };
+        let context = options
+            .context
+            .clone()
+            .or_else(|| kubeconfig.current_context.clone());
+        if let Some(ctx) = &options.context
+            && !kubeconfig.contexts.iter().any(|c| &c.name == ctx)
+        {
+            return Err(ClusterError::UnknownContext {
+                context: ctx.clone(),
+                available: kubeconfig.contexts.iter().map(|c| c.name.clone()).collect(),
+            });
+        }
+        let kube_options = KubeConfigOptions {
+            context: options.context.clone(),
+            ..Default::default()
+        };
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+            .await
+            .map_err(|e| ClusterError::Kubeconfig {
+                message: e.to_string(),
+            })?;
+        config.read_timeout = Some(Duration::from_secs(60));
+        config.connect_timeout = Some(Duration::from_secs(10));
+        let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(|e| ClusterError::Kubeconfig {
+                message: e.to_string(),
+            })?
+            .build();
+        let _ = USER_AGENT;
+        let id = ClusterId { server, context };
+        let discovery = discover(&client, &id).await?;
+        Ok(Cluster {
+            client,
+            id,
+            discovery: std::sync::Arc::new(discovery),
+        })
+    }
+
+    /// Resolves `apiVersion` + `kind` to its resource, or `None` if the cluster does not serve it.
+    pub fn kind(&self, api_version: &str, kind: &str) -> Option<Kind> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        self.discovery.resolve_gvk(&gvk).map(|(resource, caps)| Kind {
+            resource,
+            namespaced: caps.scope == Scope::Namespaced,
+        })
+    }
+
+    /// Versions the cluster serves for an API group, preferred first.
+    pub fn group_versions(&self, group: &str) -> Vec<String> {
+        self.discovery
+            .get(group)
+            .map(|g| {
+                let mut v: Vec<String> = g.versions().map(str::to_string).collect();
+                if let Some(p) = g.preferred_version() {
+                    v.retain(|x| x != p);
+                    v.insert(0, p.to_string());
+                }
+                v
+            })
+            .unwrap_or_default()
+    }
+
+    fn api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace {
+            Some(ns) if kind.namespaced => Api::namespaced_with(self.client.clone(), ns, &kind.resource),
+            _ => Api::all_with(self.client.clone(), &kind.resource),
+        }
+    }
+
+    pub async fn get(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> Result<Option<Value>, ClusterError> {
+        self.api(kind, namespace)
+            .get_opt(name)
+            .await
+            .map(|o| o.map(to_json))
+            .map_err(|e| self.error(e, "get", kind, name))
+    }
+
+    /// Lists the objects of a kind that carry a label selector.
+    pub async fn list(&self, kind: &Kind, namespace: Option<&str>, selector: &str) -> Result<Vec<Value>, ClusterError> {
+        self.api(kind, namespace)
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map(|l| l.items.into_iter().map(to_json).collect())
+            .map_err(|e| self.error(e, "list", kind, ""))
+    }
+
+    /// Server-side apply; with `dry_run` the server answers what it would store.
+    pub async fn apply(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        body: &Value,
+        manager: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Value, ClusterError> {
+        let mut params = PatchParams::apply(manager);
+        params.force = force;
+        params.dry_run = dry_run;
+        self.api(kind, namespace)
+            .patch(name, &params, &Patch::Apply(body))
+            .await
+            .map(to_json)
+            .map_err(|e| self.error(e, if dry_run { "dry-run apply" } else { "apply" }, kind, name))
+    }
+
+    /// JSON merge patch: how rayform edits fields of objects it does not own.
+    pub async fn merge_patch(
+        &self,
+        kind: &Kind,
+        name: &str,
+        body: &Value,
+        manager: &str,
+        dry_run: bool,
+    ) -> Result<Value, ClusterError> {
+        let params = PatchParams {
+            field_manager: Some(manager.to_string()),
+            dry_run,
+            ..Default::default()
+        };
+        self.api(kind, None)
+            .patch(name, &params, &Patch::Merge(body))
+            .await
+            .map(to_json)
+            .map_err(|e| self.error(e, if dry_run { "dry-run patch" } else { "patch" }, kind, name))
+    }
+
+    /// Deletes an object, only if it is still the one rayform knows (`uid`).
+    pub async fn delete(&self, kind: &Kind, namespace: Option<&str>, name: &str, uid: Option<&str>) -> Result<(), ClusterError> {
+        let mut params = DeleteParams::background();
+        if let Some(uid) = uid {
+            params.preconditions = Some(kube::api::Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            });
+        }
+        match self.api(kind, namespace).delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.error(e, "delete", kind, name)),
+        }
+    }
+
+    fn error(&self, e: kube::Error, verb: &str, kind: &Kind, name: &str) -> ClusterError {
+        error::classify(e, verb, &kind.plural_name(), name, &self.id)
+    }
+}
+
+async fn discover(client: &Client, id: &ClusterId) -> Result<Discovery, ClusterError> {
+    match Discovery::new(client.clone()).run_aggregated().await {
+        Ok(d) => Ok(d),
+        // Servers older than 1.26 have no aggregated discovery.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 406 => Discovery::new(client.clone())
+            .run()
+            .await
+            .map_err(|e| error::classify(e, "discover", "APIs", "", id)),
+        Err(e) => Err(error::classify(e, "discover", "APIs", "", id)),
+    }
+}
+
+fn to_json(o: DynamicObject) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}

@@ -1,0 +1,251 @@
+//! The desired objects: a stack rendered into the exact bodies rayform will
+//! send, with its labels, secret values and rollout annotations.
+//!
+//! This is the one place secret values are read. Everything leaving this
+//! module carries them only inside [`DesiredObject::body`]; the masked body
+//! and the fingerprints are what plans and state see.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::graph::referenced_secrets;
+use crate::secret::{self, SecretError, SecretValue};
+use crate::stack::{
+    Address, NodeClassIntent, NodePoolIntent, ResourceSpec, ResourceType, Stack, WaitSpec,
+};
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_STACK: &str = "rayform.io/stack";
+pub const ANNOTATION_ADDRESS: &str = "rayform.io/address";
+/// On RayService pod templates: changes when a referenced secret changes, so pods roll.
+pub const ANNOTATION_SECRET_CHECKSUM: &str = "rayform.io/secret-checksum";
+
+/// What the stack wants for one resource.
+#[derive(Debug, Clone)]
+pub enum Desired {
+    Object(DesiredObject),
+    NodePool(NodePoolIntent),
+    NodeClass(NodeClassIntent),
+    Wait(WaitSpec),
+}
+
+/// A Kubernetes object rayform creates and owns.
+#[derive(Debug, Clone)]
+pub struct DesiredObject {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    /// The stack's namespace; dropped later if the kind is cluster-scoped.
+    pub namespace: String,
+    /// The body to apply. For Secrets this holds the values: never log or save it.
+    body: Value,
+    /// Secret data keys → keyed fingerprints (empty for other kinds).
+    pub secret_fingerprints: BTreeMap<String, String>,
+    /// Fingerprint of the masked body: equal fingerprints mean equal intent.
+    pub fingerprint: String,
+}
+
+impl DesiredObject {
+    pub fn body(&self) -> &Value {
+        &self.body
+    }
+
+    /// The body with secret data replaced by fingerprints: safe to print and save.
+    pub fn masked_body(&self) -> Value {
+        mask_secret_data(&self.body, &self.secret_fingerprints)
+    }
+
+    pub fn is_secret(&self) -> bool {
+        self.api_version == "v1" && self.kind == "Secret"
+    }
+
+    pub fn set_cluster_scoped(&mut self) {
+        self.namespace.clear();
+        if let Some(meta) = self.body.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("namespace");
+        }
+    }
+
+    /// Puts secret values back into a masked body (applying a saved plan),
+    /// refusing if they no longer match the fingerprints the plan was made with.
+    pub fn from_masked(
+        masked: &Value,
+        fingerprints: &BTreeMap<String, String>,
+        values: Option<&BTreeMap<String, SecretValue>>,
+        key: &str,
+    ) -> Result<Value, String> {
+        let mut body = masked.clone();
+        if fingerprints.is_empty() {
+            return Ok(body);
+        }
+        let values = values.ok_or("the secret's values are no longer declared")?;
+        let mut data = serde_json::Map::new();
+        for (k, fp) in fingerprints {
+            let v = values.get(k).ok_or_else(|| format!("key `{k}` is no longer declared"))?;
+            if &secret::fingerprint(key, v.expose()) != fp {
+                return Err(format!("the value of key `{k}` changed since the plan was made"));
+            }
+            data.insert(k.clone(), Value::String(base64::engine::general_purpose::STANDARD.encode(v.expose())));
+        }
+        body["data"] = Value::Object(data);
+        Ok(body)
+    }
+}
+
+/// Renders every resource of a stack. `key` is the state's fingerprint key.
+pub fn render(stack: &Stack, key: &str) -> Result<BTreeMap<Address, Desired>, SecretError> {
+    let mut out = BTreeMap::new();
+    let mut secret_checksums: BTreeMap<String, String> = BTreeMap::new();
+    for r in stack.resources.iter().filter(|r| r.address.kind == ResourceType::Secret) {
+        let ResourceSpec::Secret(s) = &r.spec else { continue };
+        let values = secret::read(&r.address, &s.data)?;
+        let object = render_secret(stack, &r.address, &s.type_, &values, key);
+        secret_checksums.insert(r.address.name.clone(), crate::util::sha256_json(&json!(object.secret_fingerprints)));
+        out.insert(r.address.clone(), Desired::Object(object));
+    }
+    for r in &stack.resources {
+        let desired = match &r.spec {
+            ResourceSpec::Secret(_) => continue,
+            ResourceSpec::NodePool(i) => Desired::NodePool(i.clone()),
+            ResourceSpec::NodeClass(i) => Desired::NodeClass(i.clone()),
+            ResourceSpec::Wait(w) => Desired::Wait(w.clone()),
+            ResourceSpec::RayService(o) | ResourceSpec::Manifest(o) => {
+                let mut body = o.object.clone();
+                label(&mut body, stack, &r.address);
+                let refs: BTreeMap<&String, &String> = referenced_secrets(&body)
+                    .iter()
+                    .filter_map(|n| secret_checksums.get_key_value(n))
+                    .collect();
+                if r.address.kind == ResourceType::RayService && !refs.is_empty() {
+                    let checksum = crate::util::sha256_json(&json!(refs));
+                    annotate_pod_templates(&mut body, &checksum[7..23]);
+                }
+                let namespace = stack.namespace.clone();
+                if let Some(meta) = body["metadata"].as_object_mut() {
+                    meta.insert("namespace".into(), Value::String(namespace.clone()));
+                }
+                Desired::Object(DesiredObject {
+                    api_version: o.api_version().to_string(),
+                    kind: o.kind().to_string(),
+                    name: o.name().to_string(),
+                    namespace,
+                    fingerprint: crate::util::sha256_json(&body),
+                    body,
+                    secret_fingerprints: BTreeMap::new(),
+                })
+            }
+        };
+        out.insert(r.address.clone(), desired);
+    }
+    Ok(out)
+}
+
+fn render_secret(
+    stack: &Stack,
+    address: &Address,
+    type_: &str,
+    values: &BTreeMap<String, SecretValue>,
+    key: &str,
+) -> DesiredObject {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let data: serde_json::Map<String, Value> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(engine.encode(v.expose()))))
+        .collect();
+    let fingerprints: BTreeMap<String, String> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), secret::fingerprint(key, v.expose())))
+        .collect();
+    let mut body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": address.name, "namespace": stack.namespace},
+        "type": type_,
+        "data": data,
+    });
+    label(&mut body, stack, address);
+    let fingerprint = crate::util::sha256_json(&mask_secret_data(&body, &fingerprints));
+    DesiredObject {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        name: address.name.clone(),
+        namespace: stack.namespace.clone(),
+        body,
+        secret_fingerprints: fingerprints,
+        fingerprint,
+    }
+}
+
+/// Marks an object as created by this stack: how rayform recognises its own
+/// objects, and refuses to touch anyone else's.
+fn label(body: &mut Value, stack: &Stack, address: &Address) {
+    let meta = &mut body["metadata"];
+    meta["labels"][LABEL_MANAGED_BY] = json!("rayform");
+    meta["labels"][LABEL_STACK] = json!(stack.name);
+    meta["annotations"][ANNOTATION_ADDRESS] = json!(address.to_string());
+}
+
+fn annotate_pod_templates(body: &mut Value, checksum: &str) {
+    let spec = &mut body["spec"]["rayClusterConfig"];
+    if spec.is_null() {
+        return;
+    }
+    if let Some(t) = spec.pointer_mut("/headGroupSpec/template")
+        && t.is_object()
+    {
+        t["metadata"]["annotations"][ANNOTATION_SECRET_CHECKSUM] = json!(checksum);
+    }
+    if let Some(groups) = spec.pointer_mut("/workerGroupSpecs").and_then(Value::as_array_mut) {
+        for g in groups {
+            if g["template"].is_object() {
+                g["template"]["metadata"]["annotations"][ANNOTATION_SECRET_CHECKSUM] = json!(checksum);
+            }
+        }
+    }
+}
+
+/// Replaces a Secret's `data` values by the given fingerprints (or drops
+/// values it has no fingerprint for).
+pub fn mask_secret_data(body: &Value, fingerprints: &BTreeMap<String, String>) -> Value {
+    let mut masked = body.clone();
+    if let Some(data) = masked.get_mut("data").and_then(Value::as_object_mut) {
+        for (k, v) in data.iter_mut() {
+            *v = fingerprints.get(k).map_or(Value::Null, |f| Value::String(f.clone()));
+        }
+    }
+    if let Some(obj) = masked.as_object_mut() {
+        obj.remove("stringData");
+    }
+    masked
+}
+
+/// Fingerprints of a live Secret's data, decoding the base64 the API returns.
+pub fn live_secret_fingerprints(live: &Value, key: &str) -> BTreeMap<String, String> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    live.get("data")
+        .and_then(Value::as_object)
+        .map(|data| {
+            data.iter()
+                .map(|(k, v)| {
+                    let raw = v.as_str().and_then(|s| engine.decode(s).ok()).unwrap_or_default();
+                    (k.clone(), secret::fingerprint(key, &raw))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parts of `live` that `desired` sets: what rayform is answerable for.
+/// Objects recurse; lists and scalars are taken whole.
+pub fn project(live: &Value, desired: &Value) -> Value {
+    match (live, desired) {
+        (Value::Object(l), Value::Object(d)) => Value::Object(
+            d.keys()
+                .filter_map(|k| l.get(k).map(|lv| (k.clone(), project(lv, &d[k]))))
+                .collect(),
+        ),
+        (l, _) => l.clone(),
+    }
+}

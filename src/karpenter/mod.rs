@@ -1,0 +1,429 @@
+//! Karpenter intents mapped onto whichever Karpenter API the cluster serves,
+//! and the bookkeeping that makes the patch exactly reversible.
+//!
+//! A user says "keep empty nodes 600s" and "give nodes 200Gi". Which fields
+//! that means depends on the API generation (v1alpha5 Provisioner, v1beta1 or
+//! v1 NodePool; AWSNodeTemplate or EC2NodeClass). The values a field had
+//! before any rayform stack touched it are recorded once, on the object
+//! itself, so that every stack sharing a NodePool sees the same original and
+//! only the last one to let go restores it.
+//!
+//! Everything here is pure: it reads live objects and returns patches.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::stack::{NodeClassIntent, NodePoolIntent};
+use crate::state::{FieldValue, PatchedField};
+
+/// Annotation holding the values fields had before the first stack patched them.
+pub const ANNOTATION_ORIGINAL: &str = "rayform.io/karpenter-original";
+/// Prefix of the per-stack annotation holding what that stack wrote.
+pub const HOLDER_PREFIX: &str = "patch.rayform.io/";
+
+/// The NodePool-like kind a cluster serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolApi {
+    V1,
+    V1beta1,
+    V1alpha5,
+}
+
+/// The node-class kind a cluster serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassApi {
+    V1,
+    V1beta1,
+    V1alpha1,
+}
+
+impl PoolApi {
+    /// In order of preference: a Karpenter 1.0 cluster serves v1 and v1beta1.
+    pub const ALL: [PoolApi; 3] = [PoolApi::V1, PoolApi::V1beta1, PoolApi::V1alpha5];
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            PoolApi::V1 => "karpenter.sh/v1",
+            PoolApi::V1beta1 => "karpenter.sh/v1beta1",
+            PoolApi::V1alpha5 => "karpenter.sh/v1alpha5",
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            PoolApi::V1alpha5 => "Provisioner",
+            _ => "NodePool",
+        }
+    }
+}
+
+impl ClassApi {
+    pub const ALL: [ClassApi; 3] = [ClassApi::V1, ClassApi::V1beta1, ClassApi::V1alpha1];
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            ClassApi::V1 => "karpenter.k8s.aws/v1",
+            ClassApi::V1beta1 => "karpenter.k8s.aws/v1beta1",
+            ClassApi::V1alpha1 => "karpenter.k8s.aws/v1alpha1",
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            ClassApi::V1alpha1 => "AWSNodeTemplate",
+            _ => "EC2NodeClass",
+        }
+    }
+}
+
+/// The fields an empty-node TTL means in each API generation.
+pub fn pool_fields(api: PoolApi, intent: &NodePoolIntent) -> BTreeMap<String, Value> {
+    let secs = intent.empty_ttl.as_secs();
+    match api {
+        PoolApi::V1 | PoolApi::V1beta1 => BTreeMap::from([
+            ("/spec/disruption/consolidationPolicy".into(), json!("WhenEmpty")),
+            ("/spec/disruption/consolidateAfter".into(), json!(format!("{secs}s"))),
+        ]),
+        PoolApi::V1alpha5 => BTreeMap::from([("/spec/ttlSecondsAfterEmpty".into(), json!(secs))]),
+    }
+}
+
+/// Problems that make a pool patch impossible as asked.
+pub fn pool_problems(api: PoolApi, live: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    if api == PoolApi::V1alpha5 && live.pointer("/spec/consolidation/enabled") == Some(&json!(true)) {
+        problems.push(
+            "Provisioner has consolidation.enabled: true, and Karpenter rejects ttlSecondsAfterEmpty alongside it; \
+             set spec.consolidation.enabled to false (consolidation already removes empty nodes) or drop the empty_ttl intent"
+                .to_string(),
+        );
+    }
+    problems
+}
+
+/// The whole `blockDeviceMappings` list with the storage device resized (or added).
+pub fn class_fields(intent: &NodeClassIntent, live: &Value) -> BTreeMap<String, Value> {
+    let mut list = live
+        .pointer("/spec/blockDeviceMappings")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let device = intent.device.clone().unwrap_or_else(|| storage_device(live, &list));
+    match list.iter_mut().find(|m| m["deviceName"] == json!(device)) {
+        Some(mapping) => {
+            if !mapping["ebs"].is_object() {
+                mapping["ebs"] = json!({});
+            }
+            mapping["ebs"]["volumeSize"] = json!(intent.storage);
+        }
+        None => list.push(json!({
+            "deviceName": device,
+            "ebs": {"volumeSize": intent.storage, "volumeType": "gp3", "encrypted": true, "deleteOnTermination": true},
+        })),
+    }
+    BTreeMap::from([("/spec/blockDeviceMappings".into(), Value::Array(list))])
+}
+
+/// The device Karpenter counts as node storage: the root volume if marked,
+/// else the AMI family's data device (Bottlerocket keeps images on /dev/xvdb).
+fn storage_device(live: &Value, list: &[Value]) -> String {
+    if let Some(root) = list.iter().find(|m| m["rootVolume"] == json!(true))
+        && let Some(name) = root["deviceName"].as_str()
+    {
+        return name.to_string();
+    }
+    let family = live.pointer("/spec/amiFamily").and_then(Value::as_str).unwrap_or_default();
+    let bottlerocket_alias = live
+        .pointer("/spec/amiSelectorTerms")
+        .and_then(Value::as_array)
+        .is_some_and(|terms| terms.iter().any(|t| t["alias"].as_str().is_some_and(|a| a.starts_with("bottlerocket"))));
+    if family == "Bottlerocket" || bottlerocket_alias {
+        "/dev/xvdb".into()
+    } else {
+        "/dev/xvda".into()
+    }
+}
+
+/// A merge patch for a Karpenter object, with what to verify afterwards.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KarpenterPatch {
+    /// The JSON merge patch body (fields, bookkeeping annotations, resourceVersion precondition).
+    pub merge: Value,
+    /// Field pointer → original and written value, as state records it.
+    pub fields: BTreeMap<String, PatchedField>,
+    /// Field pointer → value expected after the patch (`None`: absent).
+    pub expect: BTreeMap<String, Option<Value>>,
+    /// Whether anything would change.
+    pub needed: bool,
+}
+
+fn annotations(live: &Value) -> BTreeMap<String, String> {
+    live.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+/// Originals recorded on the object by whichever stack patched first.
+pub fn recorded_originals(live: &Value) -> BTreeMap<String, FieldValue> {
+    annotations(live)
+        .get(ANNOTATION_ORIGINAL)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
+
+/// Stacks holding a patch on this object → the values each wrote.
+pub fn holders(live: &Value) -> BTreeMap<String, BTreeMap<String, Value>> {
+    annotations(live)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let stack = k.strip_prefix(HOLDER_PREFIX)?.to_string();
+            Some((stack, serde_json::from_str(&v).ok()?))
+        })
+        .collect()
+}
+
+/// Patch `fields` onto `live` for `stack`, recording originals not yet recorded.
+pub fn patch(stack: &str, live: &Value, fields: &BTreeMap<String, Value>) -> KarpenterPatch {
+    let mut originals = recorded_originals(live);
+    let mut recorded = BTreeMap::new();
+    for (ptr, value) in fields {
+        let original = originals
+            .entry(ptr.clone())
+            .or_insert_with(|| FieldValue::from_option(live.pointer(ptr)))
+            .clone();
+        recorded.insert(ptr.clone(), PatchedField { original, written: value.clone() });
+    }
+    let holder_key = format!("{HOLDER_PREFIX}{stack}");
+    let written = serde_json::to_string(fields).unwrap_or_default();
+    let ann = annotations(live);
+    let needed = fields.iter().any(|(p, v)| live.pointer(p) != Some(v))
+        || ann.get(&holder_key) != Some(&written)
+        || ann.get(ANNOTATION_ORIGINAL).map(String::as_str) != Some(&serde_json::to_string(&originals).unwrap_or_default());
+    let mut merge = json!({"metadata": {"annotations": {
+        ANNOTATION_ORIGINAL: serde_json::to_string(&originals).unwrap_or_default(),
+        holder_key: written,
+    }}});
+    for (ptr, value) in fields {
+        set_pointer(&mut merge, ptr, value.clone());
+    }
+    precondition(&mut merge, live);
+    KarpenterPatch {
+        merge,
+        expect: fields.iter().map(|(p, v)| (p.clone(), Some(v.clone()))).collect(),
+        fields: recorded,
+        needed,
+    }
+}
+
+/// A field whose live value is neither what this stack wrote nor what another stack holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedField {
+    pub pointer: String,
+    pub recorded: FieldValue,
+    pub written: Value,
+    pub live: FieldValue,
+}
+
+/// Undo `stack`'s patch: hand the field to another holder if any, else restore the original.
+/// `recorded` is the state's copy, used when the object's annotations are gone.
+pub fn revert(
+    stack: &str,
+    live: &Value,
+    recorded: &BTreeMap<String, PatchedField>,
+) -> Result<KarpenterPatch, Vec<ChangedField>> {
+    let all = holders(live);
+    let ours: BTreeMap<String, Value> = all
+        .get(stack)
+        .cloned()
+        .unwrap_or_else(|| recorded.iter().map(|(p, f)| (p.clone(), f.written.clone())).collect());
+    let others: Vec<&BTreeMap<String, Value>> = all.iter().filter(|(s, _)| s.as_str() != stack).map(|(_, w)| w).collect();
+    let mut originals = recorded_originals(live);
+    for (p, f) in recorded {
+        originals.entry(p.clone()).or_insert_with(|| f.original.clone());
+    }
+    let mut merge = json!({"metadata": {"annotations": {format!("{HOLDER_PREFIX}{stack}"): null}}});
+    if others.is_empty() {
+        merge["metadata"]["annotations"][ANNOTATION_ORIGINAL] = Value::Null;
+    }
+    let mut expect = BTreeMap::new();
+    let mut changed = Vec::new();
+    let mut fields = BTreeMap::new();
+    for (ptr, written) in &ours {
+        let live_value = live.pointer(ptr);
+        let original = originals.get(ptr).cloned().unwrap_or(FieldValue::Absent);
+        let other = others.iter().find_map(|w| w.get(ptr));
+        let target = match other {
+            Some(v) => Some(v.clone()),
+            None => original.as_option().cloned(),
+        };
+        let ours_live = live_value == Some(written) || (other.is_some() && live_value == other);
+        if !ours_live && live_value != target.as_ref() {
+            changed.push(ChangedField {
+                pointer: ptr.clone(),
+                recorded: original.clone(),
+                written: written.clone(),
+                live: FieldValue::from_option(live_value),
+            });
+        }
+        set_pointer(&mut merge, ptr, target.clone().unwrap_or(Value::Null));
+        fields.insert(ptr.clone(), PatchedField { original, written: written.clone() });
+        expect.insert(ptr.clone(), target);
+    }
+    if !changed.is_empty() {
+        return Err(changed);
+    }
+    precondition(&mut merge, live);
+    let needed = expect.iter().any(|(p, v)| live.pointer(p) != v.as_ref())
+        || annotations(live).contains_key(&format!("{HOLDER_PREFIX}{stack}"));
+    Ok(KarpenterPatch { merge, fields, expect, needed })
+}
+
+/// Like [`revert`], but overwrites fields changed outside rayform (`destroy --force`).
+pub fn revert_forced(stack: &str, live: &Value, recorded: &BTreeMap<String, PatchedField>) -> KarpenterPatch {
+    match revert(stack, live, recorded) {
+        Ok(p) => p,
+        Err(_) => {
+            // Pretend the live values are ours, then revert as usual.
+            let mut pretend = live.clone();
+            for (p, f) in recorded {
+                set_pointer_value(&mut pretend, p, f.written.clone());
+            }
+            for (p, v) in holders(live).get(stack).cloned().unwrap_or_default() {
+                set_pointer_value(&mut pretend, &p, v);
+            }
+            let mut patch = revert(stack, &pretend, recorded).unwrap_or_else(|_| unreachable!("live values now match"));
+            precondition(&mut patch.merge, live);
+            patch.needed = true;
+            patch
+        }
+    }
+}
+
+/// Fields whose live value differs from what was expected after a patch.
+pub fn verify(live: &Value, expect: &BTreeMap<String, Option<Value>>) -> Vec<(String, Option<Value>, Option<Value>)> {
+    expect
+        .iter()
+        .filter(|(p, v)| live.pointer(p) != v.as_ref())
+        .map(|(p, v)| (p.clone(), v.clone(), live.pointer(p).cloned()))
+        .collect()
+}
+
+/// Optimistic concurrency: the patch fails if the object changed since it was read.
+fn precondition(merge: &mut Value, live: &Value) {
+    if let Some(rv) = live.pointer("/metadata/resourceVersion") {
+        merge["metadata"]["resourceVersion"] = rv.clone();
+    }
+}
+
+/// Sets `/a/b/c` in a merge-patch body, creating objects on the way.
+fn set_pointer(body: &mut Value, ptr: &str, value: Value) {
+    set_pointer_value(body, ptr, value);
+}
+
+fn set_pointer_value(body: &mut Value, ptr: &str, value: Value) {
+    let mut cur = body;
+    let parts: Vec<&str> = ptr.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let part = part.replace("~1", "/").replace("~0", "~");
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        if i + 1 == parts.len() {
+            cur[part.as_str()] = value;
+            return;
+        }
+        cur = &mut cur[part.as_str()];
+    }
+}
+
+/// `spec.disruption.consolidateAfter` for a pointer, as users read fields.
+pub fn field_name(ptr: &str) -> String {
+    ptr.trim_start_matches('/').replace('/', ".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool() -> Value {
+        json!({"metadata": {"name": "default", "resourceVersion": "7"},
+               "spec": {"disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "30s"}}})
+    }
+
+    fn apply_merge(live: &Value, merge: &Value) -> Value {
+        fn merge_into(target: &mut Value, patch: &Value) {
+            if let Value::Object(p) = patch {
+                if !target.is_object() {
+                    *target = json!({});
+                }
+                for (k, v) in p {
+                    if v.is_null() {
+                        target.as_object_mut().unwrap().remove(k);
+                    } else {
+                        merge_into(&mut target[k.as_str()], v);
+                    }
+                }
+            } else {
+                *target = patch.clone();
+            }
+        }
+        let mut out = live.clone();
+        merge_into(&mut out, merge);
+        out
+    }
+
+    #[test]
+    fn two_stacks_share_one_original_and_the_last_restores_it() {
+        let fields = pool_fields(PoolApi::V1, &NodePoolIntent { empty_ttl: Duration::from_secs(600) });
+        let a = patch("a", &pool(), &fields);
+        let after_a = apply_merge(&pool(), &a.merge);
+        let b = patch("b", &after_a, &fields);
+        let after_b = apply_merge(&after_a, &b.merge);
+        assert_eq!(recorded_originals(&after_b)["/spec/disruption/consolidateAfter"], FieldValue::Value(json!("30s")));
+
+        let undo_a = revert("a", &after_b, &a.fields).unwrap();
+        let after_undo_a = apply_merge(&after_b, &undo_a.merge);
+        assert_eq!(after_undo_a["spec"]["disruption"]["consolidateAfter"], json!("600s"));
+
+        let undo_b = revert("b", &after_undo_a, &b.fields).unwrap();
+        let restored = apply_merge(&after_undo_a, &undo_b.merge);
+        assert_eq!(restored["spec"], pool()["spec"]);
+        assert!(restored["metadata"].get("annotations").is_none_or(|a| a.as_object().unwrap().is_empty()));
+    }
+
+    #[test]
+    fn revert_refuses_a_field_changed_outside() {
+        let fields = pool_fields(PoolApi::V1, &NodePoolIntent { empty_ttl: Duration::from_secs(600) });
+        let a = patch("a", &pool(), &fields);
+        let mut live = apply_merge(&pool(), &a.merge);
+        live["spec"]["disruption"]["consolidateAfter"] = json!("900s");
+        let changed = revert("a", &live, &a.fields).unwrap_err();
+        assert_eq!(changed[0].live, FieldValue::Value(json!("900s")));
+        let forced = revert_forced("a", &live, &a.fields);
+        assert_eq!(apply_merge(&live, &forced.merge)["spec"], pool()["spec"]);
+    }
+
+    #[test]
+    fn absent_fields_are_removed_on_revert() {
+        let live = json!({"metadata": {"name": "default"}, "spec": {}});
+        let fields = pool_fields(PoolApi::V1alpha5, &NodePoolIntent { empty_ttl: Duration::from_secs(600) });
+        let p = patch("a", &live, &fields);
+        let after = apply_merge(&live, &p.merge);
+        assert_eq!(after["spec"]["ttlSecondsAfterEmpty"], json!(600));
+        let undo = revert("a", &after, &p.fields).unwrap();
+        assert_eq!(apply_merge(&after, &undo.merge)["spec"], json!({}));
+    }
+
+    #[test]
+    fn storage_resizes_the_root_device_or_adds_one() {
+        let intent = NodeClassIntent { storage: "200Gi".into(), device: None };
+        let live = json!({"spec": {"blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "20Gi", "volumeType": "gp3"}}]}});
+        let f = class_fields(&intent, &live);
+        assert_eq!(f["/spec/blockDeviceMappings"], json!([{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "200Gi", "volumeType": "gp3"}}]));
+        let bottlerocket = json!({"spec": {"amiFamily": "Bottlerocket"}});
+        assert_eq!(class_fields(&intent, &bottlerocket)["/spec/blockDeviceMappings"][0]["deviceName"], json!("/dev/xvdb"));
+    }
+}

@@ -1,0 +1,94 @@
+//! Errors in a stack file, each pointing at the file, line, column and field.
+
+use std::path::PathBuf;
+
+use super::model::Location;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{location}: {}{message}{}", field_prefix(field), help_suffix(help))]
+    Invalid {
+        location: Location,
+        /// Dotted path of the offending key, e.g. `secret.hf-token.data`.
+        field: String,
+        message: String,
+        help: Option<String>,
+    },
+}
+
+impl StackError {
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            StackError::Invalid { location, .. } => Some(location),
+            StackError::Read { .. } => None,
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            StackError::Invalid { field, .. } => Some(field),
+            StackError::Read { .. } => None,
+        }
+    }
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("`{field}`: ")
+    }
+}
+
+fn help_suffix(help: &Option<String>) -> String {
+    help.as_ref()
+        .map(|h| format!("\n  help: {h}"))
+        .unwrap_or_default()
+}
+
+/// The closest candidate to a misspelt key, for "did you mean" hints.
+pub(crate) fn suggest<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(given, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_misses_only() {
+        assert_eq!(
+            suggest("rayservices", ["rayservice", "secret"]),
+            Some("rayservice")
+        );
+        assert_eq!(suggest("emptyttl", ["empty_ttl"]), Some("empty_ttl"));
+        assert_eq!(suggest("bogus", ["rayservice", "secret"]), None);
+    }
+}

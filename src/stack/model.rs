@@ -1,0 +1,235 @@
+//! The validated stack: plain data that every later stage reads.
+//!
+//! Nothing here knows about TOML or about a cluster. A `Stack` is what the
+//! user asked for, with every reference checked and every default filled in.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A position in a stack file, for error messages that point at the cause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// The kinds of resource a stack can declare, named as in the stack file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceType {
+    NodePool,
+    NodeClass,
+    Secret,
+    RayService,
+    Manifest,
+    Wait,
+}
+
+impl ResourceType {
+    pub const ALL: [ResourceType; 6] = [
+        ResourceType::NodePool,
+        ResourceType::NodeClass,
+        ResourceType::Secret,
+        ResourceType::RayService,
+        ResourceType::Manifest,
+        ResourceType::Wait,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::NodePool => "nodepool",
+            ResourceType::NodeClass => "nodeclass",
+            ResourceType::Secret => "secret",
+            ResourceType::RayService => "rayservice",
+            ResourceType::Manifest => "manifest",
+            ResourceType::Wait => "wait",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ResourceType> {
+        ResourceType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Karpenter objects belong to the cluster's installer; rayform only patches fields of them.
+    pub fn is_patch(self) -> bool {
+        matches!(self, ResourceType::NodePool | ResourceType::NodeClass)
+    }
+}
+
+/// `<type>.<name>`: the key of a resource in the graph, the state and the plan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address {
+    pub kind: ResourceType,
+    pub name: String,
+}
+
+impl Address {
+    pub fn new(kind: ResourceType, name: impl Into<String>) -> Address {
+        Address {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Address> {
+        let (kind, name) = s.split_once('.')?;
+        let kind = ResourceType::parse(kind)?;
+        (!name.is_empty()).then(|| Address::new(kind, name))
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.kind.as_str(), self.name)
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Address::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("bad address `{s}`")))
+    }
+}
+
+/// A whole stack file, validated.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub name: String,
+    pub namespace: String,
+    pub file: PathBuf,
+    pub state_path: PathBuf,
+    pub resources: Vec<Resource>,
+}
+
+impl Stack {
+    pub fn get(&self, address: &Address) -> Option<&Resource> {
+        self.resources.iter().find(|r| &r.address == address)
+    }
+
+    /// The field manager every write of this stack uses, so `managedFields` tell stacks apart.
+    pub fn field_manager(&self) -> String {
+        format!("rayform/{}", self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub address: Address,
+    pub spec: ResourceSpec,
+    /// Explicit `depends_on` entries, with where each was written.
+    pub depends_on: Vec<(Address, Location)>,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone)]
+pub enum ResourceSpec {
+    NodePool(NodePoolIntent),
+    NodeClass(NodeClassIntent),
+    Secret(SecretSpec),
+    RayService(ObjectSpec),
+    Manifest(ObjectSpec),
+    Wait(WaitSpec),
+}
+
+/// "Keep empty nodes this long": the user's intent, whatever Karpenter API serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodePoolIntent {
+    pub empty_ttl: Duration,
+}
+
+/// "Give nodes this much disk": mapped onto `blockDeviceMappings` of the node class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeClassIntent {
+    /// A quantity in `Gi`, `G`, `Ti` or `T`, as Karpenter's schemas accept.
+    pub storage: String,
+    /// The device to size; by default the root volume (or `/dev/xvda`).
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    pub type_: String,
+    pub data: BTreeMap<String, SecretSource>,
+}
+
+/// Where a secret value comes from; the stack never holds the value itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// A Kubernetes object written by the user (RayService or any manifest).
+#[derive(Debug, Clone)]
+pub struct ObjectSpec {
+    /// The full object, with `metadata.name` and (for namespaced kinds) `metadata.namespace` set.
+    pub object: serde_json::Value,
+    pub source: Option<PathBuf>,
+}
+
+impl ObjectSpec {
+    pub fn api_version(&self) -> &str {
+        self.object["apiVersion"].as_str().unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> &str {
+        self.object["kind"].as_str().unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+}
+
+/// The terminal node: the RayService answers on its route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitSpec {
+    /// Name of the `rayservice.<name>` resource this wait watches.
+    pub rayservice: String,
+    /// The path that must be served, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// A fixed endpoint (ingress, load balancer, local server) instead of a port-forward.
+    pub url: Option<String>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub probe: Option<Probe>,
+}
+
+/// A real request that must answer 2xx before the service counts as ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub method: String,
+    pub path: String,
+    pub body: Option<String>,
+    #[serde(with = "crate::util::duration_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Probe {
+    fn default() -> Probe {
+        Probe {
+            method: "GET".into(),
+            path: "/v1/models".into(),
+            body: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! Reads a TOML stack into a [`Stack`], keeping byte spans so that every
+//! error can name the file, line, column and field.
+//!
+//! We walk toml's span-preserving `DeTable` by hand instead of deriving serde
+//! structs: serde's errors lose the field path and cannot suggest the key the
+//! user meant, and a stack author deserves both.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::error::{StackError, suggest};
+use super::model::*;
+use crate::util::parse_duration;
+
+type Val<'i> = Spanned<DeValue<'i>>;
+
+/// Everything an error message needs: the file and its text.
+pub(crate) struct Source<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    pub fn location(&self, offset: usize) -> Location {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Location {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+        }
+    }
+
+    pub fn error(&self, span: &Range<usize>, field: &str, message: impl Into<String>) -> StackError {
+        StackError::Invalid {
+            location: self.location(span.start),
+            field: field.to_string(),
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    fn error_help(
+        &self,
+        span: &Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> StackError {
+        StackError::Invalid {
+            location: self.location(span.start),
+            field: field.to_string(),
+            message: message.into(),
+            help: Some(help.into()),
+        }
+    }
+}
+
+/// A table together with the span of the key that introduced it, so a missing
+/// key can be reported where the table was declared.
+struct Table<'a, 'i> {
+    table: &'a DeTable<'i>,
+    span: Range<usize>,
+    path: String,
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    fn field(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Val<'i>> {
+        self.table.get(key)
+    }
+
+    fn only(&self, src: &Source<'_>, allowed: &[&str]) -> Result<(), StackError> {
+        for (key, _) in self.table.iter() {
+            let name = key.get_ref().as_ref();
+            if !allowed.contains(&name) {
+                let hint = match suggest(name, allowed.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("expected one of: {}", allowed.join(", ")),
+                };
+                return Err(src.error_help(
+                    &key.span(),
+                    &self.field(name),
+                    format!("unknown key `{name}`"),
+                    hint,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn string(&self, src: &Source<'_>, key: &str) -> Result<Option<(String, Range<usize>)>, StackError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => Ok(Some((as_string(src, v, &self.field(key))?, v.span()))),
+        }
+    }
+
+    fn required_string(&self, src: &Source<'_>, key: &str) -> Result<(String, Range<usize>), StackError> {
+        self.string(src, key)?.ok_or_else(|| {
+            src.error(&self.span, &self.field(key), format!("missing required key `{key}`"))
+        })
+    }
+
+    fn sub(&self, src: &Source<'_>, key: &str) -> Result<Option<Table<'a, 'i>>, StackError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => Ok(Some(as_table(src, v, &self.field(key), v.span())?)),
+        }
+    }
+
+    fn duration(&self, src: &Source<'_>, key: &str, default: Duration) -> Result<Duration, StackError> {
+        let Some(v) = self.get(key) else {
+            return Ok(default);
+        };
+        let field = self.field(key);
+        match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .and_then(|n| u64::try_from(n).ok())
+                .map(Duration::from_secs)
+                .ok_or_else(|| src.error(&v.span(), &field, "must be a non-negative number of seconds")),
+            DeValue::String(s) => parse_duration(s).ok_or_else(|| {
+                src.error_help(
+                    &v.span(),
+                    &field,
+                    format!("`{s}` is not a duration"),
+                    "write a number of seconds (600) or a duration such as \"600s\", \"10m\", \"1h30m\"",
+                )
+            }),
+            other => Err(src.error(&v.span(), &field, format!("expected a duration, found {}", type_name(other)))),
+        }
+    }
+}
+
+fn as_table<'a, 'i>(
+    src: &Source<'_>,
+    v: &'a Val<'i>,
+    field: &str,
+    span: Range<usize>,
+) -> Result<Table<'a, 'i>, StackError> {
+    match v.get_ref() {
+        DeValue::Table(t) => Ok(Table {
+            table: t,
+            span,
+            path: field.to_string(),
+        }),
+        other => Err(src.error(&v.span(), field, format!("expected a table, found {}", type_name(other)))),
+    }
+}
+
+fn as_string(src: &Source<'_>, v: &Val<'_>, field: &str) -> Result<String, StackError> {
+    match v.get_ref() {
+        DeValue::String(s) => Ok(s.to_string()),
+        other => Err(src.error(&v.span(), field, format!("expected a string, found {}", type_name(other)))),
+    }
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// Converts an inline TOML value (e.g. a RayService `spec`) to JSON.
+fn to_json(src: &Source<'_>, v: &Val<'_>, field: &str) -> Result<serde_json::Value, StackError> {
+    use serde_json::Value as J;
+    Ok(match v.get_ref() {
+        DeValue::String(s) => J::String(s.to_string()),
+        DeValue::Integer(i) => J::from(
+            i64::from_str_radix(i.as_str(), i.radix())
+                .map_err(|_| src.error(&v.span(), field, "integer out of range"))?,
+        ),
+        DeValue::Float(f) => {
+            let n: f64 = f
+                .as_str()
+                .replace('_', "")
+                .parse()
+                .map_err(|_| src.error(&v.span(), field, "not a finite number"))?;
+            serde_json::Number::from_f64(n)
+                .map(J::Number)
+                .ok_or_else(|| src.error(&v.span(), field, "not a finite number"))?
+        }
+        DeValue::Boolean(b) => J::Bool(*b),
+        DeValue::Datetime(d) => J::String(d.to_string()),
+        DeValue::Array(a) => J::Array(
+            a.iter()
+                .enumerate()
+                .map(|(n, e)| to_json(src, e, &format!("{field}[{n}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DeValue::Table(t) => {
+            let mut m = serde_json::Map::new();
+            for (k, e) in t.iter() {
+                let k = k.get_ref().to_string();
+                let value = to_json(src, e, &format!("{field}.{k}"))?;
+                m.insert(k, value);
+            }
+            J::Object(m)
+        }
+    })
+}
+
+/// Parses and validates the text of a stack file.
+pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<Stack, StackError> {
+    let doc = DeTable::parse(src.text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        src.error(&span, "", format!("invalid TOML: {}", e.message().trim()))
+    })?;
+    let root = Table {
+        table: doc.get_ref(),
+        span: 0..0,
+        path: String::new(),
+    };
+    let mut allowed = vec!["stack"];
+    allowed.extend(ResourceType::ALL.iter().map(|t| t.as_str()));
+    root.only(src, &allowed)?;
+
+    let header = root
+        .sub(src, "stack")?
+        .ok_or_else(|| src.error_help(&(0..0), "stack", "missing the [stack] table", "start the file with [stack] and name = \"...\""))?;
+    header.only(src, &["name", "namespace", "state"])?;
+    let (name, name_span) = header.required_string(src, "name")?;
+    check_dns_label(src, &name, &name_span, "stack.name", 40)?;
+    let namespace = match header.string(src, "namespace")? {
+        Some((ns, span)) => {
+            check_dns_label(src, &ns, &span, "stack.namespace", 63)?;
+            ns
+        }
+        None => "default".to_string(),
+    };
+    let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let state_path = match (state_override, header.string(src, "state")?) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some((p, _))) => dir.join(p),
+        (None, None) => PathBuf::from("state").join(format!("{name}.json")),
+    };
+
+    let mut resources = Vec::new();
+    for (type_key, type_val) in doc.get_ref().iter() {
+        let type_name = type_key.get_ref().as_ref();
+        let Some(kind) = ResourceType::parse(type_name) else {
+            continue;
+        };
+        let group = as_table(src, type_val, type_name, type_key.span())?;
+        for (name_key, body) in group.table.iter() {
+            let name = name_key.get_ref().to_string();
+            let path = format!("{type_name}.{name}");
+            check_name(src, kind, &name, &name_key.span(), &path)?;
+            let table = as_table(src, body, &path, name_key.span())?;
+            let location = src.location(name_key.span().start);
+            resources.push(resource(src, &dir, kind, name, &table, &namespace, location)?);
+        }
+    }
+    resources.sort_by_key(|r| r.location.line);
+
+    let stack = Stack {
+        name,
+        namespace,
+        file: src.file.to_path_buf(),
+        state_path,
+        resources,
+    };
+    cross_check(&stack)?;
+    Ok(stack)
+}
+
+fn resource(
+    src: &Source<'_>,
+    dir: &Path,
+    kind: ResourceType,
+    name: String,
+    t: &Table<'_, '_>,
+    namespace: &str,
+    location: Location,
+) -> Result<Resource, StackError> {
+    let spec = match kind {
+        ResourceType::NodePool => {
+            t.only(src, &["empty_ttl", "depends_on"])?;
+            if t.get("empty_ttl").is_none() {
+                return Err(src.error_help(
+                    &t.span,
+                    &t.field("empty_ttl"),
+                    "missing required key `empty_ttl`",
+                    "how long Karpenter keeps an empty node, e.g. empty_ttl = \"600s\"",
+                ));
+            }
+            ResourceSpec::NodePool(NodePoolIntent {
+                empty_ttl: t.duration(src, "empty_ttl", Duration::ZERO)?,
+            })
+        }
+        ResourceType::NodeClass => {
+            t.only(src, &["storage", "device", "depends_on"])?;
+            let (storage, span) = t.required_string(src, "storage")?;
+            if !is_storage_quantity(&storage) {
+                return Err(src.error_help(
+                    &span,
+                    &t.field("storage"),
+                    format!("`{storage}` is not a volume size Karpenter accepts"),
+                    "use a whole number with Gi, G, Ti or T, e.g. \"200Gi\"",
+                ));
+            }
+            let device = t.string(src, "device")?.map(|(d, _)| d);
+            ResourceSpec::NodeClass(NodeClassIntent { storage, device })
+        }
+        ResourceType::Secret => {
+            t.only(src, &["type", "data", "depends_on"])?;
+            let type_ = t.string(src, "type")?.map_or_else(|| "Opaque".to_string(), |(s, _)| s);
+            let data_t = t.sub(src, "data")?.ok_or_else(|| {
+                src.error_help(
+                    &t.span,
+                    &t.field("data"),
+                    "missing required table `data`",
+                    "e.g. data.HUGGING_FACE_HUB_TOKEN = { env = \"HUGGING_FACE_HUB_TOKEN\" }",
+                )
+            })?;
+            let mut data = BTreeMap::new();
+            for (key, v) in data_t.table.iter() {
+                let k = key.get_ref().to_string();
+                let field = data_t.field(&k);
+                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+                    return Err(src.error(&key.span(), &field, "a Secret key may hold only letters, digits, `-`, `_` and `.`"));
+                }
+                if let DeValue::String(_) = v.get_ref() {
+                    return Err(src.error_help(
+                        &v.span(),
+                        &field,
+                        "secret values are never written in a stack",
+                        format!("take it from the environment or a file: {k} = {{ env = \"VAR\" }} or {{ file = \"path\" }}"),
+                    ));
+                }
+                let source = as_table(src, v, &field, key.span())?;
+                source.only(src, &["env", "file"])?;
+                let source = match (source.string(src, "env")?, source.string(src, "file")?) {
+                    (Some((var, _)), None) if !var.is_empty() => SecretSource::Env(var),
+                    (None, Some((file, _))) => SecretSource::File(dir.join(file)),
+                    _ => return Err(src.error(&v.span(), &field, "give exactly one of `env` or `file`")),
+                };
+                data.insert(k, source);
+            }
+            ResourceSpec::Secret(SecretSpec { type_, data })
+        }
+        ResourceType::RayService | ResourceType::Manifest => {
+            let (file_key, inline_key) = if kind == ResourceType::RayService {
+                ("manifest", "spec")
+            } else {
+                ("file", "object")
+            };
+            t.only(src, &[file_key, inline_key, "depends_on"])?;
+            let object = match (t.string(src, file_key)?, t.get(inline_key)) {
+                (Some((file, span)), None) => {
+                    let path = dir.join(&file);
+                    let v = super::manifest::load(&path).map_err(|m| src.error(&span, &t.field(file_key), m))?;
+                    (v, Some(path), span)
+                }
+                (None, Some(v)) => {
+                    let body = to_json(src, v, &t.field(inline_key))?;
+                    if !body.is_object() {
+                        return Err(src.error(&v.span(), &t.field(inline_key), "expected a table"));
+                    }
+                    let object = if kind == ResourceType::RayService {
+                        serde_json::json!({"apiVersion": "ray.io/v1", "kind": "RayService", "spec": body})
+                    } else {
+                        body
+                    };
+                    (object, None, v.span())
+                }
+                _ => {
+                    return Err(src.error(&t.span, &t.path, format!("give exactly one of `{file_key}` or `{inline_key}`")));
+                }
+            };
+            let (mut object, source, span) = object;
+            fill_identity(src, kind, &name, namespace, &mut object, &span, &t.field(if source.is_some() { file_key } else { inline_key }))?;
+            let spec = ObjectSpec { object, source };
+            if kind == ResourceType::RayService {
+                ResourceSpec::RayService(spec)
+            } else {
+                ResourceSpec::Manifest(spec)
+            }
+        }
+        ResourceType::Wait => {
+            t.only(src, &["rayservice", "path", "url", "timeout", "interval", "probe", "depends_on"])?;
+            let (rayservice, _) = t.required_string(src, "rayservice")?;
+            let path = t.string(src, "path")?.map_or_else(|| "/v1/chat/completions".to_string(), |(p, _)| p);
+            if !path.starts_with('/') {
+                return Err(src.error(&t.get("path").map_or(t.span.clone(), Spanned::span), &t.field("path"), "must start with `/`"));
+            }
+            let url = match t.string(src, "url")? {
+                Some((u, span)) if !u.starts_with("http://") => {
+                    return Err(src.error_help(&span, &t.field("url"), format!("`{u}` is not an http:// URL"), "point it at the Serve HTTP proxy, e.g. http://127.0.0.1:8000"));
+                }
+                other => other.map(|(u, _)| u.trim_end_matches('/').to_string()),
+            };
+            let probe = match t.get("probe") {
+                None => Some(Probe::default()),
+                Some(v) if matches!(v.get_ref(), DeValue::Boolean(false)) => None,
+                Some(v) if matches!(v.get_ref(), DeValue::Boolean(true)) => Some(Probe::default()),
+                Some(v) => {
+                    let p = as_table(src, v, &t.field("probe"), v.span())?;
+                    p.only(src, &["method", "path", "body", "timeout"])?;
+                    let d = Probe::default();
+                    Some(Probe {
+                        method: p.string(src, "method")?.map_or(d.method, |(m, _)| m.to_uppercase()),
+                        path: p.string(src, "path")?.map_or(d.path, |(m, _)| m),
+                        body: p.string(src, "body")?.map(|(b, _)| b),
+                        timeout: p.duration(src, "timeout", d.timeout)?,
+                    })
+                }
+            };
+            ResourceSpec::Wait(WaitSpec {
+                rayservice,
+                path,
+                url,
+                timeout: t.duration(src, "timeout", Duration::from_secs(30 * 60))?,
+                interval: t.duration(src, "interval", Duration::from_millis(250))?,
+                probe,
+            })
+        }
+    };
+    let depends_on = match t.get("depends_on") {
+        None => Vec::new(),
+        Some(v) => {
+            let DeValue::Array(items) = v.get_ref() else {
+                return Err(src.error(&v.span(), &t.field("depends_on"), "expected an array of addresses like \"secret.hf-token\""));
+            };
+            let mut deps = Vec::new();
+            for (n, item) in items.iter().enumerate() {
+                let field = format!("{}[{n}]", t.field("depends_on"));
+                let s = as_string(src, item, &field)?;
+                let address = Address::parse(&s).ok_or_else(|| {
+                    src.error_help(&item.span(), &field, format!("`{s}` is not a resource address"), "write <type>.<name>, e.g. \"secret.hf-token\"")
+                })?;
+                deps.push((address, src.location(item.span().start)));
+            }
+            deps
+        }
+    };
+    Ok(Resource {
+        address: Address::new(kind, name),
+        spec,
+        depends_on,
+        location,
+    })
+}
+
+/// Gives the object the resource's name and the stack's namespace, and
+/// refuses a manifest that says otherwise rather than silently overriding it.
+fn fill_identity(
+    src: &Source<'_>,
+    kind: ResourceType,
+    name: &str,
+    namespace: &str,
+    object: &mut serde_json::Value,
+    span: &Range<usize>,
+    field: &str,
+) -> Result<(), StackError> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default().to_string();
+    let k = object["kind"].as_str().unwrap_or_default().to_string();
+    if api_version.is_empty() || k.is_empty() {
+        return Err(src.error(span, field, "the object needs `apiVersion` and `kind`"));
+    }
+    if kind == ResourceType::RayService && (k != "RayService" || !api_version.starts_with("ray.io/")) {
+        return Err(src.error_help(span, field, format!("expected a ray.io RayService, found {api_version} {k}"), "declare other objects as [manifest.<name>]"));
+    }
+    if kind == ResourceType::Manifest && k == "Secret" {
+        return Err(src.error_help(span, field, "a Secret in a manifest would put its value in the stack and the plan", "declare it as [secret.<name>] with values from env or file"));
+    }
+    let Some(obj) = object.as_object_mut() else {
+        return Err(src.error(span, field, "expected a mapping"));
+    };
+    let meta = obj.entry("metadata").or_insert_with(|| serde_json::json!({}));
+    let Some(meta) = meta.as_object_mut() else {
+        return Err(src.error(span, field, "`metadata` must be a mapping"));
+    };
+    match meta.get("name").and_then(|n| n.as_str()) {
+        Some(n) if n != name => {
+            return Err(src.error_help(span, field, format!("metadata.name is `{n}` but the resource is named `{name}`"), format!("rename the table to [{}.{n}] or drop metadata.name", kind.as_str())));
+        }
+        _ => {
+            meta.insert("name".into(), name.into());
+        }
+    }
+    match meta.get("namespace").and_then(|n| n.as_str()) {
+        Some(ns) if ns != namespace => Err(src.error_help(span, field, format!("metadata.namespace is `{ns}` but the stack's namespace is `{namespace}`"), "drop metadata.namespace; the stack sets it")),
+        _ => Ok(()),
+    }
+}
+
+fn check_name(src: &Source<'_>, kind: ResourceType, name: &str, span: &Range<usize>, field: &str) -> Result<(), StackError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok || kind == ResourceType::Wait && !name.is_empty() {
+        Ok(())
+    } else {
+        Err(src.error_help(span, field, format!("`{name}` is not a valid Kubernetes name"), "use lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit"))
+    }
+}
+
+fn check_dns_label(src: &Source<'_>, value: &str, span: &Range<usize>, field: &str, max: usize) -> Result<(), StackError> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(src.error_help(span, field, format!("`{value}` is not a valid name"), format!("use at most {max} lowercase letters, digits and `-`, starting with a letter")))
+    }
+}
+
+fn is_storage_quantity(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && !digits.starts_with('0')
+        && ["Gi", "G", "Ti", "T"].contains(&unit)
+}
+
+/// References between resources, checked once every resource is known.
+fn cross_check(stack: &Stack) -> Result<(), StackError> {
+    for r in &stack.resources {
+        for (dep, location) in &r.depends_on {
+            if stack.get(dep).is_none() {
+                let names: Vec<String> = stack.resources.iter().map(|r| r.address.to_string()).collect();
+                let dep_s = dep.to_string();
+                let help = suggest(&dep_s, names.iter().map(String::as_str)).map_or_else(
+                    || format!("declared resources: {}", names.join(", ")),
+                    |s| format!("did you mean `{s}`?"),
+                );
+                return Err(StackError::Invalid {
+                    location: location.clone(),
+                    field: format!("{}.depends_on", r.address),
+                    message: format!("`{dep}` is not declared in this stack"),
+                    help: Some(help),
+                });
+            }
+            if dep == &r.address {
+                return Err(StackError::Invalid {
+                    location: location.clone(),
+                    field: format!("{}.depends_on", r.address),
+                    message: format!("dependency cycle: {0} -> {0}", r.address),
+                    help: None,
+                });
+            }
+        }
+        if let ResourceSpec::Wait(w) = &r.spec {
+            let target = Address::new(ResourceType::RayService, &w.rayservice);
+            if stack.get(&target).is_none() {
+                return Err(StackError::Invalid {
+                    location: r.location.clone(),
+                    field: format!("{}.rayservice", r.address),
+                    message: format!("no [rayservice.{}] in this stack", w.rayservice),
+                    help: None,
+                });
+            }
+        }
+    }
+    Ok(())
+}

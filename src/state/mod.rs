@@ -1,0 +1,145 @@
+//! The state file: what rayform last applied, so the next run can tell its
+//! own changes from changes made outside it, and destroy can undo exactly.
+//!
+//! State holds fingerprints, never secret values. It is written atomically
+//! after every resource (see [`store`]) under a lock (see [`lock`]).
+
+pub mod lock;
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stack::Address;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {action} state file {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {} is not valid: {message}\n  help: restore it from a backup, or move it away to start over (rayform will not adopt the objects it lists)", path.display())]
+    Corrupt { path: std::path::PathBuf, message: String },
+    #[error("state file {} has format_version {found}; this rayform reads {FORMAT_VERSION}", path.display())]
+    Version { path: std::path::PathBuf, found: u32 },
+    #[error("state is locked by {0}\n  help: wait for that run to finish; if it died, run `rayform force-unlock {id}`", id = .0.id)]
+    Locked(lock::LockInfo),
+    #[error("lock ID `{given}` does not match the current lock `{actual}`")]
+    WrongLockId { given: String, actual: String },
+    #[error("the lock is held by a running process ({0}); stop it before force-unlocking")]
+    HolderAlive(lock::LockInfo),
+    #[error("no lock is held on {}", path.display())]
+    NotLocked { path: std::path::PathBuf },
+}
+
+/// Which cluster a state belongs to, so a run against another cluster is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterId {
+    pub server: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    /// Random at creation and never changed: tells apart two states of the same name.
+    pub lineage: String,
+    /// Bumped on every write; a saved plan records it to detect staleness.
+    pub serial: u64,
+    pub stack: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterId>,
+    /// Key for secret fingerprints, so a fingerprint seen elsewhere (a pod
+    /// annotation) cannot be checked against guessed tokens without this file.
+    pub fingerprint_key: String,
+    #[serde(default)]
+    pub resources: BTreeMap<Address, ResourceState>,
+}
+
+impl State {
+    pub fn new(stack: &str) -> State {
+        State {
+            format_version: FORMAT_VERSION,
+            lineage: crate::util::random_hex(16),
+            serial: 0,
+            stack: stack.to_string(),
+            cluster: None,
+            fingerprint_key: crate::util::random_hex(32),
+            resources: BTreeMap::new(),
+        }
+    }
+}
+
+/// One resource as rayform last left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceState {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// Fingerprint of the desired object (secret values as fingerprints).
+    pub desired_fingerprint: String,
+    /// Fingerprint of the live object's fields that rayform writes, right after it wrote them.
+    pub live_fingerprint: String,
+    /// Those fields themselves (secret data as fingerprints), to show what changed outside rayform.
+    #[serde(default)]
+    pub applied: serde_json::Value,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_fingerprints: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchState>,
+}
+
+/// The Karpenter fields a stack patched: what they were before and what it wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchState {
+    /// e.g. `karpenter.sh/v1`.
+    pub api_version: String,
+    /// JSON pointer (`/spec/disruption/consolidateAfter`) → values.
+    pub fields: BTreeMap<String, PatchedField>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchedField {
+    pub original: FieldValue,
+    pub written: serde_json::Value,
+}
+
+/// A field's value, or the fact that it was not set (revert removes it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldValue {
+    Absent,
+    Value(serde_json::Value),
+}
+
+impl FieldValue {
+    pub fn from_option(v: Option<&serde_json::Value>) -> FieldValue {
+        v.map_or(FieldValue::Absent, |v| FieldValue::Value(v.clone()))
+    }
+
+    pub fn as_option(&self) -> Option<&serde_json::Value> {
+        match self {
+            FieldValue::Absent => None,
+            FieldValue::Value(v) => Some(v),
+        }
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            FieldValue::Absent => "(absent)".into(),
+            FieldValue::Value(v) => crate::util::compact_json(v),
+        }
+    }
+}

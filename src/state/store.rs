@@ -1,0 +1,84 @@
+//! Reading and atomically writing the state file.
+//!
+//! A write goes to a temporary file in the same directory, is fsynced, and is
+//! renamed over the old file, so a crash leaves either the old or the new
+//! state, never half of one. Files are created mode 0600: state names what is
+//! deployed where, and it holds the fingerprint key.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+
+use super::{FORMAT_VERSION, State, StateError};
+
+pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let version: serde_json::Value = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let found = version["format_version"].as_u64().unwrap_or(0);
+    if found != u64::from(FORMAT_VERSION) {
+        return Err(StateError::Version {
+            path: path.to_path_buf(),
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+        });
+    }
+    serde_json::from_value(version)
+        .map(Some)
+        .map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Writes `state` with its serial bumped.
+pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
+    state.serial += 1;
+    let io = |action, source| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    let mut text = serde_json::to_string_pretty(state).map_err(|e| io("serialize", e.into()))?;
+    text.push('\n');
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".rayform-state")
+        .permissions(private())
+        .tempfile_in(dir)
+        .map_err(|e| io("create a temporary file for", e))?;
+    tmp.write_all(text.as_bytes()).map_err(|e| io("write", e))?;
+    tmp.as_file().sync_all().map_err(|e| io("sync", e))?;
+    tmp.persist(path).map_err(|e| io("replace", e.error))?;
+    // The rename is durable only once the directory entry is.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+pub(crate) fn private() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::Permissions::from_mode(0o600)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn private() -> fs::Permissions {
+    fs::metadata(".").map(|m| m.permissions()).unwrap_or_else(|_| unreachable!())
+}
