@@ -1,1 +1,7 @@
-fn main() {}
+//! The `rayform` command: parse arguments, run, exit with Terraform's codes.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

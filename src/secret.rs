@@ -37,7 +37,9 @@ impl fmt::Display for SecretValue {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("{address}: key `{key}` takes its value from environment variable {var}, which is not set\n  help: export {var}=... before running rayform")]
+    #[error(
+        "{address}: key `{key}` takes its value from environment variable {var}, which is not set\n  help: export {var}=... before running rayform"
+    )]
     MissingEnv {
         address: Address,
         key: String,
@@ -50,7 +52,9 @@ pub enum SecretError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("{address}: key `{key}` is empty ({origin}); a Secret with an empty token is almost certainly a mistake")]
+    #[error(
+        "{address}: key `{key}` is empty ({origin}); a Secret with an empty token is almost certainly a mistake"
+    )]
     Empty {
         address: Address,
         key: String,
@@ -67,7 +71,10 @@ pub fn read(
     for (key, source) in data {
         let (bytes, origin) = match source {
             SecretSource::Env(var) => match std::env::var_os(var) {
-                Some(v) => (v.into_encoded_bytes(), format!("environment variable {var}")),
+                Some(v) => (
+                    v.into_encoded_bytes(),
+                    format!("environment variable {var}"),
+                ),
                 None => {
                     return Err(SecretError::MissingEnv {
                         address: address.clone(),
@@ -105,7 +112,10 @@ pub fn fingerprint(key_hex: &str, value: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key_hex.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(value);
-    format!("hmac-sha256:{}", crate::util::hex(&mac.finalize().into_bytes()))
+    format!(
+        "hmac-sha256:{}",
+        crate::util::hex(&mac.finalize().into_bytes())
+    )
 }
 
 pub fn is_fingerprint(s: &str) -> bool {

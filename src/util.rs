@@ -21,7 +21,10 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -59,10 +62,12 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// JSON with sorted keys and no whitespace, so equal objects hash equally.
@@ -74,7 +79,9 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
             serde_json::Value::Object(m) => {
                 let mut keys: Vec<_> = m.keys().collect();
                 keys.sort();
-                serde_json::Value::Object(keys.into_iter().map(|k| (k.clone(), sort(&m[k]))).collect())
+                serde_json::Value::Object(
+                    keys.into_iter().map(|k| (k.clone(), sort(&m[k]))).collect(),
+                )
             }
             serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
             other => other.clone(),
@@ -86,7 +93,10 @@ pub fn canonical_json(v: &serde_json::Value) -> String {
 /// sha256 of canonical JSON, as `sha256:<hex>`.
 pub fn sha256_json(v: &serde_json::Value) -> String {
     use sha2::Digest as _;
-    format!("sha256:{}", hex(&sha2::Sha256::digest(canonical_json(v).as_bytes())))
+    format!(
+        "sha256:{}",
+        hex(&sha2::Sha256::digest(canonical_json(v).as_bytes()))
+    )
 }
 
 /// Serde for `Duration` as a human string ("600s") in state and plan files.
@@ -101,7 +111,8 @@ pub mod duration_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        super::parse_duration(&s).ok_or_else(|| serde::de::Error::custom(format!("bad duration `{s}`")))
+        super::parse_duration(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad duration `{s}`")))
     }
 }
 
@@ -112,7 +123,11 @@ mod tests {
     #[test]
     fn durations_round_trip() {
         for (text, secs) in [("600", 600), ("600s", 600), ("10m", 600), ("1h30m", 5400)] {
-            assert_eq!(parse_duration(text), Some(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_secs(secs)),
+                "{text}"
+            );
         }
         assert_eq!(format_duration(Duration::from_secs(600)), "10m");
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));

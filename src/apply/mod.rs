@@ -1,1 +1,613 @@
-//! todo
+//! Carrying out a plan: every change in dependency order, independent ones
+//! side by side, the state written after each so a killed run loses nothing.
+//!
+//! Apply never decides anything the plan did not say. What it checks is that
+//! the world still is what the plan saw (a saved plan may be old) and that
+//! what it wrote reads back as intended.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
+use crate::desired::{self, DesiredObject};
+use crate::karpenter;
+use crate::plan::{Action, Change, Plan};
+use crate::secret::SecretValue;
+use crate::stack::Address;
+use crate::state::{self, PatchState, ResourceState, State, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{address}: {source}")]
+    Cluster {
+        address: Address,
+        source: Box<ClusterError>,
+    },
+    #[error("{address}: {message}")]
+    Resource { address: Address, message: String },
+    #[error("the saved plan is stale: {0}\n  help: run `rayform plan` again")]
+    Stale(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ApplyError>),
+}
+
+/// A line of progress for the user.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub address: Address,
+    pub message: String,
+}
+
+pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct ApplyOptions {
+    pub parallelism: usize,
+    /// Run the readiness waits (off with `--no-wait`).
+    pub wait: bool,
+    /// How long a delete may take (finalizers) before apply gives up.
+    pub delete_timeout: Duration,
+    /// A fixed readiness endpoint overriding the stack's (`--endpoint`).
+    pub endpoint: Option<String>,
+    pub progress: Progress,
+}
+
+/// Secret values by resource, read fresh for this run.
+pub type SecretValues = BTreeMap<Address, BTreeMap<String, SecretValue>>;
+
+/// What a successful apply produced beyond the state: the readiness results.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub ready: Vec<crate::readiness::Ready>,
+}
+
+/// Refuses a saved plan whose state or live objects moved since it was made.
+pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Result<(), ApplyError> {
+    if plan.state_lineage != state.lineage && !(plan.state_new && state.serial == 0) {
+        return Err(ApplyError::Stale(format!(
+            "it was made for state lineage {}, the state file now has lineage {}",
+            plan.state_lineage, state.lineage
+        )));
+    }
+    if plan.state_serial != state.serial {
+        return Err(ApplyError::Stale(format!(
+            "the state changed since the plan was made (serial {} then, {} now)",
+            plan.state_serial, state.serial
+        )));
+    }
+    if plan.cluster.server != cluster.id.server {
+        return Err(ApplyError::Stale(format!(
+            "it was made for {}, this is {}",
+            plan.cluster.server, cluster.id.server
+        )));
+    }
+    for c in plan.changes.iter().filter(|c| c.action.is_change()) {
+        let Some(kind) = cluster.kind(&c.api_version, &c.kind) else {
+            continue;
+        };
+        let live = cluster
+            .get(&kind, c.namespace.as_deref(), &c.name)
+            .await
+            .map_err(|source| ApplyError::Cluster {
+                address: c.address.clone(),
+                source: Box::new(source),
+            })?;
+        let now = live
+            .as_ref()
+            .and_then(|l| l.pointer("/metadata/resourceVersion"))
+            .and_then(Value::as_str);
+        if now != c.live_resource_version.as_deref() {
+            return Err(ApplyError::Stale(format!(
+                "{} changed in the cluster since the plan was made (resourceVersion {} then, {} now)",
+                c.address,
+                c.live_resource_version.as_deref().unwrap_or("absent"),
+                now.unwrap_or("absent")
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct Shared {
+    cluster: Cluster,
+    plan_stack: String,
+    manager: String,
+    state: Mutex<State>,
+    state_path: PathBuf,
+    secrets: SecretValues,
+    options: ApplyOptions,
+}
+
+/// Applies (or, for a destroy plan, destroys) in dependency order.
+pub async fn apply(
+    cluster: &Cluster,
+    plan: &Plan,
+    state: State,
+    state_path: PathBuf,
+    secrets: SecretValues,
+    options: ApplyOptions,
+) -> (State, Result<ApplyReport, ApplyError>) {
+    let mut state = state;
+    if state.cluster.is_none() {
+        state.cluster = Some(cluster.id.clone());
+    }
+    let shared = Arc::new(Shared {
+        cluster: cluster.clone(),
+        plan_stack: plan.stack.clone(),
+        manager: format!("rayform/{}", plan.stack),
+        state: Mutex::new(state),
+        state_path,
+        secrets,
+        options: options.clone(),
+    });
+    let mut done: BTreeSet<Address> = BTreeSet::new();
+    let mut pending: Vec<&Change> = plan.changes.iter().collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut failures = Vec::new();
+    let mut report = ApplyReport::default();
+    let parallelism = options.parallelism.max(1);
+    loop {
+        if failures.is_empty() {
+            let mut i = 0;
+            while i < pending.len() && running.len() < parallelism {
+                if pending[i].depends_on.iter().all(|d| done.contains(d)) {
+                    let change = pending.remove(i).clone();
+                    let shared = shared.clone();
+                    running.spawn(async move {
+                        let address = change.address.clone();
+                        (address, run(&shared, &change).await)
+                    });
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((address, Ok(ready))) => {
+                report.ready.extend(ready);
+                done.insert(address);
+            }
+            Ok((_, Err(e))) => failures.push(e),
+            Err(join) => failures.push(ApplyError::Resource {
+                address: Address::new(crate::stack::ResourceType::Manifest, "internal"),
+                message: format!("task failed: {join}"),
+            }),
+        }
+    }
+    let shared = Arc::try_unwrap(shared).ok();
+    let state = match shared {
+        Some(s) => s.state.into_inner(),
+        None => unreachable!("all tasks finished"),
+    };
+    let result = match failures.len() {
+        0 if !pending.is_empty() => Err(ApplyError::Resource {
+            address: pending[0].address.clone(),
+            message: "not applied: a dependency did not finish".into(),
+        }),
+        0 => Ok(report),
+        1 => Err(failures.remove(0)),
+        _ => Err(ApplyError::Several(failures)),
+    };
+    (state, result)
+}
+
+impl Shared {
+    fn say(&self, address: &Address, message: impl Into<String>) {
+        (self.options.progress)(Event {
+            address: address.clone(),
+            message: message.into(),
+        });
+    }
+
+    fn kind(&self, c: &Change) -> Result<Kind, ApplyError> {
+        self.cluster
+            .kind(&c.api_version, &c.kind)
+            .ok_or_else(|| ApplyError::Resource {
+                address: c.address.clone(),
+                message: crate::observe::missing_kind_message(&c.api_version, &c.kind),
+            })
+    }
+
+    async fn save(&self, update: impl FnOnce(&mut State)) -> Result<(), ApplyError> {
+        let mut state = self.state.lock().await;
+        update(&mut state);
+        state::store::save(&self.state_path, &mut state)?;
+        Ok(())
+    }
+
+    async fn key(&self) -> String {
+        self.state.lock().await.fingerprint_key.clone()
+    }
+}
+
+fn cluster_err(address: &Address) -> impl FnOnce(ClusterError) -> ApplyError + '_ {
+    move |source| ApplyError::Cluster {
+        address: address.clone(),
+        source: Box::new(source),
+    }
+}
+
+async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>, ApplyError> {
+    let started = Instant::now();
+    match c.action {
+        Action::Create | Action::Update => {
+            shared.say(
+                &c.address,
+                if c.action == Action::Create {
+                    "Creating..."
+                } else {
+                    "Modifying..."
+                },
+            );
+            apply_object(shared, c).await?;
+            shared.say(
+                &c.address,
+                format!(
+                    "{} after {}",
+                    if c.action == Action::Create {
+                        "Created"
+                    } else {
+                        "Modified"
+                    },
+                    elapsed(started)
+                ),
+            );
+        }
+        Action::NoOp if c.refresh_state => refresh(shared, c).await?,
+        Action::NoOp => {}
+        Action::Delete => {
+            shared.say(&c.address, "Destroying...");
+            delete(shared, c).await?;
+            shared.say(
+                &c.address,
+                format!("Destruction complete after {}", elapsed(started)),
+            );
+        }
+        Action::Patch => {
+            shared.say(&c.address, "Patching...");
+            patch(shared, c).await?;
+            shared.say(&c.address, format!("Patched after {}", elapsed(started)));
+        }
+        Action::Revert => {
+            shared.say(&c.address, "Reverting to the recorded original values...");
+            revert(shared, c).await?;
+            shared.say(
+                &c.address,
+                format!("Reverted and verified after {}", elapsed(started)),
+            );
+        }
+        Action::Forget => {
+            shared
+                .save(|s| {
+                    s.resources.remove(&c.address);
+                })
+                .await?;
+        }
+        Action::Wait => {
+            let Some(spec) = &c.wait else {
+                return Ok(Vec::new());
+            };
+            if !shared.options.wait {
+                shared.say(&c.address, "Skipped (--no-wait)");
+                return Ok(Vec::new());
+            }
+            let namespace = shared
+                .state
+                .lock()
+                .await
+                .resources
+                .iter()
+                .find_map(|(a, r)| {
+                    (a.kind == crate::stack::ResourceType::RayService && a.name == spec.rayservice)
+                        .then(|| r.namespace.clone())
+                        .flatten()
+                });
+            let mut spec = spec.clone();
+            if let Some(url) = &shared.options.endpoint {
+                spec.url = Some(url.clone());
+            }
+            let address = c.address.clone();
+            let progress = shared.options.progress.clone();
+            let ready = crate::readiness::wait(
+                &shared.cluster,
+                namespace.as_deref().unwrap_or("default"),
+                &spec,
+                Arc::new(move |m: String| {
+                    progress(Event {
+                        address: address.clone(),
+                        message: m,
+                    })
+                }),
+            )
+            .await
+            .map_err(|e| ApplyError::Resource {
+                address: c.address.clone(),
+                message: e.to_string(),
+            })?;
+            return Ok(vec![ready]);
+        }
+    }
+    Ok(Vec::new())
+}
+
+fn elapsed(since: Instant) -> String {
+    format!("{:.1}s", since.elapsed().as_secs_f64())
+}
+
+fn entry_for_object(
+    c: &Change,
+    live: &Value,
+    masked: &Value,
+    desired_fingerprint: &str,
+) -> ResourceState {
+    let applied = desired::project(live, masked);
+    ResourceState {
+        api_version: c.api_version.clone(),
+        kind: c.kind.clone(),
+        name: c.name.clone(),
+        namespace: c.namespace.clone(),
+        uid: live
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        resource_version: live
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        desired_fingerprint: desired_fingerprint.to_string(),
+        live_fingerprint: crate::util::sha256_json(&applied),
+        applied,
+        secret_fingerprints: c.secret_fingerprints.clone(),
+        patch: None,
+    }
+}
+
+fn sanitize(live: &mut Value, key: &str) {
+    if live["kind"] == "Secret" && live["apiVersion"] == "v1" {
+        let fps = desired::live_secret_fingerprints(live, key);
+        if let Some(data) = live.get_mut("data").and_then(Value::as_object_mut) {
+            for (k, v) in data.iter_mut() {
+                *v = Value::String(fps.get(k).cloned().unwrap_or_default());
+            }
+        }
+    }
+}
+
+async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
+    let kind = shared.kind(c)?;
+    let masked = c.body.clone().unwrap_or(Value::Null);
+    let key = shared.key().await;
+    let body = DesiredObject::from_masked(
+        &masked,
+        &c.secret_fingerprints,
+        shared.secrets.get(&c.address),
+        &key,
+    )
+    .map_err(|m| ApplyError::Resource {
+        address: c.address.clone(),
+        message: format!("{m}; run `rayform plan` again"),
+    })?;
+    let mut live = shared
+        .cluster
+        .apply(
+            &kind,
+            c.namespace.as_deref(),
+            &c.name,
+            &body,
+            Ssa {
+                manager: &shared.manager,
+                force: c.force,
+                dry_run: false,
+            },
+        )
+        .await
+        .map_err(cluster_err(&c.address))?;
+    sanitize(&mut live, &key);
+    let entry = entry_for_object(
+        c,
+        &live,
+        &masked,
+        c.desired_fingerprint.as_deref().unwrap_or_default(),
+    );
+    shared
+        .save(|s| {
+            s.resources.insert(c.address.clone(), entry);
+        })
+        .await
+}
+
+async fn refresh(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
+    if let Some(p) = &c.patch {
+        let entry = entry_for_patch(c, p);
+        return shared
+            .save(|s| {
+                s.resources.insert(c.address.clone(), entry);
+            })
+            .await;
+    }
+    let kind = shared.kind(c)?;
+    let Some(mut live) = shared
+        .cluster
+        .get(&kind, c.namespace.as_deref(), &c.name)
+        .await
+        .map_err(cluster_err(&c.address))?
+    else {
+        return Ok(());
+    };
+    let key = shared.key().await;
+    sanitize(&mut live, &key);
+    let masked = c.body.clone().unwrap_or(Value::Null);
+    let entry = entry_for_object(
+        c,
+        &live,
+        &masked,
+        c.desired_fingerprint.as_deref().unwrap_or_default(),
+    );
+    shared
+        .save(|s| {
+            s.resources.insert(c.address.clone(), entry);
+        })
+        .await
+}
+
+async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
+    let kind = shared.kind(c)?;
+    let ns = c.namespace.as_deref();
+    shared
+        .cluster
+        .delete(&kind, ns, &c.name, c.live_uid.as_deref())
+        .await
+        .map_err(cluster_err(&c.address))?;
+    // Finalizers (KubeRay's among them) keep the object until its owner lets go.
+    let started = Instant::now();
+    let mut next_report = Duration::from_secs(10);
+    loop {
+        let live = shared
+            .cluster
+            .get(&kind, ns, &c.name)
+            .await
+            .map_err(cluster_err(&c.address))?;
+        let gone = match &live {
+            None => true,
+            // A new object under the same name is not the one we deleted.
+            Some(l) => {
+                c.live_uid.is_some()
+                    && l.pointer("/metadata/uid").and_then(Value::as_str) != c.live_uid.as_deref()
+            }
+        };
+        if gone {
+            break;
+        }
+        if started.elapsed() >= shared.options.delete_timeout {
+            let finalizers = live
+                .as_ref()
+                .and_then(|l| l.pointer("/metadata/finalizers"))
+                .map(crate::util::compact_json)
+                .unwrap_or_else(|| "none".into());
+            return Err(ApplyError::Resource {
+                address: c.address.clone(),
+                message: format!(
+                    "still present {} after delete (finalizers: {finalizers})\n  help: check that the controller owning those finalizers (for a RayService, the KubeRay operator) is running; run destroy again once it is gone",
+                    elapsed(started)
+                ),
+            });
+        }
+        if started.elapsed() >= next_report {
+            shared.say(
+                &c.address,
+                format!("Still destroying... [{} elapsed]", elapsed(started)),
+            );
+            next_report += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shared
+        .save(|s| {
+            s.resources.remove(&c.address);
+        })
+        .await
+}
+
+fn entry_for_patch(c: &Change, p: &karpenter::KarpenterPatch) -> ResourceState {
+    let written: BTreeMap<&String, &Value> =
+        p.fields.iter().map(|(k, f)| (k, &f.written)).collect();
+    let applied = serde_json::to_value(&written).unwrap_or_default();
+    ResourceState {
+        api_version: c.api_version.clone(),
+        kind: c.kind.clone(),
+        name: c.name.clone(),
+        namespace: None,
+        uid: None,
+        resource_version: None,
+        desired_fingerprint: crate::util::sha256_json(&applied),
+        live_fingerprint: crate::util::sha256_json(&applied),
+        applied,
+        secret_fingerprints: BTreeMap::new(),
+        patch: Some(PatchState {
+            api_version: c.api_version.clone(),
+            fields: p.fields.clone(),
+        }),
+    }
+}
+
+async fn merge_and_verify(
+    shared: &Shared,
+    c: &Change,
+    p: &karpenter::KarpenterPatch,
+) -> Result<(), ApplyError> {
+    let kind = shared.kind(c)?;
+    let result = shared
+        .cluster
+        .merge_patch(&kind, &c.name, &p.merge, &shared.manager, false)
+        .await;
+    if let Err(ClusterError::Conflict { .. }) = result {
+        return Err(ApplyError::Resource {
+            address: c.address.clone(),
+            message: format!(
+                "{} `{}` changed between plan and apply; run the command again",
+                c.kind, c.name
+            ),
+        });
+    }
+    result.map_err(cluster_err(&c.address))?;
+    // Read back: the server (a webhook, a controller) may have had other ideas.
+    let live = shared
+        .cluster
+        .get(&kind, None, &c.name)
+        .await
+        .map_err(cluster_err(&c.address))?
+        .unwrap_or(Value::Null);
+    let wrong = karpenter::verify(&live, &p.expect);
+    if !wrong.is_empty() {
+        let lines: Vec<String> = wrong
+            .iter()
+            .map(|(ptr, want, got)| {
+                format!(
+                    "{}: expected {}, read back {}",
+                    karpenter::field_name(ptr),
+                    want.as_ref()
+                        .map_or("(absent)".into(), crate::util::compact_json),
+                    got.as_ref()
+                        .map_or("(absent)".into(), crate::util::compact_json)
+                )
+            })
+            .collect();
+        return Err(ApplyError::Resource {
+            address: c.address.clone(),
+            message: format!("read-back differs: {}", lines.join("; ")),
+        });
+    }
+    Ok(())
+}
+
+async fn patch(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
+    let Some(p) = &c.patch else { return Ok(()) };
+    merge_and_verify(shared, c, p).await?;
+    let entry = entry_for_patch(c, p);
+    let _ = &shared.plan_stack;
+    shared
+        .save(|s| {
+            s.resources.insert(c.address.clone(), entry);
+        })
+        .await
+}
+
+async fn revert(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
+    let Some(p) = &c.patch else { return Ok(()) };
+    merge_and_verify(shared, c, p).await?;
+    shared
+        .save(|s| {
+            s.resources.remove(&c.address);
+        })
+        .await
+}

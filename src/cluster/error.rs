@@ -4,36 +4,100 @@ use crate::state::ClusterId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("kubeconfig: {message}\n  help: pass --kubeconfig PATH, set KUBECONFIG, or run e.g. `aws eks update-kubeconfig`")]
+    #[error(
+        "kubeconfig: {message}\n  help: pass --kubeconfig PATH, set KUBECONFIG, or run e.g. `aws eks update-kubeconfig`"
+    )]
     Kubeconfig { message: String },
     #[error("context `{context}` is not in the kubeconfig; it has: {}", available.join(", "))]
-    UnknownContext { context: String, available: Vec<String> },
-    #[error("cannot reach the cluster at {server} ({context}): {message}\n  help: check that the API server is up and that the kubeconfig context is the one you mean (--context)")]
-    Unreachable { server: String, context: String, message: String },
-    #[error("the cluster at {server} rejected rayform's credentials: {message}\n  help: refresh them (e.g. `aws eks update-kubeconfig`) or pick another context with --context")]
+    UnknownContext {
+        context: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "cannot reach the cluster at {server} ({context}): {message}\n  help: check that the API server is up and that the kubeconfig context is the one you mean (--context)"
+    )]
+    Unreachable {
+        server: String,
+        context: String,
+        message: String,
+    },
+    #[error(
+        "the cluster at {server} rejected rayform's credentials: {message}\n  help: refresh them (e.g. `aws eks update-kubeconfig`) or pick another context with --context"
+    )]
     Unauthorized { server: String, message: String },
-    #[error("forbidden: cannot {verb} {resource}{name}: {message}\n  help: ask a cluster admin for RBAC permission to {verb} {resource}, or use a context that has it (--context)")]
-    Forbidden { verb: String, resource: String, name: String, message: String },
+    #[error(
+        "forbidden: cannot {verb} {resource}{name}: {message}\n  help: ask a cluster admin for RBAC permission to {verb} {resource}, or use a context that has it (--context)"
+    )]
+    Forbidden {
+        verb: String,
+        resource: String,
+        name: String,
+        message: String,
+    },
     #[error("{verb} {resource}{name}: conflict: {message}")]
-    Conflict { verb: String, resource: String, name: String, message: String, causes: Vec<(String, String)> },
+    Conflict {
+        verb: String,
+        resource: String,
+        name: String,
+        message: String,
+        causes: Vec<(String, String)>,
+    },
     #[error("{verb} {resource}{name}: rejected by the API server: {message}")]
-    Invalid { verb: String, resource: String, name: String, message: String },
+    Invalid {
+        verb: String,
+        resource: String,
+        name: String,
+        message: String,
+    },
     #[error("{verb} {resource}{name}: not found: {message}")]
-    NotFound { verb: String, resource: String, name: String, message: String },
+    NotFound {
+        verb: String,
+        resource: String,
+        name: String,
+        message: String,
+    },
     #[error("{verb} {resource}{name}: {message}")]
-    Api { verb: String, resource: String, name: String, message: String },
+    Api {
+        verb: String,
+        resource: String,
+        name: String,
+        message: String,
+    },
 }
 
-pub(super) fn classify(e: kube::Error, verb: &str, resource: &str, name: &str, id: &ClusterId) -> ClusterError {
-    let name = if name.is_empty() { String::new() } else { format!(" `{name}`") };
+pub(super) fn classify(
+    e: kube::Error,
+    verb: &str,
+    resource: &str,
+    name: &str,
+    id: &ClusterId,
+) -> ClusterError {
+    let name = if name.is_empty() {
+        String::new()
+    } else {
+        format!(" `{name}`")
+    };
     let (verb, resource) = (verb.to_string(), resource.to_string());
     match e {
         kube::Error::Api(s) => {
             let message = s.message.clone();
             match s.code {
-                401 => ClusterError::Unauthorized { server: id.server.clone(), message },
-                403 => ClusterError::Forbidden { verb, resource, name, message },
-                404 => ClusterError::NotFound { verb, resource, name, message },
+                401 => ClusterError::Unauthorized {
+                    server: id.server.clone(),
+                    message,
+                },
+                403 => ClusterError::Forbidden {
+                    verb,
+                    resource,
+                    name,
+                    message,
+                },
+                404 => ClusterError::NotFound {
+                    verb,
+                    resource,
+                    name,
+                    message,
+                },
                 409 => ClusterError::Conflict {
                     verb,
                     resource,
@@ -44,13 +108,26 @@ pub(super) fn classify(e: kube::Error, verb: &str, resource: &str, name: &str, i
                         .map(|d| d.causes.into_iter().map(|c| (c.field, c.message)).collect())
                         .unwrap_or_default(),
                 },
-                400 | 422 => ClusterError::Invalid { verb, resource, name, message },
-                _ => ClusterError::Api { verb, resource, name, message: format!("{message} (HTTP {})", s.code) },
+                400 | 422 => ClusterError::Invalid {
+                    verb,
+                    resource,
+                    name,
+                    message,
+                },
+                _ => ClusterError::Api {
+                    verb,
+                    resource,
+                    name,
+                    message: format!("{message} (HTTP {})", s.code),
+                },
             }
         }
         other => ClusterError::Unreachable {
             server: id.server.clone(),
-            context: id.context.clone().map_or_else(|| "no context".into(), |c| format!("context {c}")),
+            context: id
+                .context
+                .clone()
+                .map_or_else(|| "no context".into(), |c| format!("context {c}")),
             message: error_chain(&other),
         },
     }

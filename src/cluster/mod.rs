@@ -54,8 +54,14 @@ impl Kind {
     }
 }
 
-/// Labels every client request carries, so access logs can tell rayform apart.
-const USER_AGENT: &str = concat!("rayform/", env!("CARGO_PKG_VERSION"));
+/// How a server-side apply is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Ssa<'a> {
+    pub manager: &'a str,
+    /// Take fields other managers own.
+    pub force: bool,
+    pub dry_run: bool,
+}
 
 impl Cluster {
     pub async fn connect(options: &ConnectOptions) -> Result<Cluster, ClusterError> {
@@ -90,13 +96,16 @@ impl Cluster {
             })?;
         config.read_timeout = Some(Duration::from_secs(60));
         config.connect_timeout = Some(Duration::from_secs(10));
-        let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
         let client = kube::client::ClientBuilder::try_from(config)
             .map_err(|e| ClusterError::Kubeconfig {
                 message: e.to_string(),
             })?
             .build();
-        let _ = USER_AGENT;
         let id = ClusterId { server, context };
         let discovery = discover(&client, &id).await?;
         Ok(Cluster {
@@ -110,10 +119,12 @@ impl Cluster {
     pub fn kind(&self, api_version: &str, kind: &str) -> Option<Kind> {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        self.discovery.resolve_gvk(&gvk).map(|(resource, caps)| Kind {
-            resource,
-            namespaced: caps.scope == Scope::Namespaced,
-        })
+        self.discovery
+            .resolve_gvk(&gvk)
+            .map(|(resource, caps)| Kind {
+                resource,
+                namespaced: caps.scope == Scope::Namespaced,
+            })
     }
 
     /// Versions the cluster serves for an API group, preferred first.
@@ -133,12 +144,19 @@ impl Cluster {
 
     fn api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
         match namespace {
-            Some(ns) if kind.namespaced => Api::namespaced_with(self.client.clone(), ns, &kind.resource),
+            Some(ns) if kind.namespaced => {
+                Api::namespaced_with(self.client.clone(), ns, &kind.resource)
+            }
             _ => Api::all_with(self.client.clone(), &kind.resource),
         }
     }
 
-    pub async fn get(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> Result<Option<Value>, ClusterError> {
+    pub async fn get(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ClusterError> {
         self.api(kind, namespace)
             .get_opt(name)
             .await
@@ -147,11 +165,28 @@ impl Cluster {
     }
 
     /// Lists the objects of a kind that carry a label selector.
-    pub async fn list(&self, kind: &Kind, namespace: Option<&str>, selector: &str) -> Result<Vec<Value>, ClusterError> {
+    pub async fn list(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<Value>, ClusterError> {
         self.api(kind, namespace)
             .list(&ListParams::default().labels(selector))
             .await
-            .map(|l| l.items.into_iter().map(to_json).collect())
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|o| {
+                        // List items come without apiVersion/kind; give them
+                        // theirs so they compare equal to single GETs.
+                        let mut v = to_json(o);
+                        v["apiVersion"] = Value::String(kind.resource.api_version.clone());
+                        v["kind"] = Value::String(kind.resource.kind.clone());
+                        v
+                    })
+                    .collect()
+            })
             .map_err(|e| self.error(e, "list", kind, ""))
     }
 
@@ -162,10 +197,13 @@ impl Cluster {
         namespace: Option<&str>,
         name: &str,
         body: &Value,
-        manager: &str,
-        force: bool,
-        dry_run: bool,
+        how: Ssa<'_>,
     ) -> Result<Value, ClusterError> {
+        let Ssa {
+            manager,
+            force,
+            dry_run,
+        } = how;
         let mut params = PatchParams::apply(manager);
         params.force = force;
         params.dry_run = dry_run;
@@ -173,7 +211,14 @@ impl Cluster {
             .patch(name, &params, &Patch::Apply(body))
             .await
             .map(to_json)
-            .map_err(|e| self.error(e, if dry_run { "dry-run apply" } else { "apply" }, kind, name))
+            .map_err(|e| {
+                self.error(
+                    e,
+                    if dry_run { "dry-run apply" } else { "apply" },
+                    kind,
+                    name,
+                )
+            })
     }
 
     /// JSON merge patch: how rayform edits fields of objects it does not own.
@@ -194,11 +239,24 @@ impl Cluster {
             .patch(name, &params, &Patch::Merge(body))
             .await
             .map(to_json)
-            .map_err(|e| self.error(e, if dry_run { "dry-run patch" } else { "patch" }, kind, name))
+            .map_err(|e| {
+                self.error(
+                    e,
+                    if dry_run { "dry-run patch" } else { "patch" },
+                    kind,
+                    name,
+                )
+            })
     }
 
     /// Deletes an object, only if it is still the one rayform knows (`uid`).
-    pub async fn delete(&self, kind: &Kind, namespace: Option<&str>, name: &str, uid: Option<&str>) -> Result<(), ClusterError> {
+    pub async fn delete(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), ClusterError> {
         let mut params = DeleteParams::background();
         if let Some(uid) = uid {
             params.preconditions = Some(kube::api::Preconditions {
@@ -222,10 +280,12 @@ async fn discover(client: &Client, id: &ClusterId) -> Result<Discovery, ClusterE
     match Discovery::new(client.clone()).run_aggregated().await {
         Ok(d) => Ok(d),
         // Servers older than 1.26 have no aggregated discovery.
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 406 => Discovery::new(client.clone())
-            .run()
-            .await
-            .map_err(|e| error::classify(e, "discover", "APIs", "", id)),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 406 => {
+            Discovery::new(client.clone())
+                .run()
+                .await
+                .map_err(|e| error::classify(e, "discover", "APIs", "", id))
+        }
         Err(e) => Err(error::classify(e, "discover", "APIs", "", id)),
     }
 }

@@ -83,26 +83,57 @@ impl DesiredObject {
         let values = values.ok_or("the secret's values are no longer declared")?;
         let mut data = serde_json::Map::new();
         for (k, fp) in fingerprints {
-            let v = values.get(k).ok_or_else(|| format!("key `{k}` is no longer declared"))?;
+            let v = values
+                .get(k)
+                .ok_or_else(|| format!("key `{k}` is no longer declared"))?;
             if &secret::fingerprint(key, v.expose()) != fp {
-                return Err(format!("the value of key `{k}` changed since the plan was made"));
+                return Err(format!(
+                    "the value of key `{k}` changed since the plan was made"
+                ));
             }
-            data.insert(k.clone(), Value::String(base64::engine::general_purpose::STANDARD.encode(v.expose())));
+            data.insert(
+                k.clone(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(v.expose())),
+            );
         }
         body["data"] = Value::Object(data);
         Ok(body)
     }
 }
 
+/// Whether secret values must be readable. Destroy does not send bodies, so
+/// it must work without the token in the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    Require,
+    Skip,
+}
+
 /// Renders every resource of a stack. `key` is the state's fingerprint key.
-pub fn render(stack: &Stack, key: &str) -> Result<BTreeMap<Address, Desired>, SecretError> {
+pub fn render(
+    stack: &Stack,
+    key: &str,
+    secrets: Secrets,
+) -> Result<BTreeMap<Address, Desired>, SecretError> {
     let mut out = BTreeMap::new();
     let mut secret_checksums: BTreeMap<String, String> = BTreeMap::new();
-    for r in stack.resources.iter().filter(|r| r.address.kind == ResourceType::Secret) {
-        let ResourceSpec::Secret(s) = &r.spec else { continue };
-        let values = secret::read(&r.address, &s.data)?;
+    for r in stack
+        .resources
+        .iter()
+        .filter(|r| r.address.kind == ResourceType::Secret)
+    {
+        let ResourceSpec::Secret(s) = &r.spec else {
+            continue;
+        };
+        let values = match secrets {
+            Secrets::Require => secret::read(&r.address, &s.data)?,
+            Secrets::Skip => BTreeMap::new(),
+        };
         let object = render_secret(stack, &r.address, &s.type_, &values, key);
-        secret_checksums.insert(r.address.name.clone(), crate::util::sha256_json(&json!(object.secret_fingerprints)));
+        secret_checksums.insert(
+            r.address.name.clone(),
+            crate::util::sha256_json(&json!(object.secret_fingerprints)),
+        );
         out.insert(r.address.clone(), Desired::Object(object));
     }
     for r in &stack.resources {
@@ -197,10 +228,14 @@ fn annotate_pod_templates(body: &mut Value, checksum: &str) {
     {
         t["metadata"]["annotations"][ANNOTATION_SECRET_CHECKSUM] = json!(checksum);
     }
-    if let Some(groups) = spec.pointer_mut("/workerGroupSpecs").and_then(Value::as_array_mut) {
+    if let Some(groups) = spec
+        .pointer_mut("/workerGroupSpecs")
+        .and_then(Value::as_array_mut)
+    {
         for g in groups {
             if g["template"].is_object() {
-                g["template"]["metadata"]["annotations"][ANNOTATION_SECRET_CHECKSUM] = json!(checksum);
+                g["template"]["metadata"]["annotations"][ANNOTATION_SECRET_CHECKSUM] =
+                    json!(checksum);
             }
         }
     }
@@ -212,7 +247,9 @@ pub fn mask_secret_data(body: &Value, fingerprints: &BTreeMap<String, String>) -
     let mut masked = body.clone();
     if let Some(data) = masked.get_mut("data").and_then(Value::as_object_mut) {
         for (k, v) in data.iter_mut() {
-            *v = fingerprints.get(k).map_or(Value::Null, |f| Value::String(f.clone()));
+            *v = fingerprints
+                .get(k)
+                .map_or(Value::Null, |f| Value::String(f.clone()));
         }
     }
     if let Some(obj) = masked.as_object_mut() {
@@ -229,7 +266,10 @@ pub fn live_secret_fingerprints(live: &Value, key: &str) -> BTreeMap<String, Str
         .map(|data| {
             data.iter()
                 .map(|(k, v)| {
-                    let raw = v.as_str().and_then(|s| engine.decode(s).ok()).unwrap_or_default();
+                    let raw = v
+                        .as_str()
+                        .and_then(|s| engine.decode(s).ok())
+                        .unwrap_or_default();
                     (k.clone(), secret::fingerprint(key, &raw))
                 })
                 .collect()

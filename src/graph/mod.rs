@@ -15,7 +15,10 @@ use crate::stack::{Address, Location, ResourceSpec, ResourceType, Stack};
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     #[error("{location}: dependency cycle: {}", path.iter().map(ToString::to_string).collect::<Vec<_>>().join(" -> "))]
-    Cycle { location: Location, path: Vec<Address> },
+    Cycle {
+        location: Location,
+        path: Vec<Address>,
+    },
 }
 
 /// Why an edge exists; shown as the edge label in `rayform graph`.
@@ -55,7 +58,10 @@ impl Graph {
             index.insert(r.address.clone(), graph.add_node(r.address.clone()));
         }
         let mut edges = BTreeSet::new();
-        let mut add = |from: &Address, to: &Address, kind: EdgeKind, graph: &mut DiGraph<Address, EdgeKind>| {
+        let mut add = |from: &Address,
+                       to: &Address,
+                       kind: EdgeKind,
+                       graph: &mut DiGraph<Address, EdgeKind>| {
             if let (Some(&a), Some(&b)) = (index.get(from), index.get(to))
                 && a != b
                 && edges.insert((a, b))
@@ -70,7 +76,12 @@ impl Graph {
             match &r.spec {
                 ResourceSpec::RayService(o) | ResourceSpec::Manifest(o) => {
                     for secret in referenced_secrets(&o.object) {
-                        add(&Address::new(ResourceType::Secret, secret), &r.address, EdgeKind::References, &mut graph);
+                        add(
+                            &Address::new(ResourceType::Secret, secret),
+                            &r.address,
+                            EdgeKind::References,
+                            &mut graph,
+                        );
                     }
                     if matches!(r.spec, ResourceSpec::RayService(_)) {
                         for other in &stack.resources {
@@ -81,7 +92,12 @@ impl Graph {
                     }
                 }
                 ResourceSpec::Wait(w) => {
-                    add(&Address::new(ResourceType::RayService, &w.rayservice), &r.address, EdgeKind::Waits, &mut graph);
+                    add(
+                        &Address::new(ResourceType::RayService, &w.rayservice),
+                        &r.address,
+                        EdgeKind::Waits,
+                        &mut graph,
+                    );
                 }
                 _ => {}
             }
@@ -130,23 +146,33 @@ impl Graph {
     }
 
     fn node(&self, address: &Address) -> Option<NodeIndex> {
-        self.graph.node_indices().find(|&i| &self.graph[i] == address)
+        self.graph
+            .node_indices()
+            .find(|&i| &self.graph[i] == address)
     }
 
     /// DOT for the apply order, or with edges reversed for the destroy order.
     pub fn to_dot(&self, destroy: bool) -> String {
         let title = if destroy { "destroy" } else { "apply" };
         let mut out = format!("digraph {title} {{\n  rankdir=LR;\n");
-        let order = if destroy { self.destroy_order() } else { self.apply_order() };
+        let order = if destroy {
+            self.destroy_order()
+        } else {
+            self.apply_order()
+        };
         for (step, a) in order.iter().enumerate() {
             out.push_str(&format!("  \"{a}\" [label=\"{}. {a}\"];\n", step + 1));
         }
         for e in self.graph.edge_indices() {
-            let Some((a, b)) = self.graph.edge_endpoints(e) else { continue };
+            let Some((a, b)) = self.graph.edge_endpoints(e) else {
+                continue;
+            };
             let (from, to) = if destroy { (b, a) } else { (a, b) };
             out.push_str(&format!(
                 "  \"{}\" -> \"{}\" [label=\"{}\"];\n",
-                self.graph[from], self.graph[to], self.graph[e].label()
+                self.graph[from],
+                self.graph[to],
+                self.graph[e].label()
             ));
         }
         out.push_str("}\n");
@@ -187,7 +213,11 @@ pub fn referenced_secrets(object: &serde_json::Value) -> BTreeSet<String> {
 
 /// Turns petgraph's "some node is on a cycle" into the cycle itself, located
 /// at the `depends_on` entry that closes it.
-fn cycle_error(stack: &Stack, graph: &DiGraph<Address, EdgeKind>, on_cycle: NodeIndex) -> GraphError {
+fn cycle_error(
+    stack: &Stack,
+    graph: &DiGraph<Address, EdgeKind>,
+    on_cycle: NodeIndex,
+) -> GraphError {
     let scc = tarjan_scc(graph)
         .into_iter()
         .find(|c| c.contains(&on_cycle))
@@ -225,9 +255,12 @@ fn cycle_error(stack: &Stack, graph: &DiGraph<Address, EdgeKind>, on_cycle: Node
     let location = path
         .windows(2)
         .find_map(|w| {
-            stack
-                .get(&w[0])
-                .and_then(|r| r.depends_on.iter().find(|(d, _)| d == &w[1]).map(|(_, l)| l.clone()))
+            stack.get(&w[0]).and_then(|r| {
+                r.depends_on
+                    .iter()
+                    .find(|(d, _)| d == &w[1])
+                    .map(|(_, l)| l.clone())
+            })
         })
         .or_else(|| stack.get(&path[0]).map(|r| r.location.clone()))
         .unwrap_or_else(|| Location {

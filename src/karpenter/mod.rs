@@ -82,8 +82,14 @@ pub fn pool_fields(api: PoolApi, intent: &NodePoolIntent) -> BTreeMap<String, Va
     let secs = intent.empty_ttl.as_secs();
     match api {
         PoolApi::V1 | PoolApi::V1beta1 => BTreeMap::from([
-            ("/spec/disruption/consolidationPolicy".into(), json!("WhenEmpty")),
-            ("/spec/disruption/consolidateAfter".into(), json!(format!("{secs}s"))),
+            (
+                "/spec/disruption/consolidationPolicy".into(),
+                json!("WhenEmpty"),
+            ),
+            (
+                "/spec/disruption/consolidateAfter".into(),
+                json!(format!("{secs}s")),
+            ),
         ]),
         PoolApi::V1alpha5 => BTreeMap::from([("/spec/ttlSecondsAfterEmpty".into(), json!(secs))]),
     }
@@ -92,7 +98,8 @@ pub fn pool_fields(api: PoolApi, intent: &NodePoolIntent) -> BTreeMap<String, Va
 /// Problems that make a pool patch impossible as asked.
 pub fn pool_problems(api: PoolApi, live: &Value) -> Vec<String> {
     let mut problems = Vec::new();
-    if api == PoolApi::V1alpha5 && live.pointer("/spec/consolidation/enabled") == Some(&json!(true)) {
+    if api == PoolApi::V1alpha5 && live.pointer("/spec/consolidation/enabled") == Some(&json!(true))
+    {
         problems.push(
             "Provisioner has consolidation.enabled: true, and Karpenter rejects ttlSecondsAfterEmpty alongside it; \
              set spec.consolidation.enabled to false (consolidation already removes empty nodes) or drop the empty_ttl intent"
@@ -109,7 +116,10 @@ pub fn class_fields(intent: &NodeClassIntent, live: &Value) -> BTreeMap<String, 
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let device = intent.device.clone().unwrap_or_else(|| storage_device(live, &list));
+    let device = intent
+        .device
+        .clone()
+        .unwrap_or_else(|| storage_device(live, &list));
     match list.iter_mut().find(|m| m["deviceName"] == json!(device)) {
         Some(mapping) => {
             if !mapping["ebs"].is_object() {
@@ -133,11 +143,20 @@ fn storage_device(live: &Value, list: &[Value]) -> String {
     {
         return name.to_string();
     }
-    let family = live.pointer("/spec/amiFamily").and_then(Value::as_str).unwrap_or_default();
+    let family = live
+        .pointer("/spec/amiFamily")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let bottlerocket_alias = live
         .pointer("/spec/amiSelectorTerms")
         .and_then(Value::as_array)
-        .is_some_and(|terms| terms.iter().any(|t| t["alias"].as_str().is_some_and(|a| a.starts_with("bottlerocket"))));
+        .is_some_and(|terms| {
+            terms.iter().any(|t| {
+                t["alias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("bottlerocket"))
+            })
+        });
     if family == "Bottlerocket" || bottlerocket_alias {
         "/dev/xvdb".into()
     } else {
@@ -161,7 +180,11 @@ pub struct KarpenterPatch {
 fn annotations(live: &Value) -> BTreeMap<String, String> {
     live.pointer("/metadata/annotations")
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -193,14 +216,21 @@ pub fn patch(stack: &str, live: &Value, fields: &BTreeMap<String, Value>) -> Kar
             .entry(ptr.clone())
             .or_insert_with(|| FieldValue::from_option(live.pointer(ptr)))
             .clone();
-        recorded.insert(ptr.clone(), PatchedField { original, written: value.clone() });
+        recorded.insert(
+            ptr.clone(),
+            PatchedField {
+                original,
+                written: value.clone(),
+            },
+        );
     }
     let holder_key = format!("{HOLDER_PREFIX}{stack}");
     let written = serde_json::to_string(fields).unwrap_or_default();
     let ann = annotations(live);
     let needed = fields.iter().any(|(p, v)| live.pointer(p) != Some(v))
         || ann.get(&holder_key) != Some(&written)
-        || ann.get(ANNOTATION_ORIGINAL).map(String::as_str) != Some(&serde_json::to_string(&originals).unwrap_or_default());
+        || ann.get(ANNOTATION_ORIGINAL).map(String::as_str)
+            != Some(&serde_json::to_string(&originals).unwrap_or_default());
     let mut merge = json!({"metadata": {"annotations": {
         ANNOTATION_ORIGINAL: serde_json::to_string(&originals).unwrap_or_default(),
         holder_key: written,
@@ -211,7 +241,10 @@ pub fn patch(stack: &str, live: &Value, fields: &BTreeMap<String, Value>) -> Kar
     precondition(&mut merge, live);
     KarpenterPatch {
         merge,
-        expect: fields.iter().map(|(p, v)| (p.clone(), Some(v.clone()))).collect(),
+        expect: fields
+            .iter()
+            .map(|(p, v)| (p.clone(), Some(v.clone())))
+            .collect(),
         fields: recorded,
         needed,
     }
@@ -234,14 +267,22 @@ pub fn revert(
     recorded: &BTreeMap<String, PatchedField>,
 ) -> Result<KarpenterPatch, Vec<ChangedField>> {
     let all = holders(live);
-    let ours: BTreeMap<String, Value> = all
-        .get(stack)
-        .cloned()
-        .unwrap_or_else(|| recorded.iter().map(|(p, f)| (p.clone(), f.written.clone())).collect());
-    let others: Vec<&BTreeMap<String, Value>> = all.iter().filter(|(s, _)| s.as_str() != stack).map(|(_, w)| w).collect();
+    let ours: BTreeMap<String, Value> = all.get(stack).cloned().unwrap_or_else(|| {
+        recorded
+            .iter()
+            .map(|(p, f)| (p.clone(), f.written.clone()))
+            .collect()
+    });
+    let others: Vec<&BTreeMap<String, Value>> = all
+        .iter()
+        .filter(|(s, _)| s.as_str() != stack)
+        .map(|(_, w)| w)
+        .collect();
     let mut originals = recorded_originals(live);
     for (p, f) in recorded {
-        originals.entry(p.clone()).or_insert_with(|| f.original.clone());
+        originals
+            .entry(p.clone())
+            .or_insert_with(|| f.original.clone());
     }
     let mut merge = json!({"metadata": {"annotations": {format!("{HOLDER_PREFIX}{stack}"): null}}});
     if others.is_empty() {
@@ -268,7 +309,13 @@ pub fn revert(
             });
         }
         set_pointer(&mut merge, ptr, target.clone().unwrap_or(Value::Null));
-        fields.insert(ptr.clone(), PatchedField { original, written: written.clone() });
+        fields.insert(
+            ptr.clone(),
+            PatchedField {
+                original,
+                written: written.clone(),
+            },
+        );
         expect.insert(ptr.clone(), target);
     }
     if !changed.is_empty() {
@@ -277,11 +324,20 @@ pub fn revert(
     precondition(&mut merge, live);
     let needed = expect.iter().any(|(p, v)| live.pointer(p) != v.as_ref())
         || annotations(live).contains_key(&format!("{HOLDER_PREFIX}{stack}"));
-    Ok(KarpenterPatch { merge, fields, expect, needed })
+    Ok(KarpenterPatch {
+        merge,
+        fields,
+        expect,
+        needed,
+    })
 }
 
 /// Like [`revert`], but overwrites fields changed outside rayform (`destroy --force`).
-pub fn revert_forced(stack: &str, live: &Value, recorded: &BTreeMap<String, PatchedField>) -> KarpenterPatch {
+pub fn revert_forced(
+    stack: &str,
+    live: &Value,
+    recorded: &BTreeMap<String, PatchedField>,
+) -> KarpenterPatch {
     match revert(stack, live, recorded) {
         Ok(p) => p,
         Err(_) => {
@@ -293,7 +349,8 @@ pub fn revert_forced(stack: &str, live: &Value, recorded: &BTreeMap<String, Patc
             for (p, v) in holders(live).get(stack).cloned().unwrap_or_default() {
                 set_pointer_value(&mut pretend, &p, v);
             }
-            let mut patch = revert(stack, &pretend, recorded).unwrap_or_else(|_| unreachable!("live values now match"));
+            let mut patch = revert(stack, &pretend, recorded)
+                .unwrap_or_else(|_| unreachable!("live values now match"));
             precondition(&mut patch.merge, live);
             patch.needed = true;
             patch
@@ -302,7 +359,10 @@ pub fn revert_forced(stack: &str, live: &Value, recorded: &BTreeMap<String, Patc
 }
 
 /// Fields whose live value differs from what was expected after a patch.
-pub fn verify(live: &Value, expect: &BTreeMap<String, Option<Value>>) -> Vec<(String, Option<Value>, Option<Value>)> {
+pub fn verify(
+    live: &Value,
+    expect: &BTreeMap<String, Option<Value>>,
+) -> Vec<(String, Option<Value>, Option<Value>)> {
     expect
         .iter()
         .filter(|(p, v)| live.pointer(p) != v.as_ref())
@@ -377,26 +437,46 @@ mod tests {
 
     #[test]
     fn two_stacks_share_one_original_and_the_last_restores_it() {
-        let fields = pool_fields(PoolApi::V1, &NodePoolIntent { empty_ttl: Duration::from_secs(600) });
+        let fields = pool_fields(
+            PoolApi::V1,
+            &NodePoolIntent {
+                empty_ttl: Duration::from_secs(600),
+            },
+        );
         let a = patch("a", &pool(), &fields);
         let after_a = apply_merge(&pool(), &a.merge);
         let b = patch("b", &after_a, &fields);
         let after_b = apply_merge(&after_a, &b.merge);
-        assert_eq!(recorded_originals(&after_b)["/spec/disruption/consolidateAfter"], FieldValue::Value(json!("30s")));
+        assert_eq!(
+            recorded_originals(&after_b)["/spec/disruption/consolidateAfter"],
+            FieldValue::Value(json!("30s"))
+        );
 
         let undo_a = revert("a", &after_b, &a.fields).unwrap();
         let after_undo_a = apply_merge(&after_b, &undo_a.merge);
-        assert_eq!(after_undo_a["spec"]["disruption"]["consolidateAfter"], json!("600s"));
+        assert_eq!(
+            after_undo_a["spec"]["disruption"]["consolidateAfter"],
+            json!("600s")
+        );
 
         let undo_b = revert("b", &after_undo_a, &b.fields).unwrap();
         let restored = apply_merge(&after_undo_a, &undo_b.merge);
         assert_eq!(restored["spec"], pool()["spec"]);
-        assert!(restored["metadata"].get("annotations").is_none_or(|a| a.as_object().unwrap().is_empty()));
+        assert!(
+            restored["metadata"]
+                .get("annotations")
+                .is_none_or(|a| a.as_object().unwrap().is_empty())
+        );
     }
 
     #[test]
     fn revert_refuses_a_field_changed_outside() {
-        let fields = pool_fields(PoolApi::V1, &NodePoolIntent { empty_ttl: Duration::from_secs(600) });
+        let fields = pool_fields(
+            PoolApi::V1,
+            &NodePoolIntent {
+                empty_ttl: Duration::from_secs(600),
+            },
+        );
         let a = patch("a", &pool(), &fields);
         let mut live = apply_merge(&pool(), &a.merge);
         live["spec"]["disruption"]["consolidateAfter"] = json!("900s");
@@ -409,7 +489,12 @@ mod tests {
     #[test]
     fn absent_fields_are_removed_on_revert() {
         let live = json!({"metadata": {"name": "default"}, "spec": {}});
-        let fields = pool_fields(PoolApi::V1alpha5, &NodePoolIntent { empty_ttl: Duration::from_secs(600) });
+        let fields = pool_fields(
+            PoolApi::V1alpha5,
+            &NodePoolIntent {
+                empty_ttl: Duration::from_secs(600),
+            },
+        );
         let p = patch("a", &live, &fields);
         let after = apply_merge(&live, &p.merge);
         assert_eq!(after["spec"]["ttlSecondsAfterEmpty"], json!(600));
@@ -419,11 +504,20 @@ mod tests {
 
     #[test]
     fn storage_resizes_the_root_device_or_adds_one() {
-        let intent = NodeClassIntent { storage: "200Gi".into(), device: None };
+        let intent = NodeClassIntent {
+            storage: "200Gi".into(),
+            device: None,
+        };
         let live = json!({"spec": {"blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "20Gi", "volumeType": "gp3"}}]}});
         let f = class_fields(&intent, &live);
-        assert_eq!(f["/spec/blockDeviceMappings"], json!([{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "200Gi", "volumeType": "gp3"}}]));
+        assert_eq!(
+            f["/spec/blockDeviceMappings"],
+            json!([{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "200Gi", "volumeType": "gp3"}}])
+        );
         let bottlerocket = json!({"spec": {"amiFamily": "Bottlerocket"}});
-        assert_eq!(class_fields(&intent, &bottlerocket)["/spec/blockDeviceMappings"][0]["deviceName"], json!("/dev/xvdb"));
+        assert_eq!(
+            class_fields(&intent, &bottlerocket)["/spec/blockDeviceMappings"][0]["deviceName"],
+            json!("/dev/xvdb")
+        );
     }
 }

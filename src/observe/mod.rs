@@ -1,1 +1,542 @@
-//! todo
+//! Observing the cluster: what is live, and what the server says an apply
+//! would produce. The result is a [`World`]: plain data for the planner.
+//!
+//! Cost matters: a no-op plan of a large stack must not make one request per
+//! resource. Objects rayform owns are found with one labelled LIST per kind
+//! and namespace; when an object's desired and live fingerprints both match
+//! the state, no dry run is needed. Only resources that may change cost a
+//! server-side dry run (which is also how API defaults and admission show in
+//! the diff, as `kubectl diff --server-side` does).
+//!
+//! Secret data never enters the world: live and dry-run Secrets have their
+//! values replaced by keyed fingerprints as soon as they arrive.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
+use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
+use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi};
+use crate::stack::{Address, Stack};
+use crate::state::{ClusterId, ResourceState, State};
+
+/// Everything the planner needs to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub cluster: ClusterId,
+    pub pool_api: Option<PoolApi>,
+    pub class_api: Option<ClassApi>,
+    pub resources: BTreeMap<Address, Observed>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Observed {
+    Object(ObservedObject),
+    Patch(ObservedPatch),
+    Wait,
+}
+
+/// An object rayform creates (Secret, RayService, manifest).
+#[derive(Debug, Clone, Default)]
+pub struct ObservedObject {
+    pub namespaced: bool,
+    /// The live object, secret data as fingerprints.
+    pub live: Option<Value>,
+    /// The live object carries this stack's label.
+    pub owned: bool,
+    /// What the server would store after the apply (dry run), secret data as fingerprints.
+    pub after: Option<Value>,
+    /// Fingerprints matched the state: no dry run was needed.
+    pub unchanged: bool,
+    /// Fields the apply would take from other field managers: (field, message).
+    pub conflicts: Vec<(String, String)>,
+    /// Why this resource cannot be planned (CRD missing, rejected by the server...).
+    pub problem: Option<String>,
+    /// Why no dry run could be made though nothing is wrong (e.g. its namespace comes first).
+    pub note: Option<String>,
+}
+
+/// A Karpenter object rayform patches (or reverts).
+#[derive(Debug, Clone, Default)]
+pub struct ObservedPatch {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub live: Option<Value>,
+    pub patch: Option<KarpenterPatch>,
+    pub after: Option<Value>,
+    pub problem: Option<String>,
+    /// For a revert: fields changed since rayform wrote them.
+    pub changed_outside: Vec<ChangedField>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    Destroy,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ObserveOptions {
+    /// Destroy: overwrite Karpenter fields changed outside rayform.
+    pub force: bool,
+}
+
+/// Where the fingerprint shortcut can skip the dry run.
+fn unchanged(state: Option<&ResourceState>, desired: &DesiredObject, live: &Value) -> bool {
+    state.is_some_and(|s| {
+        s.desired_fingerprint == desired.fingerprint
+            && s.live_fingerprint
+                == crate::util::sha256_json(&desired::project(live, &desired.masked_body()))
+    })
+}
+
+/// Looks at the cluster for every resource in the stack or the state.
+pub async fn observe(
+    cluster: &Cluster,
+    stack: &Stack,
+    desired: &BTreeMap<Address, Desired>,
+    state: &State,
+    mode: Mode,
+    options: &ObserveOptions,
+) -> Result<World, ClusterError> {
+    let pool_api = PoolApi::ALL
+        .into_iter()
+        .find(|a| cluster.kind(a.api_version(), a.kind()).is_some());
+    let class_api = ClassApi::ALL
+        .into_iter()
+        .find(|a| cluster.kind(a.api_version(), a.kind()).is_some());
+    let manager = stack.field_manager();
+    let key = &state.fingerprint_key;
+    let mut resources = BTreeMap::new();
+
+    // Objects, grouped so that each kind and namespace costs one LIST.
+    let mut groups: BTreeMap<(String, String), Vec<Address>> = BTreeMap::new();
+    let addresses: BTreeSet<&Address> = desired.keys().chain(state.resources.keys()).collect();
+    for address in addresses {
+        let wanted = if mode == Mode::Destroy {
+            None
+        } else {
+            desired.get(address)
+        };
+        match (wanted, state.resources.get(address)) {
+            (Some(Desired::Object(o)), _) => {
+                groups
+                    .entry((o.api_version.clone(), o.kind.clone()))
+                    .or_default()
+                    .push(address.clone());
+            }
+            (Some(Desired::Wait(_)), _) => {
+                resources.insert(address.clone(), Observed::Wait);
+            }
+            (Some(Desired::NodePool(intent)), _) => {
+                let o = observe_pool(cluster, stack, address, pool_api, intent).await?;
+                resources.insert(address.clone(), Observed::Patch(o));
+            }
+            (Some(Desired::NodeClass(intent)), _) => {
+                let o = observe_class(cluster, stack, address, class_api, intent).await?;
+                resources.insert(address.clone(), Observed::Patch(o));
+            }
+            (None, Some(st)) if st.patch.is_some() => {
+                let o = observe_revert(cluster, stack, st, options.force).await?;
+                resources.insert(address.clone(), Observed::Patch(o));
+            }
+            (None, Some(st)) => {
+                groups
+                    .entry((st.api_version.clone(), st.kind.clone()))
+                    .or_default()
+                    .push(address.clone());
+            }
+            (None, None) => {
+                // Destroy of a partially applied stack: what was written
+                // before the state write was lost still carries our label or
+                // our holder annotation.
+                match desired.get(address) {
+                    Some(Desired::Object(o)) => {
+                        groups
+                            .entry((o.api_version.clone(), o.kind.clone()))
+                            .or_default()
+                            .push(address.clone());
+                    }
+                    Some(Desired::NodePool(_)) if pool_api.is_some() => {
+                        let api = pool_api.unwrap_or(PoolApi::V1);
+                        let st = unrecorded_patch(api.api_version(), api.kind(), &address.name);
+                        let o = observe_revert(cluster, stack, &st, options.force).await?;
+                        resources.insert(address.clone(), Observed::Patch(o));
+                    }
+                    Some(Desired::NodeClass(_)) if class_api.is_some() => {
+                        let api = class_api.unwrap_or(ClassApi::V1);
+                        let st = unrecorded_patch(api.api_version(), api.kind(), &address.name);
+                        let o = observe_revert(cluster, stack, &st, options.force).await?;
+                        resources.insert(address.clone(), Observed::Patch(o));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    for ((api_version, kind_name), members) in groups {
+        let Some(kind) = cluster.kind(&api_version, &kind_name) else {
+            let problem = missing_kind_message(&api_version, &kind_name);
+            for a in members {
+                resources.insert(
+                    a,
+                    Observed::Object(ObservedObject {
+                        problem: Some(problem.clone()),
+                        ..Default::default()
+                    }),
+                );
+            }
+            continue;
+        };
+        let namespace = kind.namespaced.then_some(stack.namespace.as_str());
+        let selector = format!("{LABEL_STACK}={}", stack.name);
+        let listed = cluster.list(&kind, namespace, &selector).await?;
+        let mut by_name: BTreeMap<String, Value> = listed
+            .into_iter()
+            .filter_map(|o| Some((o["metadata"]["name"].as_str()?.to_string(), o)))
+            .collect();
+        for address in members {
+            let st = state.resources.get(&address);
+            let want = match (mode, desired.get(&address)) {
+                (Mode::Apply, Some(Desired::Object(o))) => Some(o),
+                _ => None,
+            };
+            let name = want
+                .map(|o| o.name.clone())
+                .or_else(|| st.map(|s| s.name.clone()))
+                .unwrap_or_else(|| address.name.clone());
+            let mut obs = ObservedObject {
+                namespaced: kind.namespaced,
+                ..Default::default()
+            };
+            let mut live = by_name.remove(&name);
+            obs.owned = live.is_some();
+            if live.is_none() && want.is_some() {
+                // Not ours by label: is someone else's object in the way?
+                live = cluster.get(&kind, namespace, &name).await?;
+            }
+            if let Some(l) = &mut live {
+                sanitize(l, key);
+            }
+            if let Some(want) = want {
+                let mut want = want.clone();
+                if !kind.namespaced {
+                    want.set_cluster_scoped();
+                }
+                match &live {
+                    Some(l) if obs.owned && unchanged(st, &want, l) => obs.unchanged = true,
+                    Some(_) if !obs.owned => {}
+                    _ => dry_run(cluster, &kind, namespace, &want, &manager, key, &mut obs).await?,
+                }
+            }
+            obs.live = live;
+            resources.insert(address, Observed::Object(obs));
+        }
+    }
+
+    Ok(World {
+        cluster: cluster.id.clone(),
+        pool_api,
+        class_api,
+        resources,
+    })
+}
+
+/// Server-side dry run: first without force, to learn about conflicts; then
+/// with force, to learn what the result would be.
+async fn dry_run(
+    cluster: &Cluster,
+    kind: &Kind,
+    namespace: Option<&str>,
+    want: &DesiredObject,
+    manager: &str,
+    key: &str,
+    obs: &mut ObservedObject,
+) -> Result<(), ClusterError> {
+    let attempt = cluster
+        .apply(
+            kind,
+            namespace,
+            &want.name,
+            want.body(),
+            Ssa {
+                manager,
+                force: false,
+                dry_run: true,
+            },
+        )
+        .await;
+    let result = match attempt {
+        Err(ClusterError::Conflict { causes, .. }) => {
+            obs.conflicts = causes;
+            cluster
+                .apply(
+                    kind,
+                    namespace,
+                    &want.name,
+                    want.body(),
+                    Ssa {
+                        manager,
+                        force: true,
+                        dry_run: true,
+                    },
+                )
+                .await
+        }
+        other => other,
+    };
+    match result {
+        Ok(mut after) => {
+            sanitize(&mut after, key);
+            obs.after = Some(after);
+        }
+        Err(ClusterError::NotFound { message, .. }) if message.contains("namespace") => {
+            obs.note = Some(format!("not dry-run: {message} (yet)"));
+        }
+        Err(
+            e @ (ClusterError::Invalid { .. }
+            | ClusterError::Forbidden { .. }
+            | ClusterError::Api { .. }),
+        ) => {
+            obs.problem = Some(redact(&e.to_string(), want));
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// A server message about a Secret could quote its data; keep only what cannot.
+fn redact(message: &str, want: &DesiredObject) -> String {
+    if want.is_secret() {
+        let mut out = message.to_string();
+        if let Some(data) = want.body()["data"].as_object() {
+            for v in data.values().filter_map(Value::as_str) {
+                out = out.replace(v, "(sensitive value)");
+            }
+        }
+        out
+    } else {
+        message.to_string()
+    }
+}
+
+fn sanitize(object: &mut Value, key: &str) {
+    if object["kind"] == "Secret" && object["apiVersion"] == "v1" {
+        let fps = desired::live_secret_fingerprints(object, key);
+        if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
+            for (k, v) in data.iter_mut() {
+                *v = Value::String(fps.get(k).cloned().unwrap_or_default());
+            }
+        }
+        if let Some(o) = object.as_object_mut() {
+            o.remove("stringData");
+        }
+    }
+}
+
+pub fn missing_kind_message(api_version: &str, kind: &str) -> String {
+    if api_version.starts_with("ray.io/") {
+        format!(
+            "the cluster does not serve {api_version} {kind}: the KubeRay CRDs are not installed\n  \
+             help: install the KubeRay operator first (e.g. `helm install kuberay-operator kuberay/kuberay-operator`)"
+        )
+    } else {
+        format!(
+            "the cluster does not serve {api_version} {kind}: install the CRD or operator that provides it"
+        )
+    }
+}
+
+async fn get_target(
+    cluster: &Cluster,
+    api_version: &str,
+    kind_name: &str,
+    name: &str,
+    out: &mut ObservedPatch,
+) -> Result<Option<(Kind, Value)>, ClusterError> {
+    out.api_version = api_version.to_string();
+    out.kind = kind_name.to_string();
+    out.name = name.to_string();
+    let Some(kind) = cluster.kind(api_version, kind_name) else {
+        out.problem = Some(format!(
+            "the cluster no longer serves {api_version} {kind_name}"
+        ));
+        return Ok(None);
+    };
+    match cluster.get(&kind, None, name).await? {
+        Some(live) => Ok(Some((kind, live))),
+        None => {
+            let existing: Vec<String> = cluster
+                .list(&kind, None, "")
+                .await
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.problem = Some(format!(
+                "{kind_name} `{name}` does not exist; the cluster has: {}",
+                if existing.is_empty() {
+                    "none".to_string()
+                } else {
+                    existing.join(", ")
+                }
+            ));
+            Ok(None)
+        }
+    }
+}
+
+async fn finish_patch(
+    cluster: &Cluster,
+    kind: &Kind,
+    manager: &str,
+    patch: KarpenterPatch,
+    out: &mut ObservedPatch,
+) -> Result<(), ClusterError> {
+    if patch.needed {
+        match cluster
+            .merge_patch(kind, &out.name, &patch.merge, manager, true)
+            .await
+        {
+            Ok(after) => out.after = Some(after),
+            Err(
+                e @ (ClusterError::Invalid { .. }
+                | ClusterError::Forbidden { .. }
+                | ClusterError::Conflict { .. }),
+            ) => {
+                out.problem = Some(e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    out.patch = Some(patch);
+    Ok(())
+}
+
+async fn observe_pool(
+    cluster: &Cluster,
+    stack: &Stack,
+    address: &Address,
+    api: Option<PoolApi>,
+    intent: &crate::stack::NodePoolIntent,
+) -> Result<ObservedPatch, ClusterError> {
+    let mut out = ObservedPatch::default();
+    let Some(api) = api else {
+        out.problem = Some(format!(
+            "{address}: the cluster serves no Karpenter NodePool (karpenter.sh/v1, v1beta1) or Provisioner (v1alpha5) API\n  \
+             help: is Karpenter installed on this cluster?"
+        ));
+        return Ok(out);
+    };
+    let Some((kind, live)) = get_target(
+        cluster,
+        api.api_version(),
+        api.kind(),
+        &address.name,
+        &mut out,
+    )
+    .await?
+    else {
+        return Ok(out);
+    };
+    let problems = karpenter::pool_problems(api, &live);
+    if !problems.is_empty() {
+        out.problem = Some(problems.join("; "));
+        out.live = Some(live);
+        return Ok(out);
+    }
+    let patch = karpenter::patch(&stack.name, &live, &karpenter::pool_fields(api, intent));
+    out.live = Some(live);
+    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
+    Ok(out)
+}
+
+async fn observe_class(
+    cluster: &Cluster,
+    stack: &Stack,
+    address: &Address,
+    api: Option<ClassApi>,
+    intent: &crate::stack::NodeClassIntent,
+) -> Result<ObservedPatch, ClusterError> {
+    let mut out = ObservedPatch::default();
+    let Some(api) = api else {
+        out.problem = Some(format!(
+            "{address}: the cluster serves no Karpenter EC2NodeClass (karpenter.k8s.aws/v1, v1beta1) or AWSNodeTemplate (v1alpha1) API\n  \
+             help: is Karpenter's AWS provider installed on this cluster?"
+        ));
+        return Ok(out);
+    };
+    let Some((kind, live)) = get_target(
+        cluster,
+        api.api_version(),
+        api.kind(),
+        &address.name,
+        &mut out,
+    )
+    .await?
+    else {
+        return Ok(out);
+    };
+    // Originals are recorded once on the object, so sizing the live list
+    // (possibly already patched by another stack) never loses them.
+    let fields = karpenter::class_fields(intent, &live);
+    let patch = karpenter::patch(&stack.name, &live, &fields);
+    out.live = Some(live);
+    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
+    Ok(out)
+}
+
+/// A state entry for a patch whose state write was lost; the object's own
+/// annotations say what this stack wrote.
+fn unrecorded_patch(api_version: &str, kind: &str, name: &str) -> ResourceState {
+    ResourceState {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: name.into(),
+        namespace: None,
+        uid: None,
+        resource_version: None,
+        desired_fingerprint: String::new(),
+        live_fingerprint: String::new(),
+        applied: Value::Null,
+        secret_fingerprints: BTreeMap::new(),
+        patch: Some(crate::state::PatchState {
+            api_version: api_version.into(),
+            fields: BTreeMap::new(),
+        }),
+    }
+}
+
+async fn observe_revert(
+    cluster: &Cluster,
+    stack: &Stack,
+    st: &ResourceState,
+    force: bool,
+) -> Result<ObservedPatch, ClusterError> {
+    let mut out = ObservedPatch::default();
+    let Some(recorded) = &st.patch else {
+        return Ok(out);
+    };
+    let Some((kind, live)) =
+        get_target(cluster, &st.api_version, &st.kind, &st.name, &mut out).await?
+    else {
+        return Ok(out);
+    };
+    let patch = match karpenter::revert(&stack.name, &live, &recorded.fields) {
+        Ok(p) => p,
+        Err(changed) if !force => {
+            out.changed_outside = changed;
+            out.live = Some(live);
+            return Ok(out);
+        }
+        Err(_) => karpenter::revert_forced(&stack.name, &live, &recorded.fields),
+    };
+    out.live = Some(live);
+    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
+    Ok(out)
+}

@@ -1,1 +1,548 @@
-//! todo
+//! The plan: desired vs state vs live, decided per resource. Pure: it reads
+//! a [`World`] and makes no cluster calls, so it can be shown, saved, and
+//! applied later exactly as reviewed.
+//!
+//! Each resource gets one [`Action`]. "Changed outside rayform" is detected
+//! by comparing the live fields rayform writes with the fingerprint the state
+//! recorded right after rayform last wrote them.
+
+mod diff;
+mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::desired::{self, Desired};
+use crate::graph::Graph;
+use crate::karpenter::{self, KarpenterPatch};
+use crate::observe::{Observed, ObservedObject, ObservedPatch, World};
+use crate::stack::{Address, ResourceType, Stack, WaitSpec};
+use crate::state::{ClusterId, State};
+
+pub use render::{RenderOptions, render_json, render_text};
+
+/// Version of the saved-plan and `--json` format.
+pub const FORMAT_VERSION: &str = "1.0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    Update,
+    NoOp,
+    Delete,
+    Patch,
+    Revert,
+    Wait,
+    /// In state but gone from both the stack and the cluster: drop from state.
+    Forget,
+}
+
+impl Action {
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Action::Create | Action::Update | Action::Delete | Action::Patch | Action::Revert
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    pub address: Address,
+    pub action: Action,
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Why this action, beyond the obvious ("changed outside rayform", "adopting").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// Unified YAML diff, live → planned; secret values masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// What changed outside rayform since it last wrote the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_diff: Option<String>,
+    /// The body to apply, secret data as fingerprints (values are re-read at apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_fingerprints: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_fingerprint: Option<String>,
+    /// Take fields from other managers (drift correction, adoption, --force-conflicts).
+    #[serde(default)]
+    pub force: bool,
+    /// resourceVersion the plan saw; a saved plan is stale once it moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<KarpenterPatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitSpec>,
+    /// The state entry is missing or stale though the cluster is right: apply refreshes it.
+    #[serde(default)]
+    pub refresh_state: bool,
+    /// Resources in this plan that must finish first.
+    #[serde(default)]
+    pub depends_on: Vec<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Change {
+    fn new(address: &Address, action: Action, api_version: &str, kind: &str, name: &str) -> Change {
+        Change {
+            address: address.clone(),
+            action,
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+            namespace: None,
+            reasons: Vec::new(),
+            diff: None,
+            outside_diff: None,
+            body: None,
+            secret_fingerprints: BTreeMap::new(),
+            desired_fingerprint: None,
+            force: false,
+            live_resource_version: None,
+            live_uid: None,
+            patch: None,
+            wait: None,
+            refresh_state: false,
+            depends_on: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: String,
+    pub rayform_version: String,
+    pub destroy: bool,
+    pub stack: String,
+    pub stack_file: PathBuf,
+    pub namespace: String,
+    pub state_path: PathBuf,
+    pub state_lineage: String,
+    pub state_serial: u64,
+    /// The state had no file yet when this plan was made.
+    pub state_new: bool,
+    pub cluster: ClusterId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub karpenter: Option<String>,
+    pub changes: Vec<Change>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+    pub patch: usize,
+    pub revert: usize,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for c in &self.changes {
+            match c.action {
+                Action::Create => s.add += 1,
+                Action::Update => s.change += 1,
+                Action::Delete => s.destroy += 1,
+                Action::Patch => s.patch += 1,
+                Action::Revert => s.revert += 1,
+                Action::NoOp | Action::Wait | Action::Forget => {}
+            }
+        }
+        s
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action.is_change())
+    }
+
+    pub fn change(&self, address: &Address) -> Option<&Change> {
+        self.changes.iter().find(|c| &c.address == address)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    pub destroy: bool,
+    pub force_conflicts: bool,
+    /// Objects the user allows rayform to take over though it did not create them.
+    pub adopt: BTreeSet<Address>,
+}
+
+/// Decides what to do with every resource.
+pub fn build(
+    stack: &Stack,
+    graph: &Graph,
+    desired: &BTreeMap<Address, Desired>,
+    state: &State,
+    state_new: bool,
+    world: &World,
+    options: &PlanOptions,
+) -> Plan {
+    let mut order = if options.destroy {
+        graph.destroy_order()
+    } else {
+        graph.apply_order()
+    };
+    // Resources only the state knows (removed from the stack) go last.
+    order.extend(
+        state
+            .resources
+            .keys()
+            .filter(|a| stack.get(a).is_none())
+            .cloned(),
+    );
+    let mut plan = Plan {
+        format_version: FORMAT_VERSION.into(),
+        rayform_version: env!("CARGO_PKG_VERSION").into(),
+        destroy: options.destroy,
+        stack: stack.name.clone(),
+        stack_file: stack.file.clone(),
+        namespace: stack.namespace.clone(),
+        state_path: stack.state_path.clone(),
+        state_lineage: state.lineage.clone(),
+        state_serial: state.serial,
+        state_new,
+        cluster: world.cluster.clone(),
+        karpenter: karpenter_summary(world),
+        changes: Vec::new(),
+        warnings: Vec::new(),
+        errors: Vec::new(),
+    };
+    for address in order {
+        let Some(observed) = world.resources.get(&address) else {
+            continue;
+        };
+        let wanted = if options.destroy {
+            None
+        } else {
+            desired.get(&address)
+        };
+        let change = match observed {
+            Observed::Wait => match wanted {
+                Some(Desired::Wait(w)) => {
+                    let mut c = Change::new(&address, Action::Wait, "", "", &w.rayservice);
+                    c.wait = Some(w.clone());
+                    Some(c)
+                }
+                _ => None,
+            },
+            Observed::Patch(o) => {
+                plan_patch(&address, o, wanted.is_some(), state, &mut plan.warnings)
+            }
+            Observed::Object(o) => {
+                plan_object(&address, o, wanted, desired.get(&address), state, options)
+            }
+        };
+        if let Some(c) = change {
+            if let Some(e) = &c.error {
+                plan.errors.push(format!("{}: {e}", c.address));
+            }
+            plan.changes.push(c);
+        }
+    }
+    // Ordering constraints between the changes actually in the plan.
+    let present: BTreeSet<Address> = plan.changes.iter().map(|c| c.address.clone()).collect();
+    for c in &mut plan.changes {
+        let deps = if options.destroy {
+            graph.dependents(&c.address)
+        } else {
+            graph.dependencies(&c.address)
+        };
+        c.depends_on = deps.into_iter().filter(|d| present.contains(d)).collect();
+    }
+    if options.destroy {
+        // Reverting Karpenter while a workload still runs could let it remove
+        // nodes mid-pull: reverts wait for every delete in the plan.
+        let deletes: Vec<Address> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == Action::Delete)
+            .map(|c| c.address.clone())
+            .collect();
+        for c in plan
+            .changes
+            .iter_mut()
+            .filter(|c| c.address.kind.is_patch())
+        {
+            for d in &deletes {
+                if !c.depends_on.contains(d) {
+                    c.depends_on.push(d.clone());
+                }
+            }
+        }
+    }
+    plan
+}
+
+fn karpenter_summary(world: &World) -> Option<String> {
+    let pool = world
+        .pool_api
+        .map(|a| format!("{} {}", a.api_version(), a.kind()));
+    let class = world
+        .class_api
+        .map(|a| format!("{} {}", a.api_version(), a.kind()));
+    match (pool, class) {
+        (None, None) => None,
+        (p, c) => Some([p, c].into_iter().flatten().collect::<Vec<_>>().join(" + ")),
+    }
+}
+
+fn plan_patch(
+    address: &Address,
+    o: &ObservedPatch,
+    wanted: bool,
+    state: &State,
+    warnings: &mut Vec<String>,
+) -> Option<Change> {
+    let st = state.resources.get(address);
+    let action = if wanted {
+        Action::Patch
+    } else {
+        Action::Revert
+    };
+    let mut c = Change::new(address, action, &o.api_version, &o.kind, &o.name);
+    if let Some(problem) = &o.problem {
+        c.error = Some(problem.clone());
+        return Some(c);
+    }
+    if !o.changed_outside.is_empty() {
+        let lines: Vec<String> = o
+            .changed_outside
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} changed since rayform wrote it: recorded original {}, written {}, live {}",
+                    karpenter::field_name(&f.pointer),
+                    f.recorded.display(),
+                    crate::util::compact_json(&f.written),
+                    f.live.display()
+                )
+            })
+            .collect();
+        c.error = Some(format!(
+            "{}\n  help: revert it by hand, or pass --force to restore the recorded original anyway",
+            lines.join("\n  ")
+        ));
+        return Some(c);
+    }
+    let patch = o.patch.as_ref()?;
+    let live = o.live.as_ref()?;
+    c.live_resource_version = live
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if !patch.needed {
+        if !wanted {
+            // Nothing of ours is on the object any more: just forget it.
+            c.action = Action::Forget;
+            return Some(c);
+        }
+        c.action = Action::NoOp;
+        c.refresh_state =
+            st.and_then(|s| s.patch.as_ref()).map(|p| &p.fields) != Some(&patch.fields);
+        c.patch = Some(patch.clone());
+        return Some(c);
+    }
+    if wanted
+        && let Some(prev) = st.and_then(|s| s.patch.as_ref())
+        && prev
+            .fields
+            .iter()
+            .any(|(p, f)| live.pointer(p) != Some(&f.written))
+    {
+        c.reasons.push("changed outside rayform".into());
+    }
+    if o.kind == "EC2NodeClass" || o.kind == "AWSNodeTemplate" {
+        let verb = if wanted { "patching" } else { "reverting" };
+        warnings.push(format!(
+            "{address}: {verb} blockDeviceMappings of {} `{}` makes Karpenter treat the nodes launched from it as drifted and replace them (as disruption budgets allow)",
+            o.kind, o.name
+        ));
+    }
+    if let Some(after) = &o.after {
+        c.diff = diff::unified(live, after, None);
+    }
+    c.patch = Some(patch.clone());
+    Some(c)
+}
+
+fn plan_object(
+    address: &Address,
+    o: &ObservedObject,
+    wanted: Option<&Desired>,
+    rendered: Option<&Desired>,
+    state: &State,
+    options: &PlanOptions,
+) -> Option<Change> {
+    let st = state.resources.get(address);
+    let (api_version, kind, name) = match (rendered, st) {
+        (Some(Desired::Object(d)), _) => (d.api_version.clone(), d.kind.clone(), d.name.clone()),
+        (_, Some(s)) => (s.api_version.clone(), s.kind.clone(), s.name.clone()),
+        _ => return None,
+    };
+    let mut c = Change::new(address, Action::NoOp, &api_version, &kind, &name);
+    if o.namespaced {
+        c.namespace = match rendered {
+            Some(Desired::Object(d)) => Some(d.namespace.clone()),
+            _ => st.and_then(|s| s.namespace.clone()),
+        };
+    }
+    if let Some(live) = &o.live {
+        c.live_resource_version = live
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        c.live_uid = live
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    }
+    if let Some(problem) = &o.problem {
+        c.action = if wanted.is_some() {
+            Action::Create
+        } else {
+            Action::Delete
+        };
+        c.error = Some(problem.clone());
+        return Some(c);
+    }
+    let Some(Desired::Object(want)) = wanted else {
+        // Removed from the stack, or destroy.
+        c.action = match &o.live {
+            Some(_) if o.owned => Action::Delete,
+            Some(_) => {
+                c.reasons.push("not created by rayform; left alone".into());
+                Action::Forget
+            }
+            None => Action::Forget,
+        };
+        return Some(c);
+    };
+    let mut want = want.clone();
+    if !o.namespaced {
+        want.set_cluster_scoped();
+    }
+    let masked = want.masked_body();
+    c.body = Some(masked.clone());
+    c.secret_fingerprints = want.secret_fingerprints.clone();
+    c.desired_fingerprint = Some(want.fingerprint.clone());
+    let Some(live) = &o.live else {
+        c.action = Action::Create;
+        if st.is_some() {
+            c.reasons.push("deleted outside rayform".into());
+        }
+        if let Some(note) = &o.note {
+            c.reasons.push(note.clone());
+        }
+        c.diff = diff::unified(
+            &Value::Null,
+            o.after.as_ref().unwrap_or(&masked),
+            Some(&want.secret_fingerprints),
+        );
+        return Some(c);
+    };
+    if !o.owned && !options.adopt.contains(address) {
+        c.action = Action::Update;
+        c.error = Some(format!(
+            "{kind} `{name}` already exists and was not created by rayform\n  help: rayform will not take it over unless told to: pass --adopt {address}"
+        ));
+        return Some(c);
+    }
+    if !o.owned {
+        c.reasons
+            .push("adopting an object rayform did not create".into());
+        c.force = true;
+    }
+    let projection = desired::project(live, &masked);
+    let live_fp = crate::util::sha256_json(&projection);
+    if let Some(s) = st
+        && s.live_fingerprint != live_fp
+        && !s.applied.is_null()
+    {
+        c.reasons.push("changed outside rayform".into());
+        c.outside_diff = diff::unified(&s.applied, &projection, None);
+    }
+    if o.unchanged {
+        return Some(c);
+    }
+    let Some(after) = &o.after else {
+        c.action = Action::Update;
+        if let Some(note) = &o.note {
+            c.reasons.push(note.clone());
+        }
+        return Some(c);
+    };
+    c.diff = diff::unified(live, after, Some(&want.secret_fingerprints));
+    c.action = if c.diff.is_some() {
+        Action::Update
+    } else {
+        Action::NoOp
+    };
+    if c.action == Action::NoOp {
+        c.refresh_state = st.is_none_or(|s| {
+            s.desired_fingerprint != want.fingerprint || s.live_fingerprint != live_fp
+        });
+    }
+    if !o.conflicts.is_empty() {
+        // A field rayform wrote before and someone else changed is drift:
+        // restoring it is the point of apply. A field rayform never wrote is
+        // someone else's: taking it needs --force-conflicts.
+        let foreign: Vec<&(String, String)> = o
+            .conflicts
+            .iter()
+            .filter(|(field, _)| st.is_none_or(|s| !field_in(&s.applied, field)))
+            .collect();
+        c.force = true;
+        if !foreign.is_empty()
+            && !options.force_conflicts
+            && !c.reasons.iter().any(|r| r.starts_with("adopting"))
+        {
+            let list: Vec<String> = foreign.iter().map(|(f, m)| format!("{f} ({m})")).collect();
+            c.error = Some(format!(
+                "applying would take fields owned by another field manager: {}\n  help: pass --force-conflicts to take them, or drop them from the stack",
+                list.join(", ")
+            ));
+        }
+    }
+    if c.action == Action::NoOp && c.address.kind == ResourceType::Secret {
+        c.force = false;
+    }
+    Some(c)
+}
+
+/// Whether a conflict path from the server (`.spec.a.b[name="x"].c`) lies in `applied`.
+fn field_in(applied: &Value, field: &str) -> bool {
+    let mut cur = applied;
+    for part in field.trim_start_matches('.').split('.') {
+        let key = part.split('[').next().unwrap_or(part);
+        match cur.get(key) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+        if part.contains('[') {
+            return true;
+        }
+    }
+    true
+}

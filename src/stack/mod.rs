@@ -24,6 +24,10 @@ pub fn load(path: &Path, state_override: Option<&Path>) -> Result<Stack, StackEr
 }
 
 /// Validates stack text as if it were read from `path` (used by tests and `validate -`).
-pub fn parse_str(path: &Path, text: &str, state_override: Option<&Path>) -> Result<Stack, StackError> {
+pub fn parse_str(
+    path: &Path,
+    text: &str,
+    state_override: Option<&Path>,
+) -> Result<Stack, StackError> {
     parse::parse(&parse::Source { file: path, text }, state_override)
 }

@@ -200,7 +200,7 @@ impl ObjectSpec {
 }
 
 /// The terminal node: the RayService answers on its route.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WaitSpec {
     /// Name of the `rayservice.<name>` resource this wait watches.
     pub rayservice: String,
@@ -208,7 +208,9 @@ pub struct WaitSpec {
     pub path: String,
     /// A fixed endpoint (ingress, load balancer, local server) instead of a port-forward.
     pub url: Option<String>,
+    #[serde(with = "crate::util::duration_serde")]
     pub timeout: Duration,
+    #[serde(with = "crate::util::duration_serde")]
     pub interval: Duration,
     pub probe: Option<Probe>,
 }

@@ -38,7 +38,12 @@ impl Source<'_> {
         }
     }
 
-    pub fn error(&self, span: &Range<usize>, field: &str, message: impl Into<String>) -> StackError {
+    pub fn error(
+        &self,
+        span: &Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> StackError {
         StackError::Invalid {
             location: self.location(span.start),
             field: field.to_string(),
@@ -103,16 +108,28 @@ impl<'a, 'i> Table<'a, 'i> {
         Ok(())
     }
 
-    fn string(&self, src: &Source<'_>, key: &str) -> Result<Option<(String, Range<usize>)>, StackError> {
+    fn string(
+        &self,
+        src: &Source<'_>,
+        key: &str,
+    ) -> Result<Option<(String, Range<usize>)>, StackError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => Ok(Some((as_string(src, v, &self.field(key))?, v.span()))),
         }
     }
 
-    fn required_string(&self, src: &Source<'_>, key: &str) -> Result<(String, Range<usize>), StackError> {
+    fn required_string(
+        &self,
+        src: &Source<'_>,
+        key: &str,
+    ) -> Result<(String, Range<usize>), StackError> {
         self.string(src, key)?.ok_or_else(|| {
-            src.error(&self.span, &self.field(key), format!("missing required key `{key}`"))
+            src.error(
+                &self.span,
+                &self.field(key),
+                format!("missing required key `{key}`"),
+            )
         })
     }
 
@@ -123,7 +140,12 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    fn duration(&self, src: &Source<'_>, key: &str, default: Duration) -> Result<Duration, StackError> {
+    fn duration(
+        &self,
+        src: &Source<'_>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, StackError> {
         let Some(v) = self.get(key) else {
             return Ok(default);
         };
@@ -159,14 +181,22 @@ fn as_table<'a, 'i>(
             span,
             path: field.to_string(),
         }),
-        other => Err(src.error(&v.span(), field, format!("expected a table, found {}", type_name(other)))),
+        other => Err(src.error(
+            &v.span(),
+            field,
+            format!("expected a table, found {}", type_name(other)),
+        )),
     }
 }
 
 fn as_string(src: &Source<'_>, v: &Val<'_>, field: &str) -> Result<String, StackError> {
     match v.get_ref() {
         DeValue::String(s) => Ok(s.to_string()),
-        other => Err(src.error(&v.span(), field, format!("expected a string, found {}", type_name(other)))),
+        other => Err(src.error(
+            &v.span(),
+            field,
+            format!("expected a string, found {}", type_name(other)),
+        )),
     }
 }
 
@@ -236,9 +266,14 @@ pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<S
     allowed.extend(ResourceType::ALL.iter().map(|t| t.as_str()));
     root.only(src, &allowed)?;
 
-    let header = root
-        .sub(src, "stack")?
-        .ok_or_else(|| src.error_help(&(0..0), "stack", "missing the [stack] table", "start the file with [stack] and name = \"...\""))?;
+    let header = root.sub(src, "stack")?.ok_or_else(|| {
+        src.error_help(
+            &(0..0),
+            "stack",
+            "missing the [stack] table",
+            "start the file with [stack] and name = \"...\"",
+        )
+    })?;
     header.only(src, &["name", "namespace", "state"])?;
     let (name, name_span) = header.required_string(src, "name")?;
     check_dns_label(src, &name, &name_span, "stack.name", 40)?;
@@ -269,7 +304,9 @@ pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<S
             check_name(src, kind, &name, &name_key.span(), &path)?;
             let table = as_table(src, body, &path, name_key.span())?;
             let location = src.location(name_key.span().start);
-            resources.push(resource(src, &dir, kind, name, &table, &namespace, location)?);
+            resources.push(resource(
+                src, &dir, kind, name, &table, &namespace, location,
+            )?);
         }
     }
     resources.sort_by_key(|r| r.location.line);
@@ -325,7 +362,9 @@ fn resource(
         }
         ResourceType::Secret => {
             t.only(src, &["type", "data", "depends_on"])?;
-            let type_ = t.string(src, "type")?.map_or_else(|| "Opaque".to_string(), |(s, _)| s);
+            let type_ = t
+                .string(src, "type")?
+                .map_or_else(|| "Opaque".to_string(), |(s, _)| s);
             let data_t = t.sub(src, "data")?.ok_or_else(|| {
                 src.error_help(
                     &t.span,
@@ -338,8 +377,16 @@ fn resource(
             for (key, v) in data_t.table.iter() {
                 let k = key.get_ref().to_string();
                 let field = data_t.field(&k);
-                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
-                    return Err(src.error(&key.span(), &field, "a Secret key may hold only letters, digits, `-`, `_` and `.`"));
+                if k.is_empty()
+                    || !k
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                {
+                    return Err(src.error(
+                        &key.span(),
+                        &field,
+                        "a Secret key may hold only letters, digits, `-`, `_` and `.`",
+                    ));
                 }
                 if let DeValue::String(_) = v.get_ref() {
                     return Err(src.error_help(
@@ -354,7 +401,13 @@ fn resource(
                 let source = match (source.string(src, "env")?, source.string(src, "file")?) {
                     (Some((var, _)), None) if !var.is_empty() => SecretSource::Env(var),
                     (None, Some((file, _))) => SecretSource::File(dir.join(file)),
-                    _ => return Err(src.error(&v.span(), &field, "give exactly one of `env` or `file`")),
+                    _ => {
+                        return Err(src.error(
+                            &v.span(),
+                            &field,
+                            "give exactly one of `env` or `file`",
+                        ));
+                    }
                 };
                 data.insert(k, source);
             }
@@ -370,7 +423,8 @@ fn resource(
             let object = match (t.string(src, file_key)?, t.get(inline_key)) {
                 (Some((file, span)), None) => {
                     let path = dir.join(&file);
-                    let v = super::manifest::load(&path).map_err(|m| src.error(&span, &t.field(file_key), m))?;
+                    let v = super::manifest::load(&path)
+                        .map_err(|m| src.error(&span, &t.field(file_key), m))?;
                     (v, Some(path), span)
                 }
                 (None, Some(v)) => {
@@ -386,11 +440,27 @@ fn resource(
                     (object, None, v.span())
                 }
                 _ => {
-                    return Err(src.error(&t.span, &t.path, format!("give exactly one of `{file_key}` or `{inline_key}`")));
+                    return Err(src.error(
+                        &t.span,
+                        &t.path,
+                        format!("give exactly one of `{file_key}` or `{inline_key}`"),
+                    ));
                 }
             };
             let (mut object, source, span) = object;
-            fill_identity(src, kind, &name, namespace, &mut object, &span, &t.field(if source.is_some() { file_key } else { inline_key }))?;
+            fill_identity(
+                src,
+                kind,
+                &name,
+                namespace,
+                &mut object,
+                &span,
+                &t.field(if source.is_some() {
+                    file_key
+                } else {
+                    inline_key
+                }),
+            )?;
             let spec = ObjectSpec { object, source };
             if kind == ResourceType::RayService {
                 ResourceSpec::RayService(spec)
@@ -399,15 +469,37 @@ fn resource(
             }
         }
         ResourceType::Wait => {
-            t.only(src, &["rayservice", "path", "url", "timeout", "interval", "probe", "depends_on"])?;
+            t.only(
+                src,
+                &[
+                    "rayservice",
+                    "path",
+                    "url",
+                    "timeout",
+                    "interval",
+                    "probe",
+                    "depends_on",
+                ],
+            )?;
             let (rayservice, _) = t.required_string(src, "rayservice")?;
-            let path = t.string(src, "path")?.map_or_else(|| "/v1/chat/completions".to_string(), |(p, _)| p);
+            let path = t
+                .string(src, "path")?
+                .map_or_else(|| "/v1/chat/completions".to_string(), |(p, _)| p);
             if !path.starts_with('/') {
-                return Err(src.error(&t.get("path").map_or(t.span.clone(), Spanned::span), &t.field("path"), "must start with `/`"));
+                return Err(src.error(
+                    &t.get("path").map_or(t.span.clone(), Spanned::span),
+                    &t.field("path"),
+                    "must start with `/`",
+                ));
             }
             let url = match t.string(src, "url")? {
                 Some((u, span)) if !u.starts_with("http://") => {
-                    return Err(src.error_help(&span, &t.field("url"), format!("`{u}` is not an http:// URL"), "point it at the Serve HTTP proxy, e.g. http://127.0.0.1:8000"));
+                    return Err(src.error_help(
+                        &span,
+                        &t.field("url"),
+                        format!("`{u}` is not an http:// URL"),
+                        "point it at the Serve HTTP proxy, e.g. http://127.0.0.1:8000",
+                    ));
                 }
                 other => other.map(|(u, _)| u.trim_end_matches('/').to_string()),
             };
@@ -420,7 +512,9 @@ fn resource(
                     p.only(src, &["method", "path", "body", "timeout"])?;
                     let d = Probe::default();
                     Some(Probe {
-                        method: p.string(src, "method")?.map_or(d.method, |(m, _)| m.to_uppercase()),
+                        method: p
+                            .string(src, "method")?
+                            .map_or(d.method, |(m, _)| m.to_uppercase()),
                         path: p.string(src, "path")?.map_or(d.path, |(m, _)| m),
                         body: p.string(src, "body")?.map(|(b, _)| b),
                         timeout: p.duration(src, "timeout", d.timeout)?,
@@ -441,14 +535,23 @@ fn resource(
         None => Vec::new(),
         Some(v) => {
             let DeValue::Array(items) = v.get_ref() else {
-                return Err(src.error(&v.span(), &t.field("depends_on"), "expected an array of addresses like \"secret.hf-token\""));
+                return Err(src.error(
+                    &v.span(),
+                    &t.field("depends_on"),
+                    "expected an array of addresses like \"secret.hf-token\"",
+                ));
             };
             let mut deps = Vec::new();
             for (n, item) in items.iter().enumerate() {
                 let field = format!("{}[{n}]", t.field("depends_on"));
                 let s = as_string(src, item, &field)?;
                 let address = Address::parse(&s).ok_or_else(|| {
-                    src.error_help(&item.span(), &field, format!("`{s}` is not a resource address"), "write <type>.<name>, e.g. \"secret.hf-token\"")
+                    src.error_help(
+                        &item.span(),
+                        &field,
+                        format!("`{s}` is not a resource address"),
+                        "write <type>.<name>, e.g. \"secret.hf-token\"",
+                    )
                 })?;
                 deps.push((address, src.location(item.span().start)));
             }
@@ -474,42 +577,80 @@ fn fill_identity(
     span: &Range<usize>,
     field: &str,
 ) -> Result<(), StackError> {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default().to_string();
+    let api_version = object["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let k = object["kind"].as_str().unwrap_or_default().to_string();
     if api_version.is_empty() || k.is_empty() {
         return Err(src.error(span, field, "the object needs `apiVersion` and `kind`"));
     }
-    if kind == ResourceType::RayService && (k != "RayService" || !api_version.starts_with("ray.io/")) {
-        return Err(src.error_help(span, field, format!("expected a ray.io RayService, found {api_version} {k}"), "declare other objects as [manifest.<name>]"));
+    if kind == ResourceType::RayService
+        && (k != "RayService" || !api_version.starts_with("ray.io/"))
+    {
+        return Err(src.error_help(
+            span,
+            field,
+            format!("expected a ray.io RayService, found {api_version} {k}"),
+            "declare other objects as [manifest.<name>]",
+        ));
     }
     if kind == ResourceType::Manifest && k == "Secret" {
-        return Err(src.error_help(span, field, "a Secret in a manifest would put its value in the stack and the plan", "declare it as [secret.<name>] with values from env or file"));
+        return Err(src.error_help(
+            span,
+            field,
+            "a Secret in a manifest would put its value in the stack and the plan",
+            "declare it as [secret.<name>] with values from env or file",
+        ));
     }
     let Some(obj) = object.as_object_mut() else {
         return Err(src.error(span, field, "expected a mapping"));
     };
-    let meta = obj.entry("metadata").or_insert_with(|| serde_json::json!({}));
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}));
     let Some(meta) = meta.as_object_mut() else {
         return Err(src.error(span, field, "`metadata` must be a mapping"));
     };
     match meta.get("name").and_then(|n| n.as_str()) {
         Some(n) if n != name => {
-            return Err(src.error_help(span, field, format!("metadata.name is `{n}` but the resource is named `{name}`"), format!("rename the table to [{}.{n}] or drop metadata.name", kind.as_str())));
+            return Err(src.error_help(
+                span,
+                field,
+                format!("metadata.name is `{n}` but the resource is named `{name}`"),
+                format!(
+                    "rename the table to [{}.{n}] or drop metadata.name",
+                    kind.as_str()
+                ),
+            ));
         }
         _ => {
             meta.insert("name".into(), name.into());
         }
     }
     match meta.get("namespace").and_then(|n| n.as_str()) {
-        Some(ns) if ns != namespace => Err(src.error_help(span, field, format!("metadata.namespace is `{ns}` but the stack's namespace is `{namespace}`"), "drop metadata.namespace; the stack sets it")),
+        Some(ns) if ns != namespace => Err(src.error_help(
+            span,
+            field,
+            format!("metadata.namespace is `{ns}` but the stack's namespace is `{namespace}`"),
+            "drop metadata.namespace; the stack sets it",
+        )),
         _ => Ok(()),
     }
 }
 
-fn check_name(src: &Source<'_>, kind: ResourceType, name: &str, span: &Range<usize>, field: &str) -> Result<(), StackError> {
+fn check_name(
+    src: &Source<'_>,
+    kind: ResourceType,
+    name: &str,
+    span: &Range<usize>,
+    field: &str,
+) -> Result<(), StackError> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if ok || kind == ResourceType::Wait && !name.is_empty() {
@@ -519,16 +660,29 @@ fn check_name(src: &Source<'_>, kind: ResourceType, name: &str, span: &Range<usi
     }
 }
 
-fn check_dns_label(src: &Source<'_>, value: &str, span: &Range<usize>, field: &str, max: usize) -> Result<(), StackError> {
+fn check_dns_label(
+    src: &Source<'_>,
+    value: &str,
+    span: &Range<usize>,
+    field: &str,
+    max: usize,
+) -> Result<(), StackError> {
     let ok = !value.is_empty()
         && value.len() <= max
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && value.starts_with(|c: char| c.is_ascii_lowercase())
         && value.ends_with(|c: char| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
-        Err(src.error_help(span, field, format!("`{value}` is not a valid name"), format!("use at most {max} lowercase letters, digits and `-`, starting with a letter")))
+        Err(src.error_help(
+            span,
+            field,
+            format!("`{value}` is not a valid name"),
+            format!("use at most {max} lowercase letters, digits and `-`, starting with a letter"),
+        ))
     }
 }
 
@@ -546,7 +700,11 @@ fn cross_check(stack: &Stack) -> Result<(), StackError> {
     for r in &stack.resources {
         for (dep, location) in &r.depends_on {
             if stack.get(dep).is_none() {
-                let names: Vec<String> = stack.resources.iter().map(|r| r.address.to_string()).collect();
+                let names: Vec<String> = stack
+                    .resources
+                    .iter()
+                    .map(|r| r.address.to_string())
+                    .collect();
                 let dep_s = dep.to_string();
                 let help = suggest(&dep_s, names.iter().map(String::as_str)).map_or_else(
                     || format!("declared resources: {}", names.join(", ")),

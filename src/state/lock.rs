@@ -80,7 +80,8 @@ impl StateLock {
         };
         let text = serde_json::to_string(&info).map_err(|e| io("write", e.into()))?;
         file.set_len(0).map_err(|e| io("write", e))?;
-        file.write_all(text.as_bytes()).map_err(|e| io("write", e))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| io("write", e))?;
         file.sync_all().map_err(|e| io("write", e))?;
         Ok(StateLock { file, info })
     }

@@ -24,9 +24,15 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error("state file {} is not valid: {message}\n  help: restore it from a backup, or move it away to start over (rayform will not adopt the objects it lists)", path.display())]
-    Corrupt { path: std::path::PathBuf, message: String },
+    Corrupt {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("state file {} has format_version {found}; this rayform reads {FORMAT_VERSION}", path.display())]
-    Version { path: std::path::PathBuf, found: u32 },
+    Version {
+        path: std::path::PathBuf,
+        found: u32,
+    },
     #[error("state is locked by {0}\n  help: wait for that run to finish; if it died, run `rayform force-unlock {id}`", id = .0.id)]
     Locked(lock::LockInfo),
     #[error("lock ID `{given}` does not match the current lock `{actual}`")]

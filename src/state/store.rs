@@ -23,10 +23,11 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             });
         }
     };
-    let version: serde_json::Value = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let version: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let found = version["format_version"].as_u64().unwrap_or(0);
     if found != u64::from(FORMAT_VERSION) {
         return Err(StateError::Version {
@@ -80,5 +81,7 @@ pub(crate) fn private() -> fs::Permissions {
 
 #[cfg(not(unix))]
 pub(crate) fn private() -> fs::Permissions {
-    fs::metadata(".").map(|m| m.permissions()).unwrap_or_else(|_| unreachable!())
+    fs::metadata(".")
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| unreachable!())
 }

@@ -1,0 +1,124 @@
+//! Command-line arguments: the only place that knows flag names.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Plan, apply and destroy LLM serving (KubeRay RayService) on Karpenter-autoscaled Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "rayform", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (default: the current context)
+    #[arg(long, global = true, env = "RAYFORM_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+    /// State file (default: the stack's `state`, else state/<stack>.json)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// No ANSI colours (also when NO_COLOR is set or output is not a terminal)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// More detail on stderr (timings of each stage); secret values are never shown
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a stack file without a cluster
+    Validate { stack: PathBuf },
+    /// Print the dependency graph as DOT (apply order; --destroy for the reverse)
+    Graph {
+        stack: PathBuf,
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Show what apply would do
+    Plan {
+        stack: PathBuf,
+        /// Save the plan (it holds no secret values) for `rayform apply FILE`
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Exit 0 when there are no changes, 2 when there are, 1 on error
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Print the plan as JSON
+        #[arg(long)]
+        json: bool,
+        /// Plan a destroy
+        #[arg(long)]
+        destroy: bool,
+        #[command(flatten)]
+        take: Take,
+    },
+    /// Apply a stack (after showing its plan), or a saved plan file
+    Apply {
+        /// A stack file, or a plan saved with `plan --out`
+        target: PathBuf,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        auto_approve: bool,
+        #[command(flatten)]
+        take: Take,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Skip the readiness wait
+        #[arg(long)]
+        no_wait: bool,
+        /// Readiness endpoint (http://host:port of the Serve proxy), overriding the stack
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+    },
+    /// Delete what the stack created and revert its Karpenter patches
+    Destroy {
+        stack: PathBuf,
+        #[arg(long)]
+        auto_approve: bool,
+        /// Restore recorded Karpenter originals even over changes made outside rayform
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Break the state lock of a run that died
+    ForceUnlock {
+        stack: PathBuf,
+        /// The lock ID from the "state is locked" error
+        lock_id: String,
+    },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct Take {
+    /// Take fields other field managers own (see the plan's conflicts)
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Take over an existing object rayform did not create (e.g. secret.hf-token)
+    #[arg(long, value_name = "ADDRESS")]
+    pub adopt: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// How many independent resources to work on at once
+    #[arg(long, default_value_t = 10)]
+    pub parallelism: usize,
+    /// How long a delete may wait for finalizers
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub delete_timeout: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    rayform::util::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 90s, 5m)"))
+}

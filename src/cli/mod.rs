@@ -1,0 +1,437 @@
+//! The command line: turns arguments into calls on the library and results
+//! into output and exit codes. Everything the user sees is printed here.
+
+mod args;
+mod output;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser as _;
+
+use rayform::apply::{self, ApplyOptions, Event, SecretValues};
+use rayform::cluster::{Cluster, ConnectOptions};
+use rayform::desired::{self, Secrets};
+use rayform::graph::Graph;
+use rayform::observe::{self, Mode, ObserveOptions};
+use rayform::plan::{self, Plan, PlanOptions};
+use rayform::stack::{self, Address, ResourceSpec, Stack};
+use rayform::state::{self, State, lock::StateLock};
+
+use args::{Cli, Command, Global, RunArgs, Take};
+use output::Out;
+
+/// An error already worth showing to the user as it is.
+type Error = Box<dyn std::error::Error>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out::new(cli.global.no_color, cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            out.error(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli, &out)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            out.error(&e.to_string());
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Validate { stack } => {
+            let s = load(&stack, g)?;
+            Graph::build(&s)?;
+            out.line(&format!(
+                "{}: valid ({} resources)",
+                stack.display(),
+                s.resources.len()
+            ));
+            Ok(0)
+        }
+        Command::Graph { stack, destroy } => {
+            let s = load(&stack, g)?;
+            out.raw(&Graph::build(&s)?.to_dot(destroy));
+            Ok(0)
+        }
+        Command::Plan {
+            stack,
+            out: save,
+            detailed_exitcode,
+            json,
+            destroy,
+            take,
+        } => {
+            let s = load(&stack, g)?;
+            let graph = Graph::build(&s)?;
+            let _lock = StateLock::acquire(&s.state_path, "plan")?;
+            let (state, new) = load_state(&s)?;
+            let cluster = connect(g, out).await?;
+            check_cluster(&state, &cluster)?;
+            let plan = make_plan(
+                &s, &graph, &state, new, &cluster, &take, destroy, false, out,
+            )
+            .await?;
+            if json {
+                out.raw(&(plan::render_json(&plan) + "\n"));
+            } else {
+                out.raw(&plan::render_text(&plan, out.render_options()));
+            }
+            if let Some(path) = save {
+                save_plan(&plan, &path)?;
+                if !json {
+                    out.line(&format!(
+                        "\nSaved the plan to {}. To apply exactly this plan: rayform apply {}",
+                        path.display(),
+                        path.display()
+                    ));
+                }
+            }
+            if !plan.errors.is_empty() {
+                return Ok(1);
+            }
+            Ok(if detailed_exitcode && plan.has_changes() {
+                2
+            } else {
+                0
+            })
+        }
+        Command::Apply {
+            target,
+            auto_approve,
+            take,
+            run,
+            no_wait,
+            endpoint,
+        } => {
+            if is_plan_file(&target) {
+                apply_saved(&target, g, &run, no_wait, endpoint, out).await
+            } else {
+                let s = load(&target, g)?;
+                let graph = Graph::build(&s)?;
+                let _lock = StateLock::acquire(&s.state_path, "apply")?;
+                let (state, new) = load_state(&s)?;
+                let cluster = connect(g, out).await?;
+                check_cluster(&state, &cluster)?;
+                let plan =
+                    make_plan(&s, &graph, &state, new, &cluster, &take, false, false, out).await?;
+                out.raw(&plan::render_text(&plan, out.render_options()));
+                if !plan.errors.is_empty() {
+                    return Err("the plan has errors; nothing was changed".into());
+                }
+                let waits = plan.changes.iter().any(|c| c.action == plan::Action::Wait) && !no_wait;
+                if !plan.has_changes() && !plan.changes.iter().any(|c| c.refresh_state) && !waits {
+                    return Ok(0);
+                }
+                if plan.has_changes() && !confirm(auto_approve, "apply", out)? {
+                    return Ok(1);
+                }
+                let secrets = read_secrets(&s)?;
+                execute(
+                    &cluster, &plan, state, secrets, &run, !no_wait, endpoint, out,
+                )
+                .await
+            }
+        }
+        Command::Destroy {
+            stack,
+            auto_approve,
+            force,
+            run,
+        } => {
+            let s = load(&stack, g)?;
+            let graph = Graph::build(&s)?;
+            let _lock = StateLock::acquire(&s.state_path, "destroy")?;
+            let (state, new) = load_state(&s)?;
+            let cluster = connect(g, out).await?;
+            check_cluster(&state, &cluster)?;
+            let plan = make_plan(
+                &s,
+                &graph,
+                &state,
+                new,
+                &cluster,
+                &Take::default(),
+                true,
+                force,
+                out,
+            )
+            .await?;
+            out.raw(&plan::render_text(&plan, out.render_options()));
+            if !plan.errors.is_empty() {
+                return Err("the destroy plan has errors; nothing was changed".into());
+            }
+            if !plan.has_changes() && plan.changes.iter().all(|c| c.action == plan::Action::NoOp) {
+                return Ok(0);
+            }
+            if plan.has_changes() && !confirm(auto_approve, "destroy", out)? {
+                return Ok(1);
+            }
+            execute(
+                &cluster,
+                &plan,
+                state,
+                SecretValues::new(),
+                &run,
+                false,
+                None,
+                out,
+            )
+            .await
+        }
+        Command::ForceUnlock { stack, lock_id } => {
+            let s = load(&stack, g)?;
+            let info = state::lock::force_unlock(&s.state_path, &lock_id)?;
+            out.line(&format!("Lock {} (held by {}) is broken. The next run will repair what that run left half done.", info.id, info.operation));
+            Ok(0)
+        }
+    }
+}
+
+fn load(path: &Path, g: &Global) -> Result<Stack, Error> {
+    Ok(stack::load(path, g.state.as_deref())?)
+}
+
+fn load_state(s: &Stack) -> Result<(State, bool), Error> {
+    match state::store::load(&s.state_path)? {
+        Some(st) if st.stack != s.name => Err(format!(
+            "state file {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state file (--state or `state` in [stack])",
+            s.state_path.display(),
+            st.stack,
+            s.name
+        )
+        .into()),
+        Some(st) => Ok((st, false)),
+        None => Ok((State::new(&s.name), true)),
+    }
+}
+
+async fn connect(g: &Global, out: &Out) -> Result<Cluster, Error> {
+    let started = std::time::Instant::now();
+    let cluster = Cluster::connect(&ConnectOptions {
+        kubeconfig: g.kubeconfig.clone(),
+        context: g.context.clone(),
+    })
+    .await?;
+    out.debug(&format!(
+        "connected to {} and read discovery in {:?}",
+        cluster.id.server,
+        started.elapsed()
+    ));
+    Ok(cluster)
+}
+
+fn check_cluster(state: &State, cluster: &Cluster) -> Result<(), Error> {
+    match &state.cluster {
+        Some(c) if !state.resources.is_empty() && c.server != cluster.id.server => Err(format!(
+            "the state was written against {}, but this kubeconfig context points at {}\n  help: choose the right cluster with --context",
+            c.server, cluster.id.server
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn make_plan(
+    s: &Stack,
+    graph: &Graph,
+    state: &State,
+    new: bool,
+    cluster: &Cluster,
+    take: &Take,
+    destroy: bool,
+    force: bool,
+    out: &Out,
+) -> Result<Plan, Error> {
+    let started = std::time::Instant::now();
+    let secrets = if destroy {
+        Secrets::Skip
+    } else {
+        Secrets::Require
+    };
+    let desired = desired::render(s, &state.fingerprint_key, secrets)?;
+    let mode = if destroy { Mode::Destroy } else { Mode::Apply };
+    let world =
+        observe::observe(cluster, s, &desired, state, mode, &ObserveOptions { force }).await?;
+    out.debug(&format!("observed the cluster in {:?}", started.elapsed()));
+    let mut adopt = BTreeSet::new();
+    for a in &take.adopt {
+        adopt.insert(
+            Address::parse(a)
+                .ok_or_else(|| format!("--adopt {a}: not an address like secret.hf-token"))?,
+        );
+    }
+    let options = PlanOptions {
+        destroy,
+        force_conflicts: take.force_conflicts,
+        adopt,
+    };
+    Ok(plan::build(
+        s, graph, &desired, state, new, &world, &options,
+    ))
+}
+
+fn read_secrets(s: &Stack) -> Result<SecretValues, Error> {
+    let mut values = SecretValues::new();
+    for r in &s.resources {
+        if let ResourceSpec::Secret(spec) = &r.spec {
+            values.insert(
+                r.address.clone(),
+                rayform::secret::read(&r.address, &spec.data)?,
+            );
+        }
+    }
+    Ok(values)
+}
+
+fn confirm(auto_approve: bool, verb: &str, out: &Out) -> Result<bool, Error> {
+    if auto_approve {
+        return Ok(true);
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        out.line(&format!("\nrayform {verb} needs confirmation, but standard input is not a terminal.\n  help: review the plan above and pass --auto-approve"));
+        return Ok(false);
+    }
+    out.line(&format!(
+        "\nDo you want to {verb} these changes?\n  Only 'yes' will be accepted to approve.\n"
+    ));
+    out.prompt("  Enter a value: ");
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if answer.trim() == "yes" {
+        Ok(true)
+    } else {
+        out.line(&format!(
+            "\n{} cancelled.",
+            if verb == "apply" { "Apply" } else { "Destroy" }
+        ));
+        Ok(false)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    cluster: &Cluster,
+    plan: &Plan,
+    state: State,
+    secrets: SecretValues,
+    run: &RunArgs,
+    wait: bool,
+    endpoint: Option<String>,
+    out: &Out,
+) -> Result<u8, Error> {
+    let printer = out.clone();
+    let options = ApplyOptions {
+        parallelism: run.parallelism,
+        wait,
+        delete_timeout: run.delete_timeout,
+        endpoint,
+        progress: Arc::new(move |e: Event| printer.progress(&e.address.to_string(), &e.message)),
+    };
+    out.line("");
+    let (_state, result) = apply::apply(
+        cluster,
+        plan,
+        state,
+        plan.state_path.clone(),
+        secrets,
+        options,
+    )
+    .await;
+    let report = result?;
+    let s = plan.summary();
+    if plan.destroy {
+        out.line(&format!(
+            "\nDestroy complete! Resources: {} destroyed, {} reverted.",
+            s.destroy, s.revert
+        ));
+    } else {
+        out.line(&format!(
+            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched.",
+            s.add, s.change, s.destroy, s.patch
+        ));
+        for r in &report.ready {
+            out.line(&r.to_string());
+        }
+    }
+    Ok(0)
+}
+
+fn is_plan_file(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'))
+}
+
+fn save_plan(plan: &Plan, path: &PathBuf) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(plan)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+async fn apply_saved(
+    path: &Path,
+    g: &Global,
+    run: &RunArgs,
+    no_wait: bool,
+    endpoint: Option<String>,
+    out: &Out,
+) -> Result<u8, Error> {
+    let text = std::fs::read_to_string(path)?;
+    let plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
+    if plan.format_version != plan::FORMAT_VERSION {
+        return Err(format!(
+            "{} has plan format {}; this rayform reads {}",
+            path.display(),
+            plan.format_version,
+            plan::FORMAT_VERSION
+        )
+        .into());
+    }
+    let state_path = g.state.clone().unwrap_or_else(|| plan.state_path.clone());
+    let _lock = StateLock::acquire(&state_path, "apply")?;
+    let state = state::store::load(&state_path)?.unwrap_or_else(|| {
+        let mut s = State::new(&plan.stack);
+        s.lineage = plan.state_lineage.clone();
+        s
+    });
+    let cluster = connect(g, out).await?;
+    apply::check_fresh(&cluster, &plan, &state).await?;
+    // Secret values are not in the plan: read them again from where the stack says.
+    let secrets = if plan
+        .changes
+        .iter()
+        .any(|c| !c.secret_fingerprints.is_empty() && c.action.is_change())
+    {
+        read_secrets(&stack::load(&plan.stack_file, Some(&state_path))?)?
+    } else {
+        SecretValues::new()
+    };
+    out.raw(&plan::render_text(&plan, out.render_options()));
+    let mut plan = plan;
+    plan.state_path = state_path;
+    execute(
+        &cluster, &plan, state, secrets, run, !no_wait, endpoint, out,
+    )
+    .await
+}

@@ -1,0 +1,69 @@
+//! Output habits: results on stdout, progress and errors on stderr, colour
+//! only on a terminal without NO_COLOR, and a closed pipe is not an error.
+
+use std::io::{IsTerminal as _, Write as _};
+
+#[derive(Clone)]
+pub struct Out {
+    color_out: bool,
+    color_err: bool,
+    verbose: u8,
+}
+
+impl Out {
+    pub fn new(no_color: bool, verbose: u8) -> Out {
+        let allowed = !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Out {
+            color_out: allowed && std::io::stdout().is_terminal(),
+            color_err: allowed && std::io::stderr().is_terminal(),
+            verbose,
+        }
+    }
+
+    pub fn render_options(&self) -> rayform::plan::RenderOptions {
+        rayform::plan::RenderOptions {
+            color: self.color_out,
+        }
+    }
+
+    /// Text as it is, to stdout.
+    pub fn raw(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        // A reader that went away (`| head`) is not our failure.
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    }
+
+    pub fn line(&self, text: &str) {
+        self.raw(&format!("{text}\n"));
+    }
+
+    pub fn prompt(&self, text: &str) {
+        self.raw(text);
+    }
+
+    /// `address: message` on stderr, as Terraform reports progress.
+    pub fn progress(&self, address: &str, message: &str) {
+        let address = if self.color_err {
+            format!("\x1b[1m{address}\x1b[0m")
+        } else {
+            address.to_string()
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{address}: {message}");
+    }
+
+    pub fn error(&self, message: &str) {
+        let label = if self.color_err {
+            "\x1b[31;1mError:\x1b[0m"
+        } else {
+            "Error:"
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
+    }
+
+    pub fn debug(&self, message: &str) {
+        if self.verbose > 0 {
+            let _ = writeln!(std::io::stderr().lock(), "debug: {message}");
+        }
+    }
+}

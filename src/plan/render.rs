@@ -1,0 +1,169 @@
+//! How a plan reads: Terraform's habits (one line per resource, a diff under
+//! it, a summary line), and a JSON form for machines.
+
+use std::fmt::Write as _;
+
+use super::{Action, Change, Plan};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenderOptions {
+    pub color: bool,
+}
+
+struct Paint(bool);
+
+impl Paint {
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn green(&self, t: &str) -> String {
+        self.wrap("32", t)
+    }
+    fn red(&self, t: &str) -> String {
+        self.wrap("31", t)
+    }
+    fn yellow(&self, t: &str) -> String {
+        self.wrap("33", t)
+    }
+    fn cyan(&self, t: &str) -> String {
+        self.wrap("36", t)
+    }
+    fn bold(&self, t: &str) -> String {
+        self.wrap("1", t)
+    }
+}
+
+fn headline(c: &Change) -> Option<(&'static str, String)> {
+    let what = if c.kind.is_empty() {
+        String::new()
+    } else {
+        match &c.namespace {
+            Some(ns) => format!(" ({} {} {ns}/{})", c.api_version, c.kind, c.name),
+            None => format!(" ({} {} {})", c.api_version, c.kind, c.name),
+        }
+    };
+    let (sym, verb) = match c.action {
+        Action::Create => ("+", "will be created"),
+        Action::Update => ("~", "will be updated in place"),
+        Action::Delete => ("-", "will be deleted"),
+        Action::Patch => ("~", "will be patched"),
+        Action::Revert => ("<", "will be reverted to its original values"),
+        Action::Wait => (">", "will wait"),
+        Action::Forget => ("x", "will be removed from state (already gone)"),
+        Action::NoOp => return None,
+    };
+    let line = match (&c.action, &c.wait) {
+        (Action::Wait, Some(w)) => format!(
+            "{} will wait until rayservice.{} serves {} (timeout {}){}",
+            c.address,
+            w.rayservice,
+            w.path,
+            crate::util::format_duration(w.timeout),
+            w.probe
+                .as_ref()
+                .map(|p| format!(", probing {} {}", p.method, p.path))
+                .unwrap_or_default()
+        ),
+        _ => format!("{} {verb}{what}", c.address),
+    };
+    Some((sym, line))
+}
+
+pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
+    let p = Paint(options.color);
+    let mut out = String::new();
+    let target = plan.cluster.context.as_ref().map_or_else(
+        || plan.cluster.server.clone(),
+        |c| format!("{} (context {c})", plan.cluster.server),
+    );
+    let _ = writeln!(out, "Stack {} on {target}", p.bold(&plan.stack));
+    if let Some(k) = &plan.karpenter {
+        let _ = writeln!(out, "Karpenter API: {k}");
+    }
+    let _ = writeln!(out);
+    let visible: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp || !c.reasons.is_empty() || c.error.is_some())
+        .collect();
+    for c in &visible {
+        let Some((sym, line)) =
+            headline(c).or_else(|| Some(("=", format!("{} has no changes", c.address))))
+        else {
+            continue;
+        };
+        let sym = match c.action {
+            Action::Create => p.green(sym),
+            Action::Delete | Action::Forget => p.red(sym),
+            Action::Revert | Action::Patch | Action::Update => p.yellow(sym),
+            _ => p.cyan(sym),
+        };
+        let _ = writeln!(out, "  {sym} {}", p.bold(&line));
+        for r in &c.reasons {
+            let _ = writeln!(out, "      ({r})");
+        }
+        if let Some(d) = &c.outside_diff {
+            let _ = writeln!(out, "      changed outside rayform since the last apply:");
+            write_diff(&mut out, d, &p);
+        }
+        if let Some(d) = &c.diff {
+            write_diff(&mut out, d, &p);
+        }
+        if let Some(e) = &c.error {
+            let _ = writeln!(out, "      {} {e}", p.red("error:"));
+        }
+    }
+    if visible.is_empty() || !plan.has_changes() {
+        let _ = writeln!(out, "No changes. The cluster matches the stack.");
+    }
+    for w in &plan.warnings {
+        let _ = writeln!(out, "\n{} {w}", p.yellow("Warning:"));
+    }
+    for e in &plan.errors {
+        let _ = writeln!(out, "\n{} {e}", p.red("Error:"));
+    }
+    let s = plan.summary();
+    let mut line = if plan.destroy {
+        format!("Plan: {} to destroy, {} to revert.", s.destroy, s.revert)
+    } else {
+        format!(
+            "Plan: {} to add, {} to change, {} to destroy, {} to patch.",
+            s.add, s.change, s.destroy, s.patch
+        )
+    };
+    if !plan.destroy && s.revert > 0 {
+        line.pop();
+        let _ = write!(line, ", {} to revert.", s.revert);
+    }
+    let _ = writeln!(out, "\n{}", p.bold(&line));
+    out
+}
+
+fn write_diff(out: &mut String, diff: &str, p: &Paint) {
+    for l in diff.lines() {
+        let colored = if l.starts_with("+++") || l.starts_with("---") {
+            p.bold(l)
+        } else if l.starts_with('+') {
+            p.green(l)
+        } else if l.starts_with('-') {
+            p.red(l)
+        } else if l.starts_with("@@") {
+            p.cyan(l)
+        } else {
+            l.to_string()
+        };
+        let _ = writeln!(out, "        {colored}");
+    }
+}
+
+/// The machine-readable plan: the saved-plan format plus a summary.
+pub fn render_json(plan: &Plan) -> String {
+    let mut v = serde_json::to_value(plan).unwrap_or_default();
+    v["summary"] = serde_json::to_value(plan.summary()).unwrap_or_default();
+    v["has_changes"] = serde_json::Value::Bool(plan.has_changes());
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
