@@ -116,34 +116,6 @@ pub mod duration_serde {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_round_trip() {
-        for (text, secs) in [("600", 600), ("600s", 600), ("10m", 600), ("1h30m", 5400)] {
-            assert_eq!(
-                parse_duration(text),
-                Some(Duration::from_secs(secs)),
-                "{text}"
-            );
-        }
-        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        for bad in ["", "10x", "m", "-5s", "1.5h"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn canonical_json_ignores_key_order() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#).unwrap();
-        let b: serde_json::Value = serde_json::from_str(r#"{"a":{"c":3,"d":2},"b":1}"#).unwrap();
-        assert_eq!(sha256_json(&a), sha256_json(&b));
-    }
-}
-
 /// Random bytes as hex, for lineages, lock IDs and fingerprint keys.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -190,4 +162,32 @@ pub fn now_rfc3339() -> String {
 /// One-line JSON for messages (`"30s"`, `[{"deviceName":...}]`).
 pub fn compact_json(v: &serde_json::Value) -> String {
     canonical_json(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip() {
+        for (text, secs) in [("600", 600), ("600s", 600), ("10m", 600), ("1h30m", 5400)] {
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        for bad in ["", "10x", "m", "-5s", "1.5h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"a":{"c":3,"d":2},"b":1}"#).unwrap();
+        assert_eq!(sha256_json(&a), sha256_json(&b));
+    }
 }

@@ -78,9 +78,15 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             let s = load(&stack, g)?;
             let graph = Graph::build(&s)?;
             let _lock = StateLock::acquire(&s.state_path, "plan")?;
-            let (state, new) = load_state(&s)?;
+            let (mut state, mut new) = load_state(&s)?;
             let cluster = connect(g, out).await?;
             check_cluster(&state, &cluster)?;
+            if new && save.is_some() {
+                // A saved plan is checked against the state's lineage and its
+                // fingerprint key, so that state must exist before the plan.
+                state::store::save(&s.state_path, &mut state)?;
+                new = false;
+            }
             let plan = make_plan(
                 &s, &graph, &state, new, &cluster, &take, destroy, false, out,
             )

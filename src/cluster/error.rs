@@ -108,6 +108,16 @@ pub(super) fn classify(
                         .map(|d| d.causes.into_iter().map(|c| (c.field, c.message)).collect())
                         .unwrap_or_default(),
                 },
+                // Server-side apply converts to the schema's types before
+                // validating; a wrong type surfaces as this 500.
+                500 if message.contains("failed to create typed patch object") => {
+                    ClusterError::Invalid {
+                        verb,
+                        resource,
+                        name,
+                        message,
+                    }
+                }
                 400 | 422 => ClusterError::Invalid {
                     verb,
                     resource,

@@ -134,9 +134,10 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     fn sub(&self, src: &Source<'_>, key: &str) -> Result<Option<Table<'a, 'i>>, StackError> {
-        match self.get(key) {
+        // Errors about a missing key inside point at the sub-table's own key.
+        match self.table.iter().find(|(k, _)| k.get_ref().as_ref() == key) {
             None => Ok(None),
-            Some(v) => Ok(Some(as_table(src, v, &self.field(key), v.span())?)),
+            Some((k, v)) => Ok(Some(as_table(src, v, &self.field(key), k.span())?)),
         }
     }
 

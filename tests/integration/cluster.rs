@@ -1,0 +1,116 @@
+//! The control plane is a real one: schema validation, dry runs, RBAC and
+//! connection failures answer as a cluster would.
+
+use serde_json::json;
+
+use crate::support::{Env, Profile};
+
+#[tokio::test]
+async fn the_api_server_answers_a_server_side_dry_run_apply() {
+    let env = Env::new(Profile::V1, "dryrun").await;
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}, "data": {"a": "1"}});
+    let params = kube::api::PatchParams::apply("test").dry_run();
+    let answered = api
+        .patch("probe", &params, &kube::api::Patch::Apply(&body))
+        .await
+        .expect("dry-run apply");
+    assert_eq!(
+        answered
+            .metadata
+            .managed_fields
+            .as_ref()
+            .map(|m| m[0].manager.clone()),
+        Some(Some("test".into()))
+    );
+    assert!(
+        api.get_opt("probe").await.unwrap().is_none(),
+        "a dry run persists nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_schema_invalid_rayservice_is_rejected_with_the_servers_message() {
+    let env = Env::new(Profile::V1, "invalid").await;
+    let stack = env.mission_stack("invalid");
+    let manifest = std::fs::read_to_string(env.path("mistral-7b.rayservice.yaml")).unwrap();
+    env.write(
+        "mistral-7b.rayservice.yaml",
+        &manifest.replace("replicas: 1\n", "replicas: many\n"),
+    );
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(
+        plan.stdout.contains("rejected by the API server"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("spec.rayClusterConfig.workerGroupSpecs[0].replicas"),
+        "{}",
+        plan.stdout
+    );
+    let apply = env
+        .rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .code(1);
+    assert!(
+        apply.stderr.contains("nothing was changed"),
+        "{}",
+        apply.stderr
+    );
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_verb_says_which_and_what_to_do() {
+    let env = Env::new(Profile::V1, "rbac").await;
+    let stack = env.mission_stack("rbac");
+    let plan = env
+        .rayform(&["--context", "restricted", "plan", &stack])
+        .code(1);
+    let text = plan.all();
+    assert!(
+        text.contains("forbidden: cannot dry-run patch nodepools.karpenter.sh"),
+        "{text}"
+    );
+    assert!(text.contains("RBAC"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_and_an_unknown_context_are_explained() {
+    let env = Env::new(Profile::V1, "unreachable").await;
+    let stack = env.mission_stack("unreachable");
+    let kubeconfig = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let port = kubeconfig
+        .split("https://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap();
+    env.write(
+        "dead.kubeconfig",
+        &kubeconfig.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:1"),
+    );
+    let run = env
+        .rayform(&["--kubeconfig", "dead.kubeconfig", "plan", &stack])
+        .code(1);
+    assert!(
+        run.stderr
+            .contains("cannot reach the cluster at https://127.0.0.1:1"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--context"), "{}", run.stderr);
+
+    let run = env.rayform(&["--context", "nope", "plan", &stack]).code(1);
+    assert!(
+        run.stderr
+            .contains("context `nope` is not in the kubeconfig; it has: admin, restricted"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,0 +1,495 @@
+//! The engine against a real API server: plan, apply, drift, delete,
+//! shared Karpenter objects, stale plans, locks, crashes and secrets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Env, Profile, assert_no_token};
+
+async fn mission_round_trip(profile: Profile) {
+    let env = Env::new(profile, &format!("mission-{}", profile.name())).await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("mistral-7b");
+
+    let plan = env
+        .rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(2);
+    assert!(
+        plan.stdout
+            .contains("Plan: 2 to add, 0 to change, 0 to destroy, 2 to patch."),
+        "{}",
+        plan.stdout
+    );
+    let (pool_api, pool_kind) = profile.pool();
+    assert!(
+        plan.stdout
+            .contains(&format!("Karpenter API: {pool_api} {pool_kind}")),
+        "{}",
+        plan.stdout
+    );
+
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let pool = env.pool_spec().await;
+    match profile {
+        Profile::V1alpha5 => assert_eq!(pool["ttlSecondsAfterEmpty"], json!(600)),
+        _ => {
+            assert_eq!(
+                pool["disruption"]["consolidationPolicy"],
+                json!("WhenEmpty")
+            );
+            assert_eq!(pool["disruption"]["consolidateAfter"], json!("600s"));
+        }
+    }
+    assert_eq!(
+        env.class_spec().await["blockDeviceMappings"][0]["ebs"]["volumeSize"],
+        json!("200Gi")
+    );
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_some()
+    );
+    assert!(
+        env.get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+            .await
+            .is_some()
+    );
+
+    let again = env
+        .rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(
+        env.karpenter_specs().await,
+        before,
+        "Karpenter specs are back to exactly what they were"
+    );
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_none()
+    );
+    assert!(
+        env.get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+            .await
+            .is_none()
+    );
+    let state = env.state("mistral-7b");
+    assert!(state["resources"].as_object().unwrap().is_empty());
+    assert!(state["lineage"].as_str().is_some_and(|l| !l.is_empty()));
+}
+
+#[tokio::test]
+async fn mission_stack_round_trip_on_karpenter_v1() {
+    mission_round_trip(Profile::V1).await;
+}
+
+#[tokio::test]
+async fn mission_stack_round_trip_on_karpenter_v1beta1() {
+    mission_round_trip(Profile::V1beta1).await;
+}
+
+#[tokio::test]
+async fn mission_stack_round_trip_on_karpenter_v1alpha5() {
+    mission_round_trip(Profile::V1alpha5).await;
+}
+
+#[tokio::test]
+async fn a_change_by_another_field_manager_is_reported_and_restored() {
+    let env = Env::new(Profile::V1, "drift").await;
+    let stack = env.mission_stack("drift");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let rs = env
+        .get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+        .await
+        .unwrap();
+    let original = rs["spec"]["serveConfigV2"].clone();
+    env.merge_as(
+        "kubectl-edit",
+        "ray.io/v1",
+        "RayService",
+        Some(&env.ns),
+        "mistral-7b",
+        json!({"spec": {"serveConfigV2": "applications: []\n"}}),
+    )
+    .await;
+
+    let plan = env
+        .rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(2);
+    assert!(
+        plan.stdout
+            .contains("rayservice.mistral-7b will be updated in place"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("changed outside rayform"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("applications: []"),
+        "the outside change is shown: {}",
+        plan.stdout
+    );
+
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let rs = env
+        .get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+        .await
+        .unwrap();
+    assert_eq!(rs["spec"]["serveConfigV2"], original);
+    env.rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+}
+
+#[tokio::test]
+async fn a_resource_removed_from_the_stack_is_deleted() {
+    let env = Env::new(Profile::V1, "removal").await;
+    let stack = env.mission_stack("removal");
+    let base = std::fs::read_to_string(env.path(&stack)).unwrap();
+    let with_cm = format!(
+        "{base}\n[manifest.extra-config]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ a = \"1\" }} }}\n"
+    );
+    env.write(&stack, &with_cm);
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    assert!(
+        env.get("v1", "ConfigMap", Some(&env.ns), "extra-config")
+            .await
+            .is_some()
+    );
+
+    env.write(&stack, &base);
+    let plan = env.rayform(&["plan", &stack]).ok();
+    assert!(
+        plan.stdout
+            .contains("manifest.extra-config will be deleted"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to add, 0 to change, 1 to destroy, 0 to patch."),
+        "{}",
+        plan.stdout
+    );
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    assert!(
+        env.get("v1", "ConfigMap", Some(&env.ns), "extra-config")
+            .await
+            .is_none()
+    );
+    assert!(
+        env.state("removal")["resources"]
+            .get("manifest.extra-config")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn two_stacks_share_karpenter_objects_and_the_last_one_reverts() {
+    let env = Env::new(Profile::V1, "shared").await;
+    let before = env.karpenter_specs().await;
+    let a = env.mission_stack("model-a");
+    // Stack B: the same pool and class, another namespace-free stack name, no workload.
+    let b = env.write(
+        "model-b.toml",
+        &format!(
+            "[stack]\nname = \"model-b\"\nnamespace = \"{}\"\n\n[nodepool.{}]\nempty_ttl = \"600s\"\n\n[nodeclass.{}]\nstorage = \"200Gi\"\n",
+            env.ns, env.pool, env.class
+        ),
+    );
+    let b = b.to_str().unwrap();
+    env.rayform(&["apply", &a, "--auto-approve", "--no-wait"])
+        .ok();
+    let patched = env.karpenter_specs().await;
+    env.rayform(&["apply", b, "--auto-approve", "--no-wait"])
+        .ok();
+    assert_eq!(env.karpenter_specs().await, patched);
+
+    env.rayform(&["destroy", &a, "--auto-approve"]).ok();
+    assert_eq!(
+        env.karpenter_specs().await,
+        patched,
+        "B still holds the patch"
+    );
+
+    env.rayform(&["destroy", b, "--auto-approve"]).ok();
+    assert_eq!(
+        env.karpenter_specs().await,
+        before,
+        "the last holder restored the originals recorded before A"
+    );
+}
+
+#[tokio::test]
+async fn a_field_changed_outside_stops_the_revert_unless_forced() {
+    let env = Env::new(Profile::V1, "revert-guard").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("guard");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let (api, kind) = Profile::V1.pool();
+    env.merge_as(
+        "someone",
+        api,
+        kind,
+        None,
+        &env.pool,
+        json!({"spec": {"disruption": {"consolidateAfter": "900s"}}}),
+    )
+    .await;
+
+    let refused = env.rayform(&["destroy", &stack, "--auto-approve"]).code(1);
+    let text = refused.all();
+    assert!(
+        text.contains("recorded original \"30s\", written \"600s\", live \"900s\""),
+        "{text}"
+    );
+    assert_eq!(
+        env.pool_spec().await["disruption"]["consolidateAfter"],
+        json!("900s"),
+        "nothing was overwritten"
+    );
+
+    env.rayform(&["destroy", &stack, "--auto-approve", "--force"])
+        .ok();
+    assert_eq!(env.karpenter_specs().await, before);
+}
+
+#[tokio::test]
+async fn a_stale_saved_plan_is_refused() {
+    let env = Env::new(Profile::V1, "stale").await;
+    let stack = env.mission_stack("stale");
+    env.rayform(&["plan", &stack, "--out", "first.plan"]).ok();
+    // The world moves on: the NodePool is edited after the plan was made.
+    let (api, kind) = Profile::V1.pool();
+    env.merge_as(
+        "someone",
+        api,
+        kind,
+        None,
+        &env.pool,
+        json!({"spec": {"weight": 5}}),
+    )
+    .await;
+    let refused = env.rayform(&["apply", "first.plan", "--no-wait"]).code(1);
+    assert!(refused.stderr.contains("stale"), "{}", refused.stderr);
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_none(),
+        "nothing was applied"
+    );
+
+    // A fresh plan applies; a plan made before that apply is then stale by serial.
+    env.rayform(&["plan", &stack, "--out", "second.plan"]).ok();
+    env.rayform(&["plan", &stack, "--out", "third.plan"]).ok();
+    env.rayform(&["apply", "second.plan", "--no-wait"]).ok();
+    let refused = env.rayform(&["apply", "third.plan", "--no-wait"]).code(1);
+    assert!(
+        refused
+            .stderr
+            .contains("the state changed since the plan was made"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_held_lock_makes_a_second_run_fail_at_once_naming_the_holder() {
+    let env = Env::new(Profile::V1, "lock").await;
+    let stack = env.mission_stack("lock");
+    let held =
+        rayform::state::lock::StateLock::acquire(&env.path("state/lock.json"), "apply").unwrap();
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["plan", &stack]).code(1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(run.stderr.contains("state is locked"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("pid {}", std::process::id())),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&held.info.id), "{}", run.stderr);
+    drop(held);
+    env.rayform(&["plan", &stack]).ok();
+}
+
+#[tokio::test]
+async fn a_killed_apply_is_finished_by_the_next_one() {
+    let env = Env::new(Profile::V1, "kill9").await;
+    let stack = env.mission_stack("kill9");
+    for delay_ms in [40, 120, 250] {
+        let mut child = env
+            .command(&[
+                "apply",
+                &stack,
+                "--auto-approve",
+                "--no-wait",
+                "--parallelism",
+                "1",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Whatever was written is a valid state file (or none yet).
+        if let Ok(text) = std::fs::read_to_string(env.path("state/kill9.json")) {
+            serde_json::from_str::<serde_json::Value>(&text).expect("state is never half-written");
+        }
+    }
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    env.rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    assert_eq!(env.count("v1", "Secret").await, 1);
+    assert_eq!(env.count("ray.io/v1", "RayService").await, 1);
+    assert_eq!(
+        env.state("kill9")["resources"].as_object().unwrap().len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn the_token_never_leaves_the_secret() {
+    let env = Env::new(Profile::V1, "secrets").await;
+    let stack = env.mission_stack("secrets");
+    let mut texts = BTreeMap::new();
+    let plan = env
+        .rayform(&["-vv", "plan", &stack, "--out", "saved.plan"])
+        .ok();
+    texts.insert("plan output".to_string(), plan.all());
+    texts.insert(
+        "plan --json".to_string(),
+        env.rayform(&["-vv", "plan", &stack, "--json"]).ok().all(),
+    );
+    texts.insert(
+        "saved plan".to_string(),
+        std::fs::read_to_string(env.path("saved.plan")).unwrap(),
+    );
+    texts.insert(
+        "apply output".to_string(),
+        env.rayform(&["-vv", "apply", "saved.plan", "--no-wait"])
+            .ok()
+            .all(),
+    );
+
+    // A new token: shown as changed, never as itself.
+    let rotated = env
+        .command(&["-vv", "plan", &stack])
+        .env("HUGGING_FACE_HUB_TOKEN", format!("{}-rotated", env.token))
+        .output()
+        .unwrap();
+    let rotated_out = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    assert!(
+        rotated_out.contains("(sensitive value changed)"),
+        "{rotated_out}"
+    );
+    assert!(
+        rotated_out.contains("rayservice.secrets")
+            || rotated_out.contains("rayservice.mistral-7b will be updated"),
+        "a new token rolls the RayService: {rotated_out}"
+    );
+    texts.insert(
+        "rotated plan".to_string(),
+        format!("{rotated_out}{}", String::from_utf8_lossy(&rotated.stderr)),
+    );
+
+    let state_path = env.path("state/secrets.json");
+    texts.insert(
+        "state file".to_string(),
+        std::fs::read_to_string(&state_path).unwrap(),
+    );
+    texts.insert(
+        "destroy output".to_string(),
+        env.rayform(&["-vv", "destroy", &stack, "--auto-approve"])
+            .ok()
+            .all(),
+    );
+    assert_no_token(&env.token, &texts);
+
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&state_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[tokio::test]
+async fn a_missing_token_variable_is_named_and_nothing_is_written() {
+    let env = Env::new(Profile::V1, "noenv").await;
+    let stack = env.mission_stack("noenv");
+    let out = env
+        .command(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .env_remove("HUGGING_FACE_HUB_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("HUGGING_FACE_HUB_TOKEN") && stderr.contains("not set"),
+        "{stderr}"
+    );
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_none()
+    );
+    assert!(!env.path("state/noenv.json").exists());
+}
+
+#[tokio::test]
+async fn an_object_rayform_did_not_create_is_not_taken_over() {
+    let env = Env::new(Profile::V1, "adopt").await;
+    let stack = env.mission_stack("adopt");
+    env.apply_as(
+        "kubectl",
+        "v1",
+        "Secret",
+        Some(&env.ns),
+        "hf-token",
+        json!({"stringData": {"HUGGING_FACE_HUB_TOKEN": "by-hand"}}),
+    )
+    .await;
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(
+        plan.stdout
+            .contains("already exists and was not created by rayform"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("--adopt secret.hf-token"),
+        "{}",
+        plan.stdout
+    );
+    env.rayform(&[
+        "apply",
+        &stack,
+        "--auto-approve",
+        "--no-wait",
+        "--adopt",
+        "secret.hf-token",
+    ])
+    .ok();
+    let secret = env
+        .get("v1", "Secret", Some(&env.ns), "hf-token")
+        .await
+        .unwrap();
+    assert_eq!(
+        secret["metadata"]["labels"]["rayform.io/stack"],
+        json!("adopt")
+    );
+}

@@ -1,0 +1,13 @@
+//! rayform's integration tests: one binary (one link step on a 2-core box).
+//!
+//! Tests that need Kubernetes run against a real kube-apiserver + etcd
+//! (`scripts/testcluster`), one per Karpenter profile, started on first use
+//! or reused from `RAYFORM_TEST_KUBECONFIG_<PROFILE>`. Each test works in its
+//! own namespace and on its own copies of the Karpenter objects, so tests run
+//! in parallel and leave no trace in each other.
+
+mod support;
+
+mod cluster;
+mod engine;
+mod validate;

@@ -1,0 +1,379 @@
+//! Test support: real control planes, a namespace and Karpenter objects per
+//! test, and running the `rayform` binary the way a user does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::ApiResource;
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+pub const TOKEN_PREFIX: &str = "hf_rayformTEST";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Profile {
+    V1,
+    V1beta1,
+    V1alpha5,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::V1 => "v1",
+            Profile::V1beta1 => "v1beta1",
+            Profile::V1alpha5 => "v1alpha5",
+        }
+    }
+
+    /// (apiVersion, kind) of the pool-like and class-like Karpenter objects.
+    pub fn pool(self) -> (&'static str, &'static str) {
+        match self {
+            Profile::V1 => ("karpenter.sh/v1", "NodePool"),
+            Profile::V1beta1 => ("karpenter.sh/v1beta1", "NodePool"),
+            Profile::V1alpha5 => ("karpenter.sh/v1alpha5", "Provisioner"),
+        }
+    }
+
+    pub fn class(self) -> (&'static str, &'static str) {
+        match self {
+            Profile::V1 => ("karpenter.k8s.aws/v1", "EC2NodeClass"),
+            Profile::V1beta1 => ("karpenter.k8s.aws/v1beta1", "EC2NodeClass"),
+            Profile::V1alpha5 => ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate"),
+        }
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig of the control plane for a profile, started once per test run.
+pub fn kubeconfig(profile: Profile) -> PathBuf {
+    static CLUSTERS: [OnceLock<PathBuf>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    CLUSTERS[profile as usize]
+        .get_or_init(|| {
+            let var = format!("RAYFORM_TEST_KUBECONFIG_{}", profile.name().to_uppercase());
+            if let Some(path) = std::env::var_os(&var) {
+                return PathBuf::from(path);
+            }
+            let out = Command::new(repo().join("scripts/testcluster"))
+                .args([
+                    "up",
+                    "--profile",
+                    profile.name(),
+                    "--watch-pid",
+                    &std::process::id().to_string(),
+                ])
+                .output()
+                .expect("run scripts/testcluster");
+            assert!(
+                out.status.success(),
+                "scripts/testcluster up --profile {} failed:\n{}",
+                profile.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+                .expect("testcluster printed KUBECONFIG");
+            PathBuf::from(line.trim())
+        })
+        .clone()
+}
+
+pub async fn client(kubeconfig: &Path, context: Option<&str>) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let options = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = Config::from_custom_kubeconfig(kc, &options)
+        .await
+        .expect("kubeconfig config");
+    Client::try_from(config).expect("client")
+}
+
+fn resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "NodePool" => "nodepools",
+        "EC2NodeClass" => "ec2nodeclasses",
+        "Provisioner" => "provisioners",
+        "AWSNodeTemplate" => "awsnodetemplates",
+        "RayService" => "rayservices",
+        "Secret" => "secrets",
+        "ConfigMap" => "configmaps",
+        "Namespace" => "namespaces",
+        other => panic!("no plural for {other}"),
+    };
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// Everything one test needs: a namespace, Karpenter objects of its own, a
+/// working directory for stacks and state, and a unique token.
+pub struct Env {
+    pub profile: Profile,
+    pub kubeconfig: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub ns: String,
+    pub pool: String,
+    pub class: String,
+    pub token: String,
+    pub client: Client,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl Env {
+    pub async fn new(profile: Profile, test: &str) -> Env {
+        let kubeconfig = kubeconfig(profile);
+        let client = client(&kubeconfig, None).await;
+        let suffix = &rayform::util::random_hex(3);
+        let base: String = test
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(30)
+            .collect::<String>()
+            .to_lowercase();
+        let ns = format!("{base}-{suffix}");
+        let env = Env {
+            profile,
+            kubeconfig,
+            dir: tempfile::tempdir().expect("tempdir"),
+            pool: format!("{base}-{suffix}"),
+            class: format!("{base}-{suffix}"),
+            ns: ns.clone(),
+            token: format!("{TOKEN_PREFIX}{}", rayform::util::random_hex(12)),
+            client,
+        };
+        env.apply_as("test-setup", "v1", "Namespace", None, &ns, json!({}))
+            .await;
+        for (api_version, kind) in [profile.pool(), profile.class()] {
+            let original = env
+                .get(api_version, kind, None, "default")
+                .await
+                .expect("the fixture `default` exists");
+            env.apply_as(
+                "karpenter-install",
+                api_version,
+                kind,
+                None,
+                &env.pool,
+                json!({"spec": original["spec"]}),
+            )
+            .await;
+        }
+        env
+    }
+
+    fn api(&self, api_version: &str, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {
+        let r = resource(api_version, kind);
+        match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &r),
+            None => Api::all_with(self.client.clone(), &r),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        self.api(api_version, kind, ns)
+            .get_opt(name)
+            .await
+            .expect("get")
+            .map(|o| serde_json::to_value(o).expect("json"))
+    }
+
+    /// Server-side apply as some other field manager (an installer, a human, a controller).
+    pub async fn apply_as(
+        &self,
+        manager: &str,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+    ) -> Value {
+        body["apiVersion"] = json!(api_version);
+        body["kind"] = json!(kind);
+        body["metadata"]["name"] = json!(name);
+        if let Some(ns) = ns {
+            body["metadata"]["namespace"] = json!(ns);
+        }
+        let o = self
+            .api(api_version, kind, ns)
+            .patch(
+                name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name} as {manager}: {e}"));
+        serde_json::to_value(o).expect("json")
+    }
+
+    pub async fn merge_as(
+        &self,
+        manager: &str,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+    ) {
+        let params = PatchParams {
+            field_manager: Some(manager.into()),
+            ..Default::default()
+        };
+        self.api(api_version, kind, ns)
+            .patch(name, &params, &Patch::Merge(&body))
+            .await
+            .expect("merge patch");
+    }
+
+    pub async fn pool_spec(&self) -> Value {
+        let (a, k) = self.profile.pool();
+        self.get(a, k, None, &self.pool).await.expect("pool")["spec"].clone()
+    }
+
+    pub async fn class_spec(&self) -> Value {
+        let (a, k) = self.profile.class();
+        self.get(a, k, None, &self.class).await.expect("class")["spec"].clone()
+    }
+
+    pub async fn karpenter_specs(&self) -> (Value, Value) {
+        (self.pool_spec().await, self.class_spec().await)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    /// The mission stack (stacks/mistral-7b.toml), pointed at this test's namespace and Karpenter objects.
+    pub fn mission_stack(&self, stack_name: &str) -> String {
+        let text =
+            std::fs::read_to_string(repo().join("stacks/mistral-7b.toml")).expect("mission stack");
+        let manifest = repo().join("stacks/mistral-7b.rayservice.yaml");
+        std::fs::copy(&manifest, self.path("mistral-7b.rayservice.yaml")).expect("copy manifest");
+        let text = text
+            .replace("name = \"mistral-7b\"", &format!("name = \"{stack_name}\""))
+            .replace(
+                "namespace = \"default\"",
+                &format!("namespace = \"{}\"", self.ns),
+            )
+            .replace("[nodepool.default]", &format!("[nodepool.{}]", self.pool))
+            .replace(
+                "[nodeclass.default]",
+                &format!("[nodeclass.{}]", self.class),
+            );
+        let file = format!("{stack_name}.toml");
+        self.write(&file, &text);
+        file
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rayform"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HUGGING_FACE_HUB_TOKEN", &self.token)
+            .env("NO_COLOR", "1")
+            .env_remove("RAYFORM_CONTEXT")
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    pub fn rayform(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run rayform"))
+    }
+
+    pub fn state(&self, stack_name: &str) -> Value {
+        let text = std::fs::read_to_string(self.path(&format!("state/{stack_name}.json")))
+            .expect("state file");
+        serde_json::from_str(&text).expect("state is JSON")
+    }
+
+    /// Counts of live objects in the test namespace carrying a label.
+    pub async fn count(&self, api_version: &str, kind: &str) -> usize {
+        self.api(api_version, kind, Some(&self.ns))
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len()
+    }
+}
+
+/// Every text that must never hold the token: outputs, files.
+#[track_caller]
+pub fn assert_no_token(token: &str, texts: &BTreeMap<String, String>) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(token);
+    for (what, text) in texts {
+        assert!(!text.contains(token), "the token leaked into {what}");
+        assert!(
+            !text.contains(&b64),
+            "the base64 of the token leaked into {what}"
+        );
+    }
+}

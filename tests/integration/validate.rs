@@ -1,0 +1,271 @@
+//! `rayform validate`: every malformed stack names file, line, column and
+//! field, and no input makes the parser panic.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use crate::support::repo;
+
+/// (file under tests/stacks/invalid, line:col, what the error must say).
+const CATALOGUE: &[(&str, &str, &str)] = &[
+    (
+        "01-unknown-top-level.toml",
+        "4:2",
+        "`rayservices`: unknown key `rayservices`\n  help: did you mean `rayservice`?",
+    ),
+    (
+        "02-missing-stack-table.toml",
+        "1:1",
+        "`stack`: missing the [stack] table",
+    ),
+    (
+        "03-missing-stack-name.toml",
+        "1:2",
+        "`stack.name`: missing required key `name`",
+    ),
+    (
+        "04-bad-stack-name.toml",
+        "2:8",
+        "`stack.name`: `Mistral_7B` is not a valid name",
+    ),
+    (
+        "05-unknown-stack-key.toml",
+        "3:1",
+        "`stack.namespce`: unknown key `namespce`\n  help: did you mean `namespace`?",
+    ),
+    (
+        "06-ttl-not-a-duration.toml",
+        "5:13",
+        "`nodepool.default.empty_ttl`: `ten minutes` is not a duration",
+    ),
+    (
+        "07-ttl-missing.toml",
+        "5:1",
+        "`nodepool.default.ttlSecondsAfterEmpty`: unknown key",
+    ),
+    (
+        "08-storage-bad-unit.toml",
+        "5:11",
+        "`nodeclass.default.storage`: `200GB` is not a volume size Karpenter accepts",
+    ),
+    (
+        "09-ephemeral-storage-key.toml",
+        "5:1",
+        "`nodeclass.default.ephemeralStorage`: unknown key",
+    ),
+    (
+        "10-secret-literal.toml",
+        "5:26",
+        "secret values are never written in a stack",
+    ),
+    (
+        "11-secret-both-sources.toml",
+        "5:26",
+        "give exactly one of `env` or `file`",
+    ),
+    (
+        "12-secret-no-data.toml",
+        "4:9",
+        "`secret.hf-token.data`: missing required table `data`",
+    ),
+    (
+        "13-secret-bad-key.toml",
+        "5:1",
+        "`secret.hf-token.data.HF TOKEN`: a Secret key may hold only",
+    ),
+    (
+        "14-rayservice-no-source.toml",
+        "4:13",
+        "`rayservice.llm`: give exactly one of `manifest` or `spec`",
+    ),
+    (
+        "15-rayservice-missing-file.toml",
+        "5:12",
+        "`rayservice.llm.manifest`: cannot read",
+    ),
+    (
+        "16-rayservice-both-sources.toml",
+        "4:13",
+        "give exactly one of `manifest` or `spec`",
+    ),
+    (
+        "17-depends-on-unknown.toml",
+        "9:15",
+        "`secret.hf-tokn` is not declared in this stack\n  help: did you mean `secret.hf-token`?",
+    ),
+    (
+        "18-depends-on-not-address.toml",
+        "6:15",
+        "`manifest.cfg.depends_on[0]`: `hf-token` is not a resource address",
+    ),
+    (
+        "19-depends-on-cycle.toml",
+        "10:15",
+        "dependency cycle: manifest.b -> manifest.c -> manifest.a -> manifest.b",
+    ),
+    (
+        "20-depends-on-self.toml",
+        "6:15",
+        "dependency cycle: manifest.a -> manifest.a",
+    ),
+    (
+        "21-wait-unknown-rayservice.toml",
+        "4:7",
+        "`wait.chat.rayservice`: no [rayservice.mistral] in this stack",
+    ),
+    (
+        "22-wait-bad-url.toml",
+        "9:7",
+        "`wait.chat.url`: `localhost:8000` is not an http:// URL",
+    ),
+    (
+        "23-wait-path-relative.toml",
+        "9:8",
+        "`wait.chat.path`: must start with `/`",
+    ),
+    (
+        "24-wait-probe-unknown-key.toml",
+        "9:11",
+        "`wait.chat.probe.methd`: unknown key `methd`\n  help: did you mean `method`?",
+    ),
+    ("25-toml-syntax.toml", "2:13", "invalid TOML"),
+    (
+        "26-manifest-secret.toml",
+        "5:10",
+        "a Secret in a manifest would put its value in the stack",
+    ),
+    (
+        "27-resource-bad-name.toml",
+        "4:9",
+        "`secret.HF_Token`: `HF_Token` is not a valid Kubernetes name",
+    ),
+    (
+        "28-ttl-wrong-type.toml",
+        "5:13",
+        "expected a duration, found a boolean",
+    ),
+    (
+        "29-duplicate-key.toml",
+        "3:1",
+        "invalid TOML: duplicate key",
+    ),
+    (
+        "30-manifest-namespace-mismatch.toml",
+        "6:10",
+        "metadata.namespace is `default` but the stack's namespace is `serving`",
+    ),
+    (
+        "31-rayservice-wrong-kind.toml",
+        "5:12",
+        "expected a ray.io RayService, found v1 ConfigMap",
+    ),
+];
+
+fn validate(path: &Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rayform"))
+        .arg("validate")
+        .arg(path)
+        .current_dir(repo())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run rayform");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_malformed_stack_in_the_catalogue_gets_its_error_at_its_place() {
+    let dir = Path::new("tests/stacks/invalid");
+    let listed: Vec<String> = std::fs::read_dir(repo().join(dir))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    assert_eq!(
+        listed.len(),
+        CATALOGUE.len(),
+        "every file in the catalogue has an expectation"
+    );
+    for (file, position, message) in CATALOGUE {
+        let path = dir.join(file);
+        let (code, _, stderr) = validate(&path);
+        assert_eq!(code, 1, "{file}: {stderr}");
+        let at = format!("Error: {}:{position}: ", path.display());
+        assert!(
+            stderr.starts_with(&at),
+            "{file}: expected the error at {position}, got:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(message),
+            "{file}: expected {message:?}, got:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_mission_stack_is_valid_and_ordered_like_the_guide() {
+    let (code, stdout, stderr) = validate(Path::new("stacks/mistral-7b.toml"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid (5 resources)"), "{stdout}");
+
+    let stack = rayform::stack::load(&repo().join("stacks/mistral-7b.toml"), None).unwrap();
+    let graph = rayform::graph::Graph::build(&stack).unwrap();
+    let order: Vec<String> = graph
+        .apply_order()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let pos = |a: &str| order.iter().position(|x| x == a).unwrap();
+    for first in ["secret.hf-token", "nodepool.default", "nodeclass.default"] {
+        assert!(
+            pos(first) < pos("rayservice.mistral-7b"),
+            "{first} before the RayService: {order:?}"
+        );
+    }
+    assert_eq!(order.last().map(String::as_str), Some("wait.chat"));
+    let destroy: Vec<String> = graph
+        .destroy_order()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let dpos = |a: &str| destroy.iter().position(|x| x == a).unwrap();
+    assert!(
+        dpos("rayservice.mistral-7b") < dpos("nodepool.default"),
+        "revert only after the RayService is gone"
+    );
+    let dot = graph.to_dot(true);
+    assert!(dot.starts_with("digraph destroy"), "{dot}");
+    assert!(
+        dot.contains("\"rayservice.mistral-7b\" -> \"secret.hf-token\""),
+        "{dot}"
+    );
+}
+
+fn mission_text() -> String {
+    std::fs::read_to_string(repo().join("stacks/mistral-7b.toml")).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+        let _ = rayform::stack::parse_str(Path::new("fuzz.toml"), &text, None);
+    }
+
+    #[test]
+    fn mangled_stacks_never_panic(cut in 0usize..2000, insert in "[\\[\\]{}=\".a-z0-9 \n]{0,12}") {
+        let text = mission_text();
+        let at = text.char_indices().map(|(i, _)| i).nth(cut % text.chars().count()).unwrap_or(0);
+        let mangled = format!("{}{insert}{}", &text[..at], &text[at..]);
+        if let Err(e) = rayform::stack::parse_str(&repo().join("stacks/fuzz.toml"), &mangled, None) {
+            // Every error names its place.
+            let shown = e.to_string();
+            prop_assert!(shown.contains("fuzz.toml"), "{}", shown);
+        }
+    }
+}
