@@ -293,3 +293,82 @@ async fn discover(client: &Client, id: &ClusterId) -> Result<Discovery, ClusterE
 fn to_json(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
 }
+
+/// A byte stream to a pod port, through the API server (what `kubectl port-forward` does).
+pub trait PodStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PodStream for T {}
+
+impl Cluster {
+    /// Follows one object with a watch; the receiver always holds the latest
+    /// version (`None` once deleted). The watch stops when the receiver is dropped.
+    pub fn watch(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> tokio::sync::watch::Receiver<Option<Value>> {
+        use futures::StreamExt as _;
+        use kube::runtime::watcher;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let api = self.api(kind, namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(api, config).boxed();
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    event = stream.next() => match event {
+                        Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) => {
+                            let _ = tx.send(Some(to_json(o)));
+                        }
+                        Some(Ok(watcher::Event::Delete(_))) => {
+                            let _ = tx.send(None);
+                        }
+                        Some(Ok(_)) => {}
+                        // The watcher retries by itself on the next poll; back off a little.
+                        Some(Err(_)) => tokio::time::sleep(Duration::from_millis(500)).await,
+                        None => break,
+                    },
+                }
+            }
+        });
+        rx
+    }
+
+    /// Pods in a namespace with a label selector.
+    pub async fn pods(&self, namespace: &str, selector: &str) -> Result<Vec<Value>, ClusterError> {
+        let kind = Kind {
+            resource: ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
+            namespaced: true,
+        };
+        self.list(&kind, Some(namespace), selector).await
+    }
+
+    /// Opens a stream to `port` of a pod.
+    pub async fn port_forward(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<Box<dyn PodStream>, ClusterError> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        let kind = Kind {
+            resource: ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
+            namespaced: true,
+        };
+        let mut forwarder = pods
+            .portforward(pod, &[port])
+            .await
+            .map_err(|e| self.error(e, "port-forward to", &kind, pod))?;
+        forwarder
+            .take_stream(port)
+            .map(|s| Box::new(s) as Box<dyn PodStream>)
+            .ok_or_else(|| ClusterError::Api {
+                verb: "port-forward to".into(),
+                resource: "pods".into(),
+                name: format!(" `{pod}`"),
+                message: format!("no stream for port {port}"),
+            })
+    }
+}

@@ -10,4 +10,5 @@ mod support;
 
 mod cluster;
 mod engine;
+mod readiness;
 mod validate;

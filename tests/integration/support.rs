@@ -377,3 +377,228 @@ pub fn assert_no_token(token: &str, texts: &BTreeMap<String, String>) {
         );
     }
 }
+
+/// Runs a script that prints `export NAME=value` lines; returns them.
+pub fn exports(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// A real local Ray + Serve on loopback (`scripts/rayserve`).
+pub struct RayServe {
+    pub serve_url: String,
+    pub dashboard: String,
+    pub dir: String,
+    owned: bool,
+}
+
+impl RayServe {
+    /// Starts a private instance; with `serve: false`, nothing listens on the proxy port yet.
+    pub fn start(serve: bool) -> RayServe {
+        let pid = std::process::id().to_string();
+        let mut args = vec!["up", "--watch-pid", pid.as_str()];
+        if !serve {
+            args.push("--no-serve");
+        }
+        let e = exports(&repo().join("scripts/rayserve"), &args, &[]);
+        RayServe {
+            serve_url: e["RAYFORM_SERVE_URL"].clone(),
+            dashboard: e["RAYFORM_RAY_DASHBOARD"].clone(),
+            dir: e["RAYSERVE_DIR"].clone(),
+            owned: true,
+        }
+    }
+
+    /// The instance shared by the tests of this run (reused from the environment when set).
+    pub fn shared() -> RayServe {
+        static SHARED: OnceLock<(String, String)> = OnceLock::new();
+        let (serve_url, dashboard) = SHARED
+            .get_or_init(|| {
+                match (
+                    std::env::var("RAYFORM_SERVE_URL"),
+                    std::env::var("RAYFORM_RAY_DASHBOARD"),
+                ) {
+                    (Ok(s), Ok(d)) => (s, d),
+                    _ => {
+                        let r = RayServe::start(true);
+                        let pair = (r.serve_url.clone(), r.dashboard.clone());
+                        std::mem::forget(r); // lives until the watchdog sees this process exit
+                        pair
+                    }
+                }
+            })
+            .clone();
+        RayServe {
+            serve_url,
+            dashboard,
+            dir: String::new(),
+            owned: false,
+        }
+    }
+
+    /// Starts Serve's proxy of an instance started without it.
+    pub fn start_proxy(&self) {
+        exports(&repo().join("scripts/rayserve"), &["serve", &self.dir], &[]);
+    }
+
+    /// Replaces Serve's applications, through the REST API KubeRay uses.
+    pub fn deploy(&self, config: &Value) {
+        let status = Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &config.to_string(),
+            ])
+            .arg(format!("{}/api/serve/applications/", self.dashboard))
+            .status()
+            .expect("curl");
+        assert!(status.success(), "PUT applications failed");
+    }
+}
+
+impl Drop for RayServe {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = Command::new(repo().join("scripts/rayserve"))
+                .args(["down", &self.dir])
+                .output();
+        }
+    }
+}
+
+/// The KubeRay operator stand-in (tools/kuberay-standin), watching one namespace.
+pub struct KubeRayStandIn {
+    dir: String,
+}
+
+impl KubeRayStandIn {
+    pub fn start(env: &Env, ray: &RayServe) -> KubeRayStandIn {
+        let pid = std::process::id().to_string();
+        let working_dir = repo().join("tests/serve_apps");
+        let e = exports(
+            &repo().join("scripts/kuberay-standin"),
+            &[
+                "start",
+                "--watch-pid",
+                &pid,
+                "--namespace",
+                &env.ns,
+                "--working-dir",
+                working_dir.to_str().unwrap(),
+                "--reconcile-delay",
+                "0.2",
+            ],
+            &[
+                ("KUBECONFIG", env.kubeconfig.to_str().unwrap()),
+                ("RAYFORM_RAY_DASHBOARD", &ray.dashboard),
+                ("RAYFORM_SERVE_URL", &ray.serve_url),
+            ],
+        );
+        KubeRayStandIn {
+            dir: e["KUBERAY_STANDIN_DIR"].clone(),
+        }
+    }
+}
+
+impl Drop for KubeRayStandIn {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/kuberay-standin"))
+            .args(["stop", &self.dir])
+            .output();
+    }
+}
+
+/// Ray Serve's applications are global to an instance: tests that deploy take turns.
+pub async fn serve_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    TURN.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
+/// A running `rayform` whose stderr is collected line by line as it comes.
+pub struct Running {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Running {
+        use std::io::{BufRead as _, Read as _};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (err, out) = (child.stderr.take().unwrap(), child.stdout.take().unwrap());
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let o = stdout.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::BufReader::new(out).read_to_string(&mut text);
+            o.lock().unwrap().push_str(&text);
+        });
+        Running {
+            child,
+            lines,
+            stdout,
+        }
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub async fn until(&self, needle: &str, limit: std::time::Duration) {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no line with {needle:?} within {limit:?}; stderr so far:\n{}",
+            self.lines.lock().unwrap().join("\n")
+        );
+    }
+
+    pub fn finish(mut self) -> Run {
+        let status = self.child.wait().expect("wait");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: self.stdout.lock().unwrap().clone(),
+            stderr: self.lines.lock().unwrap().join("\n"),
+        }
+    }
+}

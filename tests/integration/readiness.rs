@@ -1,0 +1,232 @@
+//! The readiness node against a real Ray Serve on loopback, with the KubeRay
+//! operator stand-in moving the RayService's status.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{Env, KubeRayStandIn, Profile, RayServe, Running, serve_turn};
+
+/// A stack with one RayService serving the echo app, and the wait on it.
+fn echo_stack(
+    env: &Env,
+    name: &str,
+    url: &str,
+    args: &str,
+    route_prefix: &str,
+    timeout: &str,
+) -> String {
+    let manifest = format!(
+        r#"apiVersion: ray.io/v1
+kind: RayService
+metadata:
+  name: echo
+spec:
+  serveConfigV2: |
+    applications:
+      - name: llm
+        route_prefix: {route_prefix}
+        import_path: echo_app:build
+        args: {args}
+  rayClusterConfig:
+    rayVersion: "2.60.0"
+    headGroupSpec:
+      rayStartParams: {{}}
+      template:
+        spec:
+          containers:
+            - name: ray-head
+              image: rayproject/ray:2.60.0
+              ports: [{{containerPort: 8000, name: serve}}]
+"#
+    );
+    env.write("echo.rayservice.yaml", &manifest);
+    let stack = format!(
+        "[stack]\nname = \"{name}\"\nnamespace = \"{}\"\n\n[rayservice.echo]\nmanifest = \"echo.rayservice.yaml\"\n\n\
+         [wait.chat]\nrayservice = \"echo\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\ninterval = \"100ms\"\n",
+        env.ns
+    );
+    let file = format!("{name}.toml");
+    env.write(&file, &stack);
+    file
+}
+
+#[tokio::test]
+async fn ready_only_once_a_real_request_answers_not_when_the_route_is_listed() {
+    let _turn = serve_turn().await;
+    let env = Env::new(Profile::V1, "ready-sequence").await;
+    let ray = RayServe::start(false);
+    let stack = echo_stack(
+        &env,
+        "sequence",
+        &ray.serve_url,
+        "{model: echo, init_delay_s: 6}",
+        "/",
+        "3m",
+    );
+    let apply = Running::spawn(env.command(&["apply", &stack, "--auto-approve"]));
+
+    apply
+        .until(
+            "Waiting for Serve's HTTP proxy to listen (cannot connect",
+            Duration::from_secs(30),
+        )
+        .await;
+    ray.start_proxy();
+    apply
+        .until(
+            "Waiting for the route table (503 Route table is not populated yet.)",
+            Duration::from_secs(60),
+        )
+        .await;
+    let _standin = KubeRayStandIn::start(&env, &ray);
+    apply
+        .until(
+            "Waiting for the probe GET /v1/models to answer (route / is listed",
+            Duration::from_secs(90),
+        )
+        .await;
+    let listed = Instant::now();
+    let run = apply.finish().ok();
+    assert!(
+        listed.elapsed() >= Duration::from_secs(3),
+        "returned {:?} after the route was listed, while the replica still sleeps 6 s in its constructor",
+        listed.elapsed()
+    );
+    assert!(
+        run.stdout.contains(
+            "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "Reach it at {}/v1/chat/completions",
+            ray.serve_url
+        )),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn a_route_prefix_that_never_serves_the_path_times_out_with_a_clear_message() {
+    let _turn = serve_turn().await;
+    let env = Env::new(Profile::V1, "ready-prefix").await;
+    let ray = RayServe::shared();
+    let _standin = KubeRayStandIn::start(&env, &ray);
+    let stack = echo_stack(
+        &env,
+        "prefix",
+        &ray.serve_url,
+        "{model: echo}",
+        "/other",
+        "20s",
+    );
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    assert!(
+        run.stderr
+            .contains("rayservice.echo did not serve /v1/chat/completions within 20s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(r#"/-/routes: 200 {"/other":"llm"}"#),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("Waiting for a route prefix serving /v1/chat/completions"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_failed_deploy_is_reported_with_serves_message() {
+    let _turn = serve_turn().await;
+    let env = Env::new(Profile::V1, "ready-fail").await;
+    let ray = RayServe::shared();
+    let _standin = KubeRayStandIn::start(&env, &ray);
+    let stack = echo_stack(
+        &env,
+        "fail",
+        &ray.serve_url,
+        "{fail_on_init: 'no GPU in this test'}",
+        "/",
+        "2m",
+    );
+    let started = Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    assert!(
+        run.stderr
+            .contains("Serve application `llm` failed to deploy"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("no GPU in this test"), "{}", run.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "a failed deploy is reported at once, not at the timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_probe_is_reported() {
+    let _turn = serve_turn().await;
+    let env = Env::new(Profile::V1, "ready-probe").await;
+    let ray = RayServe::shared();
+    let _standin = KubeRayStandIn::start(&env, &ray);
+    let stack = echo_stack(
+        &env,
+        "probe",
+        &ray.serve_url,
+        "{models_status: 500}",
+        "/",
+        "20s",
+    );
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    assert!(
+        run.stderr.contains("probe: GET /v1/models: 500"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("Waiting for the probe GET /v1/models to succeed (answered 500"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn readiness_cannot_pass_while_kuberay_reports_not_ready() {
+    let _turn = serve_turn().await;
+    let env = Env::new(Profile::V1, "ready-gate").await;
+    let ray = RayServe::shared();
+    // Serve answers on the path, but no operator has said the RayService is ready.
+    let working_dir = format!(
+        "local://{}",
+        crate::support::repo().join("tests/serve_apps").display()
+    );
+    ray.deploy(&json!({"applications": [{"name": "llm", "route_prefix": "/", "import_path": "echo_app:build",
+        "runtime_env": {"working_dir": working_dir}, "args": {"model": "echo"}}]}));
+    let stack = echo_stack(&env, "gate", &ray.serve_url, "{model: echo}", "/", "12s");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    assert!(
+        run.stderr.contains("RayService: not ready"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("probe: GET /v1/models: 200"),
+        "Serve itself was answering: {}",
+        run.stderr
+    );
+
+    // The stand-in reconciles it; now the same wait passes.
+    let _standin = KubeRayStandIn::start(&env, &ray);
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+}
