@@ -548,17 +548,20 @@ class StandIn:
 
         pending = (new.get("pendingServiceStatus") or {}).get("rayClusterName")
         active = (new.get("activeServiceStatus") or {}).get("rayClusterName")
+        after: List[Any] = []
         if pending:
             ps = new.setdefault("pendingServiceStatus", {})
             if apps:
                 ps["applicationStatuses"] = apps
             if all_running:
-                # The pending cluster is ready: switch traffic to it.
-                self.mark_cluster_ready(ns, pending)
+                # The pending cluster is ready: switch traffic to it. The RayCluster bookkeeping
+                # waits until the RayService status is written (each kubectl call costs ~0.1 s).
+                promoted, old_active = pending, active
+                after.append(lambda: self.mark_cluster_ready(ns, promoted))
+                if old_active and old_active != promoted:
+                    after.append(lambda: self.delete_clusters(ns, name, keep=promoted))
                 new["activeServiceStatus"] = copy.deepcopy(ps)
                 new["pendingServiceStatus"] = {}
-                if active and active != pending:
-                    self.delete_clusters(ns, name, keep=pending)
                 active, pending = pending, None
                 log(f"{ns}/{name}: all apps RUNNING; RayCluster {active} is active")
         elif active and apps:
@@ -582,6 +585,8 @@ class StandIn:
             summary = {n: a.get("status") for n, a in apps.items()}
             log(f"{ns}/{name}: status gen={new.get('observedGeneration')} ready={ready} "
                 f"endpoints={new['numServeEndpoints']} apps={summary}")
+        for action in after:
+            action()
 
     def start_generation(self, obj: Dict[str, Any], status: Dict[str, Any], new: Dict[str, Any],
                          gen: int, now: float, mem: Dict[str, Any]) -> None:
