@@ -58,7 +58,26 @@ fn app_message(app: &Value) -> String {
             }
         }
     }
-    parts.join("; ")
+    strip_ansi(&parts.join("; "))
+}
+
+/// Serve colours its tracebacks; a terminal escape has no place in an error message.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn read(object: &Value) -> Service {
