@@ -54,7 +54,12 @@ impl DesiredObject {
 
     /// The body with secret data replaced by fingerprints: safe to print and save.
     pub fn masked_body(&self) -> Value {
-        mask_secret_data(&self.body, &self.secret_fingerprints)
+        if self.is_secret() {
+            mask_secret_data(&self.body, &self.secret_fingerprints)
+        } else {
+            // A ConfigMap's `data` is not secret: it must reach the server as written.
+            self.body.clone()
+        }
     }
 
     pub fn is_secret(&self) -> bool {

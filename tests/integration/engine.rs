@@ -162,10 +162,14 @@ async fn a_resource_removed_from_the_stack_is_deleted() {
     env.write(&stack, &with_cm);
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
-    assert!(
-        env.get("v1", "ConfigMap", Some(&env.ns), "extra-config")
-            .await
-            .is_some()
+    let cm = env
+        .get("v1", "ConfigMap", Some(&env.ns), "extra-config")
+        .await
+        .expect("created");
+    assert_eq!(
+        cm["data"],
+        json!({"a": "1"}),
+        "a manifest's data reaches the server as written"
     );
 
     env.write(&stack, &base);
@@ -491,5 +495,135 @@ async fn an_object_rayform_did_not_create_is_not_taken_over() {
     assert_eq!(
         secret["metadata"]["labels"]["rayform.io/stack"],
         json!("adopt")
+    );
+}
+
+#[tokio::test]
+async fn a_field_another_manager_owns_is_a_conflict_until_forced() {
+    let env = Env::new(Profile::V1, "conflict").await;
+    let stack = env.mission_stack("conflict");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    // Someone else takes charge of a field rayform never wrote...
+    env.merge_as(
+        "autoscaler-tuner",
+        "ray.io/v1",
+        "RayService",
+        Some(&env.ns),
+        "mistral-7b",
+        json!({"spec": {"rayClusterConfig": {"enableInTreeAutoscaling": false}}}),
+    )
+    .await;
+    // ...and the stack now wants it too.
+    let manifest = std::fs::read_to_string(env.path("mistral-7b.rayservice.yaml")).unwrap();
+    env.write(
+        "mistral-7b.rayservice.yaml",
+        &manifest.replace(
+            "    rayVersion: \"2.52.0\"\n",
+            "    rayVersion: \"2.52.0\"\n    enableInTreeAutoscaling: true\n",
+        ),
+    );
+
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(
+        plan.stdout
+            .contains("applying would take fields owned by another field manager"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("enableInTreeAutoscaling"),
+        "{}",
+        plan.stdout
+    );
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .code(1);
+    env.rayform(&[
+        "apply",
+        &stack,
+        "--auto-approve",
+        "--no-wait",
+        "--force-conflicts",
+    ])
+    .ok();
+    let rs = env
+        .get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+        .await
+        .unwrap();
+    assert_eq!(
+        rs["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn a_v1alpha5_provisioner_with_consolidation_cannot_take_an_empty_ttl() {
+    let env = Env::new(Profile::V1alpha5, "consolidation").await;
+    let stack = env.mission_stack("consolidation");
+    let (api, kind) = Profile::V1alpha5.pool();
+    env.merge_as(
+        "someone",
+        api,
+        kind,
+        None,
+        &env.pool,
+        json!({"spec": {"ttlSecondsAfterEmpty": null, "consolidation": {"enabled": true}}}),
+    )
+    .await;
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(
+        plan.stdout.contains("consolidation.enabled: true"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("ttlSecondsAfterEmpty"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[tokio::test]
+async fn plans_speak_terraform_json_and_apply_asks_first() {
+    let env = Env::new(Profile::V1, "habits").await;
+    let stack = env.mission_stack("habits");
+    let json_plan = env.rayform(&["plan", &stack, "--json"]).ok();
+    let plan: serde_json::Value =
+        serde_json::from_str(&json_plan.stdout).expect("plan --json is JSON");
+    assert_eq!(plan["format_version"], json!("1.0"));
+    assert_eq!(
+        plan["summary"],
+        json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0})
+    );
+    assert_eq!(plan["has_changes"], json!(true));
+    let text = env.rayform(&["plan", &stack]).ok();
+    assert!(
+        text.stdout
+            .contains("makes Karpenter treat the nodes launched from it as drifted"),
+        "{}",
+        text.stdout
+    );
+
+    // Without a terminal and without --auto-approve, nothing happens.
+    let refused = env.rayform(&["apply", &stack, "--no-wait"]).code(1);
+    assert!(
+        refused.stdout.contains("needs confirmation"),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_none()
+    );
+
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    let again = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert!(
+        again.stdout.contains("Plan: 0 to destroy, 0 to revert."),
+        "destroy is idempotent: {}",
+        again.stdout
     );
 }

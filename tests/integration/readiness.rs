@@ -230,3 +230,73 @@ async fn readiness_cannot_pass_while_kuberay_reports_not_ready() {
     let _standin = KubeRayStandIn::start(&env, &ray);
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
 }
+
+/// No kubelet runs here, so a port-forward cannot connect; what this guards
+/// is that the head pod is found from the RayService status and labels,
+/// never from a name pattern.
+#[tokio::test]
+async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
+    let env = Env::new(Profile::V1, "headpod").await;
+    let manifest = "apiVersion: ray.io/v1\nkind: RayService\nmetadata:\n  name: llm\nspec:\n  rayClusterConfig:\n    headGroupSpec:\n      rayStartParams: {}\n      template:\n        spec:\n          containers: [{name: ray-head, image: rayproject/ray:2.60.0}]\n";
+    env.write("llm.yaml", manifest);
+    let stack = format!(
+        "[stack]\nname = \"headpod\"\nnamespace = \"{}\"\n\n[rayservice.llm]\nmanifest = \"llm.yaml\"\n\n[wait.chat]\nrayservice = \"llm\"\ntimeout = \"6s\"\n",
+        env.ns
+    );
+    env.write("headpod.toml", &stack);
+    // A decoy named the way the guide greps for, and the real head pod with KubeRay's labels.
+    for (name, labels) in [
+        (
+            "llm-raycluster-abcde-head-svc-decoy",
+            json!({"app": "decoy"}),
+        ),
+        (
+            "llm-q7x2k-head-8fz9w",
+            json!({"ray.io/cluster": "llm-q7x2k", "ray.io/node-type": "head"}),
+        ),
+    ] {
+        let body = json!({"metadata": {"labels": labels}, "spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}});
+        env.apply_as("test", "v1", "Pod", Some(&env.ns), name, body)
+            .await;
+        // Kubelet stand-in: no kubelet runs here to report the pod Running.
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(env.client.clone(), &env.ns);
+        pods.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Running"}})),
+        )
+        .await
+        .unwrap();
+    }
+    let apply = Running::spawn(env.command(&["apply", "headpod.toml", "--auto-approve"]));
+    apply
+        .until(
+            "Waiting for KubeRay to name a RayCluster",
+            Duration::from_secs(20),
+        )
+        .await;
+    // KubeRay stand-in, in the test: name the pending RayCluster (KubeRay ≥ 1.4 naming).
+    let rs: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &kube::discovery::ApiResource {
+            group: "ray.io".into(),
+            version: "v1".into(),
+            api_version: "ray.io/v1".into(),
+            kind: "RayService".into(),
+            plural: "rayservices".into(),
+        },
+    );
+    rs.patch_status("llm", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"status": {"observedGeneration": 1, "pendingServiceStatus": {"rayClusterName": "llm-q7x2k"}}})))
+        .await
+        .unwrap();
+    let run = apply.finish().code(1);
+    assert!(
+        run.stderr
+            .contains("endpoint: pod/llm-q7x2k-head-8fz9w:8000 (port-forward)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("decoy"), "{}", run.stderr);
+}

@@ -110,6 +110,7 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
         "Secret" => "secrets",
         "ConfigMap" => "configmaps",
         "Namespace" => "namespaces",
+        "Pod" => "pods",
         other => panic!("no plural for {other}"),
     };
     ApiResource {

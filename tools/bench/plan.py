@@ -55,7 +55,11 @@ data:
   index: "{i}"
 """)
     plan = [timed([rayform, "plan", "bench.toml", "--detailed-exitcode"]) for _ in range(RUNS)]
-    diff = [timed([kubectl, "diff", "--server-side", "--field-manager", "rayform/bench", "-f", "manifests"]) for _ in range(RUNS)]
+    # kubectl diff exits 1 when it finds a difference (0: none); both are answers.
+    probe = subprocess.run([kubectl, "diff", "--server-side", "--field-manager", "rayform/bench", "-f", "manifests"], cwd=work, capture_output=True, text=True)
+    changed = [l for l in probe.stdout.splitlines() if l.startswith(("+ ", "- ")) or l.startswith(("+  ", "-  "))]
+    print(f"kubectl diff exit code {probe.returncode}; changed lines it shows: {len(changed)} {changed[:4]}")
+    diff = [timed([kubectl, "diff", "--server-side", "--field-manager", "rayform/bench", "-f", "manifests"], ok=(0, 1)) for _ in range(RUNS)]
     pm, dm = statistics.median(plan), statistics.median(diff)
     print(f"no-op plan of {N} ConfigMaps + Secret + 2 Karpenter patches, {RUNS} runs each:")
     print(f"  rayform plan --detailed-exitcode:      median {pm:.3f} s (min {min(plan):.3f}, max {max(plan):.3f})")
