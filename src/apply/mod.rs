@@ -372,17 +372,6 @@ fn entry_for_object(
     }
 }
 
-fn sanitize(live: &mut Value, key: &str) {
-    if live["kind"] == "Secret" && live["apiVersion"] == "v1" {
-        let fps = desired::live_secret_fingerprints(live, key);
-        if let Some(data) = live.get_mut("data").and_then(Value::as_object_mut) {
-            for (k, v) in data.iter_mut() {
-                *v = Value::String(fps.get(k).cloned().unwrap_or_default());
-            }
-        }
-    }
-}
-
 async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let masked = c.body.clone().unwrap_or(Value::Null);
@@ -397,7 +386,7 @@ async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         address: c.address.clone(),
         message: format!("{m}; run `rayform plan` again"),
     })?;
-    let mut live = shared
+    let live = shared
         .cluster
         .apply(
             &kind,
@@ -412,7 +401,18 @@ async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         )
         .await
         .map_err(cluster_err(&c.address))?;
-    sanitize(&mut live, &key);
+    record_object(shared, c, live, &key).await
+}
+
+/// Writes the state entry of an object rayform just wrote (or found right).
+async fn record_object(
+    shared: &Shared,
+    c: &Change,
+    mut live: Value,
+    key: &str,
+) -> Result<(), ApplyError> {
+    desired::fingerprint_secret_data(&mut live, key);
+    let masked = c.body.clone().unwrap_or(Value::Null);
     let entry = entry_for_object(
         c,
         &live,
@@ -436,7 +436,7 @@ async fn refresh(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
             .await;
     }
     let kind = shared.kind(c)?;
-    let Some(mut live) = shared
+    let Some(live) = shared
         .cluster
         .get(&kind, c.namespace.as_deref(), &c.name)
         .await
@@ -445,19 +445,7 @@ async fn refresh(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         return Ok(());
     };
     let key = shared.key().await;
-    sanitize(&mut live, &key);
-    let masked = c.body.clone().unwrap_or(Value::Null);
-    let entry = entry_for_object(
-        c,
-        &live,
-        &masked,
-        c.desired_fingerprint.as_deref().unwrap_or_default(),
-    );
-    shared
-        .save(|s| {
-            s.resources.insert(c.address.clone(), entry);
-        })
-        .await
+    record_object(shared, c, live, &key).await
 }
 
 async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {

@@ -263,6 +263,23 @@ pub fn mask_secret_data(body: &Value, fingerprints: &BTreeMap<String, String>) -
     masked
 }
 
+/// Replaces a Secret's data, as the API returned it, by keyed fingerprints:
+/// done to every object as it arrives, so no value travels further.
+pub fn fingerprint_secret_data(object: &mut Value, key: &str) {
+    if object["kind"] != "Secret" || object["apiVersion"] != "v1" {
+        return;
+    }
+    let fps = live_secret_fingerprints(object, key);
+    if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
+        for (k, v) in data.iter_mut() {
+            *v = Value::String(fps.get(k).cloned().unwrap_or_default());
+        }
+    }
+    if let Some(o) = object.as_object_mut() {
+        o.remove("stringData");
+    }
+}
+
 /// Fingerprints of a live Secret's data, decoding the base64 the API returns.
 pub fn live_secret_fingerprints(live: &Value, key: &str) -> BTreeMap<String, String> {
     let engine = base64::engine::general_purpose::STANDARD;

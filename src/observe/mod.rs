@@ -219,7 +219,7 @@ pub async fn observe(
                 live = cluster.get(&kind, namespace, &name).await?;
             }
             if let Some(l) = &mut live {
-                sanitize(l, key);
+                desired::fingerprint_secret_data(l, key);
             }
             if let Some(want) = want {
                 let mut want = want.clone();
@@ -290,7 +290,7 @@ async fn dry_run(
     };
     match result {
         Ok(mut after) => {
-            sanitize(&mut after, key);
+            desired::fingerprint_secret_data(&mut after, key);
             obs.after = Some(after);
         }
         Err(ClusterError::NotFound { message, .. }) if message.contains("namespace") => {
@@ -320,20 +320,6 @@ fn redact(message: &str, want: &DesiredObject) -> String {
         out
     } else {
         message.to_string()
-    }
-}
-
-fn sanitize(object: &mut Value, key: &str) {
-    if object["kind"] == "Secret" && object["apiVersion"] == "v1" {
-        let fps = desired::live_secret_fingerprints(object, key);
-        if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
-            for (k, v) in data.iter_mut() {
-                *v = Value::String(fps.get(k).cloned().unwrap_or_default());
-            }
-        }
-        if let Some(o) = object.as_object_mut() {
-            o.remove("stringData");
-        }
     }
 }
 
@@ -418,6 +404,35 @@ async fn finish_patch(
     Ok(())
 }
 
+/// Reads one Karpenter object and computes this stack's patch of it;
+/// `fields` says what to write, or why it cannot be written.
+async fn observe_karpenter(
+    cluster: &Cluster,
+    stack: &Stack,
+    address: &Address,
+    (api_version, kind_name): (&str, &str),
+    fields: impl FnOnce(&Value) -> Result<BTreeMap<String, Value>, String>,
+) -> Result<ObservedPatch, ClusterError> {
+    let mut out = ObservedPatch::default();
+    let Some((kind, live)) =
+        get_target(cluster, api_version, kind_name, &address.name, &mut out).await?
+    else {
+        return Ok(out);
+    };
+    match fields(&live) {
+        Err(problem) => {
+            out.problem = Some(problem);
+            out.live = Some(live);
+        }
+        Ok(fields) => {
+            let patch = karpenter::patch(&stack.name, &live, &fields);
+            out.live = Some(live);
+            finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
+        }
+    }
+    Ok(out)
+}
+
 async fn observe_pool(
     cluster: &Cluster,
     stack: &Stack,
@@ -425,35 +440,30 @@ async fn observe_pool(
     api: Option<PoolApi>,
     intent: &crate::stack::NodePoolIntent,
 ) -> Result<ObservedPatch, ClusterError> {
-    let mut out = ObservedPatch::default();
     let Some(api) = api else {
-        out.problem = Some(format!(
-            "{address}: the cluster serves no Karpenter NodePool (karpenter.sh/v1, v1beta1) or Provisioner (v1alpha5) API\n  \
-             help: is Karpenter installed on this cluster?"
-        ));
-        return Ok(out);
+        return Ok(ObservedPatch {
+            problem: Some(format!(
+                "{address}: the cluster serves no Karpenter NodePool (karpenter.sh/v1, v1beta1) or Provisioner (v1alpha5) API\n  \
+                 help: is Karpenter installed on this cluster?"
+            )),
+            ..Default::default()
+        });
     };
-    let Some((kind, live)) = get_target(
+    observe_karpenter(
         cluster,
-        api.api_version(),
-        api.kind(),
-        &address.name,
-        &mut out,
+        stack,
+        address,
+        (api.api_version(), api.kind()),
+        |live| {
+            let problems = karpenter::pool_problems(api, live);
+            if problems.is_empty() {
+                Ok(karpenter::pool_fields(api, intent))
+            } else {
+                Err(problems.join("; "))
+            }
+        },
     )
-    .await?
-    else {
-        return Ok(out);
-    };
-    let problems = karpenter::pool_problems(api, &live);
-    if !problems.is_empty() {
-        out.problem = Some(problems.join("; "));
-        out.live = Some(live);
-        return Ok(out);
-    }
-    let patch = karpenter::patch(&stack.name, &live, &karpenter::pool_fields(api, intent));
-    out.live = Some(live);
-    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
-    Ok(out)
+    .await
 }
 
 async fn observe_class(
@@ -463,32 +473,25 @@ async fn observe_class(
     api: Option<ClassApi>,
     intent: &crate::stack::NodeClassIntent,
 ) -> Result<ObservedPatch, ClusterError> {
-    let mut out = ObservedPatch::default();
     let Some(api) = api else {
-        out.problem = Some(format!(
-            "{address}: the cluster serves no Karpenter EC2NodeClass (karpenter.k8s.aws/v1, v1beta1) or AWSNodeTemplate (v1alpha1) API\n  \
-             help: is Karpenter's AWS provider installed on this cluster?"
-        ));
-        return Ok(out);
-    };
-    let Some((kind, live)) = get_target(
-        cluster,
-        api.api_version(),
-        api.kind(),
-        &address.name,
-        &mut out,
-    )
-    .await?
-    else {
-        return Ok(out);
+        return Ok(ObservedPatch {
+            problem: Some(format!(
+                "{address}: the cluster serves no Karpenter EC2NodeClass (karpenter.k8s.aws/v1, v1beta1) or AWSNodeTemplate (v1alpha1) API\n  \
+                 help: is Karpenter's AWS provider installed on this cluster?"
+            )),
+            ..Default::default()
+        });
     };
     // Originals are recorded once on the object, so sizing the live list
     // (possibly already patched by another stack) never loses them.
-    let fields = karpenter::class_fields(intent, &live);
-    let patch = karpenter::patch(&stack.name, &live, &fields);
-    out.live = Some(live);
-    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
-    Ok(out)
+    observe_karpenter(
+        cluster,
+        stack,
+        address,
+        (api.api_version(), api.kind()),
+        |live| Ok(karpenter::class_fields(intent, live)),
+    )
+    .await
 }
 
 /// A state entry for a patch whose state write was lost; the object's own

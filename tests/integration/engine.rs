@@ -627,3 +627,65 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
         again.stdout
     );
 }
+
+#[tokio::test]
+async fn force_unlock_checks_the_id_and_refuses_a_live_holder() {
+    let env = Env::new(Profile::V1, "unlock").await;
+    let stack = env.mission_stack("unlock");
+    let held =
+        rayform::state::lock::StateLock::acquire(&env.path("state/unlock.json"), "apply").unwrap();
+    let wrong = env.rayform(&["force-unlock", &stack, "not-the-id"]).code(1);
+    assert!(
+        wrong.stderr.contains("does not match the current lock"),
+        "{}",
+        wrong.stderr
+    );
+    let alive = env
+        .rayform(&["force-unlock", &stack, &held.info.id])
+        .code(1);
+    assert!(
+        alive.stderr.contains("held by a running process"),
+        "{}",
+        alive.stderr
+    );
+    let id = held.info.id.clone();
+    // A holder that died without cleaning up leaves its record behind.
+    std::mem::forget(held);
+    std::fs::write(
+        env.path("state/unlock.json.lock"),
+        format!(r#"{{"id":"{id}","pid":999999999,"host":"elsewhere","operation":"apply","since":"2026-01-01T00:00:00Z"}}"#),
+    )
+    .unwrap();
+    env.rayform(&["force-unlock", &stack, &id]).ok();
+    env.rayform(&["plan", &stack]).ok();
+}
+
+#[tokio::test]
+async fn a_missing_kuberay_crd_is_said_plainly_and_apply_refuses() {
+    let env = Env::new(Profile::V1, "nocrd").await;
+    let stack = env.mission_stack("nocrd");
+    let base = std::fs::read_to_string(env.path(&stack)).unwrap();
+    // RayJob is a KubeRay kind whose CRD the test cluster does not install.
+    env.write(&stack, &format!("{base}\n[manifest.job]\nobject = {{ apiVersion = \"ray.io/v1\", kind = \"RayJob\", spec = {{}} }}\n"));
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(
+        plan.stdout.contains(
+            "the cluster does not serve ray.io/v1 RayJob: the KubeRay CRDs are not installed"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("install the KubeRay operator"),
+        "{}",
+        plan.stdout
+    );
+    let apply = env
+        .rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .code(1);
+    assert!(
+        apply.stderr.contains("nothing was changed"),
+        "{}",
+        apply.stderr
+    );
+}
