@@ -117,7 +117,8 @@ pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Resul
 
 struct Shared {
     cluster: Cluster,
-    plan_stack: String,
+    /// The stack's namespace, where its RayServices live.
+    namespace: String,
     manager: String,
     state: Mutex<State>,
     state_path: PathBuf,
@@ -140,7 +141,7 @@ pub async fn apply(
     }
     let shared = Arc::new(Shared {
         cluster: cluster.clone(),
-        plan_stack: plan.stack.clone(),
+        namespace: plan.namespace.clone(),
         manager: format!("rayform/{}", plan.stack),
         state: Mutex::new(state),
         state_path,
@@ -184,11 +185,8 @@ pub async fn apply(
             }),
         }
     }
-    let shared = Arc::try_unwrap(shared).ok();
-    let state = match shared {
-        Some(s) => s.state.into_inner(),
-        None => unreachable!("all tasks finished"),
-    };
+    // Every task has finished; the state they wrote is the outcome.
+    let state = shared.state.lock().await.clone();
     let result = match failures.len() {
         0 if !pending.is_empty() => Err(ApplyError::Resource {
             address: pending[0].address.clone(),
@@ -301,17 +299,6 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
                 shared.say(&c.address, "Skipped (--no-wait)");
                 return Ok(Vec::new());
             }
-            let namespace = shared
-                .state
-                .lock()
-                .await
-                .resources
-                .iter()
-                .find_map(|(a, r)| {
-                    (a.kind == crate::stack::ResourceType::RayService && a.name == spec.rayservice)
-                        .then(|| r.namespace.clone())
-                        .flatten()
-                });
             let mut spec = spec.clone();
             if let Some(url) = &shared.options.endpoint {
                 spec.url = Some(url.clone());
@@ -320,7 +307,7 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
             let progress = shared.options.progress.clone();
             let ready = crate::readiness::wait(
                 &shared.cluster,
-                namespace.as_deref().unwrap_or("default"),
+                &shared.namespace,
                 &spec,
                 Arc::new(move |m: String| {
                     progress(Event {
@@ -400,7 +387,10 @@ async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
             },
         )
         .await
-        .map_err(cluster_err(&c.address))?;
+        .map_err(|e| ApplyError::Resource {
+            address: c.address.clone(),
+            message: desired::redact_body(&e.to_string(), &body),
+        })?;
     record_object(shared, c, live, &key).await
 }
 
@@ -582,7 +572,6 @@ async fn patch(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
     let Some(p) = &c.patch else { return Ok(()) };
     merge_and_verify(shared, c, p).await?;
     let entry = entry_for_patch(c, p);
-    let _ = &shared.plan_stack;
     shared
         .save(|s| {
             s.resources.insert(c.address.clone(), entry);

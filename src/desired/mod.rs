@@ -62,6 +62,11 @@ impl DesiredObject {
         }
     }
 
+    /// A server message about a Secret could quote its data; replace any value it holds.
+    pub fn redact(&self, message: &str) -> String {
+        redact_body(message, &self.body)
+    }
+
     pub fn is_secret(&self) -> bool {
         self.api_version == "v1" && self.kind == "Secret"
     }
@@ -278,6 +283,23 @@ pub fn fingerprint_secret_data(object: &mut Value, key: &str) {
     if let Some(o) = object.as_object_mut() {
         o.remove("stringData");
     }
+}
+
+/// Replaces every `data` value of a Secret body (as sent) found in `message`.
+pub fn redact_body(message: &str, body: &Value) -> String {
+    let mut out = message.to_string();
+    if body["kind"] == "Secret"
+        && let Some(data) = body["data"].as_object()
+    {
+        for v in data
+            .values()
+            .filter_map(Value::as_str)
+            .filter(|v| !v.is_empty())
+        {
+            out = out.replace(v, "(sensitive value)");
+        }
+    }
+    out
 }
 
 /// Fingerprints of a live Secret's data, decoding the base64 the API returns.

@@ -261,11 +261,36 @@ pub struct ChangedField {
 
 /// Undo `stack`'s patch: hand the field to another holder if any, else restore the original.
 /// `recorded` is the state's copy, used when the object's annotations are gone.
+/// Fails with the fields whose live value no rayform stack wrote.
 pub fn revert(
     stack: &str,
     live: &Value,
     recorded: &BTreeMap<String, PatchedField>,
 ) -> Result<KarpenterPatch, Vec<ChangedField>> {
+    let (patch, changed) = revert_with(stack, live, recorded);
+    if changed.is_empty() {
+        Ok(patch)
+    } else {
+        Err(changed)
+    }
+}
+
+/// Like [`revert`], but overwrites fields changed outside rayform (`destroy --force`).
+pub fn revert_forced(
+    stack: &str,
+    live: &Value,
+    recorded: &BTreeMap<String, PatchedField>,
+) -> KarpenterPatch {
+    let (mut patch, changed) = revert_with(stack, live, recorded);
+    patch.needed |= !changed.is_empty();
+    patch
+}
+
+fn revert_with(
+    stack: &str,
+    live: &Value,
+    recorded: &BTreeMap<String, PatchedField>,
+) -> (KarpenterPatch, Vec<ChangedField>) {
     let all = holders(live);
     let ours: BTreeMap<String, Value> = all.get(stack).cloned().unwrap_or_else(|| {
         recorded
@@ -318,44 +343,16 @@ pub fn revert(
         );
         expect.insert(ptr.clone(), target);
     }
-    if !changed.is_empty() {
-        return Err(changed);
-    }
     precondition(&mut merge, live);
     let needed = expect.iter().any(|(p, v)| live.pointer(p) != v.as_ref())
         || annotations(live).contains_key(&format!("{HOLDER_PREFIX}{stack}"));
-    Ok(KarpenterPatch {
+    let patch = KarpenterPatch {
         merge,
         fields,
         expect,
         needed,
-    })
-}
-
-/// Like [`revert`], but overwrites fields changed outside rayform (`destroy --force`).
-pub fn revert_forced(
-    stack: &str,
-    live: &Value,
-    recorded: &BTreeMap<String, PatchedField>,
-) -> KarpenterPatch {
-    match revert(stack, live, recorded) {
-        Ok(p) => p,
-        Err(_) => {
-            // Pretend the live values are ours, then revert as usual.
-            let mut pretend = live.clone();
-            for (p, f) in recorded {
-                set_pointer_value(&mut pretend, p, f.written.clone());
-            }
-            for (p, v) in holders(live).get(stack).cloned().unwrap_or_default() {
-                set_pointer_value(&mut pretend, &p, v);
-            }
-            let mut patch = revert(stack, &pretend, recorded)
-                .unwrap_or_else(|_| unreachable!("live values now match"));
-            precondition(&mut patch.merge, live);
-            patch.needed = true;
-            patch
-        }
-    }
+    };
+    (patch, changed)
 }
 
 /// Fields whose live value differs from what was expected after a patch.
@@ -379,10 +376,6 @@ fn precondition(merge: &mut Value, live: &Value) {
 
 /// Sets `/a/b/c` in a merge-patch body, creating objects on the way.
 fn set_pointer(body: &mut Value, ptr: &str, value: Value) {
-    set_pointer_value(body, ptr, value);
-}
-
-fn set_pointer_value(body: &mut Value, ptr: &str, value: Value) {
     let mut cur = body;
     let parts: Vec<&str> = ptr.trim_start_matches('/').split('/').collect();
     for (i, part) in parts.iter().enumerate() {

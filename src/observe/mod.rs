@@ -301,26 +301,11 @@ async fn dry_run(
             | ClusterError::Forbidden { .. }
             | ClusterError::Api { .. }),
         ) => {
-            obs.problem = Some(redact(&e.to_string(), want));
+            obs.problem = Some(want.redact(&e.to_string()));
         }
         Err(e) => return Err(e),
     }
     Ok(())
-}
-
-/// A server message about a Secret could quote its data; keep only what cannot.
-fn redact(message: &str, want: &DesiredObject) -> String {
-    if want.is_secret() {
-        let mut out = message.to_string();
-        if let Some(data) = want.body()["data"].as_object() {
-            for v in data.values().filter_map(Value::as_str) {
-                out = out.replace(v, "(sensitive value)");
-            }
-        }
-        out
-    } else {
-        message.to_string()
-    }
 }
 
 pub fn missing_kind_message(api_version: &str, kind: &str) -> String {

@@ -58,9 +58,14 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
     fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
     let mut text = serde_json::to_string_pretty(state).map_err(|e| io("serialize", e.into()))?;
     text.push('\n');
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".rayform-state")
-        .permissions(private())
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".rayform-state");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        builder.permissions(fs::Permissions::from_mode(0o600));
+    }
+    let mut tmp = builder
         .tempfile_in(dir)
         .map_err(|e| io("create a temporary file for", e))?;
     tmp.write_all(text.as_bytes()).map_err(|e| io("write", e))?;
@@ -71,17 +76,4 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
         let _ = d.sync_all();
     }
     Ok(())
-}
-
-#[cfg(unix)]
-pub(crate) fn private() -> fs::Permissions {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::Permissions::from_mode(0o600)
-}
-
-#[cfg(not(unix))]
-pub(crate) fn private() -> fs::Permissions {
-    fs::metadata(".")
-        .map(|m| m.permissions())
-        .unwrap_or_else(|_| unreachable!())
 }
