@@ -96,15 +96,22 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             } else {
                 out.raw(&plan::render_text(&plan, out.render_options()));
             }
-            if let Some(path) = save {
-                save_plan(&plan, &path)?;
-                if !json {
-                    out.line(&format!(
-                        "\nSaved the plan to {}. To apply exactly this plan: rayform apply {}",
-                        path.display(),
-                        path.display()
-                    ));
+            match save {
+                Some(path) if plan.errors.is_empty() => {
+                    save_plan(&plan, &path)?;
+                    if !json {
+                        out.line(&format!(
+                            "\nSaved the plan to {}. To apply exactly this plan: rayform apply {}",
+                            path.display(),
+                            path.display()
+                        ));
+                    }
                 }
+                Some(path) => out.error(&format!(
+                    "the plan has errors, so it was not saved to {}",
+                    path.display()
+                )),
+                None => {}
             }
             if !plan.errors.is_empty() {
                 return Ok(1);
@@ -422,6 +429,13 @@ async fn apply_saved(
         s
     });
     let cluster = connect(g, out).await?;
+    if !plan.errors.is_empty() || plan.changes.iter().any(|c| c.error.is_some()) {
+        return Err(format!(
+            "{} is a plan with errors; it cannot be applied",
+            path.display()
+        )
+        .into());
+    }
     apply::check_fresh(&cluster, &plan, &state).await?;
     // Secret values are not in the plan: read them again from where the stack says.
     let secrets = if plan

@@ -32,7 +32,7 @@ pub enum Desired {
 }
 
 /// A Kubernetes object rayform creates and owns.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DesiredObject {
     pub api_version: String,
     pub kind: String,
@@ -45,6 +45,20 @@ pub struct DesiredObject {
     pub secret_fingerprints: BTreeMap<String, String>,
     /// Fingerprint of the masked body: equal fingerprints mean equal intent.
     pub fingerprint: String,
+}
+
+/// Debug shows the masked body: a stray `{:?}` must not print a token.
+impl std::fmt::Debug for DesiredObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredObject")
+            .field("api_version", &self.api_version)
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("body", &self.masked_body())
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DesiredObject {

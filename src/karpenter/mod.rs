@@ -319,20 +319,26 @@ fn revert_with(
     for (ptr, written) in &ours {
         let live_value = live.pointer(ptr);
         let original = originals.get(ptr).cloned().unwrap_or(FieldValue::Absent);
-        let other = others.iter().find_map(|w| w.get(ptr));
-        let target = match other {
-            Some(v) => Some(v.clone()),
-            None => original.as_option().cloned(),
+        let theirs: Vec<&Value> = others.iter().filter_map(|w| w.get(ptr)).collect();
+        // Whoever's value is live keeps the field: another stack's value
+        // stays; ours goes to another holder, else back to the original.
+        let handover = theirs
+            .first()
+            .map(|v| (*v).clone())
+            .or_else(|| original.as_option().cloned());
+        let target = if theirs.iter().any(|v| Some(*v) == live_value) {
+            live_value.cloned()
+        } else {
+            if live_value != Some(written) && live_value != handover.as_ref() {
+                changed.push(ChangedField {
+                    pointer: ptr.clone(),
+                    recorded: original.clone(),
+                    written: written.clone(),
+                    live: FieldValue::from_option(live_value),
+                });
+            }
+            handover
         };
-        let ours_live = live_value == Some(written) || (other.is_some() && live_value == other);
-        if !ours_live && live_value != target.as_ref() {
-            changed.push(ChangedField {
-                pointer: ptr.clone(),
-                recorded: original.clone(),
-                written: written.clone(),
-                live: FieldValue::from_option(live_value),
-            });
-        }
         set_pointer(&mut merge, ptr, target.clone().unwrap_or(Value::Null));
         fields.insert(
             ptr.clone(),
@@ -460,6 +466,36 @@ mod tests {
                 .get("annotations")
                 .is_none_or(|a| a.as_object().unwrap().is_empty())
         );
+    }
+
+    #[test]
+    fn with_three_holders_the_live_value_stays_with_whoever_wrote_it() {
+        let ttl = |s| {
+            pool_fields(
+                PoolApi::V1,
+                &NodePoolIntent {
+                    empty_ttl: Duration::from_secs(s),
+                },
+            )
+        };
+        let mut live = pool();
+        let mut written = BTreeMap::new();
+        for (stack, secs) in [("a", 600), ("b", 300), ("c", 900)] {
+            let p = patch(stack, &live, &ttl(secs));
+            live = apply_merge(&live, &p.merge);
+            written.insert(stack, p.fields);
+        }
+        let after = |live: &Value| live["spec"]["disruption"]["consolidateAfter"].clone();
+        let undo_a =
+            revert("a", &live, &written["a"]).expect("c's value is live: nothing to refuse");
+        live = apply_merge(&live, &undo_a.merge);
+        assert_eq!(after(&live), json!("900s"), "c's patch stays");
+        let undo_c = revert("c", &live, &written["c"]).unwrap();
+        live = apply_merge(&live, &undo_c.merge);
+        assert_eq!(after(&live), json!("300s"), "handed over to b");
+        let undo_b = revert("b", &live, &written["b"]).unwrap();
+        live = apply_merge(&live, &undo_b.merge);
+        assert_eq!(live["spec"], pool()["spec"]);
     }
 
     #[test]

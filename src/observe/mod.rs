@@ -53,6 +53,8 @@ pub struct ObservedObject {
     pub conflicts: Vec<(String, String)>,
     /// Why this resource cannot be planned (CRD missing, rejected by the server...).
     pub problem: Option<String>,
+    /// The problem is that the kind is not served at all: nothing to delete.
+    pub gone: bool,
     /// Why no dry run could be made though nothing is wrong (e.g. its namespace comes first).
     pub note: Option<String>,
 }
@@ -67,6 +69,8 @@ pub struct ObservedPatch {
     pub patch: Option<KarpenterPatch>,
     pub after: Option<Value>,
     pub problem: Option<String>,
+    /// The problem is that the object or its API is gone: nothing to revert.
+    pub gone: bool,
     /// For a revert: fields changed since rayform wrote them.
     pub changed_outside: Vec<ChangedField>,
 }
@@ -185,6 +189,7 @@ pub async fn observe(
                     a,
                     Observed::Object(ObservedObject {
                         problem: Some(problem.clone()),
+                        gone: true,
                         ..Default::default()
                     }),
                 );
@@ -331,12 +336,23 @@ async fn get_target(
     out.api_version = api_version.to_string();
     out.kind = kind_name.to_string();
     out.name = name.to_string();
-    let Some(kind) = cluster.kind(api_version, kind_name) else {
+    // A Karpenter upgrade may stop serving the version the state recorded;
+    // the same kind at another version of its group is the same object.
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    let served = cluster.kind(api_version, kind_name).or_else(|| {
+        cluster
+            .group_versions(group)
+            .iter()
+            .find_map(|v| cluster.kind(&format!("{group}/{v}"), kind_name))
+    });
+    let Some(kind) = served else {
         out.problem = Some(format!(
             "the cluster no longer serves {api_version} {kind_name}"
         ));
+        out.gone = true;
         return Ok(None);
     };
+    out.api_version = kind.resource.api_version.clone();
     match cluster.get(&kind, None, name).await? {
         Some(live) => Ok(Some((kind, live))),
         None => {
@@ -349,6 +365,7 @@ async fn get_target(
                         .collect()
                 })
                 .unwrap_or_default();
+            out.gone = true;
             out.problem = Some(format!(
                 "{kind_name} `{name}` does not exist; the cluster has: {}",
                 if existing.is_empty() {

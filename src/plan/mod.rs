@@ -323,7 +323,15 @@ fn plan_patch(
     };
     let mut c = Change::new(address, action, &o.api_version, &o.kind, &o.name);
     if let Some(problem) = &o.problem {
-        c.error = Some(problem.clone());
+        if o.gone && !wanted {
+            // Nothing left to revert: say so, and let the rest of destroy go on.
+            c.action = Action::Forget;
+            warnings.push(format!(
+                "{address}: {problem}; nothing to revert, so it is dropped from the state"
+            ));
+        } else {
+            c.error = Some(problem.clone());
+        }
         return Some(c);
     }
     if !o.changed_outside.is_empty() {
@@ -419,6 +427,13 @@ fn plan_object(
             .map(str::to_string);
     }
     if let Some(problem) = &o.problem {
+        if o.gone && wanted.is_none() {
+            // Its API is gone (e.g. the operator was uninstalled), and so is the object.
+            c.action = Action::Forget;
+            c.reasons
+                .push(problem.lines().next().unwrap_or_default().to_string());
+            return Some(c);
+        }
         c.action = if wanted.is_some() {
             Action::Create
         } else {
@@ -442,6 +457,17 @@ fn plan_object(
     let mut want = want.clone();
     if !o.namespaced {
         want.set_cluster_scoped();
+    }
+    if let Some(old) = st.and_then(|s| s.namespace.as_deref())
+        && o.namespaced
+        && old != want.namespace
+    {
+        c.action = Action::Create;
+        c.error = Some(format!(
+            "{kind} `{name}` lives in namespace `{old}`, but the stack's namespace is now `{}`; moving it would leave the old one running unmanaged\n  help: destroy the stack with its old namespace first, or change the namespace back",
+            want.namespace
+        ));
+        return Some(c);
     }
     let masked = want.masked_body();
     c.body = Some(masked.clone());
@@ -513,7 +539,6 @@ fn plan_object(
             .iter()
             .filter(|(field, _)| st.is_none_or(|s| !field_in(&s.applied, field)))
             .collect();
-        c.force = true;
         if !foreign.is_empty()
             && !options.force_conflicts
             && !c.reasons.iter().any(|r| r.starts_with("adopting"))
@@ -523,6 +548,8 @@ fn plan_object(
                 "applying would take fields owned by another field manager: {}\n  help: pass --force-conflicts to take them, or drop them from the stack",
                 list.join(", ")
             ));
+        } else {
+            c.force = true;
         }
     }
     if c.action == Action::NoOp && c.address.kind == ResourceType::Secret {
@@ -531,18 +558,52 @@ fn plan_object(
     Some(c)
 }
 
-/// Whether a conflict path from the server (`.spec.a.b[name="x"].c`) lies in `applied`.
+/// Whether a conflict path from the server (`.spec.a.b[name="x"].c`,
+/// `.metadata.labels.app.kubernetes.io/name`) lies in `applied`. Keys may
+/// contain dots, so each step takes the longest key of `applied` that the
+/// rest of the path starts with.
 fn field_in(applied: &Value, field: &str) -> bool {
     let mut cur = applied;
-    for part in field.trim_start_matches('.').split('.') {
-        let key = part.split('[').next().unwrap_or(part);
-        match cur.get(key) {
-            Some(next) => cur = next,
-            None => return false,
-        }
-        if part.contains('[') {
+    let mut rest = field.strip_prefix('.').unwrap_or(field);
+    while !rest.is_empty() {
+        let Some(map) = cur.as_object() else {
+            // A list or scalar rayform wrote whole: the path is inside it.
+            return true;
+        };
+        let key = map
+            .keys()
+            .filter(|k| {
+                rest.strip_prefix(k.as_str())
+                    .is_some_and(|after| after.is_empty() || after.starts_with(['.', '[']))
+            })
+            .max_by_key(|k| k.len());
+        let Some(key) = key else { return false };
+        cur = &map[key];
+        rest = &rest[key.len()..];
+        if rest.starts_with('[') {
             return true;
         }
+        rest = rest.strip_prefix('.').unwrap_or(rest);
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conflict_paths_with_dotted_keys_are_found() {
+        let applied = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "rayform"}},
+                             "data": {".dockerconfigjson": "x"}, "spec": {"a": [1]}});
+        assert!(field_in(
+            &applied,
+            ".metadata.labels.app.kubernetes.io/managed-by"
+        ));
+        assert!(field_in(&applied, ".data..dockerconfigjson"));
+        assert!(field_in(&applied, ".spec.a[0]"));
+        assert!(!field_in(&applied, ".spec.b"));
+        assert!(!field_in(&applied, ".metadata.labels.other"));
+    }
 }

@@ -23,6 +23,9 @@ use crate::util::format_duration;
 /// Serve's HTTP proxy port on the head pod.
 const SERVE_PORT: u16 = 8000;
 const DASHBOARD_PORT: u16 = 8265;
+/// After this long, look at Serve at most every `PATIENT_INTERVAL`.
+const PATIENT_AFTER: Duration = Duration::from_secs(60);
+const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
 /// Deadline of one `/-/routes` request.
 const ROUTES_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -143,13 +146,14 @@ pub async fn wait(
             "RayService",
         ))
     })?;
-    let watch = cluster.watch(&kind, Some(namespace), &spec.rayservice);
+    let mut watch = cluster.watch(&kind, Some(namespace), &spec.rayservice);
     let started = Instant::now();
     let mut seen = Seen::default();
     let mut reported = String::new();
     let mut next_still = Duration::from_secs(10);
     loop {
-        let object = watch.borrow().clone();
+        // Mark this version seen, so that only a newer one wakes the wait early.
+        let object = watch.borrow_and_update().clone();
         seen.service = object.as_ref().map(status::read);
         if let Some(failure) = seen.service.as_ref().and_then(|s| s.failure.clone()) {
             return Err(ReadinessError::Failed(format!(
@@ -194,10 +198,20 @@ pub async fn wait(
                 }
             }
         }
-        let mut watch_changed = watch.clone();
+        // Fast while a deploy is fresh; after that, gentler on the API server
+        // (a first deploy with image pulls and model downloads takes minutes).
+        let pause = if started.elapsed() < PATIENT_AFTER {
+            spec.interval
+        } else {
+            spec.interval.max(PATIENT_INTERVAL)
+        };
         tokio::select! {
-            () = tokio::time::sleep(spec.interval) => {}
-            changed = watch_changed.changed() => if changed.is_err() { tokio::time::sleep(spec.interval).await },
+            () = tokio::time::sleep(pause) => {}
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
         }
     }
 }

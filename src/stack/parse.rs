@@ -19,6 +19,9 @@ use crate::util::parse_duration;
 
 type Val<'i> = Spanned<DeValue<'i>>;
 
+/// A wait looks at Serve no more often than this, whatever the stack says.
+const MIN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Everything an error message needs: the file and its text.
 pub(crate) struct Source<'a> {
     pub file: &'a Path,
@@ -527,7 +530,9 @@ fn resource(
                 path,
                 url,
                 timeout: t.duration(src, "timeout", Duration::from_secs(30 * 60))?,
-                interval: t.duration(src, "interval", Duration::from_millis(250))?,
+                interval: t
+                    .duration(src, "interval", Duration::from_millis(250))?
+                    .max(MIN_INTERVAL),
                 probe,
             })
         }

@@ -689,3 +689,84 @@ async fn a_missing_kuberay_crd_is_said_plainly_and_apply_refuses() {
         apply.stderr
     );
 }
+
+#[tokio::test]
+async fn a_plan_with_errors_is_not_saved() {
+    let env = Env::new(Profile::V1, "errplan").await;
+    let stack = env.mission_stack("errplan");
+    env.apply_as(
+        "kubectl",
+        "v1",
+        "Secret",
+        Some(&env.ns),
+        "hf-token",
+        json!({"stringData": {"HUGGING_FACE_HUB_TOKEN": "by-hand"}}),
+    )
+    .await;
+    let run = env.rayform(&["plan", &stack, "--out", "bad.plan"]).code(1);
+    assert!(
+        run.stderr
+            .contains("the plan has errors, so it was not saved"),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.path("bad.plan").exists());
+}
+
+#[tokio::test]
+async fn destroy_goes_on_when_a_patched_object_was_deleted_by_someone_else() {
+    let env = Env::new(Profile::V1, "gonepool").await;
+    let stack = env.mission_stack("gonepool");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let (_, kind) = Profile::V1.pool();
+    let pools: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(
+        env.client.clone(),
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("karpenter.sh", "v1", kind),
+            "nodepools",
+        ),
+    );
+    pools.delete(&env.pool, &Default::default()).await.unwrap();
+    let run = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert!(
+        run.stdout
+            .contains("nothing to revert, so it is dropped from the state"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        env.get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+            .await
+            .is_none()
+    );
+    assert!(
+        env.state("gonepool")["resources"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn moving_a_stack_to_another_namespace_is_refused_rather_than_orphaning() {
+    let env = Env::new(Profile::V1, "movens").await;
+    let stack = env.mission_stack("movens");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let text = std::fs::read_to_string(env.path(&stack)).unwrap();
+    env.write(
+        &stack,
+        &text.replace(
+            &format!("namespace = \"{}\"", env.ns),
+            "namespace = \"elsewhere\"",
+        ),
+    );
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(
+        plan.stdout
+            .contains(&format!("lives in namespace `{}`", env.ns)),
+        "{}",
+        plan.stdout
+    );
+}
