@@ -40,25 +40,12 @@ async fn a_schema_invalid_rayservice_is_rejected_with_the_servers_message() {
         &manifest.replace("replicas: 1\n", "replicas: many\n"),
     );
     let plan = env.rayform(&["plan", &stack]).code(1);
-    assert!(
-        plan.stdout.contains("rejected by the API server"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout
-            .contains("spec.rayClusterConfig.workerGroupSpecs[0].replicas"),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("rejected by the API server");
+    plan.stdout_has("spec.rayClusterConfig.workerGroupSpecs[0].replicas");
     let apply = env
         .rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .code(1);
-    assert!(
-        apply.stderr.contains("nothing was changed"),
-        "{}",
-        apply.stderr
-    );
+    apply.stderr_has("nothing was changed");
     assert!(
         env.get("v1", "Secret", Some(&env.ns), "hf-token")
             .await
@@ -98,19 +85,9 @@ async fn an_unreachable_cluster_and_an_unknown_context_are_explained() {
     let run = env
         .rayform(&["--kubeconfig", "dead.kubeconfig", "plan", &stack])
         .code(1);
-    assert!(
-        run.stderr
-            .contains("cannot reach the cluster at https://127.0.0.1:1"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("--context"), "{}", run.stderr);
+    run.stderr_has("cannot reach the cluster at https://127.0.0.1:1");
+    run.stderr_has("--context");
 
     let run = env.rayform(&["--context", "nope", "plan", &stack]).code(1);
-    assert!(
-        run.stderr
-            .contains("context `nope` is not in the kubeconfig; it has: admin, restricted"),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("context `nope` is not in the kubeconfig; it has: admin, restricted");
 }

@@ -16,19 +16,9 @@ async fn mission_round_trip(profile: Profile) {
     let plan = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(2);
-    assert!(
-        plan.stdout
-            .contains("Plan: 2 to add, 0 to change, 0 to destroy, 2 to patch."),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("Plan: 2 to add, 0 to change, 0 to destroy, 2 to patch.");
     let (pool_api, pool_kind) = profile.pool();
-    assert!(
-        plan.stdout
-            .contains(&format!("Karpenter API: {pool_api} {pool_kind}")),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has(&format!("Karpenter API: {pool_api} {pool_kind}"));
 
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
@@ -61,7 +51,7 @@ async fn mission_round_trip(profile: Profile) {
     let again = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
-    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    again.stdout_has("No changes.");
 
     env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
     assert_eq!(
@@ -123,17 +113,8 @@ async fn a_change_by_another_field_manager_is_reported_and_restored() {
     let plan = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(2);
-    assert!(
-        plan.stdout
-            .contains("rayservice.mistral-7b will be updated in place"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout.contains("changed outside rayform"),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("rayservice.mistral-7b will be updated in place");
+    plan.stdout_has("changed outside rayform");
     assert!(
         plan.stdout.contains("applications: []"),
         "the outside change is shown: {}",
@@ -174,18 +155,8 @@ async fn a_resource_removed_from_the_stack_is_deleted() {
 
     env.write(&stack, &base);
     let plan = env.rayform(&["plan", &stack]).ok();
-    assert!(
-        plan.stdout
-            .contains("manifest.extra-config will be deleted"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout
-            .contains("Plan: 0 to add, 0 to change, 1 to destroy, 0 to patch."),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("manifest.extra-config will be deleted");
+    plan.stdout_has("Plan: 0 to add, 0 to change, 1 to destroy, 0 to patch.");
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
     assert!(
@@ -288,7 +259,7 @@ async fn a_stale_saved_plan_is_refused() {
     )
     .await;
     let refused = env.rayform(&["apply", "first.plan", "--no-wait"]).code(1);
-    assert!(refused.stderr.contains("stale"), "{}", refused.stderr);
+    refused.stderr_has("stale");
     assert!(
         env.get("v1", "Secret", Some(&env.ns), "hf-token")
             .await
@@ -301,13 +272,7 @@ async fn a_stale_saved_plan_is_refused() {
     env.rayform(&["plan", &stack, "--out", "third.plan"]).ok();
     env.rayform(&["apply", "second.plan", "--no-wait"]).ok();
     let refused = env.rayform(&["apply", "third.plan", "--no-wait"]).code(1);
-    assert!(
-        refused
-            .stderr
-            .contains("the state changed since the plan was made"),
-        "{}",
-        refused.stderr
-    );
+    refused.stderr_has("the state changed since the plan was made");
 }
 
 #[tokio::test]
@@ -319,13 +284,13 @@ async fn a_held_lock_makes_a_second_run_fail_at_once_naming_the_holder() {
     let started = std::time::Instant::now();
     let run = env.rayform(&["plan", &stack]).code(1);
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(run.stderr.contains("state is locked"), "{}", run.stderr);
+    run.stderr_has("state is locked");
     assert!(
         run.stderr.contains(&format!("pid {}", std::process::id())),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains(&held.info.id), "{}", run.stderr);
+    run.stderr_has(&held.info.id);
     drop(held);
     env.rayform(&["plan", &stack]).ok();
 }
@@ -468,17 +433,8 @@ async fn an_object_rayform_did_not_create_is_not_taken_over() {
     )
     .await;
     let plan = env.rayform(&["plan", &stack]).code(1);
-    assert!(
-        plan.stdout
-            .contains("already exists and was not created by rayform"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout.contains("--adopt secret.hf-token"),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("already exists and was not created by rayform");
+    plan.stdout_has("--adopt secret.hf-token");
     env.rayform(&[
         "apply",
         &stack,
@@ -525,17 +481,8 @@ async fn a_field_another_manager_owns_is_a_conflict_until_forced() {
     );
 
     let plan = env.rayform(&["plan", &stack]).code(1);
-    assert!(
-        plan.stdout
-            .contains("applying would take fields owned by another field manager"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout.contains("enableInTreeAutoscaling"),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("applying would take fields owned by another field manager");
+    plan.stdout_has("enableInTreeAutoscaling");
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .code(1);
     env.rayform(&[
@@ -571,16 +518,8 @@ async fn a_v1alpha5_provisioner_with_consolidation_cannot_take_an_empty_ttl() {
     )
     .await;
     let plan = env.rayform(&["plan", &stack]).code(1);
-    assert!(
-        plan.stdout.contains("consolidation.enabled: true"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout.contains("ttlSecondsAfterEmpty"),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("consolidation.enabled: true");
+    plan.stdout_has("ttlSecondsAfterEmpty");
 }
 
 #[tokio::test]
@@ -597,20 +536,11 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
     );
     assert_eq!(plan["has_changes"], json!(true));
     let text = env.rayform(&["plan", &stack]).ok();
-    assert!(
-        text.stdout
-            .contains("makes Karpenter treat the nodes launched from it as drifted"),
-        "{}",
-        text.stdout
-    );
+    text.stdout_has("makes Karpenter treat the nodes launched from it as drifted");
 
     // Without a terminal and without --auto-approve, nothing happens.
     let refused = env.rayform(&["apply", &stack, "--no-wait"]).code(1);
-    assert!(
-        refused.stdout.contains("needs confirmation"),
-        "{}",
-        refused.stdout
-    );
+    refused.stdout_has("needs confirmation");
     assert!(
         env.get("v1", "Secret", Some(&env.ns), "hf-token")
             .await
@@ -635,19 +565,11 @@ async fn force_unlock_checks_the_id_and_refuses_a_live_holder() {
     let held =
         rayform::state::lock::StateLock::acquire(&env.path("state/unlock.json"), "apply").unwrap();
     let wrong = env.rayform(&["force-unlock", &stack, "not-the-id"]).code(1);
-    assert!(
-        wrong.stderr.contains("does not match the current lock"),
-        "{}",
-        wrong.stderr
-    );
+    wrong.stderr_has("does not match the current lock");
     let alive = env
         .rayform(&["force-unlock", &stack, &held.info.id])
         .code(1);
-    assert!(
-        alive.stderr.contains("held by a running process"),
-        "{}",
-        alive.stderr
-    );
+    alive.stderr_has("held by a running process");
     let id = held.info.id.clone();
     // A holder that died without cleaning up leaves its record behind.
     std::mem::forget(held);
@@ -668,26 +590,14 @@ async fn a_missing_kuberay_crd_is_said_plainly_and_apply_refuses() {
     // RayJob is a KubeRay kind whose CRD the test cluster does not install.
     env.write(&stack, &format!("{base}\n[manifest.job]\nobject = {{ apiVersion = \"ray.io/v1\", kind = \"RayJob\", spec = {{}} }}\n"));
     let plan = env.rayform(&["plan", &stack]).code(1);
-    assert!(
-        plan.stdout.contains(
-            "the cluster does not serve ray.io/v1 RayJob: the KubeRay CRDs are not installed"
-        ),
-        "{}",
-        plan.stdout
+    plan.stdout_has(
+        "the cluster does not serve ray.io/v1 RayJob: the KubeRay CRDs are not installed",
     );
-    assert!(
-        plan.stdout.contains("install the KubeRay operator"),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has("install the KubeRay operator");
     let apply = env
         .rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .code(1);
-    assert!(
-        apply.stderr.contains("nothing was changed"),
-        "{}",
-        apply.stderr
-    );
+    apply.stderr_has("nothing was changed");
 }
 
 #[tokio::test]
@@ -704,12 +614,7 @@ async fn a_plan_with_errors_is_not_saved() {
     )
     .await;
     let run = env.rayform(&["plan", &stack, "--out", "bad.plan"]).code(1);
-    assert!(
-        run.stderr
-            .contains("the plan has errors, so it was not saved"),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("the plan has errors, so it was not saved");
     assert!(!env.path("bad.plan").exists());
 }
 
@@ -729,12 +634,7 @@ async fn destroy_goes_on_when_a_patched_object_was_deleted_by_someone_else() {
     );
     pools.delete(&env.pool, &Default::default()).await.unwrap();
     let run = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
-    assert!(
-        run.stdout
-            .contains("nothing to revert, so it is dropped from the state"),
-        "{}",
-        run.stdout
-    );
+    run.stdout_has("nothing to revert, so it is dropped from the state");
     assert!(
         env.get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
             .await
@@ -763,10 +663,5 @@ async fn moving_a_stack_to_another_namespace_is_refused_rather_than_orphaning() 
         ),
     );
     let plan = env.rayform(&["plan", &stack]).code(1);
-    assert!(
-        plan.stdout
-            .contains(&format!("lives in namespace `{}`", env.ns)),
-        "{}",
-        plan.stdout
-    );
+    plan.stdout_has(&format!("lives in namespace `{}`", env.ns));
 }

@@ -93,21 +93,13 @@ async fn ready_only_once_a_real_request_answers_not_when_the_route_is_listed() {
         "returned {:?} after the route was listed, while the replica still sleeps 6 s in its constructor",
         listed.elapsed()
     );
-    assert!(
-        run.stdout.contains(
-            "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)"
-        ),
-        "{}",
-        run.stdout
+    run.stdout_has(
+        "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)",
     );
-    assert!(
-        run.stdout.contains(&format!(
-            "Reach it at {}/v1/chat/completions",
-            ray.serve_url
-        )),
-        "{}",
-        run.stdout
-    );
+    run.stdout_has(&format!(
+        "Reach it at {}/v1/chat/completions",
+        ray.serve_url
+    ));
 }
 
 #[tokio::test]
@@ -125,23 +117,9 @@ async fn a_route_prefix_that_never_serves_the_path_times_out_with_a_clear_messag
         "20s",
     );
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    assert!(
-        run.stderr
-            .contains("rayservice.echo did not serve /v1/chat/completions within 20s"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains(r#"/-/routes: 200 {"/other":"llm"}"#),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("Waiting for a route prefix serving /v1/chat/completions"),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("rayservice.echo did not serve /v1/chat/completions within 20s");
+    run.stderr_has(r#"/-/routes: 200 {"/other":"llm"}"#);
+    run.stderr_has("Waiting for a route prefix serving /v1/chat/completions");
 }
 
 #[tokio::test]
@@ -160,13 +138,8 @@ async fn a_failed_deploy_is_reported_with_serves_message() {
     );
     let started = Instant::now();
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    assert!(
-        run.stderr
-            .contains("Serve application `llm` failed to deploy"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("no GPU in this test"), "{}", run.stderr);
+    run.stderr_has("Serve application `llm` failed to deploy");
+    run.stderr_has("no GPU in this test");
     assert!(
         started.elapsed() < Duration::from_secs(100),
         "a failed deploy is reported at once, not at the timeout"
@@ -188,11 +161,7 @@ async fn a_failing_probe_is_reported() {
         "20s",
     );
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    assert!(
-        run.stderr.contains("probe: GET /v1/models: 500"),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("probe: GET /v1/models: 500");
     assert!(
         run.stderr
             .contains("Waiting for the probe GET /v1/models to succeed (answered 500"),
@@ -215,11 +184,7 @@ async fn readiness_cannot_pass_while_kuberay_reports_not_ready() {
         "runtime_env": {"working_dir": working_dir}, "args": {"model": "echo"}}]}));
     let stack = echo_stack(&env, "gate", &ray.serve_url, "{model: echo}", "/", "12s");
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    assert!(
-        run.stderr.contains("RayService: not ready"),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("RayService: not ready");
     assert!(
         run.stderr.contains("probe: GET /v1/models: 200"),
         "Serve itself was answering: {}",
@@ -292,11 +257,6 @@ async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
         .await
         .unwrap();
     let run = apply.finish().code(1);
-    assert!(
-        run.stderr
-            .contains("endpoint: pod/llm-q7x2k-head-8fz9w:8000 (port-forward)"),
-        "{}",
-        run.stderr
-    );
+    run.stderr_has("endpoint: pod/llm-q7x2k-head-8fz9w:8000 (port-forward)");
     assert!(!run.stderr.contains("decoy"), "{}", run.stderr);
 }

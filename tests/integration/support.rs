@@ -170,6 +170,26 @@ impl Run {
         self
     }
 
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "expected {needle:?} on stdout:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stderr.contains(needle),
+            "expected {needle:?} on stderr:\n{}",
+            self.stderr
+        );
+        self
+    }
+
     pub fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
     }
