@@ -280,7 +280,11 @@ async fn make_plan(
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
     let world =
         observe::observe(cluster, s, &desired, state, mode, &ObserveOptions { force }).await?;
-    out.debug(&format!("observed the cluster in {:?}", started.elapsed()));
+    out.debug(&format!(
+        "observed the cluster in {:?} with {} API requests (after discovery)",
+        started.elapsed(),
+        cluster.requests()
+    ));
     let mut adopt = BTreeSet::new();
     for a in &take.adopt {
         adopt.insert(

@@ -34,6 +34,9 @@ pub struct Cluster {
     client: Client,
     pub id: ClusterId,
     discovery: std::sync::Arc<Discovery>,
+    /// Object requests made since connecting (discovery not counted), so
+    /// `-v` can show that a no-op plan costs a few LISTs, not one call per resource.
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Where a kind lives in the API.
@@ -112,6 +115,7 @@ impl Cluster {
             client,
             id,
             discovery: std::sync::Arc::new(discovery),
+            requests: std::sync::Arc::default(),
         })
     }
 
@@ -142,7 +146,15 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Object requests made so far through this connection.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every object request goes through here (one `api` per request).
     fn api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match namespace {
             Some(ns) if kind.namespaced => {
                 Api::namespaced_with(self.client.clone(), ns, &kind.resource)

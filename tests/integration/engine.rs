@@ -665,3 +665,36 @@ async fn moving_a_stack_to_another_namespace_is_refused_rather_than_orphaning() 
     let plan = env.rayform(&["plan", &stack]).code(1);
     plan.stdout_has(&format!("lives in namespace `{}`", env.ns));
 }
+
+/// A no-op plan costs a LIST per kind and a GET per Karpenter object,
+/// however many resources the stack has.
+#[tokio::test]
+async fn a_no_op_plan_costs_requests_per_kind_not_per_resource() {
+    let env = Env::new(Profile::V1, "requests").await;
+    let stack = env.mission_stack("requests");
+    let base = std::fs::read_to_string(env.path(&stack)).unwrap();
+    let mut counts = Vec::new();
+    for configmaps in [5, 40] {
+        let mut text = base.clone();
+        for i in 0..configmaps {
+            text.push_str(&format!("\n[manifest.cm{i}]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ i = \"{i}\" }} }}\n"));
+        }
+        env.write(&stack, &text);
+        env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+            .ok();
+        let plan = env
+            .rayform(&["-v", "plan", &stack, "--detailed-exitcode"])
+            .code(0);
+        let line = plan
+            .stderr
+            .lines()
+            .find(|l| l.contains("API requests"))
+            .expect("-v reports requests")
+            .to_string();
+        counts.push(line);
+    }
+    // Secrets, ConfigMaps and RayServices: one LIST each; NodePool and EC2NodeClass: one GET each.
+    for line in &counts {
+        assert!(line.contains("with 5 API requests"), "{counts:?}");
+    }
+}
