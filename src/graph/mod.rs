@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::stack::{Address, Location, ResourceSpec, ResourceType, Stack};
@@ -102,9 +102,9 @@ impl Graph {
                 _ => {}
             }
         }
-        let order = match toposort(&graph, None) {
+        let order = match file_order_toposort(&graph) {
             Ok(order) => order,
-            Err(cycle) => return Err(cycle_error(stack, &graph, cycle.node_id())),
+            Err(on_cycle) => return Err(cycle_error(stack, &graph, on_cycle)),
         };
         Ok(Graph { graph, order })
     }
@@ -177,6 +177,47 @@ impl Graph {
         }
         out.push_str("}\n");
         out
+    }
+}
+
+/// Kahn's algorithm, taking ready nodes in the order the stack file lists
+/// them, so plans read in the order the user wrote (and the guide's steps).
+/// On a cycle, returns a node on it.
+fn file_order_toposort(graph: &DiGraph<Address, EdgeKind>) -> Result<Vec<NodeIndex>, NodeIndex> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut indegree: Vec<usize> = graph
+        .node_indices()
+        .map(|n| {
+            graph
+                .neighbors_directed(n, petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    // Node indices follow the stack's resource order.
+    let mut ready: BinaryHeap<Reverse<NodeIndex>> = graph
+        .node_indices()
+        .filter(|n| indegree[n.index()] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(graph.node_count());
+    while let Some(Reverse(n)) = ready.pop() {
+        order.push(n);
+        for next in graph.neighbors(n) {
+            indegree[next.index()] -= 1;
+            if indegree[next.index()] == 0 {
+                ready.push(Reverse(next));
+            }
+        }
+    }
+    match graph.node_indices().find(|n| indegree[n.index()] > 0) {
+        // Some node never became ready: it sits on (or behind) a cycle; find one on it.
+        Some(stuck) => Err(tarjan_scc(graph)
+            .into_iter()
+            .find(|c| c.len() > 1)
+            .and_then(|c| c.first().copied())
+            .unwrap_or(stuck)),
+        None => Ok(order),
     }
 }
 

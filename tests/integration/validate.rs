@@ -269,3 +269,41 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+    /// Any acyclic set of depends_on edges is respected by the apply order,
+    /// and destroy is exactly its reverse.
+    #[test]
+    fn the_apply_order_respects_every_dependency(edges in proptest::collection::vec((0usize..12, 0usize..12), 0..30)) {
+        let mut text = String::from("[stack]\nname = \"order\"\n");
+        let mut deps: Vec<Vec<usize>> = vec![Vec::new(); 12];
+        for (a, b) in edges {
+            // Only "later depends on earlier", so the graph stays acyclic.
+            if a < b && !deps[b].contains(&a) {
+                deps[b].push(a);
+            }
+        }
+        for (i, d) in deps.iter().enumerate() {
+            let list: Vec<String> = d.iter().map(|j| format!("\"manifest.m{j}\"")).collect();
+            text.push_str(&format!(
+                "\n[manifest.m{i}]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\" }}\ndepends_on = [{}]\n",
+                list.join(", ")
+            ));
+        }
+        let stack = rayform::stack::parse_str(Path::new("order.toml"), &text, None).unwrap();
+        let graph = rayform::graph::Graph::build(&stack).unwrap();
+        let order: Vec<String> = graph.apply_order().iter().map(ToString::to_string).collect();
+        let pos = |name: String| order.iter().position(|x| *x == name).unwrap();
+        for (i, d) in deps.iter().enumerate() {
+            for j in d {
+                let (dependency, dependent) = (pos(format!("manifest.m{j}")), pos(format!("manifest.m{i}")));
+                prop_assert!(dependency < dependent, "m{} must come before m{}", j, i);
+            }
+        }
+        let mut reversed: Vec<String> = graph.destroy_order().iter().map(ToString::to_string).collect();
+        reversed.reverse();
+        prop_assert_eq!(reversed, order);
+    }
+}
