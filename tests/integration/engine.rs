@@ -53,7 +53,17 @@ async fn mission_round_trip(profile: Profile) {
         .code(0);
     again.stdout_has("No changes.");
 
-    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    // Destroy sends no Secret body, so it needs no token.
+    let destroy = env
+        .command(&["destroy", &stack, "--auto-approve"])
+        .env_remove("HUGGING_FACE_HUB_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        destroy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&destroy.stderr)
+    );
     assert_eq!(
         env.karpenter_specs().await,
         before,
