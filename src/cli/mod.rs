@@ -75,12 +75,14 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             destroy,
             take,
         } => {
-            let s = load(&stack, g)?;
-            let graph = Graph::build(&s)?;
-            let _lock = StateLock::acquire(&s.state_path, "plan")?;
-            let (mut state, mut new) = load_state(&s)?;
-            let cluster = connect(g, out).await?;
-            check_cluster(&state, &cluster)?;
+            let Opened {
+                stack: s,
+                graph,
+                lock: _lock,
+                mut state,
+                mut new,
+                cluster,
+            } = open(&stack, g, "plan", out).await?;
             if new && save.is_some() {
                 // A saved plan is checked against the state's lineage and its
                 // fingerprint key, so that state must exist before the plan.
@@ -133,12 +135,14 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             if is_plan_file(&target) {
                 apply_saved(&target, g, &run, no_wait, endpoint, out).await
             } else {
-                let s = load(&target, g)?;
-                let graph = Graph::build(&s)?;
-                let _lock = StateLock::acquire(&s.state_path, "apply")?;
-                let (state, new) = load_state(&s)?;
-                let cluster = connect(g, out).await?;
-                check_cluster(&state, &cluster)?;
+                let Opened {
+                    stack: s,
+                    graph,
+                    lock: _lock,
+                    state,
+                    new,
+                    cluster,
+                } = open(&target, g, "apply", out).await?;
                 let plan =
                     make_plan(&s, &graph, &state, new, &cluster, &take, false, false, out).await?;
                 out.raw(&plan::render_text(&plan, out.render_options()));
@@ -165,12 +169,14 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             force,
             run,
         } => {
-            let s = load(&stack, g)?;
-            let graph = Graph::build(&s)?;
-            let _lock = StateLock::acquire(&s.state_path, "destroy")?;
-            let (state, new) = load_state(&s)?;
-            let cluster = connect(g, out).await?;
-            check_cluster(&state, &cluster)?;
+            let Opened {
+                stack: s,
+                graph,
+                lock: _lock,
+                state,
+                new,
+                cluster,
+            } = open(&stack, g, "destroy", out).await?;
             let plan = make_plan(
                 &s,
                 &graph,
@@ -212,6 +218,35 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             Ok(0)
         }
     }
+}
+
+/// What plan, apply and destroy all start from: the stack and its graph,
+/// the state under its lock, and a connection to the cluster it belongs to.
+struct Opened {
+    stack: Stack,
+    graph: Graph,
+    lock: StateLock,
+    state: State,
+    /// No state file existed yet.
+    new: bool,
+    cluster: Cluster,
+}
+
+async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Opened, Error> {
+    let stack = load(path, g)?;
+    let graph = Graph::build(&stack)?;
+    let lock = StateLock::acquire(&stack.state_path, operation)?;
+    let (state, new) = load_state(&stack)?;
+    let cluster = connect(g, out).await?;
+    check_cluster(&state, &cluster)?;
+    Ok(Opened {
+        stack,
+        graph,
+        lock,
+        state,
+        new,
+        cluster,
+    })
 }
 
 fn load(path: &Path, g: &Global) -> Result<Stack, Error> {
