@@ -299,16 +299,16 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
                 shared.say(&c.address, "Skipped (--no-wait)");
                 return Ok(Vec::new());
             }
-            let mut spec = spec.clone();
+            let mut target = spec.clone();
             if let Some(url) = &shared.options.endpoint {
-                spec.url = Some(url.clone());
+                target.wait.url = Some(url.clone());
             }
             let address = c.address.clone();
             let progress = shared.options.progress.clone();
             let ready = crate::readiness::wait(
                 &shared.cluster,
                 &shared.namespace,
-                &spec,
+                &target,
                 Arc::new(move |m: String| {
                     progress(Event {
                         address: address.clone(),

@@ -40,12 +40,41 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli, &out)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run(cli, &out) => Ok(result),
+            signal = interrupted() => Err(signal),
+        }
+    });
+    match outcome {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(e)) => {
             out.error(&e.to_string());
             ExitCode::from(1)
         }
+        // Dropping the run releases the state lock; every state write before
+        // this point was complete (each is one atomic rename).
+        Err((name, code)) => {
+            out.error(&format!(
+                "interrupted by {name}: what completed is recorded in the state; run the same command again to continue"
+            ));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The first of Ctrl-C (exit 130) or SIGTERM (exit 143), as shells report them.
+async fn interrupted() -> (&'static str, u8) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("Ctrl-C", 130),
+        _ = term.recv() => ("SIGTERM", 143),
     }
 }
 

@@ -32,6 +32,9 @@ pub struct ConnectOptions {
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
+    /// The same connection settings without a read timeout: watches and
+    /// port-forwards are quiet for long stretches by design.
+    stream_client: Client,
     pub id: ClusterId,
     discovery: std::sync::Arc<Discovery>,
     /// Object requests made since connecting (discovery not counted), so
@@ -97,22 +100,28 @@ impl Cluster {
             .map_err(|e| ClusterError::Kubeconfig {
                 message: e.to_string(),
             })?;
-        config.read_timeout = Some(Duration::from_secs(60));
         config.connect_timeout = Some(Duration::from_secs(10));
         let server = config
             .cluster_url
             .to_string()
             .trim_end_matches('/')
             .to_string();
-        let client = kube::client::ClientBuilder::try_from(config)
-            .map_err(|e| ClusterError::Kubeconfig {
-                message: e.to_string(),
-            })?
-            .build();
+        let build = |config: Config| {
+            kube::client::ClientBuilder::try_from(config)
+                .map(kube::client::ClientBuilder::build)
+                .map_err(|e| ClusterError::Kubeconfig {
+                    message: e.to_string(),
+                })
+        };
+        let stream_client = build(config.clone())?;
+        config.read_timeout = Some(Duration::from_secs(60));
+        config.reset_reader_on_write = true;
+        let client = build(config)?;
         let id = ClusterId { server, context };
         let discovery = discover(&client, &id).await?;
         Ok(Cluster {
             client,
+            stream_client,
             id,
             discovery: std::sync::Arc::new(discovery),
             requests: std::sync::Arc::default(),
@@ -310,37 +319,78 @@ fn to_json(o: DynamicObject) -> Value {
 pub trait PodStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PodStream for T {}
 
+/// The latest word on a watched object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Followed {
+    /// The newest version seen; `None` before the first or once deleted.
+    pub object: Option<Value>,
+    pub trouble: Option<WatchTrouble>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchTrouble {
+    /// The watch broke and is being restarted (e.g. 410 Gone, a dropped connection).
+    Retrying(String),
+    /// It cannot work without the user changing something (401, 403, 404).
+    Fatal(String),
+}
+
 impl Cluster {
     /// Follows one object with a watch; the receiver always holds the latest
-    /// version (`None` once deleted). The watch stops when the receiver is dropped.
+    /// version and says when the watch is in trouble. The watch stops when
+    /// the receiver is dropped, or for good on an error no retry can fix.
     pub fn watch(
         &self,
         kind: &Kind,
         namespace: Option<&str>,
         name: &str,
-    ) -> tokio::sync::watch::Receiver<Option<Value>> {
+    ) -> tokio::sync::watch::Receiver<Followed> {
         use futures::StreamExt as _;
-        use kube::runtime::watcher;
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        let api = self.api(kind, namespace);
+        use kube::runtime::{WatchStreamExt as _, watcher};
+        let (tx, rx) = tokio::sync::watch::channel(Followed::default());
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) if kind.namespaced => {
+                Api::namespaced_with(self.stream_client.clone(), ns, &kind.resource)
+            }
+            _ => Api::all_with(self.stream_client.clone(), &kind.resource),
+        };
+        let what = format!(
+            "watch {} `{name}`{}",
+            kind.plural_name(),
+            namespace
+                .map(|n| format!(" in namespace {n}"))
+                .unwrap_or_default()
+        );
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         tokio::spawn(async move {
-            let mut stream = watcher::watcher(api, config).boxed();
+            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
             loop {
-                tokio::select! {
+                let event = tokio::select! {
                     () = tx.closed() => break,
-                    event = stream.next() => match event {
-                        Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) => {
-                            let _ = tx.send(Some(to_json(o)));
+                    event = stream.next() => event,
+                };
+                match event {
+                    Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) => {
+                        tx.send_replace(Followed {
+                            object: Some(to_json(o)),
+                            trouble: None,
+                        });
+                    }
+                    Some(Ok(watcher::Event::Delete(_))) => {
+                        tx.send_replace(Followed::default());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        let trouble = watch_trouble(&what, &e);
+                        let fatal = matches!(trouble, WatchTrouble::Fatal(_));
+                        tx.send_modify(|f| f.trouble = Some(trouble));
+                        if fatal {
+                            break;
                         }
-                        Some(Ok(watcher::Event::Delete(_))) => {
-                            let _ = tx.send(None);
-                        }
-                        Some(Ok(_)) => {}
-                        // The watcher retries by itself on the next poll; back off a little.
-                        Some(Err(_)) => tokio::time::sleep(Duration::from_millis(500)).await,
-                        None => break,
-                    },
+                    }
+                    None => break,
                 }
             }
         });
@@ -356,31 +406,72 @@ impl Cluster {
         self.list(&kind, Some(namespace), selector).await
     }
 
-    /// Opens a stream to `port` of a pod.
+    /// Opens a stream to `port` of a pod, with the error the node reports
+    /// for it (a refused connection arrives there, not on the stream).
     pub async fn port_forward(
         &self,
         namespace: &str,
         pod: &str,
         port: u16,
-    ) -> Result<Box<dyn PodStream>, ClusterError> {
+    ) -> Result<PortForward, ClusterError> {
         let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(self.client.clone(), namespace);
+            Api::namespaced(self.stream_client.clone(), namespace);
         let kind = Kind {
             resource: ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
             namespaced: true,
         };
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut forwarder = pods
             .portforward(pod, &[port])
             .await
             .map_err(|e| self.error(e, "port-forward to", &kind, pod))?;
-        forwarder
-            .take_stream(port)
-            .map(|s| Box::new(s) as Box<dyn PodStream>)
-            .ok_or_else(|| ClusterError::Api {
-                verb: "port-forward to".into(),
-                resource: "pods".into(),
-                name: format!(" `{pod}`"),
-                message: format!("no stream for port {port}"),
-            })
+        let missing = || ClusterError::Api {
+            verb: "port-forward to".into(),
+            resource: "pods".into(),
+            name: format!(" `{pod}`"),
+            message: format!("no stream for port {port}"),
+        };
+        let stream = forwarder.take_stream(port).ok_or_else(missing)?;
+        let error = forwarder.take_error(port).ok_or_else(missing)?;
+        Ok(PortForward {
+            stream: Box::new(stream),
+            error: Box::pin(error),
+        })
+    }
+}
+
+/// One port-forwarded connection: its bytes, and the node's word if it fails.
+pub struct PortForward {
+    pub stream: Box<dyn PodStream>,
+    /// Resolves with the node's message when the connection to the pod fails
+    /// (e.g. "connection refused"); with `None` when the forward ends without one.
+    pub error: std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>,
+}
+
+fn watch_trouble(what: &str, e: &kube::runtime::watcher::Error) -> WatchTrouble {
+    use kube::runtime::watcher::Error as W;
+    let status = match e {
+        W::InitialListFailed(kube::Error::Api(s))
+        | W::WatchStartFailed(kube::Error::Api(s))
+        | W::WatchFailed(kube::Error::Api(s)) => Some(s.as_ref()),
+        W::WatchError(s) => Some(s.as_ref()),
+        _ => None,
+    };
+    match status {
+        Some(s) if s.code == 403 => WatchTrouble::Fatal(format!(
+            "cannot {what}: forbidden ({}); rayform needs get, list and watch on it: ask for `watch` in your Role, or check with `kubectl auth can-i watch` for the resource",
+            s.message
+        )),
+        Some(s) if s.code == 401 => WatchTrouble::Fatal(format!(
+            "cannot {what}: unauthorized ({}); your credentials were refused: log in again or check the kubeconfig user",
+            s.message
+        )),
+        Some(s) if s.code == 404 => WatchTrouble::Fatal(format!(
+            "cannot {what}: not found ({}); is the CRD installed?",
+            s.message
+        )),
+        Some(s) => WatchTrouble::Retrying(format!("{what}: {} {}", s.code, s.message)),
+        None => WatchTrouble::Retrying(format!("{what}: {e}")),
     }
 }

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::graph::referenced_secrets;
+use crate::readiness::Target;
 use crate::secret::{self, SecretError, SecretValue};
 use crate::stack::{
     Address, NodeClassIntent, NodePoolIntent, ResourceSpec, ResourceType, Stack, WaitSpec,
@@ -28,7 +29,7 @@ pub enum Desired {
     Object(DesiredObject),
     NodePool(NodePoolIntent),
     NodeClass(NodeClassIntent),
-    Wait(WaitSpec),
+    Wait(Target),
 }
 
 /// A Kubernetes object rayform creates and owns.
@@ -165,7 +166,7 @@ pub fn render(
             ResourceSpec::Secret(_) => continue,
             ResourceSpec::NodePool(i) => Desired::NodePool(i.clone()),
             ResourceSpec::NodeClass(i) => Desired::NodeClass(i.clone()),
-            ResourceSpec::Wait(w) => Desired::Wait(w.clone()),
+            ResourceSpec::Wait(w) => Desired::Wait(wait_target(stack, w)),
             ResourceSpec::RayService(o) | ResourceSpec::Manifest(o) => {
                 let mut body = o.object.clone();
                 label(&mut body, stack, &r.address);
@@ -195,6 +196,20 @@ pub fn render(
         out.insert(r.address.clone(), desired);
     }
     Ok(out)
+}
+
+/// The wait resolved against its RayService.
+fn wait_target(stack: &Stack, wait: &WaitSpec) -> Target {
+    let rayservice = stack
+        .get(&Address::new(ResourceType::RayService, &wait.rayservice))
+        .and_then(|r| match &r.spec {
+            ResourceSpec::RayService(o) => Some(&o.object),
+            _ => None,
+        });
+    // Parsing already refused a stack whose serveConfigV2 does not resolve.
+    rayservice
+        .and_then(|o| Target::resolve(wait, o).ok())
+        .unwrap_or_else(|| Target::without_config(wait))
 }
 
 fn render_secret(

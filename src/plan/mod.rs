@@ -19,7 +19,7 @@ use crate::desired::{self, Desired};
 use crate::graph::Graph;
 use crate::karpenter::{self, KarpenterPatch};
 use crate::observe::{Observed, ObservedObject, ObservedPatch, World};
-use crate::stack::{Address, ResourceType, Stack, WaitSpec};
+use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ClusterId, State};
 
 pub use render::{RenderOptions, render_json, render_text};
@@ -86,7 +86,7 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch: Option<KarpenterPatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<WaitSpec>,
+    pub wait: Option<crate::readiness::Target>,
     /// The state entry is missing or stale though the cluster is right: apply refreshes it.
     #[serde(default)]
     pub refresh_state: bool,
@@ -241,7 +241,7 @@ pub fn build(
         let change = match observed {
             Observed::Wait => match wanted {
                 Some(Desired::Wait(w)) => {
-                    let mut c = Change::new(&address, Action::Wait, "", "", &w.rayservice);
+                    let mut c = Change::new(&address, Action::Wait, "", "", &w.wait.rayservice);
                     c.wait = Some(w.clone());
                     Some(c)
                 }

@@ -60,12 +60,20 @@ fn headline(c: &Change) -> Option<(&'static str, String)> {
         (Action::Wait, Some(w)) => format!(
             "{} will wait until rayservice.{} serves {} (timeout {}){}",
             c.address,
-            w.rayservice,
-            w.path,
-            crate::util::format_duration(w.timeout),
+            w.wait.rayservice,
+            w.wait.path,
+            crate::util::format_duration(w.wait.timeout),
             w.probe
                 .as_ref()
-                .map(|p| format!(", probing {} {}", p.method, p.path))
+                .map(|p| format!(
+                    ", probing {} {}{}",
+                    p.request.method,
+                    p.request.path,
+                    p.model
+                        .as_ref()
+                        .map(|m| format!(" (model {m})"))
+                        .unwrap_or_default()
+                ))
                 .unwrap_or_default()
         ),
         _ => format!("{} {verb}{what}", c.address),

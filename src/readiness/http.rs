@@ -8,7 +8,93 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 
-use crate::cluster::PodStream;
+use super::Endpoint;
+use crate::cluster::{Cluster, PodStream};
+use crate::util::format_duration;
+
+/// Which of the head's ports a request goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Port {
+    Serve,
+    Dashboard,
+}
+
+/// Sends one request to the endpoint: over TCP to a URL, or through a
+/// port-forward to the head pod, where the node's error for the connection
+/// (e.g. "connection refused") is reported instead of a broken handshake.
+pub async fn send(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    port: Port,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    match (endpoint, port) {
+        (Endpoint::Url(url), Port::Serve) => {
+            let authority = url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let address = if authority.contains(':') {
+                authority.clone()
+            } else {
+                format!("{authority}:80")
+            };
+            let stream =
+                match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&address)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
+                    Err(_) => {
+                        return Err(format!(
+                            "cannot connect to {address} within {}",
+                            format_duration(timeout)
+                        ));
+                    }
+                };
+            request(Box::new(stream), &authority, method, path, body, timeout).await
+        }
+        (Endpoint::Url(_), Port::Dashboard) => Err("no dashboard behind a URL endpoint".into()),
+        (
+            Endpoint::Pod {
+                namespace,
+                pod,
+                serve_port,
+                dashboard_port,
+            },
+            port,
+        ) => {
+            let port = match port {
+                Port::Serve => *serve_port,
+                Port::Dashboard => *dashboard_port,
+            };
+            let forward = tokio::time::timeout(timeout, cluster.port_forward(namespace, pod, port))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "port-forward to {pod}:{port} did not open within {}",
+                        format_duration(timeout)
+                    )
+                })?
+                .map_err(|e| e.to_string())?;
+            let exchange = request(forward.stream, "localhost", method, path, body, timeout);
+            let mut error = forward.error;
+            tokio::pin!(exchange);
+            tokio::select! {
+                answer = &mut exchange => answer,
+                said = &mut error => match said {
+                    Some(message) => Err(format!("port-forward to {pod}:{port}: {message}")),
+                    // The forward closed without a word; the exchange says how it ended.
+                    None => exchange.await,
+                },
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -67,10 +153,5 @@ pub async fn request(
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer within {}",
-                crate::util::format_duration(timeout)
-            ))
-        })
+        .unwrap_or_else(|_| Err(format!("no answer within {}", format_duration(timeout))))
 }

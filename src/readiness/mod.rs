@@ -1,33 +1,41 @@
 //! Readiness: the terminal node. "Applied" is not "serving": a RayService is
-//! ready when KubeRay says so for its current generation, Ray Serve lists a
-//! route prefix that serves the path, and a real request answers.
+//! ready when KubeRay says so for its current generation with no upgrade
+//! under way, Serve on the serving cluster's head runs the config the stack
+//! asks for, it lists a route prefix that serves the path, and a real
+//! request answers, from the model the stack names.
 //!
-//! Why all three: Serve lists the route (and `/-/healthz` says `success`)
-//! while the replica is still in its constructor; requests sent then hang
-//! until it is up (with vLLM loading a 7B model, minutes). So the route is
-//! necessary, not sufficient, and every request here has its own deadline.
+//! Why all of it: KubeRay's first status of a new generation can carry the
+//! previous apps' statuses (it reads them before sending the new config),
+//! Serve lists a route while the replica is still in its constructor, and
+//! requests sent then hang until it is up (minutes with vLLM). So each
+//! signal is necessary, none is sufficient, and every request has its own
+//! deadline.
 
+mod deployed;
 mod http;
 pub mod routes;
 pub mod status;
+mod target;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, PodStream};
-use crate::stack::WaitSpec;
-use crate::util::format_duration;
+use serde_json::Value;
 
-/// Serve's HTTP proxy port on the head pod.
-const SERVE_PORT: u16 = 8000;
-const DASHBOARD_PORT: u16 = 8265;
+pub use target::{ProbeRequest, Target};
+
+use crate::cluster::{Cluster, Followed, WatchTrouble};
+use crate::util::format_duration;
+use deployed::Deployed;
+
+/// Where the dashboard listens when the head container names no `dashboard` port.
+const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 /// After this long, look at Serve at most every `PATIENT_INTERVAL`.
 const PATIENT_AFTER: Duration = Duration::from_secs(60);
 const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
-/// Deadline of one `/-/routes` request.
-const ROUTES_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one request to the route table or the dashboard.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadinessError {
@@ -56,7 +64,12 @@ pub struct Ready {
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     Url(String),
-    Pod { namespace: String, pod: String },
+    Pod {
+        namespace: String,
+        pod: String,
+        serve_port: u16,
+        dashboard_port: u16,
+    },
 }
 
 impl fmt::Display for Ready {
@@ -72,10 +85,15 @@ impl fmt::Display for Ready {
         )?;
         match &self.endpoint {
             Endpoint::Url(url) => write!(f, "Reach it at {url}{}", self.path),
-            Endpoint::Pod { namespace, pod } => write!(
+            Endpoint::Pod {
+                namespace,
+                pod,
+                serve_port: s,
+                dashboard_port: d,
+            } => write!(
                 f,
-                "Reach it:      kubectl -n {namespace} port-forward pod/{pod} {SERVE_PORT}:{SERVE_PORT}   then http://localhost:{SERVE_PORT}{}\n\
-                 Ray dashboard: kubectl -n {namespace} port-forward pod/{pod} {DASHBOARD_PORT}:{DASHBOARD_PORT}   then http://localhost:{DASHBOARD_PORT}",
+                "Reach it:      kubectl -n {namespace} port-forward pod/{pod} {s}:{s}   then http://localhost:{s}{}\n\
+                 Ray dashboard: kubectl -n {namespace} port-forward pod/{pod} {d}:{d}   then http://localhost:{d}",
                 self.path
             ),
         }
@@ -86,7 +104,9 @@ impl fmt::Display for Ready {
 #[derive(Debug, Default)]
 struct Seen {
     service: Option<status::Service>,
+    watch: Option<String>,
     endpoint: Option<String>,
+    serve_apps: Option<String>,
     routes: Option<String>,
     probe: Option<String>,
 }
@@ -98,48 +118,72 @@ impl Seen {
             None => lines.push("  RayService: not found".to_string()),
             Some(s) => {
                 lines.push(format!(
-                    "  RayService: {} (RayCluster {})",
+                    "  RayService: {}{} (active RayCluster {}{})",
                     if s.ready { "ready" } else { "not ready" },
-                    s.cluster.as_deref().unwrap_or("not named yet")
+                    if s.current {
+                        ""
+                    } else {
+                        ", current generation not yet observed"
+                    },
+                    s.active.as_deref().unwrap_or("none"),
+                    s.pending
+                        .as_deref()
+                        .map(|p| format!(", pending {p}"))
+                        .unwrap_or_default()
                 ));
                 for c in &s.conditions {
                     lines.push(format!("    condition {c}"));
                 }
                 for (name, st, msg) in &s.apps {
+                    let msg = if msg.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {msg}")
+                    };
                     lines.push(format!(
-                        "    application {name}: {st}{}",
-                        if msg.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {msg}")
-                        }
+                        "    application {name} (KubeRay's view): {st}{msg}"
                     ));
                 }
             }
         }
+        let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.to_string());
+        if let Some(w) = &self.watch {
+            lines.push(format!("  watch: {w}"));
+        }
+        lines.push(format!("  endpoint: {}", or(&self.endpoint, "none yet")));
         lines.push(format!(
-            "  endpoint: {}",
-            self.endpoint.as_deref().unwrap_or("none yet")
+            "  Serve applications: {}",
+            or(&self.serve_apps, "not asked yet")
         ));
         lines.push(format!(
             "  /-/routes: {}",
-            self.routes.as_deref().unwrap_or("not asked yet")
+            or(&self.routes, "not asked yet")
         ));
-        lines.push(format!(
-            "  probe: {}",
-            self.probe.as_deref().unwrap_or("not sent yet")
-        ));
+        lines.push(format!("  probe: {}", or(&self.probe, "not sent yet")));
         lines.join("\n")
     }
 }
 
-/// Waits until the RayService serves `spec.path`, reporting each phase.
+/// Why one look did not end the wait.
+enum NotYet {
+    Waiting(String),
+    Failed(String),
+}
+
+impl From<String> for NotYet {
+    fn from(phase: String) -> NotYet {
+        NotYet::Waiting(phase)
+    }
+}
+
+/// Waits until the RayService serves `target.wait.path`, reporting each phase.
 pub async fn wait(
     cluster: &Cluster,
     namespace: &str,
-    spec: &WaitSpec,
+    target: &Target,
     progress: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Ready, ReadinessError> {
+    let spec = &target.wait;
     let kind = cluster.kind("ray.io/v1", "RayService").ok_or_else(|| {
         ReadinessError::Failed(crate::observe::missing_kind_message(
             "ray.io/v1",
@@ -153,16 +197,14 @@ pub async fn wait(
     let mut next_still = Duration::from_secs(10);
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
-        let object = watch.borrow_and_update().clone();
+        let Followed { object, trouble } = watch.borrow_and_update().clone();
+        seen.watch = match trouble {
+            Some(WatchTrouble::Fatal(message)) => return Err(ReadinessError::Failed(message)),
+            Some(WatchTrouble::Retrying(message)) => Some(format!("{message} (retrying)")),
+            None => None,
+        };
         seen.service = object.as_ref().map(status::read);
-        if let Some(failure) = seen.service.as_ref().and_then(|s| s.failure.clone()) {
-            return Err(ReadinessError::Failed(format!(
-                "rayservice.{}: {failure}",
-                spec.rayservice
-            )));
-        }
-        let waiting = check(cluster, namespace, spec, &mut seen).await;
-        match waiting {
+        let phase = match check(cluster, namespace, target, &mut seen).await {
             Ok((route, app, endpoint)) => {
                 return Ok(Ready {
                     rayservice: spec.rayservice.clone(),
@@ -173,34 +215,42 @@ pub async fn wait(
                     endpoint,
                 });
             }
-            Err(phase) => {
-                let elapsed = started.elapsed();
-                if phase != reported {
-                    progress(format!(
-                        "Waiting for {phase} [{} elapsed]",
-                        format_duration_tenths(elapsed)
-                    ));
-                    reported = phase;
-                } else if elapsed >= next_still {
-                    progress(format!(
-                        "Still waiting for {reported} [{} elapsed]",
-                        format_duration_tenths(elapsed)
-                    ));
-                    next_still += Duration::from_secs(10);
-                }
-                if elapsed >= spec.timeout {
-                    return Err(ReadinessError::Timeout {
-                        rayservice: spec.rayservice.clone(),
-                        path: spec.path.clone(),
-                        timeout: spec.timeout,
-                        last: seen.describe(),
-                    });
-                }
+            Err(NotYet::Failed(message)) => {
+                return Err(ReadinessError::Failed(format!(
+                    "rayservice.{}: {message}",
+                    spec.rayservice
+                )));
             }
+            Err(NotYet::Waiting(phase)) => match &seen.watch {
+                Some(w) => format!("{phase}; watch: {w}"),
+                None => phase,
+            },
+        };
+        let elapsed = started.elapsed();
+        if phase != reported {
+            progress(format!(
+                "Waiting for {phase} [{:.1}s elapsed]",
+                elapsed.as_secs_f64()
+            ));
+            reported = phase;
+        } else if elapsed >= next_still {
+            progress(format!(
+                "Still waiting for {reported} [{:.1}s elapsed]",
+                elapsed.as_secs_f64()
+            ));
+            next_still += Duration::from_secs(10);
+        }
+        if elapsed >= spec.timeout {
+            return Err(ReadinessError::Timeout {
+                rayservice: spec.rayservice.clone(),
+                path: spec.path.clone(),
+                timeout: spec.timeout,
+                last: seen.describe(),
+            });
         }
         // Fast while a deploy is fresh; after that, gentler on the API server
         // (a first deploy with image pulls and model downloads takes minutes).
-        let pause = if started.elapsed() < PATIENT_AFTER {
+        let pause = if elapsed < PATIENT_AFTER {
             spec.interval
         } else {
             spec.interval.max(PATIENT_INTERVAL)
@@ -216,62 +266,173 @@ pub async fn wait(
     }
 }
 
-fn format_duration_tenths(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-/// One look at everything. `Ok` when all three conditions hold, else the phase waited on.
+/// One look at everything. `Ok` when all of it holds, else the phase waited on.
 async fn check(
     cluster: &Cluster,
     namespace: &str,
-    spec: &WaitSpec,
+    target: &Target,
     seen: &mut Seen,
-) -> Result<(String, String, Endpoint), String> {
+) -> Result<(String, String, Endpoint), NotYet> {
+    let spec = &target.wait;
     let Some(service) = seen.service.clone() else {
-        return Err(format!("rayservice.{} to exist", spec.rayservice));
+        return Err(format!("rayservice.{} to exist", spec.rayservice).into());
     };
-    // 1. Where to talk to Serve.
+    if let Some(failure) = &service.failure {
+        return Err(NotYet::Failed(failure.clone()));
+    }
+    // 1. The head pod of the cluster KubeRay is bringing up or serving from.
+    let Some(raycluster) = service.cluster() else {
+        return Err("KubeRay to name a RayCluster".to_string().into());
+    };
+    let head = head_pod(cluster, namespace, raycluster).await?;
     let endpoint = match &spec.url {
         Some(url) => Endpoint::Url(url.clone()),
-        None => {
-            let Some(raycluster) = &service.cluster else {
-                return Err("KubeRay to name a RayCluster".into());
-            };
-            let selector = format!("ray.io/cluster={raycluster},ray.io/node-type=head");
-            let pods = cluster
-                .pods(namespace, &selector)
-                .await
-                .map_err(|e| format!("the head pod ({e})"))?;
-            let running = pods.iter().find(|p| {
-                p.pointer("/status/phase").and_then(|v| v.as_str()) == Some("Running")
-                    && p.pointer("/metadata/deletionTimestamp").is_none()
-            });
-            let Some(pod) = running
-                .and_then(|p| p.pointer("/metadata/name"))
-                .and_then(|n| n.as_str())
-            else {
-                return Err(format!("a running head pod of RayCluster {raycluster}"));
-            };
-            Endpoint::Pod {
-                namespace: namespace.to_string(),
-                pod: pod.to_string(),
-            }
-        }
+        None => Endpoint::Pod {
+            namespace: namespace.to_string(),
+            pod: head.name.clone(),
+            serve_port: target.serve_port,
+            dashboard_port: head.dashboard_port,
+        },
     };
     seen.endpoint = Some(match &endpoint {
         Endpoint::Url(u) => u.clone(),
-        Endpoint::Pod { pod, .. } => format!("pod/{pod}:{SERVE_PORT} (port-forward)"),
+        Endpoint::Pod {
+            pod, serve_port, ..
+        } => format!("pod/{pod}:{serve_port} (port-forward)"),
     });
-    // 2. The route table.
-    let answer = send(cluster, &endpoint, "GET", "/-/routes", None, ROUTES_TIMEOUT).await;
-    let routes: BTreeMap<String, String> = match answer {
+    // 2. Serve on that head runs the stack's config, not the previous one.
+    if !target.apps.is_empty() {
+        serve_runs_the_config(cluster, namespace, &head, target, seen).await?;
+    }
+    // 3. The route table.
+    let (route, app) = route_for(cluster, &endpoint, &spec.path, seen).await?;
+    // 4. A real request.
+    if let Some(probe) = &target.probe {
+        probe_answers(cluster, &endpoint, probe, &route, seen).await?;
+    }
+    // 5. All of it for the current generation, on the cluster that serves.
+    if let Some(w) = service.waiting_for() {
+        return Err(w.into());
+    }
+    Ok((route, app, endpoint))
+}
+
+struct HeadPod {
+    name: String,
+    dashboard_port: u16,
+}
+
+/// Found by KubeRay's labels from the cluster the status names, never by name pattern.
+async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Result<HeadPod, NotYet> {
+    let selector = format!("ray.io/cluster={raycluster},ray.io/node-type=head");
+    let pods = cluster
+        .pods(namespace, &selector)
+        .await
+        .map_err(|e| format!("the head pod ({e})"))?;
+    let running = pods.iter().find(|p| {
+        p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+            && p.pointer("/status/podIP").is_some()
+            && p.pointer("/metadata/deletionTimestamp").is_none()
+    });
+    let Some(pod) = running else {
+        return Err(format!("a running head pod of RayCluster {raycluster}").into());
+    };
+    let ports = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["ports"].as_array())
+        .flatten();
+    let dashboard_port = ports
+        .filter(|p| p["name"] == "dashboard")
+        .find_map(|p| p["containerPort"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(DEFAULT_DASHBOARD_PORT);
+    Ok(HeadPod {
+        name: pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        dashboard_port,
+    })
+}
+
+async fn serve_runs_the_config(
+    cluster: &Cluster,
+    namespace: &str,
+    head: &HeadPod,
+    target: &Target,
+    seen: &mut Seen,
+) -> Result<(), NotYet> {
+    let dashboard = Endpoint::Pod {
+        namespace: namespace.to_string(),
+        pod: head.name.clone(),
+        serve_port: target.serve_port,
+        dashboard_port: head.dashboard_port,
+    };
+    let answer = http::send(
+        cluster,
+        &dashboard,
+        http::Port::Dashboard,
+        "GET",
+        "/api/serve/applications/",
+        None,
+        LOOK_TIMEOUT,
+    )
+    .await;
+    let body = match answer {
+        Err(e) => {
+            seen.serve_apps = Some(e.clone());
+            return Err(format!("the Ray dashboard on {} to answer ({e})", head.name).into());
+        }
+        Ok(a) if a.status != 200 => {
+            let said = format!("{} {}", a.status, a.body.trim());
+            seen.serve_apps = Some(said.clone());
+            return Err(format!("the Ray dashboard on {} ({said})", head.name).into());
+        }
+        Ok(a) => a.body,
+    };
+    let Ok(answer) = serde_json::from_str::<Value>(&body) else {
+        return Err(format!("the Ray dashboard to answer JSON (it said {})", body.trim()).into());
+    };
+    match deployed::compare(&target.apps, &answer) {
+        Deployed::Running => {
+            seen.serve_apps = Some("the stack's config is RUNNING".into());
+            Ok(())
+        }
+        Deployed::Waiting(phase) => {
+            seen.serve_apps = Some(phase.clone());
+            Err(phase.into())
+        }
+        Deployed::Failed(message) => Err(NotYet::Failed(message)),
+    }
+}
+
+async fn route_for(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    path: &str,
+    seen: &mut Seen,
+) -> Result<(String, String), NotYet> {
+    let answer = http::send(
+        cluster,
+        endpoint,
+        http::Port::Serve,
+        "GET",
+        "/-/routes",
+        None,
+        LOOK_TIMEOUT,
+    )
+    .await;
+    let routes: std::collections::BTreeMap<String, String> = match answer {
         Err(e) => {
             seen.routes = Some(e.clone());
-            return Err(format!("Serve's HTTP proxy to listen ({e})"));
+            return Err(format!("Serve's HTTP proxy to listen ({e})").into());
         }
         Ok(a) if a.status != 200 => {
             seen.routes = Some(format!("{} {}", a.status, a.body.trim()));
-            return Err(format!("the route table ({} {})", a.status, a.body.trim()));
+            return Err(format!("the route table ({} {})", a.status, a.body.trim()).into());
         }
         Ok(a) => {
             seen.routes = Some(format!("200 {}", a.body.trim()));
@@ -279,99 +440,62 @@ async fn check(
                 .map_err(|_| format!("a route table (answer was not JSON: {})", a.body.trim()))?
         }
     };
-    let Some((route, app)) = routes::serving_route(&routes, &spec.path) else {
-        return Err(format!(
-            "a route prefix serving {} (routes: {})",
-            spec.path,
+    routes::serving_route(&routes, path).ok_or_else(|| {
+        format!(
+            "a route prefix serving {path} (routes: {})",
             seen.routes.as_deref().unwrap_or("{}")
-        ));
-    };
-    // 3. A real request.
-    if let Some(probe) = &spec.probe {
-        let what = format!("{} {}", probe.method, probe.path);
-        match send(
-            cluster,
-            &endpoint,
-            &probe.method,
-            &probe.path,
-            probe.body.as_deref(),
-            probe.timeout,
         )
-        .await
-        {
-            Ok(a) if (200..300).contains(&a.status) => {
-                seen.probe = Some(format!("{what}: {}", a.status))
-            }
-            Ok(a) => {
-                let body: String = a.body.trim().chars().take(300).collect();
-                seen.probe = Some(format!("{what}: {} {body}", a.status));
-                return Err(format!(
-                    "the probe {what} to succeed (answered {} {body})",
-                    a.status
-                ));
-            }
-            Err(e) => {
-                seen.probe = Some(format!("{what}: {e}"));
-                return Err(format!(
-                    "the probe {what} to answer (route {route} is listed; the replica is likely still starting: {e})"
-                ));
-            }
-        }
-    }
-    // All of it must hold for the current generation.
-    if let Some(w) = service.waiting_for() {
-        return Err(w);
-    }
-    Ok((route, app, endpoint))
+        .into()
+    })
 }
 
-async fn send(
+async fn probe_answers(
     cluster: &Cluster,
     endpoint: &Endpoint,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    timeout: Duration,
-) -> Result<http::Answer, String> {
-    let (stream, host): (Box<dyn PodStream>, String) = match endpoint {
-        Endpoint::Url(url) => {
-            let authority = url
-                .trim_start_matches("http://")
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let address = if authority.contains(':') {
-                authority.clone()
-            } else {
-                format!("{authority}:80")
-            };
-            let connect =
-                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&address)).await;
-            match connect {
-                Ok(Ok(s)) => (Box::new(s), authority),
-                Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "cannot connect to {address} within {}",
-                        format_duration(timeout)
-                    ));
-                }
-            }
+    probe: &ProbeRequest,
+    route: &str,
+    seen: &mut Seen,
+) -> Result<(), NotYet> {
+    let p = &probe.request;
+    let what = format!("{} {}", p.method, p.path);
+    let answer = http::send(
+        cluster,
+        endpoint,
+        http::Port::Serve,
+        &p.method,
+        &p.path,
+        p.body.as_deref(),
+        p.timeout,
+    )
+    .await;
+    let a = match answer {
+        Err(e) => {
+            seen.probe = Some(format!("{what}: {e}"));
+            return Err(format!(
+                "the probe {what} to answer (route {route} is listed; the replica is likely still starting: {e})"
+            )
+            .into());
         }
-        Endpoint::Pod { namespace, pod } => {
-            let stream =
-                tokio::time::timeout(timeout, cluster.port_forward(namespace, pod, SERVE_PORT))
-                    .await
-                    .map_err(|_| {
-                        format!(
-                            "port-forward to {pod} did not open within {}",
-                            format_duration(timeout)
-                        )
-                    })?
-                    .map_err(|e| e.to_string())?;
-            (stream, "localhost".to_string())
-        }
+        Ok(a) => a,
     };
-    http::request(stream, &host, method, path, body, timeout).await
+    let body: String = a.body.trim().chars().take(300).collect();
+    seen.probe = Some(format!("{what}: {} {body}", a.status));
+    if !(200..300).contains(&a.status) {
+        return Err(format!("the probe {what} to succeed (answered {} {body})", a.status).into());
+    }
+    if let Some(model) = &probe.model {
+        let answered = serde_json::from_str::<Value>(&a.body)
+            .ok()
+            .and_then(|v| v["model"].as_str().map(str::to_string));
+        if answered.as_deref() != Some(model.as_str()) {
+            return Err(format!(
+                "model {model} to answer the probe {what} (answered by {})",
+                answered
+                    .as_deref()
+                    .unwrap_or("no model named in the answer")
+            )
+            .into());
+        }
+    }
+    Ok(())
 }

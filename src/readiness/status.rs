@@ -1,6 +1,12 @@
-//! Reading a RayService's status the way it means across KubeRay versions:
-//! the `Ready` condition (KubeRay ≥ 1.3) or `serviceStatus: Running` (older),
-//! for the current generation, with every Serve application `RUNNING`.
+//! Reading a RayService's status as KubeRay writes it (v1.5.0's
+//! `rayservice_controller.go`), across versions: the `Ready` condition
+//! (≥ 1.3) or `serviceStatus: Running` (older), for the current generation,
+//! with no upgrade under way.
+//!
+//! What the status cannot say is whether Serve runs the *current* config:
+//! KubeRay writes the new `observedGeneration` together with app statuses it
+//! read before sending the new config. That is [`super::deployed`]'s job; the
+//! app statuses here are shown, never trusted.
 
 use serde_json::Value;
 
@@ -8,48 +14,65 @@ use serde_json::Value;
 pub struct Service {
     /// `status.observedGeneration` has caught up with `metadata.generation`.
     pub current: bool,
+    /// `Ready=True`, or `serviceStatus: Running` on older KubeRay.
     pub ready: bool,
-    /// The RayCluster serving (or about to serve) this RayService.
-    pub cluster: Option<String>,
-    /// (application, status, message), from the active cluster, else the pending one.
+    /// The RayCluster that serves traffic.
+    pub active: Option<String>,
+    /// A RayCluster being brought up: on a first deploy, or a new cluster for an upgrade.
+    pub pending: Option<String>,
+    /// `UpgradeInProgress=True`.
+    pub upgrading: bool,
+    /// (application, status, message) as KubeRay last read them, for messages only.
     pub apps: Vec<(String, String, String)>,
-    /// `Type=Status (Reason): message` for each condition, for error messages.
+    /// `Type=Status (Reason): message` for each condition, for messages.
     pub conditions: Vec<String>,
     /// A state KubeRay does not recover from by itself.
     pub failure: Option<String>,
 }
 
 impl Service {
-    /// What is still missing, in the order a deploy goes through.
+    /// The cluster whose head to look at: the one coming up, else the one serving.
+    pub fn cluster(&self) -> Option<&str> {
+        self.pending.as_deref().or(self.active.as_deref())
+    }
+
+    /// What KubeRay has still to say before the RayService counts as serving
+    /// the current generation from the cluster it was just given.
     pub fn waiting_for(&self) -> Option<String> {
         if !self.current {
             return Some("KubeRay to observe the current generation".into());
         }
-        if self.cluster.is_none() {
+        if let Some(pending) = &self.pending {
+            return Some(match &self.active {
+                None => format!("KubeRay to make RayCluster {pending} the active cluster"),
+                Some(active) => format!(
+                    "KubeRay to switch traffic from RayCluster {active} to {pending} (upgrade in progress)"
+                ),
+            });
+        }
+        if self.upgrading {
+            return Some("the upgrade to finish (UpgradeInProgress=True)".into());
+        }
+        if self.active.is_none() {
             return Some("KubeRay to name a RayCluster".into());
-        }
-        if let Some((name, status, _)) = self.apps.iter().find(|(_, s, _)| s != "RUNNING") {
-            return Some(format!("application `{name}` ({status})"));
-        }
-        if self.apps.is_empty() {
-            return Some("Serve applications to be reported".into());
         }
         (!self.ready).then(|| "the RayService to report Ready".into())
     }
 }
 
-/// An application's message, with its deployments' messages: Serve puts the
-/// replica's own error (an import error, an exception in the constructor) on
-/// the deployment, and only "failed to update the deployments" on the app.
-fn app_message(app: &Value) -> String {
+/// A message with its deployments' messages: Serve puts the replica's own
+/// error (an import error, an exception in the constructor) on the
+/// deployment, and only "failed to update the deployments" on the app.
+/// `deployments` is the key holding them (KubeRay and the dashboard differ).
+pub fn message_with_deployments(app: &Value, deployments: &str) -> String {
     let mut parts: Vec<String> = app["message"]
         .as_str()
         .filter(|m| !m.is_empty())
         .map(str::to_string)
         .into_iter()
         .collect();
-    if let Some(deployments) = app["serveDeploymentStatuses"].as_object() {
-        for (name, d) in deployments {
+    if let Some(list) = app[deployments].as_object() {
+        for (name, d) in list {
             if let Some(m) = d["message"].as_str().filter(|m| !m.is_empty()) {
                 parts.push(format!(
                     "deployment {name} ({}): {m}",
@@ -62,7 +85,7 @@ fn app_message(app: &Value) -> String {
 }
 
 /// Serve colours its tracebacks; a terminal escape has no place in an error message.
-fn strip_ansi(text: &str) -> String {
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -91,82 +114,96 @@ pub fn read(object: &Value) -> Service {
         .and_then(Value::as_array)
         .map(|c| c.iter().collect())
         .unwrap_or_default();
-    let ready_condition = conditions.iter().find(|c| c["type"] == "Ready");
-    let ready_flag = ready_condition.is_some_and(|c| c["status"] == "True")
-        || status["serviceStatus"] == "Running";
-    let active = &status["activeServiceStatus"];
-    let pending = &status["pendingServiceStatus"];
+    let condition = |t: &str| conditions.iter().find(|c| c["type"] == t).copied();
+    let ready_condition = condition("Ready");
     let name_of = |s: &Value| {
         s.get("rayClusterName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .map(str::to_string)
     };
-    let cluster = name_of(pending).or_else(|| name_of(active));
-    let apps_of = |s: &Value| -> Vec<(String, String, String)> {
-        s.get("applicationStatuses")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(name, a)| {
-                        (
-                            name.clone(),
-                            a["status"].as_str().unwrap_or("UNKNOWN").to_string(),
-                            app_message(a),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    // During a first deploy or an upgrade the interesting apps are the pending cluster's.
-    let pending_apps = apps_of(pending);
-    let apps = if pending_apps.is_empty() {
-        apps_of(active)
+    let pending = name_of(&status["pendingServiceStatus"]);
+    let apps_of = if pending.is_some() {
+        &status["pendingServiceStatus"]
     } else {
-        pending_apps
+        &status["activeServiceStatus"]
     };
-    let mut failure =
-        apps.iter()
-            .find(|(_, s, _)| s == "DEPLOY_FAILED")
-            .map(|(name, _, message)| {
-                format!("Serve application `{name}` failed to deploy: {message}")
-            });
-    if let Some(c) = ready_condition
-        && matches!(
-            c["reason"].as_str(),
-            Some("InitializingTimeout" | "ValidationFailed")
-        )
-    {
-        failure.get_or_insert_with(|| {
-            format!(
-                "KubeRay reports {}: {}",
-                c["reason"].as_str().unwrap_or_default(),
-                c["message"].as_str().unwrap_or_default()
-            )
-        });
-    }
-    let current = generation.is_some() && generation == observed;
-    let all_running = !apps.is_empty() && apps.iter().all(|(_, s, _)| s == "RUNNING");
     Service {
-        current,
-        ready: current && ready_flag && all_running,
-        cluster,
-        apps,
-        conditions: conditions
-            .iter()
-            .map(|c| {
-                format!(
-                    "{}={} ({}): {}",
-                    c["type"].as_str().unwrap_or("?"),
-                    c["status"].as_str().unwrap_or("?"),
-                    c["reason"].as_str().unwrap_or(""),
-                    c["message"].as_str().unwrap_or("")
-                )
-            })
-            .collect(),
-        failure,
+        current: generation.is_some() && generation == observed,
+        ready: ready_condition.is_some_and(|c| c["status"] == "True")
+            || status["serviceStatus"] == "Running",
+        active: name_of(&status["activeServiceStatus"]),
+        pending,
+        upgrading: condition("UpgradeInProgress").is_some_and(|c| c["status"] == "True"),
+        apps: apps(apps_of),
+        conditions: conditions.iter().map(|c| describe(c)).collect(),
+        failure: ready_condition.and_then(|c| failure(c, spec_written_at(object))),
     }
+}
+
+fn apps(service_status: &Value) -> Vec<(String, String, String)> {
+    service_status
+        .get("applicationStatuses")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(name, a)| {
+                    (
+                        name.clone(),
+                        a["status"].as_str().unwrap_or("UNKNOWN").to_string(),
+                        message_with_deployments(a, "serveDeploymentStatuses"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn describe(c: &Value) -> String {
+    format!(
+        "{}={} ({}): {}",
+        c["type"].as_str().unwrap_or("?"),
+        c["status"].as_str().unwrap_or("?"),
+        c["reason"].as_str().unwrap_or(""),
+        c["message"].as_str().unwrap_or("")
+    )
+}
+
+/// A Ready condition that no retry will change. `InitializingTimeout` is
+/// terminal (the RayService must be recreated). `ValidationFailed` stays on
+/// until endpoints appear, so it counts only if it came after the spec was
+/// last written; an older one is about a spec that has since been fixed.
+fn failure(ready: &Value, spec_written: Option<&str>) -> Option<String> {
+    let reason = ready["reason"].as_str()?;
+    let since = ready["lastTransitionTime"].as_str();
+    let fresh = match (since, spec_written) {
+        // RFC 3339 UTC timestamps of one server compare as strings.
+        (Some(since), Some(written)) => since >= written,
+        _ => true,
+    };
+    let fatal = match reason {
+        "InitializingTimeout" => true,
+        "ValidationFailed" => fresh,
+        _ => false,
+    };
+    fatal.then(|| {
+        format!(
+            "KubeRay reports {reason}: {}",
+            ready["message"].as_str().unwrap_or_default()
+        )
+    })
+}
+
+/// When the spec was last written: the newest managed-fields entry that is
+/// not a status write.
+fn spec_written_at(object: &Value) -> Option<&str> {
+    object
+        .pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .filter(|m| m["subresource"].as_str().unwrap_or_default().is_empty())
+        .filter_map(|m| m["time"].as_str())
+        .max()
 }
 
 #[cfg(test)]
@@ -174,38 +211,84 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn ready_needs_the_current_generation_and_running_apps() {
-        let mut rs = json!({"metadata": {"generation": 2}, "status": {
-            "observedGeneration": 1,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}],
+    fn serving(generation: i64, observed: i64) -> Value {
+        json!({"metadata": {"generation": generation}, "status": {
+            "observedGeneration": observed,
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"},
+                {"type": "UpgradeInProgress", "status": "False", "reason": "NoPendingCluster"}],
             "activeServiceStatus": {"rayClusterName": "llm-abcde", "applicationStatuses": {"llm": {"status": "RUNNING"}}}
-        }});
-        assert!(
-            !read(&rs).ready,
-            "an old generation's readiness does not count"
+        }})
+    }
+
+    #[test]
+    fn ready_needs_the_current_generation() {
+        assert_eq!(
+            read(&serving(2, 1)).waiting_for().as_deref(),
+            Some("KubeRay to observe the current generation")
         );
-        rs["status"]["observedGeneration"] = json!(2);
-        assert!(read(&rs).ready);
-        rs["status"]["activeServiceStatus"]["applicationStatuses"]["llm"]["status"] =
-            json!("DEPLOYING");
-        assert!(!read(&rs).ready);
+        assert_eq!(read(&serving(2, 2)).waiting_for(), None);
+    }
+
+    #[test]
+    fn a_pending_cluster_is_not_serving_until_kuberay_switches_to_it() {
+        let mut rs = serving(3, 3);
+        rs["status"]["pendingServiceStatus"] = json!({"rayClusterName": "llm-fghij",
+            "applicationStatuses": {"llm": {"status": "RUNNING"}}});
+        rs["status"]["conditions"][1] = json!({"type": "UpgradeInProgress", "status": "True", "reason": "BothActivePendingClustersExist"});
+        let s = read(&rs);
+        assert_eq!(s.cluster(), Some("llm-fghij"));
+        assert_eq!(
+            s.waiting_for().as_deref(),
+            Some(
+                "KubeRay to switch traffic from RayCluster llm-abcde to llm-fghij (upgrade in progress)"
+            )
+        );
+        rs["status"]["pendingServiceStatus"] = json!({});
+        assert_eq!(
+            read(&rs).waiting_for().as_deref(),
+            Some("the upgrade to finish (UpgradeInProgress=True)")
+        );
     }
 
     #[test]
     fn older_kuberay_says_running_instead_of_a_condition() {
         let rs = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1, "serviceStatus": "Running",
             "activeServiceStatus": {"rayClusterName": "llm-raycluster-abcde", "applicationStatuses": {"llm": {"status": "RUNNING"}}}}});
-        assert!(read(&rs).ready);
+        assert_eq!(read(&rs).waiting_for(), None);
     }
 
     #[test]
-    fn a_failed_deploy_is_reported_with_serves_message() {
+    fn an_app_failure_in_kuberays_status_is_shown_not_final() {
         let rs = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
-            "pendingServiceStatus": {"rayClusterName": "llm-abcde", "applicationStatuses": {"llm": {"status": "DEPLOY_FAILED", "message": "ImportError: no module"}}}}});
+            "pendingServiceStatus": {"rayClusterName": "llm-abcde", "applicationStatuses": {"llm": {"status": "DEPLOY_FAILED",
+                "message": "failed", "serveDeploymentStatuses": {"EchoModel": {"status": "UNHEALTHY", "message": "ImportError: no module"}}}}}}});
+        let s = read(&rs);
+        assert_eq!(s.failure, None);
         assert_eq!(
-            read(&rs).failure.unwrap(),
-            "Serve application `llm` failed to deploy: ImportError: no module"
+            s.apps[0].2,
+            "failed; deployment EchoModel (UNHEALTHY): ImportError: no module"
+        );
+    }
+
+    #[test]
+    fn a_validation_failure_older_than_the_spec_is_stale() {
+        let mut rs = json!({"metadata": {"generation": 2, "managedFields": [
+                {"manager": "rayform/demo", "operation": "Apply", "time": "2026-11-28T10:00:05Z"},
+                {"manager": "ray-operator", "operation": "Update", "subresource": "status", "time": "2026-11-28T10:00:09Z"}]},
+            "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "False",
+                "reason": "ValidationFailed", "message": "bad spec", "lastTransitionTime": "2026-11-28T10:00:01Z"}]}});
+        assert_eq!(read(&rs).failure, None);
+        rs["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-11-28T10:00:06Z");
+        assert_eq!(
+            read(&rs).failure.as_deref(),
+            Some("KubeRay reports ValidationFailed: bad spec")
+        );
+        rs["status"]["conditions"][0]["reason"] = json!("InitializingTimeout");
+        rs["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-11-28T09:00:00Z");
+        assert!(
+            read(&rs).failure.is_some(),
+            "a timed-out RayService stays failed"
         );
     }
 }

@@ -212,7 +212,21 @@ pub struct WaitSpec {
     pub timeout: Duration,
     #[serde(with = "crate::util::duration_serde")]
     pub interval: Duration,
-    pub probe: Option<Probe>,
+    pub probe: ProbeSpec,
+    /// The model id answers must come from; by default read from the app's args.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// Which real request proves the service answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeSpec {
+    /// A one-token chat completion, to the model the stack names.
+    Default,
+    /// `probe = false`: the route table is enough.
+    Off,
+    Custom(Probe),
 }
 
 /// A real request that must answer 2xx before the service counts as ready.
@@ -225,13 +239,7 @@ pub struct Probe {
     pub timeout: Duration,
 }
 
-impl Default for Probe {
-    fn default() -> Probe {
-        Probe {
-            method: "GET".into(),
-            path: "/v1/models".into(),
-            body: None,
-            timeout: Duration::from_secs(2),
-        }
-    }
+impl Probe {
+    /// How long one probe may take: a first request to a fresh model can be slow.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 }

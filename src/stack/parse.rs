@@ -482,6 +482,7 @@ fn resource(
                     "timeout",
                     "interval",
                     "probe",
+                    "model",
                     "depends_on",
                 ],
             )?;
@@ -508,23 +509,23 @@ fn resource(
                 other => other.map(|(u, _)| u.trim_end_matches('/').to_string()),
             };
             let probe = match t.get("probe") {
-                None => Some(Probe::default()),
-                Some(v) if matches!(v.get_ref(), DeValue::Boolean(false)) => None,
-                Some(v) if matches!(v.get_ref(), DeValue::Boolean(true)) => Some(Probe::default()),
+                None => ProbeSpec::Default,
+                Some(v) if matches!(v.get_ref(), DeValue::Boolean(false)) => ProbeSpec::Off,
+                Some(v) if matches!(v.get_ref(), DeValue::Boolean(true)) => ProbeSpec::Default,
                 Some(v) => {
                     let p = as_table(src, v, &t.field("probe"), v.span())?;
                     p.only(src, &["method", "path", "body", "timeout"])?;
-                    let d = Probe::default();
-                    Some(Probe {
+                    ProbeSpec::Custom(Probe {
                         method: p
                             .string(src, "method")?
-                            .map_or(d.method, |(m, _)| m.to_uppercase()),
-                        path: p.string(src, "path")?.map_or(d.path, |(m, _)| m),
+                            .map_or_else(|| "GET".to_string(), |(m, _)| m.to_uppercase()),
+                        path: p.required_string(src, "path")?.0,
                         body: p.string(src, "body")?.map(|(b, _)| b),
-                        timeout: p.duration(src, "timeout", d.timeout)?,
+                        timeout: p.duration(src, "timeout", Probe::DEFAULT_TIMEOUT)?,
                     })
                 }
             };
+            let model = t.string(src, "model")?.map(|(m, _)| m);
             ResourceSpec::Wait(WaitSpec {
                 rayservice,
                 path,
@@ -534,6 +535,7 @@ fn resource(
                     .duration(src, "interval", Duration::from_millis(250))?
                     .max(MIN_INTERVAL),
                 probe,
+                model,
             })
         }
     };
@@ -734,11 +736,22 @@ fn cross_check(stack: &Stack) -> Result<(), StackError> {
         }
         if let ResourceSpec::Wait(w) = &r.spec {
             let target = Address::new(ResourceType::RayService, &w.rayservice);
-            if stack.get(&target).is_none() {
+            let Some(rayservice) = stack.get(&target) else {
                 return Err(StackError::Invalid {
                     location: r.location.clone(),
                     field: format!("{}.rayservice", r.address),
                     message: format!("no [rayservice.{}] in this stack", w.rayservice),
+                    help: None,
+                });
+            };
+            // What the wait will look for must be readable now, not at the end of an apply.
+            if let ResourceSpec::RayService(o) = &rayservice.spec
+                && let Err(message) = crate::readiness::Target::resolve(w, &o.object)
+            {
+                return Err(StackError::Invalid {
+                    location: rayservice.location.clone(),
+                    field: format!("{target}.spec.serveConfigV2"),
+                    message,
                     help: None,
                 });
             }

@@ -1,31 +1,53 @@
-//! The readiness node against a real Ray Serve on loopback, with the KubeRay
-//! operator stand-in moving the RayService's status.
+//! The readiness node against the real KubeRay operator: RayServices applied
+//! by rayform become RayClusters and head pods that the node agent runs with
+//! real Ray Serve, and rayform reaches them through its own port-forward.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{Env, KubeRayStandIn, Profile, RayServe, Running, serve_turn};
+use crate::support::{Env, Profile, Running, ray_turn};
 
-/// A stack with one RayService serving the echo app, and the wait on it.
-fn echo_stack(
-    env: &Env,
-    name: &str,
-    url: &str,
-    args: &str,
-    route_prefix: &str,
-    timeout: &str,
-) -> String {
-    let manifest = format!(
-        r#"apiVersion: ray.io/v1
+/// A RayService serving the echo app (tests/serve_apps), as the guide's has one app.
+struct Echo<'a> {
+    args: &'a str,
+    route_prefix: &'a str,
+    serve_port: u16,
+    /// An env var on the head container: changing it makes KubeRay build a new cluster.
+    marker: &'a str,
+}
+
+impl Default for Echo<'_> {
+    fn default() -> Self {
+        Echo {
+            args: "{model: echo-a}",
+            route_prefix: "/",
+            serve_port: 8000,
+            marker: "one",
+        }
+    }
+}
+
+impl Echo<'_> {
+    fn manifest(&self) -> String {
+        let http_options = if self.serve_port == 8000 {
+            String::new()
+        } else {
+            format!(
+                "http_options: {{host: 0.0.0.0, port: {}}}\n    ",
+                self.serve_port
+            )
+        };
+        format!(
+            r#"apiVersion: ray.io/v1
 kind: RayService
 metadata:
   name: echo
 spec:
   serveConfigV2: |
-    applications:
+    {http_options}applications:
       - name: llm
-        route_prefix: {route_prefix}
+        route_prefix: {prefix}
         import_path: echo_app:build
         args: {args}
   rayClusterConfig:
@@ -37,178 +59,313 @@ spec:
           containers:
             - name: ray-head
               image: rayproject/ray:2.60.0
-              ports: [{{containerPort: 8000, name: serve}}]
-"#
-    );
-    env.write("echo.rayservice.yaml", &manifest);
-    let stack = format!(
-        "[stack]\nname = \"{name}\"\nnamespace = \"{}\"\n\n[rayservice.echo]\nmanifest = \"echo.rayservice.yaml\"\n\n\
-         [wait.chat]\nrayservice = \"echo\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\ninterval = \"100ms\"\n",
-        env.ns
-    );
-    let file = format!("{name}.toml");
-    env.write(&file, &stack);
-    file
+              ports:
+                - {{containerPort: 8265, name: dashboard}}
+                - {{containerPort: {port}, name: serve}}
+              env:
+                - {{name: RAYFORM_TEST_MARKER, value: "{marker}"}}
+"#,
+            prefix = self.route_prefix,
+            args = self.args,
+            port = self.serve_port,
+            marker = self.marker,
+        )
+    }
+
+    /// Writes the manifest and a stack around it; `wait` holds extra `[wait]` lines.
+    fn stack(&self, env: &Env, wait: &str) -> String {
+        env.write("echo.rayservice.yaml", &self.manifest());
+        let stack = format!(
+            "[stack]\nname = \"echo\"\nnamespace = \"{}\"\n\n[rayservice.echo]\nmanifest = \"echo.rayservice.yaml\"\n\n\
+             [wait.chat]\nrayservice = \"echo\"\ninterval = \"100ms\"\n{wait}\n",
+            env.ns
+        );
+        env.write("echo.toml", &stack);
+        "echo.toml".into()
+    }
+}
+
+async fn rayservice(env: &Env) -> Value {
+    env.get("ray.io/v1", "RayService", Some(&env.ns), "echo")
+        .await
+        .expect("the RayService exists")
+}
+
+fn active_cluster(rs: &Value) -> String {
+    rs.pointer("/status/activeServiceStatus/rayClusterName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The head pod's address, found as rayform finds it: status, then labels.
+async fn head_ip(env: &Env) -> String {
+    let cluster = active_cluster(&rayservice(env).await);
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let list = pods
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("ray.io/cluster={cluster},ray.io/node-type=head")),
+        )
+        .await
+        .expect("list pods");
+    list.items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .unwrap_or_else(|| panic!("no head pod with an IP for RayCluster {cluster}"))
+}
+
+/// A chat completion sent straight to the head pod (its address is on this machine).
+fn chat(ip: &str, port: u16) -> Value {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "content-type: application/json",
+            "-d",
+        ])
+        .arg(r#"{"messages":[{"role":"user","content":"which model?"}]}"#)
+        .arg(format!("http://{ip}:{port}/v1/chat/completions"))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "the chat answer is not JSON: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 #[tokio::test]
-async fn ready_only_once_a_real_request_answers_not_when_the_route_is_listed() {
-    let _turn = serve_turn().await;
-    let env = Env::new(Profile::V1, "ready-sequence").await;
-    let ray = RayServe::start(false);
-    let stack = echo_stack(
-        &env,
-        "sequence",
-        &ray.serve_url,
-        "{model: echo, init_delay_s: 6}",
-        "/",
-        "3m",
-    );
-    let apply = Running::spawn(env.command(&["apply", &stack, "--auto-approve"]));
-
-    apply
-        .until(
-            "Waiting for Serve's HTTP proxy to listen (cannot connect",
-            Duration::from_secs(30),
-        )
-        .await;
-    ray.start_proxy();
-    apply
-        .until(
-            "Waiting for the route table (503 Route table is not populated yet.)",
-            Duration::from_secs(60),
-        )
-        .await;
-    let _standin = KubeRayStandIn::start(&env, &ray);
-    apply
-        .until(
-            "Waiting for the probe GET /v1/models to answer (route / is listed",
-            Duration::from_secs(90),
-        )
-        .await;
-    let listed = Instant::now();
-    let run = apply.finish().ok();
-    assert!(
-        listed.elapsed() >= Duration::from_secs(3),
-        "returned {:?} after the route was listed, while the replica still sleeps 6 s in its constructor",
-        listed.elapsed()
-    );
+async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_chat_completion() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-default").await;
+    // Like the guide's vLLM app: GET /v1/models is not served, only the chat route.
+    let echo = Echo {
+        args: "{model: echo-a, models_status: 404, init_delay_s: 3}",
+        serve_port: 8123,
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"4m\"");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     run.stdout_has(
         "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)",
     );
-    run.stdout_has(&format!(
-        "Reach it at {}/v1/chat/completions",
-        ray.serve_url
-    ));
+    run.stderr_has("Waiting for a running head pod of RayCluster");
+    let pod_line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("port-forward pod/"))
+        .unwrap_or_else(|| panic!("no port-forward hint:\n{}", run.stdout));
+    assert!(pod_line.contains(" 8123:8123 "), "{pod_line}");
+    // The pod it names is the head KubeRay made for the active cluster.
+    let cluster = active_cluster(&rayservice(&env).await);
+    assert!(
+        pod_line.contains(&format!("pod/{cluster}-head-")),
+        "{pod_line}"
+    );
+    assert_eq!(chat(&head_ip(&env).await, 8123)["model"], "echo-a");
 }
 
 #[tokio::test]
-async fn a_route_prefix_that_never_serves_the_path_times_out_with_a_clear_message() {
-    let _turn = serve_turn().await;
-    let env = Env::new(Profile::V1, "ready-prefix").await;
-    let ray = RayServe::shared();
-    let _standin = KubeRayStandIn::start(&env, &ray);
-    let stack = echo_stack(
-        &env,
-        "prefix",
-        &ray.serve_url,
-        "{model: echo}",
-        "/other",
-        "20s",
+async fn an_in_place_model_change_is_ready_only_once_the_new_model_answers() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-inplace").await;
+    // The probe is one the old model answers too: only the deployed config can tell.
+    let wait = "timeout = \"4m\"\nprobe = { method = \"GET\", path = \"/v1/models\" }";
+    let stack = Echo::default().stack(&env, wait);
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let first_cluster = active_cluster(&rayservice(&env).await);
+
+    let changed = Echo {
+        args: "{model: echo-b, init_delay_s: 4}",
+        ..Echo::default()
+    };
+    let stack = changed.stack(&env, wait);
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    assert_eq!(
+        chat(&head_ip(&env).await, 8000)["model"],
+        "echo-b",
+        "apply returned while the previous model still answered:\n{}",
+        run.stderr
     );
+    assert_eq!(
+        active_cluster(&rayservice(&env).await),
+        first_cluster,
+        "a serveConfigV2 change is applied in place"
+    );
+
+    // A route prefix that never serves the path: a timeout that shows the routes.
+    let elsewhere = Echo {
+        args: "{model: echo-b}",
+        route_prefix: "/other",
+        ..Echo::default()
+    };
+    let stack = elsewhere.stack(&env, "timeout = \"40s\"");
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    run.stderr_has("rayservice.echo did not serve /v1/chat/completions within 20s");
+    run.stderr_has("rayservice.echo did not serve /v1/chat/completions within 40s");
     run.stderr_has(r#"/-/routes: 200 {"/other":"llm"}"#);
-    run.stderr_has("Waiting for a route prefix serving /v1/chat/completions");
 }
 
 #[tokio::test]
-async fn a_failed_deploy_is_reported_with_serves_message() {
-    let _turn = serve_turn().await;
-    let env = Env::new(Profile::V1, "ready-fail").await;
-    let ray = RayServe::shared();
-    let _standin = KubeRayStandIn::start(&env, &ray);
-    let stack = echo_stack(
-        &env,
-        "fail",
-        &ray.serve_url,
-        "{fail_on_init: 'no GPU in this test'}",
-        "/",
-        "2m",
-    );
-    let started = Instant::now();
+async fn a_failed_deploy_fails_at_once_and_its_fix_is_not_failed_by_the_old_status() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-fix").await;
+    let broken = Echo {
+        args: "{model: echo-a, fail_on_init: 'no GPU in this test'}",
+        ..Echo::default()
+    };
+    let stack = broken.stack(&env, "timeout = \"4m\"");
+    let started = std::time::Instant::now();
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
     run.stderr_has("Serve application `llm` failed to deploy");
     run.stderr_has("no GPU in this test");
     assert!(
-        started.elapsed() < Duration::from_secs(100),
-        "a failed deploy is reported at once, not at the timeout"
+        started.elapsed() < Duration::from_secs(200),
+        "a failed deploy is reported when Serve says so, not at the timeout"
     );
+    let rs = rayservice(&env).await;
+    assert!(
+        rs.to_string().contains("DEPLOY_FAILED"),
+        "KubeRay's status holds the failure the fix must not trip on: {rs}"
+    );
+
+    let stack = Echo::default().stack(&env, "timeout = \"4m\"");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    run.stdout_has("rayservice.echo serves /v1/chat/completions");
+    assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-a");
 }
 
 #[tokio::test]
-async fn a_failing_probe_is_reported() {
-    let _turn = serve_turn().await;
-    let env = Env::new(Profile::V1, "ready-probe").await;
-    let ray = RayServe::shared();
-    let _standin = KubeRayStandIn::start(&env, &ray);
-    let stack = echo_stack(
-        &env,
-        "probe",
-        &ray.serve_url,
-        "{models_status: 500}",
-        "/",
-        "20s",
-    );
-    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    run.stderr_has("probe: GET /v1/models: 500");
-    assert!(
-        run.stderr
-            .contains("Waiting for the probe GET /v1/models to succeed (answered 500"),
-        "{}",
-        run.stderr
-    );
-}
-
-#[tokio::test]
-async fn readiness_cannot_pass_while_kuberay_reports_not_ready() {
-    let _turn = serve_turn().await;
-    let env = Env::new(Profile::V1, "ready-gate").await;
-    let ray = RayServe::shared();
-    // Serve answers on the path, but no operator has said the RayService is ready.
-    let working_dir = format!(
-        "local://{}",
-        crate::support::repo().join("tests/serve_apps").display()
-    );
-    ray.deploy(&json!({"applications": [{"name": "llm", "route_prefix": "/", "import_path": "echo_app:build",
-        "runtime_env": {"working_dir": working_dir}, "args": {"model": "echo"}}]}));
-    let stack = echo_stack(&env, "gate", &ray.serve_url, "{model: echo}", "/", "12s");
-    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    run.stderr_has("RayService: not ready");
-    assert!(
-        run.stderr.contains("probe: GET /v1/models: 200"),
-        "Serve itself was answering: {}",
-        run.stderr
-    );
-
-    // The stand-in reconciles it; now the same wait passes.
-    let _standin = KubeRayStandIn::start(&env, &ray);
+async fn a_change_that_starts_a_new_cluster_is_ready_only_once_traffic_moved_to_it() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-upgrade").await;
+    let stack = Echo::default().stack(&env, "timeout = \"4m\"");
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let old = active_cluster(&rayservice(&env).await);
+
+    let upgraded = Echo {
+        marker: "two",
+        args: "{model: echo-b}",
+        ..Echo::default()
+    };
+    let stack = upgraded.stack(&env, "timeout = \"5m\"");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    run.stderr_has("upgrade in progress");
+    let rs = rayservice(&env).await;
+    let new = active_cluster(&rs);
+    assert_ne!(
+        new, old,
+        "apply returned before KubeRay switched clusters: {rs}"
+    );
+    assert_eq!(
+        rs.pointer("/status/pendingServiceStatus/rayClusterName")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        ""
+    );
+    let upgrade = rs["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "UpgradeInProgress"))
+        .cloned()
+        .unwrap_or(json!({}));
+    assert_eq!(upgrade["status"], "False", "{rs}");
+    assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-b");
 }
 
-/// No kubelet runs here, so a port-forward cannot connect; what this guards
-/// is that the head pod is found from the RayService status and labels,
-/// never from a name pattern.
-#[tokio::test]
-async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
-    let env = Env::new(Profile::V1, "headpod").await;
+/// No operator runs on this profile: a RayService there never becomes ready.
+fn unreconciled_stack(env: &Env, timeout: &str) -> String {
     let manifest = "apiVersion: ray.io/v1\nkind: RayService\nmetadata:\n  name: llm\nspec:\n  rayClusterConfig:\n    headGroupSpec:\n      rayStartParams: {}\n      template:\n        spec:\n          containers: [{name: ray-head, image: rayproject/ray:2.60.0}]\n";
     env.write("llm.yaml", manifest);
     let stack = format!(
-        "[stack]\nname = \"headpod\"\nnamespace = \"{}\"\n\n[rayservice.llm]\nmanifest = \"llm.yaml\"\n\n[wait.chat]\nrayservice = \"llm\"\ntimeout = \"6s\"\n",
+        "[stack]\nname = \"headpod\"\nnamespace = \"{}\"\n\n[rayservice.llm]\nmanifest = \"llm.yaml\"\n\n[wait.chat]\nrayservice = \"llm\"\ntimeout = \"{timeout}\"\n",
         env.ns
     );
     env.write("headpod.toml", &stack);
+    "headpod.toml".into()
+}
+
+#[tokio::test]
+async fn a_user_who_cannot_watch_is_told_so_at_once() {
+    let env = Env::new(Profile::V1, "nowatch").await;
+    let stack = unreconciled_stack(&env, "30m");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let rules = json!([{"apiGroups": ["ray.io"], "resources": ["rayservices"], "verbs": ["get", "list", "patch", "create"]},
+        {"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["get", "list"]}]);
+    env.apply_as(
+        "test",
+        "rbac.authorization.k8s.io/v1",
+        "Role",
+        Some(&env.ns),
+        "nowatch",
+        json!({"rules": rules}),
+    )
+    .await;
+    env.apply_as("test", "rbac.authorization.k8s.io/v1", "RoleBinding", Some(&env.ns), "nowatch",
+        json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "nowatch"},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "nowatch"}]}))
+        .await;
+    // The admin user, impersonating one who may read but not watch.
+    let kubeconfig = std::fs::read_to_string(&env.kubeconfig).expect("kubeconfig");
+    let impersonating = kubeconfig.replacen(
+        "- name: admin\n  user:\n",
+        "- name: admin\n  user:\n    as: nowatch\n",
+        1,
+    );
+    assert_ne!(impersonating, kubeconfig);
+    env.write("nowatch.kubeconfig", &impersonating);
+    let started = std::time::Instant::now();
+    let run = env
+        .rayform(&[
+            "--kubeconfig",
+            "nowatch.kubeconfig",
+            "apply",
+            &stack,
+            "--auto-approve",
+        ])
+        .code(1);
+    run.stderr_has("cannot watch rayservices.ray.io `llm`");
+    run.stderr_has("forbidden");
+    run.stderr_has("watch");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "told at once, not at the 30m timeout"
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_during_the_wait_exits_130_with_the_state_written() {
+    let env = Env::new(Profile::V1, "ctrlc").await;
+    let stack = unreconciled_stack(&env, "30m");
+    let apply = Running::spawn(env.command(&["apply", &stack, "--auto-approve"]));
+    apply
+        .until(
+            "Waiting for KubeRay to name a RayCluster",
+            Duration::from_secs(30),
+        )
+        .await;
+    apply.interrupt();
+    let run = apply.finish().code(130);
+    run.stderr_has("interrupted by Ctrl-C");
+    let state = env.state("headpod");
+    assert!(
+        state["resources"]["rayservice.llm"].is_object(),
+        "the applied RayService is in the state: {state}"
+    );
+    // The lock went with the process: the next command runs.
+    env.rayform(&["plan", &stack]).ok();
+}
+
+/// What this guards: the head pod is found from the RayService status and
+/// KubeRay's labels, never from a name pattern (the guide greps names).
+#[tokio::test]
+async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
+    let env = Env::new(Profile::V1, "headpod").await;
+    let stack = unreconciled_stack(&env, "6s");
     // A decoy named the way the guide greps for, and the real head pod with KubeRay's labels.
     for (name, labels) in [
         (
@@ -223,25 +380,27 @@ async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
         let body = json!({"metadata": {"labels": labels}, "spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}});
         env.apply_as("test", "v1", "Pod", Some(&env.ns), name, body)
             .await;
-        // Kubelet stand-in: no kubelet runs here to report the pod Running.
+        // No node runs on this profile: report the pod Running, as a kubelet would.
         let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
             kube::Api::namespaced(env.client.clone(), &env.ns);
         pods.patch_status(
             name,
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"status": {"phase": "Running"}})),
+            &kube::api::Patch::Merge(
+                json!({"status": {"phase": "Running", "podIP": "198.18.255.254"}}),
+            ),
         )
         .await
-        .unwrap();
+        .expect("patch pod status");
     }
-    let apply = Running::spawn(env.command(&["apply", "headpod.toml", "--auto-approve"]));
+    let apply = Running::spawn(env.command(&["apply", &stack, "--auto-approve"]));
     apply
         .until(
             "Waiting for KubeRay to name a RayCluster",
             Duration::from_secs(20),
         )
         .await;
-    // KubeRay stand-in, in the test: name the pending RayCluster (KubeRay ≥ 1.4 naming).
+    // Standing in for the operator, which does not run on this profile: name the cluster.
     let rs: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
         env.client.clone(),
         &env.ns,
@@ -255,7 +414,7 @@ async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
     );
     rs.patch_status("llm", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"status": {"observedGeneration": 1, "pendingServiceStatus": {"rayClusterName": "llm-q7x2k"}}})))
         .await
-        .unwrap();
+        .expect("patch RayService status");
     let run = apply.finish().code(1);
     run.stderr_has("endpoint: pod/llm-q7x2k-head-8fz9w:8000 (port-forward)");
     assert!(!run.stderr.contains("decoy"), "{}", run.stderr);

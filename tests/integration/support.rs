@@ -19,6 +19,8 @@ pub enum Profile {
     V1,
     V1beta1,
     V1alpha5,
+    /// Karpenter v1, plus a node that runs pods and the real KubeRay operator.
+    Nodes,
 }
 
 impl Profile {
@@ -27,13 +29,14 @@ impl Profile {
             Profile::V1 => "v1",
             Profile::V1beta1 => "v1beta1",
             Profile::V1alpha5 => "v1alpha5",
+            Profile::Nodes => "nodes",
         }
     }
 
     /// (apiVersion, kind) of the pool-like and class-like Karpenter objects.
     pub fn pool(self) -> (&'static str, &'static str) {
         match self {
-            Profile::V1 => ("karpenter.sh/v1", "NodePool"),
+            Profile::V1 | Profile::Nodes => ("karpenter.sh/v1", "NodePool"),
             Profile::V1beta1 => ("karpenter.sh/v1beta1", "NodePool"),
             Profile::V1alpha5 => ("karpenter.sh/v1alpha5", "Provisioner"),
         }
@@ -41,7 +44,7 @@ impl Profile {
 
     pub fn class(self) -> (&'static str, &'static str) {
         match self {
-            Profile::V1 => ("karpenter.k8s.aws/v1", "EC2NodeClass"),
+            Profile::V1 | Profile::Nodes => ("karpenter.k8s.aws/v1", "EC2NodeClass"),
             Profile::V1beta1 => ("karpenter.k8s.aws/v1beta1", "EC2NodeClass"),
             Profile::V1alpha5 => ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate"),
         }
@@ -54,21 +57,21 @@ pub fn repo() -> PathBuf {
 
 /// The kubeconfig of the control plane for a profile, started once per test run.
 pub fn kubeconfig(profile: Profile) -> PathBuf {
-    static CLUSTERS: [OnceLock<PathBuf>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static CLUSTERS: [OnceLock<PathBuf>; 4] = [const { OnceLock::new() }; 4];
     CLUSTERS[profile as usize]
         .get_or_init(|| {
             let var = format!("RAYFORM_TEST_KUBECONFIG_{}", profile.name().to_uppercase());
             if let Some(path) = std::env::var_os(&var) {
                 return PathBuf::from(path);
             }
+            let pid = std::process::id().to_string();
+            let mut args = vec!["up", "--watch-pid", &pid, "--profile"];
+            match profile {
+                Profile::Nodes => args.extend(["v1", "--nodes"]),
+                p => args.push(p.name()),
+            }
             let out = Command::new(repo().join("scripts/testcluster"))
-                .args([
-                    "up",
-                    "--profile",
-                    profile.name(),
-                    "--watch-pid",
-                    &std::process::id().to_string(),
-                ])
+                .args(&args)
                 .output()
                 .expect("run scripts/testcluster");
             assert!(
@@ -111,6 +114,9 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
         "ConfigMap" => "configmaps",
         "Namespace" => "namespaces",
         "Pod" => "pods",
+        "RayCluster" => "rayclusters",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
         other => panic!("no plural for {other}"),
     };
     ApiResource {
@@ -385,6 +391,28 @@ impl Env {
     }
 }
 
+/// A test's pods are real processes on the node: its namespace goes with it.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.profile != Profile::Nodes {
+            return;
+        }
+        let (client, ns) = (self.client.clone(), self.ns.clone());
+        // Drop cannot await; a thread with its own runtime can.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+                let _ = namespaces.delete(&ns, &Default::default()).await;
+            });
+        })
+        .join();
+    }
+}
+
 /// Every text that must never hold the token: outputs, files.
 #[track_caller]
 pub fn assert_no_token(token: &str, texts: &BTreeMap<String, String>) {
@@ -399,160 +427,13 @@ pub fn assert_no_token(token: &str, texts: &BTreeMap<String, String>) {
     }
 }
 
-/// Runs a script that prints `export NAME=value` lines; returns them.
-pub fn exports(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed:\n{}",
-        program.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
-
-/// A real local Ray + Serve on loopback (`scripts/rayserve`).
-pub struct RayServe {
-    pub serve_url: String,
-    pub dashboard: String,
-    pub dir: String,
-    owned: bool,
-}
-
-impl RayServe {
-    /// Starts a private instance; with `serve: false`, nothing listens on the proxy port yet.
-    pub fn start(serve: bool) -> RayServe {
-        let pid = std::process::id().to_string();
-        let mut args = vec!["up", "--watch-pid", pid.as_str()];
-        if !serve {
-            args.push("--no-serve");
-        }
-        let e = exports(&repo().join("scripts/rayserve"), &args, &[]);
-        RayServe {
-            serve_url: e["RAYFORM_SERVE_URL"].clone(),
-            dashboard: e["RAYFORM_RAY_DASHBOARD"].clone(),
-            dir: e["RAYSERVE_DIR"].clone(),
-            owned: true,
-        }
-    }
-
-    /// The instance shared by the tests of this run (reused from the environment when set).
-    pub fn shared() -> RayServe {
-        static SHARED: OnceLock<(String, String)> = OnceLock::new();
-        let (serve_url, dashboard) = SHARED
-            .get_or_init(|| {
-                match (
-                    std::env::var("RAYFORM_SERVE_URL"),
-                    std::env::var("RAYFORM_RAY_DASHBOARD"),
-                ) {
-                    (Ok(s), Ok(d)) => (s, d),
-                    _ => {
-                        let r = RayServe::start(true);
-                        let pair = (r.serve_url.clone(), r.dashboard.clone());
-                        std::mem::forget(r); // lives until the watchdog sees this process exit
-                        pair
-                    }
-                }
-            })
-            .clone();
-        RayServe {
-            serve_url,
-            dashboard,
-            dir: String::new(),
-            owned: false,
-        }
-    }
-
-    /// Starts Serve's proxy of an instance started without it.
-    pub fn start_proxy(&self) {
-        exports(&repo().join("scripts/rayserve"), &["serve", &self.dir], &[]);
-    }
-
-    /// Replaces Serve's applications, through the REST API KubeRay uses.
-    pub fn deploy(&self, config: &Value) {
-        let status = Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                "PUT",
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &config.to_string(),
-            ])
-            .arg(format!("{}/api/serve/applications/", self.dashboard))
-            .status()
-            .expect("curl");
-        assert!(status.success(), "PUT applications failed");
-    }
-}
-
-impl Drop for RayServe {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = Command::new(repo().join("scripts/rayserve"))
-                .args(["down", &self.dir])
-                .output();
-        }
-    }
-}
-
-/// The KubeRay operator stand-in (tools/kuberay-standin), watching one namespace.
-pub struct KubeRayStandIn {
-    dir: String,
-}
-
-impl KubeRayStandIn {
-    pub fn start(env: &Env, ray: &RayServe) -> KubeRayStandIn {
-        let pid = std::process::id().to_string();
-        let working_dir = repo().join("tests/serve_apps");
-        let e = exports(
-            &repo().join("scripts/kuberay-standin"),
-            &[
-                "start",
-                "--watch-pid",
-                &pid,
-                "--namespace",
-                &env.ns,
-                "--working-dir",
-                working_dir.to_str().unwrap(),
-                "--reconcile-delay",
-                "0.2",
-            ],
-            &[
-                ("KUBECONFIG", env.kubeconfig.to_str().unwrap()),
-                ("RAYFORM_RAY_DASHBOARD", &ray.dashboard),
-                ("RAYFORM_SERVE_URL", &ray.serve_url),
-            ],
-        );
-        KubeRayStandIn {
-            dir: e["KUBERAY_STANDIN_DIR"].clone(),
-        }
-    }
-}
-
-impl Drop for KubeRayStandIn {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/kuberay-standin"))
-            .args(["stop", &self.dir])
-            .output();
-    }
-}
-
-/// Ray Serve's applications are global to an instance: tests that deploy take turns.
-pub async fn serve_turn() -> tokio::sync::MutexGuard<'static, ()> {
-    static TURN: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
-    TURN.get_or_init(|| tokio::sync::Mutex::new(()))
-        .lock()
+/// Ray heads are heavy on two cores: at most two are starting at once.
+pub async fn ray_turn() -> tokio::sync::SemaphorePermit<'static> {
+    static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    TURNS
+        .acquire()
         .await
+        .expect("the semaphore is never closed")
 }
 
 /// A running `rayform` whose stderr is collected line by line as it comes.
@@ -611,6 +492,15 @@ impl Running {
             "no line with {needle:?} within {limit:?}; stderr so far:\n{}",
             self.lines.lock().unwrap().join("\n")
         );
+    }
+
+    /// Ctrl-C, as a terminal sends it.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -INT failed");
     }
 
     pub fn finish(mut self) -> Run {

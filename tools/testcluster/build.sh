@@ -1,43 +1,116 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from the modules pinned in go.mod/go.sum into
-# $TESTCLUSTER_BIN (default: <repo>/target/testcluster/<go.sum hash>/), so a
-# machine pays the cold build once per pinned set and never commits binaries.
+# Builds the local cluster's programs from the Go modules pinned here, once per
+# pinned set, into target/ (never committed):
+#
+#   build.sh          kube-apiserver + etcd (tools/testcluster/go.mod); prints their directory
+#   build.sh nodes    also what runs pods: kube-scheduler + kube-controller-manager (same module),
+#                     the KubeRay operator (tools/kuberay/go.mod) and the node agent
+#                     (tools/nodeagent); prints `NAME=PATH` lines, one per program
+#
+# Each set lands in a directory named by the hash of what it is built from and
+# is published by one rename, so an interrupted build is never mistaken for a
+# finished one. Concurrent callers wait for each other (flock), and at most one
+# heavy compile runs at once on the machine ($RAYFORM_BUILD_LOCK).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+tools=$repo/tools
+command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
+export CGO_ENABLED=0
+heavy_lock=${RAYFORM_BUILD_LOCK:-/tmp/rayform-heavy-build.lock}
+
 k8s_version=v1.37.2
 k8s_minor=37
-key=$(sha256sum "$here/go.sum" | cut -c1-16)
-bin=${TESTCLUSTER_BIN:-$repo/target/testcluster/$key}
-if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ]; then
-  echo "$bin"
-  exit 0
-fi
-# Two `up`s on a cold machine must not build twice into the same directory:
-# the second waits for the first and then finds the binaries.
-mkdir -p "$(dirname "$bin")"
-exec 9>"$bin.lock"
-flock 9
-if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ]; then
-  echo "$bin"
-  exit 0
-fi
-command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
-rm -rf "$bin.partial"
-mkdir -p "$bin.partial"
-cd "$here"
-export CGO_ENABLED=0
-ldv=""
+kuberay_version=v1.5.0
+
 # Without these, /version reports v0.0.0-master, which confuses clients' skew checks.
-for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldv="$ldv -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
-done
-echo "testcluster: building kube-apiserver $k8s_version and etcd (first run on this machine only)" >&2
-go build -trimpath -buildvcs=false -pgo=off -tags=notest,grpcnotrace \
-  -ldflags="-s -w $ldv" -o "$bin.partial/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver >&2
-go build -trimpath -buildvcs=false -tags=grpcnotrace -ldflags="-s -w" \
-  -o "$bin.partial/etcd" go.etcd.io/etcd/server/v3 >&2
-# Publish both binaries at once so an interrupted build is never mistaken for a finished one.
-rm -rf "$bin"
-mv "$bin.partial" "$bin"
-echo "$bin"
+k8s_ldflags() {
+	local p ldv=""
+	for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ldv="$ldv -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+	done
+	echo "-s -w$ldv"
+}
+
+# gobuild MODULE_DIR OUT PACKAGE [GO BUILD FLAGS...]
+gobuild() {
+	local mod=$1 out=$2 pkg=$3
+	shift 3
+	(cd "$mod" && flock "$heavy_lock" go build -trimpath -buildvcs=false "$@" -o "$out" "$pkg") >&2
+}
+
+# publish SET KEY BUILD_FN BINARY... — build the set unless target/SET/KEY has every binary;
+# prints the directory.
+publish() {
+	local set=$1 key=$2 fn=$3
+	shift 3
+	local dir=${TESTCLUSTER_BIN_ROOT:-$repo/target}/$set/$key b
+	have() { for b in "$@"; do [ -x "$dir/$b" ] || return 1; done; }
+	if ! have "$@"; then
+		mkdir -p "$(dirname "$dir")"
+		exec 9>"$dir.lock"
+		flock 9
+		if ! have "$@"; then
+			rm -rf "$dir.partial"
+			mkdir -p "$dir.partial"
+			"$fn" "$dir.partial"
+			rm -rf "$dir"
+			mv "$dir.partial" "$dir"
+		fi
+		exec 9>&-
+	fi
+	echo "$dir"
+}
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+build_control_plane() {
+	echo "testcluster: building kube-apiserver $k8s_version and etcd (first run on this machine only)" >&2
+	gobuild "$here" "$1/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
+		-pgo=off -tags=notest,grpcnotrace -ldflags="$(k8s_ldflags)"
+	gobuild "$here" "$1/etcd" go.etcd.io/etcd/server/v3 -tags=grpcnotrace -ldflags="-s -w"
+}
+
+build_node_controllers() {
+	echo "testcluster: building kube-scheduler and kube-controller-manager $k8s_version (first run only)" >&2
+	gobuild "$here" "$1/kube-scheduler" k8s.io/kubernetes/cmd/kube-scheduler \
+		-pgo=off -ldflags="$(k8s_ldflags)"
+	gobuild "$here" "$1/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager \
+		-pgo=off -ldflags="$(k8s_ldflags)"
+}
+
+build_kuberay() {
+	echo "testcluster: building the KubeRay operator $kuberay_version (first run only)" >&2
+	gobuild "$tools/kuberay" "$1/kuberay-operator" github.com/ray-project/kuberay/ray-operator -ldflags="-s -w"
+}
+
+build_nodeagent() {
+	echo "testcluster: building the node agent" >&2
+	gobuild "$tools/nodeagent" "$1/nodeagent" . -ldflags="-s -w"
+}
+
+control_plane=${TESTCLUSTER_BIN:-}
+if [ -z "$control_plane" ]; then
+	control_plane=$(publish testcluster "$(hash_of "$here/go.sum")" build_control_plane kube-apiserver etcd)
+fi
+case ${1:-} in
+"") echo "$control_plane" ;;
+nodes)
+	controllers=$(publish testcluster "$(hash_of "$here/go.sum")-nodes" build_node_controllers \
+		kube-scheduler kube-controller-manager)
+	kuberay=$(publish kuberay "$(hash_of "$tools/kuberay/go.sum")" build_kuberay kuberay-operator)
+	mapfile -t agent_src < <(find "$tools/nodeagent" -name '*.go' -o -name go.sum | sort)
+	agent=$(publish nodeagent "$(hash_of "${agent_src[@]}")" \
+		build_nodeagent nodeagent)
+	echo "kube-apiserver=$control_plane/kube-apiserver"
+	echo "etcd=$control_plane/etcd"
+	echo "kube-scheduler=$controllers/kube-scheduler"
+	echo "kube-controller-manager=$controllers/kube-controller-manager"
+	echo "kuberay-operator=$kuberay/kuberay-operator"
+	echo "nodeagent=$agent/nodeagent"
+	;;
+*)
+	echo "usage: build.sh [nodes]" >&2
+	exit 2
+	;;
+esac

@@ -5,6 +5,7 @@
 #                         the in-cluster names; EKU serverAuth
 #   admin.{crt,key}       client cert: CN admin, O system:masters (cluster-admin)
 #   restricted.{crt,key}  client cert: CN restricted, no groups (RBAC decides)
+#   kubelet.{crt,key}     serving cert of the node agent's kubelet API (127.0.0.1)
 #   sa.{key,pub}          service-account token signing key pair
 # Every certificate is X.509 v3 with basicConstraints/keyUsage set, as rustls
 # (webpki) insists on; client keys are PKCS#8 so kube-rs accepts them with
@@ -43,11 +44,12 @@ leaf() { # leaf NAME SUBJECT EKU [SAN]
 
 leaf apiserver "/O=rayform-testcluster/CN=localhost" serverAuth \
   "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+leaf kubelet "/O=rayform-testcluster/CN=rayform-node" serverAuth "DNS:localhost,IP:127.0.0.1"
 leaf admin "/O=system:masters/CN=admin" clientAuth
 leaf restricted "/CN=restricted" clientAuth
 
 # genpkey already writes PKCS#8 ("BEGIN PRIVATE KEY"); make sure of it anyway.
-for k in admin restricted apiserver; do
+for k in admin restricted apiserver kubelet; do
   grep -q '^-----BEGIN PRIVATE KEY-----' "$k.key" || {
     openssl pkcs8 -topk8 -nocrypt -in "$k.key" -out "$k.key.p8" && mv "$k.key.p8" "$k.key"
   }

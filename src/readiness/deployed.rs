@@ -1,0 +1,135 @@
+//! Whether Serve runs the config the stack asks for, from the dashboard's
+//! `GET /api/serve/applications/` on the head of the serving cluster.
+//!
+//! KubeRay cannot tell us: it reads the apps' statuses before it sends a new
+//! `serveConfigV2`, and writes them with the new `observedGeneration`, so its
+//! first status after an in-place change shows the previous apps RUNNING. An
+//! old `DEPLOY_FAILED` also outlives the fix that replaced it. Serve itself
+//! reports each app's `deployed_app_config` next to its status.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::status::{message_with_deployments, strip_ansi};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deployed {
+    /// Every application runs the config the stack asks for.
+    Running,
+    Waiting(String),
+    /// Serve reports the stack's own config as failed: no point waiting.
+    Failed(String),
+}
+
+/// Compares the dashboard's answer with the stack's applications.
+pub fn compare(wanted: &BTreeMap<String, Value>, answer: &Value) -> Deployed {
+    for (name, config) in wanted {
+        let Some(app) = answer.pointer(&format!("/applications/{}", escape(name))) else {
+            return Deployed::Waiting(format!("Serve to receive application `{name}`"));
+        };
+        if !contains(&app["deployed_app_config"], config) {
+            return Deployed::Waiting(format!(
+                "Serve to receive the new config of application `{name}` (it still runs the previous one)"
+            ));
+        }
+        match app["status"].as_str().unwrap_or("UNKNOWN") {
+            "RUNNING" => {}
+            "DEPLOY_FAILED" => {
+                return Deployed::Failed(format!(
+                    "Serve application `{name}` failed to deploy: {}",
+                    strip_ansi(&message_with_deployments(app, "deployments"))
+                ));
+            }
+            other => return Deployed::Waiting(format!("application `{name}` ({other})")),
+        }
+    }
+    Deployed::Running
+}
+
+/// JSON pointer escaping of one path segment.
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Whether `deployed` holds everything `wanted` says; Serve may add defaults.
+fn contains(deployed: &Value, wanted: &Value) -> bool {
+    match (deployed, wanted) {
+        (Value::Object(d), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| d.get(k).is_some_and(|dv| contains(dv, v))),
+        (Value::Array(d), Value::Array(w)) => {
+            d.len() == w.len() && d.iter().zip(w).all(|(dv, wv)| contains(dv, wv))
+        }
+        (Value::Number(d), Value::Number(w)) => d.as_f64() == w.as_f64(),
+        _ => deployed == wanted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wanted(model: &str) -> BTreeMap<String, Value> {
+        [(
+            "llm".to_string(),
+            json!({"name": "llm", "route_prefix": "/", "import_path": "echo_app:build", "args": {"model": model, "init_delay_s": 1}}),
+        )]
+        .into()
+    }
+
+    fn answer(model: &str, status: &str) -> Value {
+        json!({"applications": {"llm": {"status": status, "message": "",
+            "deployed_app_config": {"name": "llm", "route_prefix": "/", "import_path": "echo_app:build",
+                "args": {"model": model, "init_delay_s": 1.0}, "runtime_env": {}},
+            "deployments": {"EchoModel": {"status": "HEALTHY", "message": ""}}}}})
+    }
+
+    #[test]
+    fn the_previous_config_running_is_not_the_new_one_running() {
+        assert_eq!(
+            compare(&wanted("echo-b"), &answer("echo-a", "RUNNING")),
+            Deployed::Waiting(
+                "Serve to receive the new config of application `llm` (it still runs the previous one)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            compare(&wanted("echo-b"), &answer("echo-b", "DEPLOYING")),
+            Deployed::Waiting("application `llm` (DEPLOYING)".into())
+        );
+        assert_eq!(
+            compare(&wanted("echo-b"), &answer("echo-b", "RUNNING")),
+            Deployed::Running
+        );
+    }
+
+    #[test]
+    fn only_a_failure_of_the_wanted_config_is_final() {
+        let mut failed = answer("broken", "DEPLOY_FAILED");
+        failed["applications"]["llm"]["deployments"]["EchoModel"]["message"] =
+            json!("\u{1b}[31mRuntimeError: no GPU\u{1b}[0m");
+        assert_eq!(
+            compare(&wanted("fixed"), &failed),
+            Deployed::Waiting(
+                "Serve to receive the new config of application `llm` (it still runs the previous one)"
+                    .into()
+            ),
+            "an old failure says nothing about the fixed config"
+        );
+        let Deployed::Failed(message) = compare(&wanted("broken"), &failed) else {
+            panic!("the wanted config failed");
+        };
+        assert!(message.contains("RuntimeError: no GPU"), "{message}");
+        assert!(!message.contains('\u{1b}'), "{message}");
+    }
+
+    #[test]
+    fn a_missing_application_is_waited_for() {
+        assert_eq!(
+            compare(&wanted("x"), &json!({"applications": {}})),
+            Deployed::Waiting("Serve to receive application `llm`".into())
+        );
+    }
+}
