@@ -1,0 +1,230 @@
+// The virtual-kubelet provider: the pod controller hands us pods bound to our
+// node, we run them (pod.go) and push every status change back through the
+// notifier so the API server sees it without waiting for a poll.
+package main
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
+	"github.com/virtual-kubelet/virtual-kubelet/log"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+)
+
+type agentConfig struct {
+	kubeconfig, nodeName, tlsCert, tlsKey, stateDir string
+	port                                            int
+	images                                          []imageRule
+	extraEnv                                        []string
+}
+
+type provider struct {
+	cfg        agentConfig
+	nw         *network
+	client     kubernetes.Interface
+	secrets    corev1listers.SecretLister
+	configMaps corev1listers.ConfigMapLister
+	node       *v1.Node // allocatable backs resourceFieldRef limits that are unset
+
+	mu   sync.Mutex
+	pods map[string]*podRT
+
+	// Notifications are coalesced per pod and sent by one goroutine that
+	// snapshots the status at send time, so a stale snapshot can never
+	// overtake a newer one.
+	dirty    map[string]bool
+	kick     chan struct{}
+	notifyFn func(*v1.Pod)
+	notifyMu sync.Mutex
+}
+
+func newProvider(cfg agentConfig, nw *network, client kubernetes.Interface) *provider {
+	return &provider{cfg: cfg, nw: nw, client: client, pods: map[string]*podRT{},
+		dirty: map[string]bool{}, kick: make(chan struct{}, 1)}
+}
+
+func podKey(ns, name string) string { return ns + "/" + name }
+
+func (p *provider) lookup(ns, name string) (*podRT, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pr := p.pods[podKey(ns, name)]
+	if pr == nil {
+		return nil, errdefs.NotFoundf("pod %s/%s is not known to the node agent", ns, name)
+	}
+	return pr, nil
+}
+
+func (p *provider) CreatePod(ctx context.Context, pod *v1.Pod) error {
+	key := podKey(pod.Namespace, pod.Name)
+	p.mu.Lock()
+	if old := p.pods[key]; old != nil && old.uid() == pod.UID {
+		p.mu.Unlock()
+		return nil
+	}
+	pr := newPodRT(p, pod)
+	p.pods[key] = pr
+	p.mu.Unlock()
+	log.G(ctx).Infof("starting pod %s", key)
+	go pr.run()
+	return nil
+}
+
+// UpdatePod: the only mutable spec fields are images, labels, annotations and
+// the like; a pod waiting for an image gets another look at its images.
+func (p *provider) UpdatePod(ctx context.Context, pod *v1.Pod) error {
+	pr, err := p.lookup(pod.Namespace, pod.Name)
+	if err != nil {
+		return err
+	}
+	pr.update(pod)
+	return nil
+}
+
+// DeletePod must not block for the grace period: it runs on a pod-controller
+// worker. The terminal status is reported via the notifier when done.
+func (p *provider) DeletePod(ctx context.Context, pod *v1.Pod) error {
+	pr, err := p.lookup(pod.Namespace, pod.Name)
+	if err != nil {
+		return err
+	}
+	grace := int64(30)
+	if pod.DeletionGracePeriodSeconds != nil {
+		grace = *pod.DeletionGracePeriodSeconds
+	} else if pod.Spec.TerminationGracePeriodSeconds != nil {
+		grace = *pod.Spec.TerminationGracePeriodSeconds
+	}
+	go pr.terminate(time.Duration(grace)*time.Second, true)
+	return nil
+}
+
+func (p *provider) forget(pr *podRT) {
+	p.mu.Lock()
+	if p.pods[pr.key] == pr {
+		delete(p.pods, pr.key)
+	}
+	p.mu.Unlock()
+}
+
+func (p *provider) GetPod(ctx context.Context, ns, name string) (*v1.Pod, error) {
+	pr, err := p.lookup(ns, name)
+	if err != nil {
+		return nil, err
+	}
+	return pr.snapshot(), nil
+}
+
+func (p *provider) GetPodStatus(ctx context.Context, ns, name string) (*v1.PodStatus, error) {
+	pr, err := p.lookup(ns, name)
+	if err != nil {
+		return nil, err
+	}
+	return &pr.snapshot().Status, nil
+}
+
+func (p *provider) GetPods(ctx context.Context) ([]*v1.Pod, error) {
+	p.mu.Lock()
+	prs := make([]*podRT, 0, len(p.pods))
+	for _, pr := range p.pods {
+		prs = append(prs, pr)
+	}
+	p.mu.Unlock()
+	out := make([]*v1.Pod, 0, len(prs))
+	for _, pr := range prs {
+		out = append(out, pr.snapshot())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// NotifyPods implements node.PodNotifier.
+func (p *provider) NotifyPods(ctx context.Context, cb func(*v1.Pod)) {
+	p.notifyMu.Lock()
+	p.notifyFn = cb
+	p.notifyMu.Unlock()
+	go p.notifyLoop(ctx)
+}
+
+func (p *provider) changed(pr *podRT) {
+	p.mu.Lock()
+	p.dirty[pr.key] = true
+	p.mu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (p *provider) notifyLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.kick:
+		}
+		p.mu.Lock()
+		var prs []*podRT
+		for key := range p.dirty {
+			if pr := p.pods[key]; pr != nil {
+				prs = append(prs, pr)
+			}
+		}
+		p.dirty = map[string]bool{}
+		p.mu.Unlock()
+		p.notifyMu.Lock()
+		cb := p.notifyFn
+		p.notifyMu.Unlock()
+		for _, pr := range prs {
+			cb(pr.snapshot())
+		}
+	}
+}
+
+// getSecret prefers the informer cache but falls back to the API server: a
+// Secret created just before its pod may not have reached the cache yet.
+func (p *provider) getSecret(ns, name string) (*v1.Secret, error) {
+	if s, err := p.secrets.Secrets(ns).Get(name); err == nil {
+		return s, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return p.client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+func (p *provider) getConfigMap(ns, name string) (*v1.ConfigMap, error) {
+	if c, err := p.configMaps.ConfigMaps(ns).Get(name); err == nil {
+		return c, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return p.client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+// shutdown stops every pod (each with its grace period) in parallel.
+func (p *provider) shutdown() {
+	p.mu.Lock()
+	var prs []*podRT
+	for _, pr := range p.pods {
+		prs = append(prs, pr)
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, pr := range prs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			grace := int64(30)
+			if g := pr.spec().TerminationGracePeriodSeconds; g != nil {
+				grace = *g
+			}
+			pr.terminate(time.Duration(grace)*time.Second, false)
+		}()
+	}
+	wg.Wait()
+}
