@@ -71,7 +71,7 @@ func runAgent(cfg agentConfig) error {
 		func(c *nodeutil.NodeConfig) error {
 			c.NodeSpec = nodeSpec(cfg)
 			c.HTTPListenAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.port))
-			c.Handler = mux
+			c.Handler = withWebsocketPortForward(func() *provider { return prov }, mux)
 			c.NumWorkers = 4
 			// We resolve env ourselves: status.podIP is only known once the
 			// namespace exists, after the library would have resolved it.

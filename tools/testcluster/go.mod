@@ -1,6 +1,6 @@
 // Wrapper module: pins kube-apiserver and etcd so tests run a real control
 // plane built from source. Nothing imports this module; scripts/testcluster
-// builds its two tool packages.
+// builds its tool packages (control plane, scheduler, controller-manager).
 module rayform.local/testcluster
 
 go 1.26.0
