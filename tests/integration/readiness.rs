@@ -227,7 +227,16 @@ async fn a_failed_deploy_fails_at_once_and_its_fix_is_not_failed_by_the_old_stat
         started.elapsed() < Duration::from_secs(200),
         "a failed deploy is reported when Serve says so, not at the timeout"
     );
-    let rs = rayservice(&env).await;
+    // rayform reads the failure from Serve, often before KubeRay mirrors it;
+    // the fix below must start from a status that holds it.
+    let mut rs = rayservice(&env).await;
+    for _ in 0..120 {
+        if rs.to_string().contains("DEPLOY_FAILED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rs = rayservice(&env).await;
+    }
     assert!(
         rs.to_string().contains("DEPLOY_FAILED"),
         "KubeRay's status holds the failure the fix must not trip on: {rs}"

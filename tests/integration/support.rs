@@ -397,15 +397,18 @@ impl Drop for Env {
         if self.profile != Profile::Nodes {
             return;
         }
-        let (client, ns) = (self.client.clone(), self.ns.clone());
-        // Drop cannot await; a thread with its own runtime can.
+        let (kubeconfig, ns) = (self.kubeconfig.clone(), self.ns.clone());
+        // Drop cannot await; a thread with its own runtime can, with a client of
+        // its own: `self.client`'s connections are driven by the test's runtime,
+        // which is blocked right here.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             runtime.block_on(async {
-                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+                    Api::all(client(&kubeconfig, None).await);
                 let _ = namespaces.delete(&ns, &Default::default()).await;
             });
         })
