@@ -19,7 +19,7 @@ const DEFAULT_PROBE_PATH: &str = "/v1/chat/completions";
 /// One wait, resolved against its RayService.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Target {
-    #[serde(flatten)]
+    /// Nested, not flattened: the wait has a `probe` (as written) of its own.
     pub wait: WaitSpec,
     /// The applications of `serveConfigV2`, by name, as the stack writes them.
     pub apps: BTreeMap<String, Value>,
@@ -205,6 +205,21 @@ mod tests {
         );
         let t = Target::resolve(&wait(ProbeSpec::Default, None), &rs).unwrap();
         assert_eq!(t.probe.unwrap().model.as_deref(), Some("echo-b"));
+    }
+
+    #[test]
+    fn a_target_survives_a_saved_plan() {
+        let rs =
+            rayservice("applications:\n- {name: llm, import_path: e:build, args: {model: m}}\n");
+        for spec in [ProbeSpec::Default, ProbeSpec::Off] {
+            let t = Target::resolve(&wait(spec, None), &rs).unwrap();
+            let saved = serde_json::to_string(&t).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Target>(&saved).unwrap(),
+                t,
+                "{saved}"
+            );
+        }
     }
 
     #[test]
