@@ -206,7 +206,12 @@ func (p *provider) getConfigMap(ns, name string) (*v1.ConfigMap, error) {
 	return p.client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
 }
 
-// shutdown stops every pod (each with its grace period) in parallel.
+// shutdownGrace caps each pod's grace period when the agent itself stops:
+// that is `testcluster down`, which throws the whole cluster away and would
+// otherwise wait out a Ray head's 30 s (Ray ignores SIGTERM for that long).
+const shutdownGrace = 3 * time.Second
+
+// shutdown stops every pod in parallel, each with its grace period capped.
 func (p *provider) shutdown() {
 	p.mu.Lock()
 	var prs []*podRT
@@ -223,7 +228,7 @@ func (p *provider) shutdown() {
 			if g := pr.spec().TerminationGracePeriodSeconds; g != nil {
 				grace = *g
 			}
-			pr.terminate(time.Duration(grace)*time.Second, false)
+			pr.terminate(min(time.Duration(grace)*time.Second, shutdownGrace), false)
 		}()
 	}
 	wg.Wait()
