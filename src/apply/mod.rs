@@ -136,7 +136,9 @@ pub async fn apply(
     options: ApplyOptions,
 ) -> (State, Result<ApplyReport, ApplyError>) {
     let mut state = state;
-    if state.cluster.is_none() {
+    // A state that tracks nothing belongs to whichever cluster it is used on
+    // next: after a destroy on A and an apply on B, it must say B.
+    if state.cluster.is_none() || state.resources.is_empty() {
         state.cluster = Some(cluster.id.clone());
     }
     let shared = Arc::new(Shared {

@@ -292,7 +292,7 @@ pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<S
     let state_path = match (state_override, header.string(src, "state")?) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some((p, _))) => dir.join(p),
-        (None, None) => PathBuf::from("state").join(format!("{name}.json")),
+        (None, None) => default_state_path(&dir, &name),
     };
 
     let mut resources = Vec::new();
@@ -666,6 +666,25 @@ fn check_name(
     } else {
         Err(src.error_help(span, field, format!("`{name}` is not a valid Kubernetes name"), "use lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit"))
     }
+}
+
+/// Where a stack without `state = "…"` keeps its state: found from the stack
+/// file, never the working directory, so `rayform plan stacks/x.toml` and
+/// `cd stacks && rayform plan x.toml` share one state, lineage and lock. A
+/// stack in a directory named `stacks` uses the `state/` beside that directory
+/// (the repository layout); any other stack, `state/` beside the stack file.
+fn default_state_path(dir: &Path, name: &str) -> PathBuf {
+    let dir = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+    .unwrap_or_else(|_| dir.to_path_buf());
+    let root = match (dir.file_name(), dir.parent()) {
+        (Some(last), Some(parent)) if last == "stacks" => parent.to_path_buf(),
+        _ => dir,
+    };
+    root.join("state").join(format!("{name}.json"))
 }
 
 fn check_dns_label(

@@ -96,7 +96,11 @@ impl Drop for StateLock {
     }
 }
 
-/// Breaks the lock of a holder that is gone, after checking the ID the user read from the error.
+/// Breaks the lock of a holder that is gone, after checking the ID the user
+/// read from the error. "Gone" is decided by the lock itself, not by the
+/// record: a live holder keeps its OS lock whatever host or pid the record
+/// names, so taking the lock is the only proof. The file is emptied, never
+/// removed: a holder of a removed file would go on alone beside a newcomer.
 pub fn force_unlock(state: &Path, id: &str) -> Result<LockInfo, StateError> {
     let path = lock_path(state);
     let mut file = match open_existing(&path) {
@@ -112,14 +116,19 @@ pub fn force_unlock(state: &Path, id: &str) -> Result<LockInfo, StateError> {
             actual: info.id,
         });
     }
-    if info.host == hostname() && process_alive(info.pid) && file.try_lock().is_err() {
-        return Err(StateError::HolderAlive(info));
-    }
-    fs::remove_file(&path).map_err(|source| StateError::Io {
-        action: "remove the lock of",
+    let io = |source| StateError::Io {
+        action: "break the lock of",
         path: path.clone(),
         source,
-    })?;
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Err(StateError::HolderAlive(info)),
+        Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    let _ = file.unlock();
     Ok(info)
 }
 
@@ -152,8 +161,4 @@ fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
-}
-
-fn process_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -569,27 +569,88 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
 }
 
 #[tokio::test]
-async fn force_unlock_checks_the_id_and_refuses_a_live_holder() {
+async fn force_unlock_checks_the_id_and_never_breaks_a_live_holders_lock() {
     let env = Env::new(Profile::V1, "unlock").await;
     let stack = env.mission_stack("unlock");
     let held =
         rayform::state::lock::StateLock::acquire(&env.path("state/unlock.json"), "apply").unwrap();
+    let id = held.info.id.clone();
     let wrong = env.rayform(&["force-unlock", &stack, "not-the-id"]).code(1);
     wrong.stderr_has("does not match the current lock");
-    let alive = env
-        .rayform(&["force-unlock", &stack, &held.info.id])
-        .code(1);
+    let alive = env.rayform(&["force-unlock", &stack, &id]).code(1);
     alive.stderr_has("held by a running process");
-    let id = held.info.id.clone();
-    // A holder that died without cleaning up leaves its record behind.
-    std::mem::forget(held);
-    std::fs::write(
-        env.path("state/unlock.json.lock"),
-        format!(r#"{{"id":"{id}","pid":999999999,"host":"elsewhere","operation":"apply","since":"2026-01-01T00:00:00Z"}}"#),
-    )
-    .unwrap();
+    // The record can say anything (another host, a dead pid): the holder is
+    // alive as long as its OS lock is, and that lock is what decides.
+    let record = format!(
+        r#"{{"id":"{id}","pid":999999999,"host":"elsewhere","operation":"apply","since":"2026-01-01T00:00:00Z"}}"#
+    );
+    std::fs::write(env.path("state/unlock.json.lock"), &record).unwrap();
+    let elsewhere = env.rayform(&["force-unlock", &stack, &id]).code(1);
+    elsewhere.stderr_has("held by a running process");
+    env.rayform(&["plan", &stack])
+        .code(1)
+        .stderr_has("state is locked");
+    // A holder killed with -9 loses its OS lock but leaves its record: the
+    // record alone blocks nobody, and force-unlock clears it.
+    drop(held);
+    std::fs::write(env.path("state/unlock.json.lock"), &record).unwrap();
     env.rayform(&["force-unlock", &stack, &id]).ok();
+    assert_eq!(
+        std::fs::read_to_string(env.path("state/unlock.json.lock")).unwrap(),
+        ""
+    );
     env.rayform(&["plan", &stack]).ok();
+}
+
+#[tokio::test]
+async fn the_default_state_is_found_from_the_stack_file_not_the_working_directory() {
+    let env = Env::new(Profile::V1, "statepath").await;
+    let file = env.mission_stack("statepath");
+    // The repository layout: stacks/ and state/ side by side.
+    std::fs::create_dir(env.path("stacks")).unwrap();
+    for f in [file.as_str(), "mistral-7b.rayservice.yaml"] {
+        std::fs::rename(env.path(f), env.path(&format!("stacks/{f}"))).unwrap();
+    }
+    env.rayform(&[
+        "apply",
+        &format!("stacks/{file}"),
+        "--auto-approve",
+        "--no-wait",
+    ])
+    .ok();
+    assert!(env.path("state/statepath.json").exists());
+    let from_stacks = env.rayform_in(&env.path("stacks"), &["plan", &file, "--detailed-exitcode"]);
+    assert_eq!(
+        from_stacks.code, 0,
+        "same state from stacks/:\n{}{}",
+        from_stacks.stdout, from_stacks.stderr
+    );
+    assert!(!env.path("stacks/state").exists());
+}
+
+#[tokio::test]
+async fn the_state_follows_the_cluster_once_it_tracks_nothing() {
+    let a = Env::new(Profile::V1, "moved").await;
+    let b = Env::new(Profile::V1beta1, "moved").await;
+    let stack = format!(
+        "[stack]\nname = \"moved\"\nnamespace = \"default\"\n\n[secret.{}.data]\nTOKEN = {{ env = \"HUGGING_FACE_HUB_TOKEN\" }}\n",
+        a.ns
+    );
+    let (file_a, file_b) = (a.write("moved.toml", &stack), b.write("moved.toml", &stack));
+    let state = a.path("moved-state.json");
+    let state = state.to_str().unwrap();
+    let (file_a, file_b) = (file_a.to_str().unwrap(), file_b.to_str().unwrap());
+    a.rayform(&["apply", file_a, "--state", state, "--auto-approve"])
+        .ok();
+    a.rayform(&["destroy", file_a, "--state", state, "--auto-approve"])
+        .ok();
+    b.rayform(&["apply", file_b, "--state", state, "--auto-approve"])
+        .ok();
+    // The state now tracks B's Secret: on A it must be refused, not re-created there.
+    let on_a = a.rayform(&["plan", file_a, "--state", state]).code(1);
+    on_a.stderr_has("the state was written against");
+    b.rayform(&["destroy", file_b, "--state", state, "--auto-approve"])
+        .ok();
 }
 
 #[tokio::test]

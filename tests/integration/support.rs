@@ -371,7 +371,13 @@ impl Env {
     }
 
     pub fn rayform(&self, args: &[&str]) -> Run {
-        Run::from(self.command(args).output().expect("run rayform"))
+        self.rayform_in(self.dir.path(), args)
+    }
+
+    /// Runs rayform from another working directory (inside the test's own).
+    pub fn rayform_in(&self, cwd: &Path, args: &[&str]) -> Run {
+        let mut cmd = self.command(args);
+        Run::from(cmd.current_dir(cwd).output().expect("run rayform"))
     }
 
     pub fn state(&self, stack_name: &str) -> Value {
