@@ -196,6 +196,17 @@ pub fn recorded_originals(live: &Value) -> BTreeMap<String, FieldValue> {
         .unwrap_or_default()
 }
 
+/// Why the object's originals annotation cannot be read, if it is there and
+/// broken. A patch must then stop: the live fields may already hold patched
+/// values, and recording those as "original" would make the last destroy
+/// restore the patch.
+pub fn unreadable_originals(live: &Value) -> Option<String> {
+    let text = annotations(live).remove(ANNOTATION_ORIGINAL)?;
+    serde_json::from_str::<BTreeMap<String, FieldValue>>(&text)
+        .err()
+        .map(|e| e.to_string())
+}
+
 /// Stacks holding a patch on this object → the values each wrote.
 pub fn holders(live: &Value) -> BTreeMap<String, BTreeMap<String, Value>> {
     annotations(live)
@@ -432,6 +443,14 @@ mod tests {
         let mut out = live.clone();
         merge_into(&mut out, merge);
         out
+    }
+
+    #[test]
+    fn a_broken_originals_annotation_is_reported_not_read_as_empty() {
+        let with = |text: &str| json!({"metadata": {"annotations": {ANNOTATION_ORIGINAL: text}}});
+        assert!(unreadable_originals(&with("{\"/spec/x\": {\"value\": 1")).is_some());
+        assert_eq!(unreadable_originals(&with("{}")), None);
+        assert_eq!(unreadable_originals(&json!({"metadata": {}})), None);
     }
 
     #[test]

@@ -421,6 +421,16 @@ async fn observe_karpenter(
     else {
         return Ok(out);
     };
+    if let Some(error) = karpenter::unreadable_originals(&live) {
+        out.problem = Some(format!(
+            "the annotation {} on {kind_name} `{}` is not valid JSON ({error}); rayform cannot tell which values to restore on destroy, so it writes nothing\n  \
+             help: put back the annotation's last good value, or remove it if the object's fields hold their original values",
+            karpenter::ANNOTATION_ORIGINAL,
+            address.name
+        ));
+        out.live = Some(live);
+        return Ok(out);
+    }
     match fields(&live) {
         Err(problem) => {
             out.problem = Some(problem);

@@ -603,6 +603,35 @@ async fn force_unlock_checks_the_id_and_never_breaks_a_live_holders_lock() {
 }
 
 #[tokio::test]
+async fn a_broken_originals_annotation_stops_the_patch_instead_of_recording_patched_values() {
+    let env = Env::new(Profile::V1, "brokenorig").await;
+    let stack = env.mission_stack("brokenorig");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    // Someone mangles the record of the originals while the patch is live.
+    let (api, kind) = Profile::V1.pool();
+    let broken = json!({"metadata": {"annotations": {"rayform.io/karpenter-original": "{\"/spec/disruption"}}});
+    env.merge_as("someone", api, kind, None, &env.pool, broken)
+        .await;
+    let before = env.pool_spec().await;
+    // A second stack on the same pool must not take the patched 600s for the original.
+    let second = env.mission_stack("brokenorig2");
+    let run = env
+        .rayform(&["apply", &second, "--auto-approve", "--no-wait"])
+        .code(1);
+    let said = run.all();
+    assert!(
+        said.contains("rayform.io/karpenter-original") && said.contains("is not valid JSON"),
+        "{said}"
+    );
+    assert_eq!(env.pool_spec().await, before);
+    // The first stack's own destroy still restores from the state's record.
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    let after = env.pool_spec().await;
+    assert_eq!(after["disruption"]["consolidateAfter"], "30s", "{after}");
+}
+
+#[tokio::test]
 async fn the_default_state_is_found_from_the_stack_file_not_the_working_directory() {
     let env = Env::new(Profile::V1, "statepath").await;
     let file = env.mission_stack("statepath");
