@@ -57,6 +57,19 @@ pub struct ObservedObject {
     pub gone: bool,
     /// Why no dry run could be made though nothing is wrong (e.g. its namespace comes first).
     pub note: Option<String>,
+    /// Found by name without this stack's label: was it the object rayform made?
+    pub unlabelled: Option<Unlabelled>,
+}
+
+/// An object the state records, found by name though it lost this stack's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlabelled {
+    /// Its uid is the one rayform recorded: the same object, label removed.
+    SameUid,
+    /// Another object of that name (recreated by someone): not ours.
+    OtherUid,
+    /// The state predates recorded uids: it cannot be told.
+    Unknown,
 }
 
 /// A Karpenter object rayform patches (or reverts).
@@ -219,9 +232,20 @@ pub async fn observe(
             };
             let mut live = by_name.remove(&name);
             obs.owned = live.is_some();
-            if live.is_none() && want.is_some() {
-                // Not ours by label: is someone else's object in the way?
+            if live.is_none() && (want.is_some() || st.is_some()) {
+                // Not ours by label: someone else's object in the way, or ours
+                // with its label removed (never to be forgotten while it runs).
                 live = cluster.get(&kind, namespace, &name).await?;
+                if let (Some(l), Some(st)) = (&live, st) {
+                    let uid = l.pointer("/metadata/uid").and_then(Value::as_str);
+                    let unlabelled = match st.uid.as_deref() {
+                        None => Unlabelled::Unknown,
+                        Some(recorded) if Some(recorded) == uid => Unlabelled::SameUid,
+                        Some(_) => Unlabelled::OtherUid,
+                    };
+                    obs.owned = unlabelled == Unlabelled::SameUid;
+                    obs.unlabelled = Some(unlabelled);
+                }
             }
             if let Some(l) = &mut live {
                 desired::fingerprint_secret_data(l, key);

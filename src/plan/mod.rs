@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::desired::{self, Desired};
+use crate::desired::{self, Desired, LABEL_STACK};
 use crate::graph::Graph;
 use crate::karpenter::{self, KarpenterPatch};
-use crate::observe::{Observed, ObservedObject, ObservedPatch, World};
+use crate::observe::{Observed, ObservedObject, ObservedPatch, Unlabelled, World};
 use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ClusterId, State};
 
@@ -442,15 +442,27 @@ fn plan_object(
         c.error = Some(problem.clone());
         return Some(c);
     }
+    if o.unlabelled == Some(Unlabelled::SameUid) {
+        c.reasons.push(format!(
+            "its {LABEL_STACK} label was removed; the uid is the one rayform created"
+        ));
+    }
     let Some(Desired::Object(want)) = wanted else {
         // Removed from the stack, or destroy.
-        c.action = match &o.live {
-            Some(_) if o.owned => Action::Delete,
-            Some(_) => {
+        c.action = match (&o.live, o.unlabelled) {
+            (Some(_), _) if o.owned => Action::Delete,
+            (Some(_), Some(Unlabelled::Unknown)) => {
+                c.error = Some(format!(
+                    "{kind} `{name}` is still there but lost its {LABEL_STACK} label, and this state (older than recorded uids) cannot prove it is the one rayform created; it is not forgotten while it runs\n  \
+                     help: put the {LABEL_STACK} label back on it and run again, or delete it yourself"
+                ));
+                Action::Delete
+            }
+            (Some(_), _) => {
                 c.reasons.push("not created by rayform; left alone".into());
                 Action::Forget
             }
-            None => Action::Forget,
+            (None, _) => Action::Forget,
         };
         return Some(c);
     };

@@ -632,6 +632,52 @@ async fn a_broken_originals_annotation_stops_the_patch_instead_of_recording_patc
 }
 
 #[tokio::test]
+async fn an_object_that_lost_its_label_is_still_destroyed_and_a_namesake_is_left_alone() {
+    let env = Env::new(Profile::V1, "unlabelled").await;
+    let stack = env.mission_stack("unlabelled");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    // Someone strips the label from the RayService (a GPU cluster keeps running).
+    let unlabel = json!({"metadata": {"labels": {"rayform.io/stack": null}}});
+    env.merge_as(
+        "someone",
+        "ray.io/v1",
+        "RayService",
+        Some(&env.ns),
+        "mistral-7b",
+        unlabel,
+    )
+    .await;
+    // And replaces the Secret with one of its own under the same name.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    secrets
+        .delete("hf-token", &Default::default())
+        .await
+        .unwrap();
+    let theirs =
+        serde_json::from_value(json!({"metadata": {"name": "hf-token"}, "stringData": {"k": "v"}}))
+            .unwrap();
+    secrets.create(&Default::default(), &theirs).await.unwrap();
+
+    let plan = env.rayform(&["plan", &stack, "--destroy"]).ok();
+    plan.stdout_has("label was removed; the uid is the one rayform created");
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert!(
+        env.get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+            .await
+            .is_none(),
+        "the unlabelled RayService rayform created was forgotten, not deleted"
+    );
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_some(),
+        "someone else's Secret of the same name was deleted"
+    );
+}
+
+#[tokio::test]
 async fn the_default_state_is_found_from_the_stack_file_not_the_working_directory() {
     let env = Env::new(Profile::V1, "statepath").await;
     let file = env.mission_stack("statepath");
