@@ -179,7 +179,13 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
                     return Err("the plan has errors; nothing was changed".into());
                 }
                 let waits = plan.changes.iter().any(|c| c.action == plan::Action::Wait) && !no_wait;
-                if !plan.has_changes() && !plan.changes.iter().any(|c| c.refresh_state) && !waits {
+                // Forgetting what is already gone changes only the state: no
+                // question to ask, but it must still be written.
+                let state_only = plan
+                    .changes
+                    .iter()
+                    .any(|c| c.refresh_state || c.action == plan::Action::Forget);
+                if !plan.has_changes() && !state_only && !waits {
                     return Ok(0);
                 }
                 if plan.has_changes() && !confirm(auto_approve, "apply", out)? {

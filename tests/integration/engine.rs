@@ -678,6 +678,37 @@ async fn an_object_that_lost_its_label_is_still_destroyed_and_a_namesake_is_left
 }
 
 #[tokio::test]
+async fn forgetting_what_is_already_gone_is_saved_even_with_nothing_else_to_do() {
+    let env = Env::new(Profile::V1, "forgetonly").await;
+    let secret =
+        |name: &str| format!("[secret.{name}.data]\nK = {{ env = \"HUGGING_FACE_HUB_TOKEN\" }}\n");
+    let head = format!(
+        "[stack]\nname = \"forgetonly\"\nnamespace = \"{}\"\n\n",
+        env.ns
+    );
+    env.write(
+        "forgetonly.toml",
+        &format!("{head}{}{}", secret("kept"), secret("dropped")),
+    );
+    env.rayform(&["apply", "forgetonly.toml", "--auto-approve"])
+        .ok();
+    let state = || std::fs::read_to_string(env.path("state/forgetonly.json")).unwrap();
+    assert!(state().contains("secret.dropped"));
+    // Deleted by hand, then removed from the stack: only the state has it.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    secrets
+        .delete("dropped", &Default::default())
+        .await
+        .unwrap();
+    env.write("forgetonly.toml", &format!("{head}{}", secret("kept")));
+    // A stack without a wait node: the plan holds one forget and nothing else.
+    env.rayform(&["apply", "forgetonly.toml", "--auto-approve"])
+        .ok();
+    assert!(!state().contains("secret.dropped"), "{}", state());
+}
+
+#[tokio::test]
 async fn the_default_state_is_found_from_the_stack_file_not_the_working_directory() {
     let env = Env::new(Profile::V1, "statepath").await;
     let file = env.mission_stack("statepath");
