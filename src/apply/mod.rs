@@ -413,6 +413,7 @@ async fn record_object(
     );
     shared
         .save(|s| {
+            s.released.remove(&c.address);
             s.resources.insert(c.address.clone(), entry);
         })
         .await
@@ -423,6 +424,7 @@ async fn refresh(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         let entry = entry_for_patch(c, p);
         return shared
             .save(|s| {
+                s.released.remove(&c.address);
                 s.resources.insert(c.address.clone(), entry);
             })
             .await;
@@ -576,6 +578,7 @@ async fn patch(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
     let entry = entry_for_patch(c, p);
     shared
         .save(|s| {
+            s.released.remove(&c.address);
             s.resources.insert(c.address.clone(), entry);
         })
         .await

@@ -90,11 +90,33 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Read or edit the state: list, show, rm
+    #[command(subcommand)]
+    State(StateCommand),
     /// Break the state lock of a run that died
     ForceUnlock {
         stack: PathBuf,
         /// The lock ID from the "state is locked" error
         lock_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// List the addresses the state tracks, one per line
+    List { stack: PathBuf },
+    /// Show what the state records for one address
+    Show {
+        stack: PathBuf,
+        /// e.g. rayservice.mistral-7b, nodepool.default
+        address: String,
+    },
+    /// Stop managing objects without deleting them (they stay in the cluster)
+    Rm {
+        stack: PathBuf,
+        /// One or more addresses, e.g. secret.hf-token
+        #[arg(required = true)]
+        addresses: Vec<String>,
     },
 }
 

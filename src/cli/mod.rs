@@ -3,6 +3,7 @@
 
 mod args;
 mod output;
+mod state_cmd;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, IsTerminal as _};
@@ -246,6 +247,7 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             )
             .await
         }
+        Command::State(command) => state_cmd::run(&command, g, out),
         Command::ForceUnlock { stack, lock_id } => {
             let s = load(&stack, g)?;
             let info = state::lock::force_unlock(&s.state_path, &lock_id)?;

@@ -61,6 +61,15 @@ impl Out {
         let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
     }
 
+    pub fn warn(&self, message: &str) {
+        let label = if self.color_err {
+            "\x1b[33;1mWarning:\x1b[0m"
+        } else {
+            "Warning:"
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
+    }
+
     pub fn debug(&self, message: &str) {
         if self.verbose > 0 {
             let _ = writeln!(std::io::stderr().lock(), "debug: {message}");

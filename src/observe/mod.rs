@@ -231,7 +231,9 @@ pub async fn observe(
                 ..Default::default()
             };
             let mut live = by_name.remove(&name);
-            obs.owned = live.is_some();
+            obs.owned = live
+                .as_ref()
+                .is_some_and(|l| !state.is_released(&address, l));
             if live.is_none() && (want.is_some() || st.is_some()) {
                 // Not ours by label: someone else's object in the way, or ours
                 // with its label removed (never to be forgotten while it runs).

@@ -41,6 +41,8 @@ pub enum StateError {
     HolderAlive(lock::LockInfo),
     #[error("no lock is held on {}", path.display())]
     NotLocked { path: std::path::PathBuf },
+    #[error("the state does not track {}\n  help: `rayform state list` shows what it tracks", .0.join(", "))]
+    NotTracked(Vec<String>),
 }
 
 /// Which cluster a state belongs to, so a run against another cluster is refused.
@@ -66,9 +68,48 @@ pub struct State {
     pub fingerprint_key: String,
     #[serde(default)]
     pub resources: BTreeMap<Address, ResourceState>,
+    /// Objects let go with `state rm` → their uid. They keep this stack's
+    /// label, which would otherwise make a later run take them back (destroy
+    /// deletes labelled objects the state missed after a crash).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub released: BTreeMap<Address, String>,
 }
 
 impl State {
+    /// Forgets `addresses` (all or none), returning what was recorded for each.
+    pub fn forget(
+        &mut self,
+        addresses: &[Address],
+    ) -> Result<Vec<(Address, ResourceState)>, StateError> {
+        let missing: Vec<String> = addresses
+            .iter()
+            .filter(|a| !self.resources.contains_key(a))
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return Err(StateError::NotTracked(missing));
+        }
+        let removed: Vec<(Address, ResourceState)> = addresses
+            .iter()
+            .filter_map(|a| Some((a.clone(), self.resources.remove(a)?)))
+            .collect();
+        for (address, recorded) in &removed {
+            if let Some(uid) = &recorded.uid {
+                self.released.insert(address.clone(), uid.clone());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether `live` is an object let go with `state rm` (by uid: a new object
+    /// of the same name is not).
+    pub fn is_released(&self, address: &Address, live: &serde_json::Value) -> bool {
+        let uid = live
+            .pointer("/metadata/uid")
+            .and_then(serde_json::Value::as_str);
+        uid.is_some() && self.released.get(address).map(String::as_str) == uid
+    }
+
     pub fn new(stack: &str) -> State {
         State {
             format_version: FORMAT_VERSION,
@@ -78,6 +119,7 @@ impl State {
             cluster: None,
             fingerprint_key: crate::util::random_hex(32),
             resources: BTreeMap::new(),
+            released: BTreeMap::new(),
         }
     }
 }

@@ -709,6 +709,68 @@ async fn forgetting_what_is_already_gone_is_saved_even_with_nothing_else_to_do()
 }
 
 #[tokio::test]
+async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_cluster() {
+    let env = Env::new(Profile::V1, "statecmd").await;
+    let stack = env.mission_stack("statecmd");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let list = env.rayform(&["state", "list", &stack]).ok();
+    let listed: Vec<&str> = list.stdout.lines().collect();
+    assert!(
+        listed.contains(&"secret.hf-token")
+            && listed.contains(&format!("nodepool.{}", env.pool).as_str()),
+        "{listed:?}"
+    );
+
+    let show = env
+        .rayform(&["state", "show", &stack, "secret.hf-token"])
+        .ok();
+    show.stdout_has("kind:             Secret (v1)");
+    show.stdout_has("uid:");
+    let pool = env
+        .rayform(&["state", "show", &stack, &format!("nodepool.{}", env.pool)])
+        .ok();
+    pool.stdout_has(r#"/spec/disruption/consolidateAfter: "30s" → "600s""#);
+    assert_no_token(
+        &env.token,
+        &BTreeMap::from([("state show".to_string(), show.all())]),
+    );
+
+    env.rayform(&["state", "show", &stack, "bogus"])
+        .code(1)
+        .stderr_has("is not an address");
+    let unknown = env
+        .rayform(&["state", "rm", &stack, "secret.hf-token", "secret.nope"])
+        .code(1);
+    unknown.stderr_has("the state does not track secret.nope");
+    // All or nothing: the known address is still tracked.
+    assert!(
+        env.rayform(&["state", "list", &stack])
+            .ok()
+            .stdout
+            .contains("secret.hf-token")
+    );
+
+    env.rayform(&["state", "rm", &stack, "secret.hf-token"])
+        .ok()
+        .stdout_has("Removed secret.hf-token");
+    // Still labelled, but no longer taken back without being asked.
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(
+        plan.all().contains("--adopt secret.hf-token"),
+        "{}",
+        plan.all()
+    );
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_some(),
+        "an object removed from the state is no longer rayform's to delete"
+    );
+}
+
+#[tokio::test]
 async fn the_default_state_is_found_from_the_stack_file_not_the_working_directory() {
     let env = Env::new(Profile::V1, "statepath").await;
     let file = env.mission_stack("statepath");
