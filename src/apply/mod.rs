@@ -150,6 +150,12 @@ pub async fn apply(
         secrets,
         options: options.clone(),
     });
+    // The state (and so its lineage, which every object written below
+    // carries) is on disk before the first write: a run killed after it is
+    // repaired by the next, which must recognise these objects as its own.
+    if let Err(e) = shared.save(|_| {}).await {
+        return (shared.state.lock().await.clone(), Err(e));
+    }
     let mut done: BTreeSet<Address> = BTreeSet::new();
     let mut pending: Vec<&Change> = plan.changes.iter().collect();
     let mut running = tokio::task::JoinSet::new();

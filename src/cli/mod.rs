@@ -348,7 +348,7 @@ async fn make_plan(
     } else {
         Secrets::Require
     };
-    let desired = desired::render(s, &state.fingerprint_key, secrets)?;
+    let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
     let world =
         observe::observe(cluster, s, &desired, state, mode, &ObserveOptions { force }).await?;

@@ -20,6 +20,9 @@ use crate::stack::{
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_STACK: &str = "rayform.io/stack";
 pub const ANNOTATION_ADDRESS: &str = "rayform.io/address";
+/// The lineage of the state that made the object: two state files of one
+/// stack name must not claim each other's objects by the label alone.
+pub const ANNOTATION_LINEAGE: &str = "rayform.io/lineage";
 /// On RayService pod templates: changes when a referenced secret changes, so pods roll.
 pub const ANNOTATION_SECRET_CHECKSUM: &str = "rayform.io/secret-checksum";
 
@@ -134,10 +137,12 @@ pub enum Secrets {
     Skip,
 }
 
-/// Renders every resource of a stack. `key` is the state's fingerprint key.
+/// Renders every resource of a stack. `key` is the state's fingerprint key,
+/// `lineage` the state's identity, written on every object it owns.
 pub fn render(
     stack: &Stack,
     key: &str,
+    lineage: &str,
     secrets: Secrets,
 ) -> Result<BTreeMap<Address, Desired>, SecretError> {
     let mut out = BTreeMap::new();
@@ -154,7 +159,7 @@ pub fn render(
             Secrets::Require => secret::read(&r.address, &s.data)?,
             Secrets::Skip => BTreeMap::new(),
         };
-        let object = render_secret(stack, &r.address, &s.type_, &values, key);
+        let object = render_secret(stack, &r.address, &s.type_, &values, (key, lineage));
         secret_checksums.insert(
             r.address.name.clone(),
             crate::util::sha256_json(&json!(object.secret_fingerprints)),
@@ -169,7 +174,7 @@ pub fn render(
             ResourceSpec::Wait(w) => Desired::Wait(wait_target(stack, w)),
             ResourceSpec::RayService(o) | ResourceSpec::Manifest(o) => {
                 let mut body = o.object.clone();
-                label(&mut body, stack, &r.address);
+                label(&mut body, stack, &r.address, lineage);
                 let refs: BTreeMap<&String, &String> = referenced_secrets(&body)
                     .iter()
                     .filter_map(|n| secret_checksums.get_key_value(n))
@@ -217,7 +222,7 @@ fn render_secret(
     address: &Address,
     type_: &str,
     values: &BTreeMap<String, SecretValue>,
-    key: &str,
+    (key, lineage): (&str, &str),
 ) -> DesiredObject {
     let engine = base64::engine::general_purpose::STANDARD;
     let data: serde_json::Map<String, Value> = values
@@ -235,7 +240,7 @@ fn render_secret(
         "type": type_,
         "data": data,
     });
-    label(&mut body, stack, address);
+    label(&mut body, stack, address, lineage);
     let fingerprint = crate::util::sha256_json(&mask_secret_data(&body, &fingerprints));
     DesiredObject {
         api_version: "v1".into(),
@@ -250,11 +255,22 @@ fn render_secret(
 
 /// Marks an object as created by this stack: how rayform recognises its own
 /// objects, and refuses to touch anyone else's.
-fn label(body: &mut Value, stack: &Stack, address: &Address) {
+fn label(body: &mut Value, stack: &Stack, address: &Address, lineage: &str) {
     let meta = &mut body["metadata"];
     meta["labels"][LABEL_MANAGED_BY] = json!("rayform");
     meta["labels"][LABEL_STACK] = json!(stack.name);
     meta["annotations"][ANNOTATION_ADDRESS] = json!(address.to_string());
+    meta["annotations"][ANNOTATION_LINEAGE] = json!(lineage);
+}
+
+/// The lineage a live object names, when it is not `ours` (objects written
+/// before rayform recorded lineages name none, and stay claimable).
+pub fn other_lineage(live: &Value, ours: &str) -> Option<String> {
+    let theirs = live
+        .pointer("/metadata/annotations")?
+        .get(ANNOTATION_LINEAGE)?
+        .as_str()?;
+    (theirs != ours).then(|| theirs.to_string())
 }
 
 fn annotate_pod_templates(body: &mut Value, checksum: &str) {

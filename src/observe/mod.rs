@@ -59,6 +59,8 @@ pub struct ObservedObject {
     pub note: Option<String>,
     /// Found by name without this stack's label: was it the object rayform made?
     pub unlabelled: Option<Unlabelled>,
+    /// Labelled for this stack, but made by a state of another lineage.
+    pub other_lineage: Option<String>,
 }
 
 /// An object the state records, found by name though it lost this stack's label.
@@ -231,9 +233,13 @@ pub async fn observe(
                 ..Default::default()
             };
             let mut live = by_name.remove(&name);
+            obs.other_lineage = live
+                .as_ref()
+                .and_then(|l| desired::other_lineage(l, &state.lineage));
             obs.owned = live
                 .as_ref()
-                .is_some_and(|l| !state.is_released(&address, l));
+                .is_some_and(|l| !state.is_released(&address, l))
+                && obs.other_lineage.is_none();
             if live.is_none() && (want.is_some() || st.is_some()) {
                 // Not ours by label: someone else's object in the way, or ours
                 // with its label removed (never to be forgotten while it runs).

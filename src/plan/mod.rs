@@ -459,7 +459,12 @@ fn plan_object(
                 Action::Delete
             }
             (Some(_), _) => {
-                c.reasons.push("not created by rayform; left alone".into());
+                c.reasons.push(match &o.other_lineage {
+                    Some(l) => format!(
+                        "made by another state of this stack name (lineage {l}); left alone"
+                    ),
+                    None => "not created by rayform; left alone".into(),
+                });
                 Action::Forget
             }
             (None, _) => Action::Forget,
@@ -502,9 +507,15 @@ fn plan_object(
     };
     if !o.owned && !options.adopt.contains(address) {
         c.action = Action::Update;
-        c.error = Some(format!(
-            "{kind} `{name}` already exists and was not created by rayform\n  help: rayform will not take it over unless told to: pass --adopt {address}"
-        ));
+        c.error = Some(match &o.other_lineage {
+            Some(l) => format!(
+                "{kind} `{name}` was made by another rayform state of this stack name (lineage {l}; this state is {}), so it is not this state's to change\n  help: run with the state that made it, or pass --adopt {address} to take it over",
+                state.lineage
+            ),
+            None => format!(
+                "{kind} `{name}` already exists and was not created by rayform\n  help: rayform will not take it over unless told to: pass --adopt {address}"
+            ),
+        });
         return Some(c);
     }
     if !o.owned {

@@ -771,6 +771,63 @@ async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_clu
 }
 
 #[tokio::test]
+async fn a_second_state_of_the_same_stack_name_does_not_claim_the_first_ones_objects() {
+    let env = Env::new(Profile::V1, "lineage").await;
+    let stack = format!(
+        "[stack]\nname = \"lineage\"\nnamespace = \"{}\"\n\n[secret.token.data]\nK = {{ env = \"HUGGING_FACE_HUB_TOKEN\" }}\n",
+        env.ns
+    );
+    env.write("lineage.toml", &stack);
+    env.rayform(&[
+        "apply",
+        "lineage.toml",
+        "--state",
+        "a.json",
+        "--auto-approve",
+    ])
+    .ok();
+    // Same stack name, another state file (another laptop, a lost file): the
+    // label matches, the lineage does not.
+    let other = env
+        .rayform(&["plan", "lineage.toml", "--state", "b.json"])
+        .code(1);
+    assert!(
+        other
+            .all()
+            .contains("was made by another rayform state of this stack name"),
+        "{}",
+        other.all()
+    );
+    env.rayform(&[
+        "destroy",
+        "lineage.toml",
+        "--state",
+        "b.json",
+        "--auto-approve",
+    ])
+    .ok();
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "token")
+            .await
+            .is_some(),
+        "destroy with another state deleted it"
+    );
+    env.rayform(&[
+        "destroy",
+        "lineage.toml",
+        "--state",
+        "a.json",
+        "--auto-approve",
+    ])
+    .ok();
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "token")
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn the_default_state_is_found_from_the_stack_file_not_the_working_directory() {
     let env = Env::new(Profile::V1, "statepath").await;
     let file = env.mission_stack("statepath");
