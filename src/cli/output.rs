@@ -53,19 +53,19 @@ impl Out {
     }
 
     pub fn error(&self, message: &str) {
-        let label = if self.color_err {
-            "\x1b[31;1mError:\x1b[0m"
-        } else {
-            "Error:"
-        };
-        let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
+        self.labelled("31;1", "Error:", message);
     }
 
     pub fn warn(&self, message: &str) {
+        self.labelled("33;1", "Warning:", message);
+    }
+
+    /// `label message` on stderr, the label in `sgr` colour when stderr takes colour.
+    fn labelled(&self, sgr: &str, label: &str, message: &str) {
         let label = if self.color_err {
-            "\x1b[33;1mWarning:\x1b[0m"
+            format!("\x1b[{sgr}m{label}\x1b[0m")
         } else {
-            "Warning:"
+            label.to_string()
         };
         let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
     }

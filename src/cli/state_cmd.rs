@@ -13,13 +13,13 @@ use super::{Error, load};
 pub fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
     match command {
         StateCommand::List { stack } => {
-            let (_, state) = read(stack, g)?;
+            let state = read(stack, g)?;
             for address in state.resources.keys() {
                 out.line(&address.to_string());
             }
         }
         StateCommand::Show { stack, address } => {
-            let (_, state) = read(stack, g)?;
+            let state = read(stack, g)?;
             let address = parse(address)?;
             let Some(recorded) = state.resources.get(&address) else {
                 return Err(state::StateError::NotTracked(vec![address.to_string()]).into());
@@ -51,10 +51,8 @@ pub fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
     Ok(0)
 }
 
-fn read(stack: &std::path::Path, g: &Global) -> Result<(rayform::stack::Stack, State), Error> {
-    let s = load(stack, g)?;
-    let state = existing(&s.state_path)?;
-    Ok((s, state))
+fn read(stack: &std::path::Path, g: &Global) -> Result<State, Error> {
+    existing(&load(stack, g)?.state_path)
 }
 
 fn existing(path: &std::path::Path) -> Result<State, Error> {
