@@ -90,6 +90,14 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Show a plan saved with `plan --out`, without contacting the cluster
+    Show {
+        /// The plan file
+        plan: PathBuf,
+        /// Print the plan as JSON (as `plan --json` does)
+        #[arg(long)]
+        json: bool,
+    },
     /// Read or edit the state: list, show, rm
     #[command(subcommand)]
     State(StateCommand),

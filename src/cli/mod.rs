@@ -248,6 +248,15 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             .await
         }
         Command::State(command) => state_cmd::run(&command, g, out),
+        Command::Show { plan: path, json } => {
+            let plan = read_plan(&path)?;
+            if json {
+                out.raw(&(plan::render_json(&plan) + "\n"));
+            } else {
+                out.raw(&plan::render_text(&plan, out.render_options()));
+            }
+            Ok(0)
+        }
         Command::ForceUnlock { stack, lock_id } => {
             let s = load(&stack, g)?;
             let info = state::lock::force_unlock(&s.state_path, &lock_id)?;
@@ -461,6 +470,24 @@ async fn execute(
     Ok(0)
 }
 
+/// A plan saved with `plan --out`, refused if another rayform wrote its format.
+fn read_plan(path: &Path) -> Result<Plan, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read plan file {}: {e}", path.display()))?;
+    let plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
+    if plan.format_version != plan::FORMAT_VERSION {
+        return Err(format!(
+            "{} has plan format {}; this rayform reads {}",
+            path.display(),
+            plan.format_version,
+            plan::FORMAT_VERSION
+        )
+        .into());
+    }
+    Ok(plan)
+}
+
 fn is_plan_file(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'))
 }
@@ -485,18 +512,7 @@ async fn apply_saved(
     endpoint: Option<String>,
     out: &Out,
 ) -> Result<u8, Error> {
-    let text = std::fs::read_to_string(path)?;
-    let plan: Plan = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
-    if plan.format_version != plan::FORMAT_VERSION {
-        return Err(format!(
-            "{} has plan format {}; this rayform reads {}",
-            path.display(),
-            plan.format_version,
-            plan::FORMAT_VERSION
-        )
-        .into());
-    }
+    let plan = read_plan(path)?;
     let state_path = g.state.clone().unwrap_or_else(|| plan.state_path.clone());
     let _lock = StateLock::acquire(&state_path, "apply")?;
     let state = state::store::load(&state_path)?.unwrap_or_else(|| {

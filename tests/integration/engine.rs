@@ -358,6 +358,23 @@ async fn the_token_never_leaves_the_secret() {
         "saved plan".to_string(),
         std::fs::read_to_string(env.path("saved.plan")).unwrap(),
     );
+    // `show` renders the saved plan as `plan` did, offline.
+    let shown = env.rayform(&["show", "saved.plan"]).ok();
+    let planned: Vec<&str> = plan
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" will be "))
+        .collect();
+    assert!(planned.len() >= 4, "{}", plan.stdout);
+    for line in planned {
+        shown.stdout_has(line);
+    }
+    let shown_json: serde_json::Value =
+        serde_json::from_str(&env.rayform(&["show", "saved.plan", "--json"]).ok().stdout)
+            .expect("show --json prints JSON");
+    assert!(shown_json.is_object());
+    texts.insert("show".to_string(), shown.all());
+    texts.insert("show --json".to_string(), shown_json.to_string());
     texts.insert(
         "apply output".to_string(),
         env.rayform(&["-vv", "apply", "saved.plan", "--no-wait"])
