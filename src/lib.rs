@@ -22,6 +22,7 @@
 //! The library knows nothing of the command line; `src/cli/` does.
 
 pub mod apply;
+pub mod backend;
 pub mod cluster;
 pub mod desired;
 pub mod graph;

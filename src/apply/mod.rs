@@ -6,20 +6,21 @@
 //! what it wrote reads back as intended.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::backend::{Backend, BackendError, Lock, Writer};
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, DesiredObject};
 use crate::karpenter;
 use crate::plan::{Action, Change, Plan};
 use crate::secret::SecretValue;
 use crate::stack::Address;
-use crate::state::{self, PatchState, ResourceState, State, StateError};
+use crate::state::journal::Change as StateChange;
+use crate::state::{PatchState, ResourceState, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -34,6 +35,8 @@ pub enum ApplyError {
     Stale(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ApplyError>),
 }
@@ -121,7 +124,7 @@ struct Shared {
     namespace: String,
     manager: String,
     state: Mutex<State>,
-    state_path: PathBuf,
+    writer: Writer,
     secrets: SecretValues,
     options: ApplyOptions,
 }
@@ -131,7 +134,7 @@ pub async fn apply(
     cluster: &Cluster,
     plan: &Plan,
     state: State,
-    state_path: PathBuf,
+    (backend, lock): (&Backend, &Lock),
     secrets: SecretValues,
     options: ApplyOptions,
 ) -> (State, Result<ApplyReport, ApplyError>) {
@@ -141,27 +144,49 @@ pub async fn apply(
     if state.cluster.is_none() || state.resources.is_empty() {
         state.cluster = Some(cluster.id.clone());
     }
+    // The state (and so its lineage, which every object written below
+    // carries) is stored before the first write: a run killed after it is
+    // repaired by the next, which must recognise these objects as its own.
+    let writer = match backend.begin(&mut state, lock).await {
+        Ok(w) => w,
+        Err(e) => return (state, Err(e.into())),
+    };
     let shared = Arc::new(Shared {
         cluster: cluster.clone(),
         namespace: plan.namespace.clone(),
         manager: format!("rayform/{}", plan.stack),
         state: Mutex::new(state),
-        state_path,
+        writer,
         secrets,
         options: options.clone(),
     });
-    // The state (and so its lineage, which every object written below
-    // carries) is on disk before the first write: a run killed after it is
-    // repaired by the next, which must recognise these objects as its own.
-    if let Err(e) = shared.save(|_| {}).await {
-        return (shared.state.lock().await.clone(), Err(e));
-    }
+    let result = walk(&shared, plan, options.parallelism).await;
+    // Every task has finished; what they recorded is the outcome, written whole.
+    let mut state = shared.state.lock().await.clone();
+    let finished = shared.writer.finish(&mut state).await;
+    let result = match (result, finished) {
+        (Ok(report), Ok(())) => Ok(report),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), Ok(())) => Err(e),
+        // A lost lock fails every write alike: say it once.
+        (Err(e @ ApplyError::Backend(BackendError::LockLost(_))), Err(_)) => Err(e),
+        (Err(e), Err(f)) => Err(ApplyError::Several(vec![e, f.into()])),
+    };
+    (state, result)
+}
+
+/// Runs the plan's changes, each once its dependencies are done.
+async fn walk(
+    shared: &Arc<Shared>,
+    plan: &Plan,
+    parallelism: usize,
+) -> Result<ApplyReport, ApplyError> {
     let mut done: BTreeSet<Address> = BTreeSet::new();
     let mut pending: Vec<&Change> = plan.changes.iter().collect();
     let mut running = tokio::task::JoinSet::new();
     let mut failures = Vec::new();
     let mut report = ApplyReport::default();
-    let parallelism = options.parallelism.max(1);
+    let parallelism = parallelism.max(1);
     loop {
         if failures.is_empty() {
             let mut i = 0;
@@ -193,9 +218,7 @@ pub async fn apply(
             }),
         }
     }
-    // Every task has finished; the state they wrote is the outcome.
-    let state = shared.state.lock().await.clone();
-    let result = match failures.len() {
+    match failures.len() {
         0 if !pending.is_empty() => Err(ApplyError::Resource {
             address: pending[0].address.clone(),
             message: "not applied: a dependency did not finish".into(),
@@ -203,8 +226,7 @@ pub async fn apply(
         0 => Ok(report),
         1 => Err(failures.remove(0)),
         _ => Err(ApplyError::Several(failures)),
-    };
-    (state, result)
+    }
 }
 
 impl Shared {
@@ -224,11 +246,27 @@ impl Shared {
             })
     }
 
-    async fn save(&self, update: impl FnOnce(&mut State)) -> Result<(), ApplyError> {
+    /// Records a finished resource in the state and through the backend.
+    async fn record(&self, change: StateChange) -> Result<(), ApplyError> {
         let mut state = self.state.lock().await;
-        update(&mut state);
-        state::store::save(&self.state_path, &mut state)?;
+        state.apply_change(&change);
+        self.writer.record(&mut state, &change).await?;
         Ok(())
+    }
+
+    async fn put(&self, address: &Address, entry: ResourceState) -> Result<(), ApplyError> {
+        self.record(StateChange::Put {
+            address: address.clone(),
+            entry: Box::new(entry),
+        })
+        .await
+    }
+
+    async fn remove(&self, address: &Address) -> Result<(), ApplyError> {
+        self.record(StateChange::Remove {
+            address: address.clone(),
+        })
+        .await
     }
 
     async fn key(&self) -> String {
@@ -293,11 +331,7 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
             );
         }
         Action::Forget => {
-            shared
-                .save(|s| {
-                    s.resources.remove(&c.address);
-                })
-                .await?;
+            shared.remove(&c.address).await?;
         }
         Action::Wait => {
             let Some(spec) = &c.wait else {
@@ -313,7 +347,7 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
             }
             let address = c.address.clone();
             let progress = shared.options.progress.clone();
-            let ready = crate::readiness::wait(
+            let waited = crate::readiness::wait(
                 &shared.cluster,
                 &shared.namespace,
                 &target,
@@ -323,12 +357,15 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
                         message: m,
                     })
                 }),
-            )
-            .await
-            .map_err(|e| ApplyError::Resource {
-                address: c.address.clone(),
-                message: e.to_string(),
-            })?;
+            );
+            // A wait can be long; a run that lost its lock stops now.
+            let ready = tokio::select! {
+                ready = waited => ready.map_err(|e| ApplyError::Resource {
+                    address: c.address.clone(),
+                    message: e.to_string(),
+                })?,
+                lost = shared.writer.lost() => return Err(lost.into()),
+            };
             return Ok(vec![ready]);
         }
     }
@@ -361,7 +398,7 @@ fn entry_for_object(
             .map(str::to_string),
         desired_fingerprint: desired_fingerprint.to_string(),
         live_fingerprint: crate::util::sha256_json(&applied),
-        applied,
+        applied: crate::state::Applied::new(&applied),
         secret_fingerprints: c.secret_fingerprints.clone(),
         patch: None,
     }
@@ -417,23 +454,13 @@ async fn record_object(
         &masked,
         c.desired_fingerprint.as_deref().unwrap_or_default(),
     );
-    shared
-        .save(|s| {
-            s.released.remove(&c.address);
-            s.resources.insert(c.address.clone(), entry);
-        })
-        .await
+    shared.put(&c.address, entry).await
 }
 
 async fn refresh(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
     if let Some(p) = &c.patch {
         let entry = entry_for_patch(c, p);
-        return shared
-            .save(|s| {
-                s.released.remove(&c.address);
-                s.resources.insert(c.address.clone(), entry);
-            })
-            .await;
+        return shared.put(&c.address, entry).await;
     }
     let kind = shared.kind(c)?;
     let Some(live) = shared
@@ -499,11 +526,7 @@ async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    shared
-        .save(|s| {
-            s.resources.remove(&c.address);
-        })
-        .await
+    shared.remove(&c.address).await
 }
 
 fn entry_for_patch(c: &Change, p: &karpenter::KarpenterPatch) -> ResourceState {
@@ -519,7 +542,7 @@ fn entry_for_patch(c: &Change, p: &karpenter::KarpenterPatch) -> ResourceState {
         resource_version: None,
         desired_fingerprint: crate::util::sha256_json(&applied),
         live_fingerprint: crate::util::sha256_json(&applied),
-        applied,
+        applied: crate::state::Applied::new(&applied),
         secret_fingerprints: BTreeMap::new(),
         patch: Some(PatchState {
             api_version: c.api_version.clone(),
@@ -582,20 +605,77 @@ async fn patch(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
     let Some(p) = &c.patch else { return Ok(()) };
     merge_and_verify(shared, c, p).await?;
     let entry = entry_for_patch(c, p);
-    shared
-        .save(|s| {
-            s.released.remove(&c.address);
-            s.resources.insert(c.address.clone(), entry);
-        })
-        .await
+    shared.put(&c.address, entry).await
 }
 
 async fn revert(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
     let Some(p) = &c.patch else { return Ok(()) };
     merge_and_verify(shared, c, p).await?;
-    shared
-        .save(|s| {
-            s.resources.remove(&c.address);
-        })
+    shared.remove(&c.address).await
+}
+
+/// `rayform import`: the state entry for an existing object the stack
+/// declares, recorded as it is now (nothing is written to the cluster). Its
+/// desired fingerprint is left empty, so the next plan compares it with the
+/// stack and shows what apply would change.
+pub async fn import(
+    cluster: &Cluster,
+    address: &Address,
+    want: &DesiredObject,
+    state: &State,
+) -> Result<ResourceState, ApplyError> {
+    let fail = |message: String| ApplyError::Resource {
+        address: address.clone(),
+        message,
+    };
+    let kind = cluster.kind(&want.api_version, &want.kind).ok_or_else(|| {
+        fail(crate::observe::missing_kind_message(
+            &want.api_version,
+            &want.kind,
+        ))
+    })?;
+    let mut want = want.clone();
+    if !kind.namespaced {
+        want.set_cluster_scoped();
+    }
+    let namespace = kind.namespaced.then_some(want.namespace.as_str());
+    let mut live = cluster
+        .get(&kind, namespace, &want.name)
         .await
+        .map_err(cluster_err(address))?
+        .ok_or_else(|| {
+            fail(format!(
+                "{} `{}` does not exist{}; there is nothing to import\n  help: `rayform apply` creates it",
+                want.kind,
+                want.name,
+                namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+            ))
+        })?;
+    if let Some(other) = desired::other_lineage(&live, &state.lineage) {
+        return Err(fail(format!(
+            "{} `{}` was made by another rayform state of this stack name (lineage {other}); import it with that state, or pass --adopt {address} to apply",
+            want.kind, want.name
+        )));
+    }
+    desired::fingerprint_secret_data(&mut live, &state.fingerprint_key);
+    let applied = desired::project(&live, &want.masked_body());
+    Ok(ResourceState {
+        api_version: want.api_version.clone(),
+        kind: want.kind.clone(),
+        name: want.name.clone(),
+        namespace: namespace.map(str::to_string),
+        uid: live
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        resource_version: live
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        desired_fingerprint: String::new(),
+        live_fingerprint: crate::util::sha256_json(&applied),
+        applied: crate::state::Applied::new(&applied),
+        secret_fingerprints: BTreeMap::new(),
+        patch: None,
+    })
 }

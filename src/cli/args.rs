@@ -22,15 +22,52 @@ pub struct Global {
     /// Kubeconfig context to use (default: the current context)
     #[arg(long, global = true, env = "RAYFORM_CONTEXT", value_name = "NAME")]
     pub context: Option<String>,
-    /// State file (default: the stack's `state`, else state/<stack>.json)
+    /// State file, file backend (default: the stack's `state`, else state/<stack>.json beside the stack)
     #[arg(long, global = true, value_name = "PATH")]
     pub state: Option<PathBuf>,
+    /// Where the state is kept: a local file, or a Secret + Lease in the cluster (default: the stack's `backend`, else file)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "RAYFORM_BACKEND",
+        value_name = "BACKEND"
+    )]
+    pub backend: Option<Backend>,
+    /// Namespace of the state Secret and lock Lease, kubernetes backend (default: the stack's `state_namespace`, else its namespace)
+    #[arg(
+        long,
+        global = true,
+        env = "RAYFORM_STATE_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub state_namespace: Option<String>,
     /// No ANSI colours (also when NO_COLOR is set or output is not a terminal)
     #[arg(long, global = true)]
     pub no_color: bool,
     /// More detail on stderr (timings of each stage); secret values are never shown
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Backend {
+    File,
+    Kubernetes,
+}
+
+impl Global {
+    /// The state location flags, which replace the stack's own settings.
+    pub fn state_override(&self) -> rayform::stack::StateOverride {
+        rayform::stack::StateOverride {
+            backend: self.backend.map(|b| match b {
+                Backend::File => rayform::stack::BackendKind::File,
+                Backend::Kubernetes => rayform::stack::BackendKind::Kubernetes,
+            }),
+            path: self.state.clone(),
+            namespace: self.state_namespace.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,9 +135,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read or edit the state: list, show, rm
+    /// Read or edit the state: list, show, rm, pull, push
     #[command(subcommand)]
     State(StateCommand),
+    /// Take an existing object the stack declares into the state, unchanged
+    Import {
+        stack: PathBuf,
+        /// e.g. secret.hf-token, rayservice.mistral-7b
+        address: String,
+    },
     /// Break the state lock of a run that died
     ForceUnlock {
         stack: PathBuf,
@@ -126,16 +169,48 @@ pub enum StateCommand {
         #[arg(required = true)]
         addresses: Vec<String>,
     },
+    /// Print the whole state as JSON (to keep a copy, or to move it to another backend)
+    Pull { stack: PathBuf },
+    /// Replace the state with a JSON file written by `state pull` (e.g. from another backend)
+    Push {
+        stack: PathBuf,
+        /// The state file to store
+        file: PathBuf,
+        /// Replace a state of another lineage or a newer serial
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct Take {
+    /// Which changes the API server checks with a dry run: auto = all of them when at most 50 objects may change, else none
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHICH")]
+    pub server_dry_run: ServerDryRun,
     /// Take fields other field managers own (see the plan's conflicts)
     #[arg(long)]
     pub force_conflicts: bool,
     /// Take over an existing object rayform did not create (e.g. secret.hf-token)
     #[arg(long, value_name = "ADDRESS")]
     pub adopt: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+pub enum ServerDryRun {
+    #[default]
+    Auto,
+    All,
+    None,
+}
+
+impl ServerDryRun {
+    pub fn policy(self) -> rayform::observe::DryRun {
+        match self {
+            ServerDryRun::Auto => rayform::observe::DryRun::default(),
+            ServerDryRun::All => rayform::observe::DryRun::All,
+            ServerDryRun::None => rayform::observe::DryRun::Never,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]

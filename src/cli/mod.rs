@@ -14,13 +14,15 @@ use std::sync::Arc;
 use clap::Parser as _;
 
 use rayform::apply::{self, ApplyOptions, Event, SecretValues};
+use rayform::backend::{Backend, Lock};
 use rayform::cluster::{Cluster, ConnectOptions};
 use rayform::desired::{self, Secrets};
 use rayform::graph::Graph;
 use rayform::observe::{self, Mode, ObserveOptions};
 use rayform::plan::{self, Plan, PlanOptions};
+use rayform::stack::StateLocation;
 use rayform::stack::{self, Address, ResourceSpec, Stack};
-use rayform::state::{self, State, lock::StateLock};
+use rayform::state::State;
 
 use args::{Cli, Command, Global, RunArgs, Take};
 use output::Out;
@@ -31,7 +33,7 @@ type Error = Box<dyn std::error::Error>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out::new(cli.global.no_color, cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -42,10 +44,13 @@ pub fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        tokio::select! {
+        let outcome = tokio::select! {
             result = run(cli, &out) => Ok(result),
             signal = interrupted() => Err(signal),
-        }
+        };
+        // The run is over (or dropped): a Lease it held is being given up.
+        rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;
+        outcome
     });
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
@@ -53,8 +58,9 @@ pub fn main() -> ExitCode {
             out.error(&e.to_string());
             ExitCode::from(1)
         }
-        // Dropping the run releases the state lock; every state write before
-        // this point was complete (each is one atomic rename).
+        // Dropping the run released the state lock; every state write before
+        // this point was complete (an atomic rename, a journal line ending in
+        // a newline, or a whole Secret), and the next run reads them all.
         Err((name, code)) => {
             out.error(&format!(
                 "interrupted by {name}: what completed is recorded in the state; run the same command again to continue"
@@ -108,7 +114,8 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             let Opened {
                 stack: s,
                 graph,
-                lock: _lock,
+                backend,
+                lock,
                 mut state,
                 mut new,
                 cluster,
@@ -116,7 +123,7 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             if new && save.is_some() {
                 // A saved plan is checked against the state's lineage and its
                 // fingerprint key, so that state must exist before the plan.
-                state::store::save(&s.state_path, &mut state)?;
+                backend.save(&mut state, &lock).await?;
                 new = false;
             }
             let plan = make_plan(
@@ -168,7 +175,8 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
                 let Opened {
                     stack: s,
                     graph,
-                    lock: _lock,
+                    backend,
+                    lock,
                     state,
                     new,
                     cluster,
@@ -194,7 +202,15 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
                 }
                 let secrets = read_secrets(&s)?;
                 execute(
-                    &cluster, &plan, state, secrets, &run, !no_wait, endpoint, out,
+                    &cluster,
+                    &plan,
+                    state,
+                    (&backend, &lock),
+                    secrets,
+                    &run,
+                    !no_wait,
+                    endpoint,
+                    out,
                 )
                 .await
             }
@@ -208,7 +224,8 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             let Opened {
                 stack: s,
                 graph,
-                lock: _lock,
+                backend,
+                lock,
                 state,
                 new,
                 cluster,
@@ -239,6 +256,7 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
                 &cluster,
                 &plan,
                 state,
+                (&backend, &lock),
                 SecretValues::new(),
                 &run,
                 false,
@@ -247,7 +265,7 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             )
             .await
         }
-        Command::State(command) => state_cmd::run(&command, g, out),
+        Command::State(command) => state_cmd::run(&command, g, out).await,
         Command::Show { plan: path, json } => {
             let plan = read_plan(&path)?;
             if json {
@@ -257,13 +275,52 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             }
             Ok(0)
         }
+        Command::Import { stack, address } => import(&stack, &address, g, out).await,
         Command::ForceUnlock { stack, lock_id } => {
             let s = load(&stack, g)?;
-            let info = state::lock::force_unlock(&s.state_path, &lock_id)?;
+            let info = backend_for(&s.state, g, out)
+                .await?
+                .force_unlock(&lock_id)
+                .await?;
             out.line(&format!("Lock {} (held by {}) is broken. The next run will repair what that run left half done.", info.id, info.operation));
             Ok(0)
         }
     }
+}
+
+/// `rayform import`: records one existing object in the state, under the lock.
+async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8, Error> {
+    let Opened {
+        stack: s,
+        backend,
+        lock,
+        mut state,
+        cluster,
+        ..
+    } = open(stack, g, "import", out).await?;
+    let address = Address::parse(address)
+        .ok_or_else(|| format!("`{address}` is not an address like secret.hf-token"))?;
+    if state.resources.contains_key(&address) {
+        return Err(format!("{address} is already in the state; nothing to import").into());
+    }
+    let desired = desired::render(&s, &state.fingerprint_key, &state.lineage, Secrets::Skip)?;
+    let want = match desired.get(&address) {
+        Some(desired::Desired::Object(o)) => o,
+        Some(_) => {
+            return Err(format!("{address}: only objects rayform creates (secret, rayservice, manifest) can be imported; Karpenter objects are patched, not owned").into());
+        }
+        None => return Err(format!("{address} is not in {}", s.file.display()).into()),
+    };
+    let entry = apply::import(&cluster, &address, want, &state).await?;
+    let uid = entry.uid.clone().unwrap_or_default();
+    state.released.remove(&address);
+    state.resources.insert(address.clone(), entry);
+    if state.cluster.is_none() {
+        state.cluster = Some(cluster.id.clone());
+    }
+    backend.save(&mut state, &lock).await?;
+    out.line(&format!("Imported {address} (uid {uid}). Run `rayform plan` to see what apply would change to match the stack."));
+    Ok(0)
 }
 
 /// What plan, apply and destroy all start from: the stack and its graph,
@@ -271,9 +328,10 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
 struct Opened {
     stack: Stack,
     graph: Graph,
-    lock: StateLock,
+    backend: Backend,
+    lock: Lock,
     state: State,
-    /// No state file existed yet.
+    /// No state existed yet.
     new: bool,
     cluster: Cluster,
 }
@@ -281,13 +339,15 @@ struct Opened {
 async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Opened, Error> {
     let stack = load(path, g)?;
     let graph = Graph::build(&stack)?;
-    let lock = StateLock::acquire(&stack.state_path, operation)?;
-    let (state, new) = load_state(&stack)?;
     let cluster = connect(g, out).await?;
+    let backend = Backend::open(&stack.state, Some(&cluster))?;
+    let lock = backend.lock(operation).await?;
+    let (state, new) = load_state(&backend, &stack).await?;
     check_cluster(&state, &cluster)?;
     Ok(Opened {
         stack,
         graph,
+        backend,
         lock,
         state,
         new,
@@ -296,16 +356,23 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
 }
 
 fn load(path: &Path, g: &Global) -> Result<Stack, Error> {
-    Ok(stack::load(path, g.state.as_deref())?)
+    Ok(stack::load(path, &g.state_override())?)
 }
 
-fn load_state(s: &Stack) -> Result<(State, bool), Error> {
-    match state::store::load(&s.state_path)? {
+/// The backend at `location`; connects to the cluster only if the state is kept there.
+async fn backend_for(location: &StateLocation, g: &Global, out: &Out) -> Result<Backend, Error> {
+    let cluster = match location {
+        StateLocation::File { .. } => None,
+        StateLocation::Kubernetes { .. } => Some(connect(g, out).await?),
+    };
+    Ok(Backend::open(location, cluster.as_ref())?)
+}
+
+async fn load_state(backend: &Backend, s: &Stack) -> Result<(State, bool), Error> {
+    match backend.load().await? {
         Some(st) if st.stack != s.name => Err(format!(
-            "state file {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state file (--state or `state` in [stack])",
-            s.state_path.display(),
-            st.stack,
-            s.name
+            "the state at {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state (--state, or `state` in [stack])",
+            s.state, st.stack, s.name
         )
         .into()),
         Some(st) => Ok((st, false)),
@@ -359,8 +426,18 @@ async fn make_plan(
     };
     let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
-    let world =
-        observe::observe(cluster, s, &desired, state, mode, &ObserveOptions { force }).await?;
+    let world = observe::observe(
+        cluster,
+        s,
+        &desired,
+        state,
+        mode,
+        &ObserveOptions {
+            force,
+            dry_run: take.server_dry_run.policy(),
+        },
+    )
+    .await?;
     out.debug(&format!(
         "observed the cluster in {:?} with {} API requests (after discovery)",
         started.elapsed(),
@@ -427,6 +504,7 @@ async fn execute(
     cluster: &Cluster,
     plan: &Plan,
     state: State,
+    store: (&Backend, &Lock),
     secrets: SecretValues,
     run: &RunArgs,
     wait: bool,
@@ -442,15 +520,7 @@ async fn execute(
         progress: Arc::new(move |e: Event| printer.progress(&e.address.to_string(), &e.message)),
     };
     out.line("");
-    let (_state, result) = apply::apply(
-        cluster,
-        plan,
-        state,
-        plan.state_path.clone(),
-        secrets,
-        options,
-    )
-    .await;
+    let (_state, result) = apply::apply(cluster, plan, state, store, secrets, options).await;
     let report = result?;
     let s = plan.summary();
     if plan.destroy {
@@ -513,14 +583,18 @@ async fn apply_saved(
     out: &Out,
 ) -> Result<u8, Error> {
     let plan = read_plan(path)?;
-    let state_path = g.state.clone().unwrap_or_else(|| plan.state_path.clone());
-    let _lock = StateLock::acquire(&state_path, "apply")?;
-    let state = state::store::load(&state_path)?.unwrap_or_else(|| {
+    let location = match &g.state {
+        Some(path) => StateLocation::File { path: path.clone() },
+        None => plan.state.clone(),
+    };
+    let cluster = connect(g, out).await?;
+    let backend = Backend::open(&location, Some(&cluster))?;
+    let lock = backend.lock("apply").await?;
+    let state = backend.load().await?.unwrap_or_else(|| {
         let mut s = State::new(&plan.stack);
         s.lineage = plan.state_lineage.clone();
         s
     });
-    let cluster = connect(g, out).await?;
     if !plan.errors.is_empty() || plan.changes.iter().any(|c| c.error.is_some()) {
         return Err(format!(
             "{} is a plan with errors; it cannot be applied",
@@ -535,15 +609,21 @@ async fn apply_saved(
         .iter()
         .any(|c| !c.secret_fingerprints.is_empty() && c.action.is_change())
     {
-        read_secrets(&stack::load(&plan.stack_file, Some(&state_path))?)?
+        read_secrets(&load(&plan.stack_file, g)?)?
     } else {
         SecretValues::new()
     };
     out.raw(&plan::render_text(&plan, out.render_options()));
-    let mut plan = plan;
-    plan.state_path = state_path;
     execute(
-        &cluster, &plan, state, secrets, run, !no_wait, endpoint, out,
+        &cluster,
+        &plan,
+        state,
+        (&backend, &lock),
+        secrets,
+        run,
+        !no_wait,
+        endpoint,
+        out,
     )
     .await
 }

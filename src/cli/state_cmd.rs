@@ -1,25 +1,28 @@
-//! `rayform state list|show|rm`: what Terraform users reach for to see and
-//! correct what rayform tracks, without touching the cluster.
+//! `rayform state list|show|rm|pull|push`: what Terraform users reach for to
+//! see and correct what rayform tracks, and to move a state between
+//! backends, without touching anything else in the cluster.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
-use rayform::stack::Address;
-use rayform::state::{self, ResourceState, State, lock::StateLock};
+use rayform::backend::Backend;
+use rayform::stack::{Address, Stack};
+use rayform::state::{self, ResourceState, State};
 
 use super::args::{Global, StateCommand};
 use super::output::Out;
-use super::{Error, load};
+use super::{Error, backend_for, load};
 
-pub fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
+pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
     match command {
         StateCommand::List { stack } => {
-            let state = read(stack, g)?;
+            let state = read(stack, g, out).await?;
             for address in state.resources.keys() {
                 out.line(&address.to_string());
             }
         }
         StateCommand::Show { stack, address } => {
-            let state = read(stack, g)?;
+            let state = read(stack, g, out).await?;
             let address = parse(address)?;
             let Some(recorded) = state.resources.get(&address) else {
                 return Err(state::StateError::NotTracked(vec![address.to_string()]).into());
@@ -28,14 +31,15 @@ pub fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
         }
         StateCommand::Rm { stack, addresses } => {
             let s = load(stack, g)?;
-            let _lock = StateLock::acquire(&s.state_path, "state rm")?;
-            let mut state = existing(&s.state_path)?;
+            let backend = backend_for(&s.state, g, out).await?;
+            let lock = backend.lock("state rm").await?;
+            let mut state = existing(&backend, &s).await?;
             let addresses = addresses
                 .iter()
                 .map(|a| parse(a))
                 .collect::<Result<Vec<_>, _>>()?;
             let removed = state.forget(&addresses)?;
-            state::store::save(&s.state_path, &mut state)?;
+            backend.save(&mut state, &lock).await?;
             for (address, recorded) in &removed {
                 out.line(&format!("Removed {address}: the object stays in the cluster, and rayform no longer manages it."));
                 if recorded.patch.is_some() {
@@ -47,19 +51,73 @@ pub fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
                 removed.len()
             ));
         }
+        StateCommand::Pull { stack } => {
+            let state = read(stack, g, out).await?;
+            out.raw(&(serde_json::to_string_pretty(&state)? + "\n"));
+        }
+        StateCommand::Push { stack, file, force } => push(stack, file, *force, g, out).await?,
     }
     Ok(0)
 }
 
-fn read(stack: &std::path::Path, g: &Global) -> Result<State, Error> {
-    existing(&load(stack, g)?.state_path)
+/// Stores a state read from `file` where the stack keeps its state, refusing
+/// (unless forced) what would lose track of objects: another stack's state,
+/// another lineage, or an older serial than the one stored.
+async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> Result<(), Error> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut pushed = state::store::decode(&text).map_err(|e| match e {
+        state::store::Decoded::Corrupt(m) => {
+            format!("{} is not a rayform state: {m}", file.display())
+        }
+        state::store::Decoded::Version(v) => format!(
+            "{} has state format_version {v}; this rayform reads {}",
+            file.display(),
+            state::FORMAT_VERSION
+        ),
+    })?;
+    let s = load(stack, g)?;
+    if pushed.stack != s.name {
+        return Err(format!(
+            "{} is the state of stack `{}`, not `{}`",
+            file.display(),
+            pushed.stack,
+            s.name
+        )
+        .into());
+    }
+    let backend = backend_for(&s.state, g, out).await?;
+    let lock = backend.lock("state push").await?;
+    if let Some(current) = backend.load().await? {
+        if current.lineage != pushed.lineage && !force {
+            return Err(format!("the state at {} has lineage {}, {} has {}: they are not the same state\n  help: pass --force to replace it anyway", s.state, current.lineage, file.display(), pushed.lineage).into());
+        }
+        if current.serial > pushed.serial && !force {
+            return Err(format!("the state at {} has serial {}, newer than {} in {}\n  help: pull it again, or pass --force to replace it anyway", s.state, current.serial, pushed.serial, file.display()).into());
+        }
+        pushed.serial = pushed.serial.max(current.serial);
+    }
+    backend.save(&mut pushed, &lock).await?;
+    out.line(&format!(
+        "Pushed {} ({} resources, serial {}) to {}.",
+        file.display(),
+        pushed.resources.len(),
+        pushed.serial,
+        s.state
+    ));
+    Ok(())
 }
 
-fn existing(path: &std::path::Path) -> Result<State, Error> {
-    state::store::load(path)?.ok_or_else(|| {
+async fn read(stack: &Path, g: &Global, out: &Out) -> Result<State, Error> {
+    let s = load(stack, g)?;
+    existing(&backend_for(&s.state, g, out).await?, &s).await
+}
+
+async fn existing(backend: &Backend, s: &Stack) -> Result<State, Error> {
+    backend.load().await?.ok_or_else(|| {
         format!(
             "no state at {}: nothing has been applied with this stack yet",
-            path.display()
+            s.state
         )
         .into()
     })
@@ -98,7 +156,7 @@ fn describe(address: &Address, r: &ResourceState) -> String {
         }
     }
     if !r.applied.is_null() {
-        let applied = serde_json::to_string_pretty(&r.applied).unwrap_or_default();
+        let applied = serde_json::to_string_pretty(&r.applied.value()).unwrap_or_default();
         let _ = writeln!(text, "applied:\n{applied}");
     }
     text

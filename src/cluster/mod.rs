@@ -10,7 +10,7 @@ mod error;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Discovery, Scope};
@@ -59,6 +59,9 @@ impl Kind {
         }
     }
 }
+
+/// Objects per LIST request: small pages keep a large stack's plan small in memory.
+const LIST_PAGE: u32 = 250;
 
 /// How a server-side apply is made.
 #[derive(Debug, Clone, Copy)]
@@ -192,23 +195,42 @@ impl Cluster {
         namespace: Option<&str>,
         selector: &str,
     ) -> Result<Vec<Value>, ClusterError> {
-        self.api(kind, namespace)
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .map(|o| {
-                        // List items come without apiVersion/kind; give them
-                        // theirs so they compare equal to single GETs.
-                        let mut v = to_json(o);
-                        v["apiVersion"] = Value::String(kind.resource.api_version.clone());
-                        v["kind"] = Value::String(kind.resource.kind.clone());
-                        v
-                    })
-                    .collect()
-            })
-            .map_err(|e| self.error(e, "list", kind, ""))
+        self.list_each(kind, namespace, selector, Some).await
+    }
+
+    /// Lists a kind a page at a time, keeping of each object what `keep`
+    /// returns: a thousand full objects never need to be in memory at once.
+    pub async fn list_each<T>(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        selector: &str,
+        mut keep: impl FnMut(Value) -> Option<T>,
+    ) -> Result<Vec<T>, ClusterError> {
+        let mut kept = Vec::new();
+        let mut params = ListParams::default().labels(selector).limit(LIST_PAGE);
+        loop {
+            let page = self
+                .api(kind, namespace)
+                .list(&params)
+                .await
+                .map_err(|e| self.error(e, "list", kind, ""))?;
+            for mut o in page.items {
+                // Nothing rayform plans with reads them, and they are a third
+                // of an object's size.
+                o.metadata.managed_fields = None;
+                // List items come without apiVersion/kind; give them theirs
+                // so they compare equal to single GETs.
+                let mut v = to_json(o);
+                v["apiVersion"] = Value::String(kind.resource.api_version.clone());
+                v["kind"] = Value::String(kind.resource.kind.clone());
+                kept.extend(keep(v));
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(kept),
+            }
+        }
     }
 
     /// Server-side apply; with `dry_run` the server answers what it would store.
@@ -292,6 +314,62 @@ impl Cluster {
         }
     }
 
+    /// Built-in objects rayform keeps for itself (the state Secret, the lock
+    /// Lease), handled as their Rust types.
+    fn typed<K: Builtin>(&self, namespace: &str) -> Api<K> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub async fn get_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<K>, ClusterError> {
+        self.typed::<K>(namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| self.typed_error::<K>(e, "get", namespace, name))
+    }
+
+    pub async fn create_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        object: &K,
+    ) -> Result<K, ClusterError> {
+        let name = object.meta().name.clone().unwrap_or_default();
+        self.typed::<K>(namespace)
+            .create(&PostParams::default(), object)
+            .await
+            .map_err(|e| self.typed_error::<K>(e, "create", namespace, &name))
+    }
+
+    /// Replaces an object; its `metadata.resourceVersion` makes this fail
+    /// with a conflict if anyone wrote it since it was read.
+    pub async fn replace_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        object: &K,
+    ) -> Result<K, ClusterError> {
+        let name = object.meta().name.clone().unwrap_or_default();
+        self.typed::<K>(namespace)
+            .replace(&name, &PostParams::default(), object)
+            .await
+            .map_err(|e| self.typed_error::<K>(e, "update", namespace, &name))
+    }
+
+    fn typed_error<K: Builtin>(
+        &self,
+        e: kube::Error,
+        verb: &str,
+        namespace: &str,
+        name: &str,
+    ) -> ClusterError {
+        let resource = format!("{} in namespace {namespace}", K::plural(&()));
+        error::classify(e, verb, &resource, name, &self.id)
+    }
+
     fn error(&self, e: kube::Error, verb: &str, kind: &Kind, name: &str) -> ClusterError {
         error::classify(e, verb, &kind.plural_name(), name, &self.id)
     }
@@ -311,8 +389,42 @@ async fn discover(client: &Client, id: &ClusterId) -> Result<Discovery, ClusterE
     }
 }
 
+/// A namespaced built-in kind with its Rust type (Secret, Lease).
+pub trait Builtin:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+{
+}
+
+impl<K> Builtin for K where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+{
+}
+
+/// The object as JSON, its body moved rather than copied.
 fn to_json(o: DynamicObject) -> Value {
-    serde_json::to_value(o).unwrap_or(Value::Null)
+    let DynamicObject {
+        types,
+        metadata,
+        data,
+    } = o;
+    let mut v = match data {
+        Value::Object(map) => Value::Object(map),
+        _ => Value::Object(serde_json::Map::new()),
+    };
+    if let Some(t) = types {
+        v["apiVersion"] = Value::String(t.api_version);
+        v["kind"] = Value::String(t.kind);
+    }
+    v["metadata"] = serde_json::to_value(metadata).unwrap_or(Value::Null);
+    v
 }
 
 /// A byte stream to a pod port, through the API server (what `kubectl port-forward` does).

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures::StreamExt as _;
 use serde_json::Value;
 
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
@@ -57,6 +58,8 @@ pub struct ObservedObject {
     pub gone: bool,
     /// Why no dry run could be made though nothing is wrong (e.g. its namespace comes first).
     pub note: Option<String>,
+    /// Not dry-run by choice (a bulk change): the plan computes the diff itself.
+    pub local: bool,
     /// Found by name without this stack's label: was it the object rayform made?
     pub unlabelled: Option<Unlabelled>,
     /// Labelled for this stack, but made by a state of another lineage.
@@ -100,6 +103,7 @@ pub enum Mode {
 pub struct ObserveOptions {
     /// Destroy: overwrite Karpenter fields changed outside rayform.
     pub force: bool,
+    pub dry_run: DryRun,
 }
 
 /// Where the fingerprint shortcut can skip the dry run.
@@ -127,7 +131,6 @@ pub async fn observe(
         .into_iter()
         .find(|a| cluster.kind(a.api_version(), a.kind()).is_some());
     let manager = stack.field_manager();
-    let key = &state.fingerprint_key;
     let mut resources = BTreeMap::new();
 
     // Objects, grouped so that each kind and namespace costs one LIST.
@@ -196,6 +199,9 @@ pub async fn observe(
         }
     }
 
+    // Every kind is listed first; only then is it known how many objects may
+    // change, which decides whether they are dry-run on the server.
+    let mut listed_groups = Vec::new();
     for ((api_version, kind_name), members) in groups {
         let Some(kind) = cluster.kind(&api_version, &kind_name) else {
             let problem = missing_kind_message(&api_version, &kind_name);
@@ -211,67 +217,39 @@ pub async fn observe(
             }
             continue;
         };
-        let namespace = kind.namespaced.then_some(stack.namespace.as_str());
-        let selector = format!("{LABEL_STACK}={}", stack.name);
-        let listed = cluster.list(&kind, namespace, &selector).await?;
-        let mut by_name: BTreeMap<String, Value> = listed
-            .into_iter()
-            .filter_map(|o| Some((o["metadata"]["name"].as_str()?.to_string(), o)))
-            .collect();
-        for address in members {
-            let st = state.resources.get(&address);
-            let want = match (mode, desired.get(&address)) {
-                (Mode::Apply, Some(Desired::Object(o))) => Some(o),
-                _ => None,
+        let members = list_members(cluster, stack, &kind, members, desired, state, mode).await?;
+        listed_groups.push((kind, members));
+    }
+    let may_change = listed_groups
+        .iter()
+        .flat_map(|(_, members)| members)
+        .filter(|m| m.may_change(state))
+        .count();
+    let server = options.dry_run.allows(may_change);
+    let jobs: Vec<_> = listed_groups
+        .into_iter()
+        .flat_map(|(kind, members)| {
+            let kind = std::sync::Arc::new(kind);
+            members.into_iter().map(move |m| (kind.clone(), m))
+        })
+        .map(|(kind, member)| {
+            let namespace = kind.namespaced.then_some(stack.namespace.as_str());
+            let context = MemberContext {
+                cluster,
+                namespace,
+                state,
+                manager: &manager,
+                dry_run: server,
+                may_change,
             };
-            let name = want
-                .map(|o| o.name.clone())
-                .or_else(|| st.map(|s| s.name.clone()))
-                .unwrap_or_else(|| address.name.clone());
-            let mut obs = ObservedObject {
-                namespaced: kind.namespaced,
-                ..Default::default()
-            };
-            let mut live = by_name.remove(&name);
-            obs.other_lineage = live
-                .as_ref()
-                .and_then(|l| desired::other_lineage(l, &state.lineage));
-            obs.owned = live
-                .as_ref()
-                .is_some_and(|l| !state.is_released(&address, l))
-                && obs.other_lineage.is_none();
-            if live.is_none() && (want.is_some() || st.is_some()) {
-                // Not ours by label: someone else's object in the way, or ours
-                // with its label removed (never to be forgotten while it runs).
-                live = cluster.get(&kind, namespace, &name).await?;
-                if let (Some(l), Some(st)) = (&live, st) {
-                    let uid = l.pointer("/metadata/uid").and_then(Value::as_str);
-                    let unlabelled = match st.uid.as_deref() {
-                        None => Unlabelled::Unknown,
-                        Some(recorded) if Some(recorded) == uid => Unlabelled::SameUid,
-                        Some(_) => Unlabelled::OtherUid,
-                    };
-                    obs.owned = unlabelled == Unlabelled::SameUid;
-                    obs.unlabelled = Some(unlabelled);
-                }
-            }
-            if let Some(l) = &mut live {
-                desired::fingerprint_secret_data(l, key);
-            }
-            if let Some(want) = want {
-                let mut want = want.clone();
-                if !kind.namespaced {
-                    want.set_cluster_scoped();
-                }
-                match &live {
-                    Some(l) if obs.owned && unchanged(st, &want, l) => obs.unchanged = true,
-                    Some(_) if !obs.owned => {}
-                    _ => dry_run(cluster, &kind, namespace, &want, &manager, key, &mut obs).await?,
-                }
-            }
-            obs.live = live;
-            resources.insert(address, Observed::Object(obs));
-        }
+            async move { observe_member(&context, &kind, member).await }
+        })
+        .collect();
+    // Requests for objects that may change go out side by side.
+    let mut observed = futures::stream::iter(jobs).buffered(OBSERVE_PARALLELISM);
+    while let Some(result) = observed.next().await {
+        let (address, obs) = result?;
+        resources.insert(address, Observed::Object(obs));
     }
 
     Ok(World {
@@ -280,6 +258,313 @@ pub async fn observe(
         class_api,
         resources,
     })
+}
+
+/// How many objects are looked at (GET, dry run) at once.
+const OBSERVE_PARALLELISM: usize = 16;
+
+/// Above this many objects missing from the labelled LIST of a kind, one
+/// LIST of the whole kind in the namespace is cheaper than a GET each.
+const LIST_INSTEAD_OF_GETS: usize = 8;
+
+/// Which objects that may change get a server-side dry run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    /// Every one, however many (`--server-dry-run=all`).
+    All,
+    /// All of them if there are at most this many, else none: a small plan
+    /// is checked by the server, a bulk change does not cost twice the requests.
+    UpTo(usize),
+    /// None: diffs are computed from the state and the live objects.
+    Never,
+}
+
+impl Default for DryRun {
+    fn default() -> DryRun {
+        DryRun::UpTo(50)
+    }
+}
+
+impl DryRun {
+    fn allows(self, may_change: usize) -> bool {
+        match self {
+            DryRun::All => true,
+            DryRun::UpTo(limit) => may_change <= limit,
+            DryRun::Never => false,
+        }
+    }
+}
+
+/// What the LIST of its kind said of one object.
+enum Lookup {
+    /// Found with this stack's label.
+    Labelled(Value),
+    /// Found with this stack's label, its fingerprints those of the state:
+    /// kept as its identity only (apiVersion, kind, metadata).
+    Unchanged(Value),
+    /// Found by the LIST of the whole kind, without this stack's label.
+    Unlabelled(Value),
+    /// The LIST of the whole kind did not have it: it does not exist.
+    Absent,
+    /// Not among the labelled ones; whether it exists is not known yet.
+    Unknown,
+}
+
+/// One object of a kind, with what the LIST found under its name.
+struct Member<'a> {
+    address: Address,
+    name: String,
+    want: Option<&'a DesiredObject>,
+    recorded: Option<&'a ResourceState>,
+    lookup: Lookup,
+}
+
+impl Member<'_> {
+    /// Whether this object may need a write, so a dry run would tell something.
+    fn may_change(&self, state: &State) -> bool {
+        let Some(want) = self.want else { return false };
+        match &self.lookup {
+            Lookup::Labelled(live) => {
+                state.is_released(&self.address, live) || !unchanged(self.recorded, want, live)
+            }
+            Lookup::Unchanged(live) => state.is_released(&self.address, live),
+            Lookup::Unlabelled(_) => false,
+            Lookup::Absent | Lookup::Unknown => true,
+        }
+    }
+}
+
+/// Lists one kind: the objects carrying this stack's label, and, when many
+/// wanted objects are not among them, the whole kind in the namespace.
+async fn list_members<'a>(
+    cluster: &Cluster,
+    stack: &Stack,
+    kind: &Kind,
+    addresses: Vec<Address>,
+    desired: &'a BTreeMap<Address, Desired>,
+    state: &'a State,
+    mode: Mode,
+) -> Result<Vec<Member<'a>>, ClusterError> {
+    let namespace = kind.namespaced.then_some(stack.namespace.as_str());
+    let key = &state.fingerprint_key;
+    let mut members: Vec<Member<'a>> = addresses
+        .into_iter()
+        .map(|address| {
+            let want = match (mode, desired.get(&address)) {
+                (Mode::Apply, Some(Desired::Object(o))) => Some(o),
+                _ => None,
+            };
+            let recorded = state.resources.get(&address);
+            let name = want
+                .map(|o| o.name.clone())
+                .or_else(|| recorded.map(|s| s.name.clone()))
+                .unwrap_or_else(|| address.name.clone());
+            Member {
+                address,
+                name,
+                want,
+                recorded,
+                lookup: Lookup::Unknown,
+            }
+        })
+        .collect();
+    let index: BTreeMap<String, usize> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.clone(), i))
+        .collect();
+    let selector = format!("{LABEL_STACK}={}", stack.name);
+    let listed = cluster
+        .list_each(kind, namespace, &selector, |mut live| {
+            let i = *index.get(live["metadata"]["name"].as_str()?)?;
+            desired::fingerprint_secret_data(&mut live, key);
+            let m = &members[i];
+            let same = m
+                .want
+                .is_some_and(|w| unchanged(m.recorded, &for_kind(w, kind), &live));
+            Some(if same {
+                (i, Lookup::Unchanged(identity(live)))
+            } else {
+                (i, Lookup::Labelled(live))
+            })
+        })
+        .await?;
+    for (i, lookup) in listed {
+        members[i].lookup = lookup;
+    }
+    let unknown = members
+        .iter()
+        .filter(|m| matches!(m.lookup, Lookup::Unknown))
+        .count();
+    // Never for Secrets: that LIST would read everybody's secret values.
+    if unknown > LIST_INSTEAD_OF_GETS && kind.resource.kind != "Secret" {
+        let found = cluster
+            .list_each(kind, namespace, "", |live| {
+                let i = *index.get(live["metadata"]["name"].as_str()?)?;
+                matches!(members[i].lookup, Lookup::Unknown).then_some((i, live))
+            })
+            .await?;
+        for m in members
+            .iter_mut()
+            .filter(|m| matches!(m.lookup, Lookup::Unknown))
+        {
+            m.lookup = Lookup::Absent;
+        }
+        for (i, live) in found {
+            members[i].lookup = Lookup::Unlabelled(live);
+        }
+    }
+    Ok(members)
+}
+
+/// The desired object as it is sent for this kind (cluster-scoped kinds carry no namespace).
+fn for_kind(want: &DesiredObject, kind: &Kind) -> DesiredObject {
+    let mut want = want.clone();
+    if !kind.namespaced {
+        want.set_cluster_scoped();
+    }
+    want
+}
+
+/// What identifies a live object (what the planner reads of an unchanged
+/// one), without its body.
+fn identity(live: Value) -> Value {
+    let Value::Object(mut map) = live else {
+        return live;
+    };
+    map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
+    if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+        meta.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "name" | "namespace" | "uid" | "resourceVersion" | "annotations"
+            )
+        });
+        if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
+            annotations.retain(|k, _| k == desired::ANNOTATION_LINEAGE);
+        }
+    }
+    Value::Object(map)
+}
+
+/// GETs an object, its secret data as fingerprints.
+async fn fetch(
+    cx: &MemberContext<'_>,
+    kind: &Kind,
+    name: &str,
+) -> Result<Option<Value>, ClusterError> {
+    let mut live = cx.cluster.get(kind, cx.namespace, name).await?;
+    if let Some(l) = &mut live {
+        desired::fingerprint_secret_data(l, &cx.state.fingerprint_key);
+    }
+    Ok(live)
+}
+
+/// What every object's observation shares.
+struct MemberContext<'a> {
+    cluster: &'a Cluster,
+    namespace: Option<&'a str>,
+    state: &'a State,
+    manager: &'a str,
+    /// Dry-run what may change on the server (else diff locally).
+    dry_run: bool,
+    /// How many objects may change in this plan.
+    may_change: usize,
+}
+
+async fn observe_member(
+    cx: &MemberContext<'_>,
+    kind: &Kind,
+    member: Member<'_>,
+) -> Result<(Address, ObservedObject), ClusterError> {
+    let Member {
+        address,
+        name,
+        want,
+        recorded: st,
+        lookup,
+    } = member;
+    let (cluster, namespace, state) = (cx.cluster, cx.namespace, cx.state);
+    let key = &state.fingerprint_key;
+    let mut obs = ObservedObject {
+        namespaced: kind.namespaced,
+        ..Default::default()
+    };
+    let listed_unchanged = matches!(lookup, Lookup::Unchanged(_));
+    let (mut live, mut known) = match lookup {
+        Lookup::Labelled(l) | Lookup::Unchanged(l) => (Some(l), true),
+        Lookup::Unlabelled(l) => (Some(l), false),
+        Lookup::Absent => (None, true),
+        Lookup::Unknown => (None, false),
+    };
+    let labelled = known && live.is_some();
+    obs.other_lineage = live
+        .as_ref()
+        .filter(|_| labelled)
+        .and_then(|l| desired::other_lineage(l, &state.lineage));
+    obs.owned = labelled
+        && live
+            .as_ref()
+            .is_some_and(|l| !state.is_released(&address, l))
+        && obs.other_lineage.is_none();
+    let lookup_needed = !labelled && (st.is_some() || (want.is_some() && !cx.dry_run));
+    if lookup_needed && !known {
+        // Recorded but not listed: gone, or ours with its label removed
+        // (never to be forgotten while it runs), or replaced by someone.
+        // Or new, and no dry run will say whether the name is taken.
+        live = fetch(cx, kind, &name).await?;
+        known = true;
+    }
+    if let (Some(l), Some(st), false) = (&live, st, labelled) {
+        let uid = l.pointer("/metadata/uid").and_then(Value::as_str);
+        let unlabelled = match st.uid.as_deref() {
+            None => Unlabelled::Unknown,
+            Some(recorded) if Some(recorded) == uid => Unlabelled::SameUid,
+            Some(_) => Unlabelled::OtherUid,
+        };
+        obs.owned = unlabelled == Unlabelled::SameUid;
+        obs.unlabelled = Some(unlabelled);
+    }
+    if let Some(want) = want {
+        let want = for_kind(want, kind);
+        match &live {
+            Some(_) if obs.owned && listed_unchanged => obs.unchanged = true,
+            Some(l) if obs.owned && unchanged(st, &want, l) => obs.unchanged = true,
+            Some(_) if !obs.owned => {}
+            _ if !cx.dry_run => {
+                obs.local = true;
+                obs.note = Some(format!(
+                    "not dry-run on the server: {} objects may change, more than --server-dry-run checks",
+                    cx.may_change
+                ));
+            }
+            _ => dry_run(cluster, kind, namespace, &want, cx.manager, key, &mut obs).await?,
+        }
+        if !known && (exists(obs.after.as_ref()) || obs.problem.is_some()) {
+            // A new object's dry run says the name is taken (or failed, maybe
+            // because it is), by an object without this stack's label:
+            // someone else's, in the way. Asking only then saves a GET before
+            // every create of a large stack's first plan.
+            live = fetch(cx, kind, &name).await?;
+            if live.is_some() {
+                obs = ObservedObject {
+                    namespaced: kind.namespaced,
+                    ..Default::default()
+                };
+            }
+        }
+    }
+    obs.live = live;
+    Ok((address, obs))
+}
+
+/// Whether a dry-run result is an object already stored: only a stored one
+/// has a resourceVersion (a dry-run create gets none).
+fn exists(after: Option<&Value>) -> bool {
+    after
+        .and_then(|a| a.pointer("/metadata/resourceVersion"))
+        .and_then(Value::as_str)
+        .is_some_and(|rv| !rv.is_empty())
 }
 
 /// Server-side dry run: first without force, to learn about conflicts; then
@@ -550,7 +835,7 @@ fn unrecorded_patch(api_version: &str, kind: &str, name: &str) -> ResourceState 
         resource_version: None,
         desired_fingerprint: String::new(),
         live_fingerprint: String::new(),
-        applied: Value::Null,
+        applied: crate::state::Applied::default(),
         secret_fingerprints: BTreeMap::new(),
         patch: Some(crate::state::PatchState {
             api_version: api_version.into(),

@@ -25,7 +25,7 @@ use crate::state::{ClusterId, State};
 pub use render::{RenderOptions, render_json, render_text};
 
 /// Version of the saved-plan and `--json` format.
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_VERSION: &str = "1.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -132,7 +132,8 @@ pub struct Plan {
     pub stack: String,
     pub stack_file: PathBuf,
     pub namespace: String,
-    pub state_path: PathBuf,
+    /// Where the state this plan was made from is kept.
+    pub state: crate::stack::StateLocation,
     pub state_lineage: String,
     pub state_serial: u64,
     /// The state had no file yet when this plan was made.
@@ -219,7 +220,7 @@ pub fn build(
         stack: stack.name.clone(),
         stack_file: stack.file.clone(),
         namespace: stack.namespace.clone(),
-        state_path: stack.state_path.clone(),
+        state: stack.state.clone(),
         state_lineage: state.lineage.clone(),
         state_serial: state.serial,
         state_new,
@@ -254,7 +255,11 @@ pub fn build(
                 plan_object(&address, o, wanted, desired.get(&address), state, options)
             }
         };
-        if let Some(c) = change {
+        if let Some(mut c) = change {
+            if c.action == Action::NoOp && !c.refresh_state {
+                // Nothing will be sent: a large no-op plan need not carry every body.
+                c.body = None;
+            }
             if let Some(e) = &c.error {
                 plan.errors.push(format!("{}: {e}", c.address));
             }
@@ -443,9 +448,12 @@ fn plan_object(
         return Some(c);
     }
     if o.unlabelled == Some(Unlabelled::SameUid) {
-        c.reasons.push(format!(
-            "its {LABEL_STACK} label was removed; the uid is the one rayform created"
-        ));
+        c.reasons.push(match st {
+            Some(s) if s.desired_fingerprint.is_empty() => {
+                "imported: rayform adds its labels".to_string()
+            }
+            _ => format!("its {LABEL_STACK} label was removed; the uid is the one rayform created"),
+        });
     }
     let Some(Desired::Object(want)) = wanted else {
         // Removed from the stack, or destroy.
@@ -523,6 +531,11 @@ fn plan_object(
             .push("adopting an object rayform did not create".into());
         c.force = true;
     }
+    if o.unchanged {
+        // The live fields rayform writes are as the state recorded them (and
+        // `live` may hold only the object's identity).
+        return Some(c);
+    }
     let projection = desired::project(live, &masked);
     let live_fp = crate::util::sha256_json(&projection);
     if let Some(s) = st
@@ -530,15 +543,16 @@ fn plan_object(
         && !s.applied.is_null()
     {
         c.reasons.push("changed outside rayform".into());
-        c.outside_diff = diff::unified(&s.applied, &projection, None);
-    }
-    if o.unchanged {
-        return Some(c);
+        c.outside_diff = diff::unified(&s.applied.value(), &projection, None);
     }
     let Some(after) = &o.after else {
         c.action = Action::Update;
         if let Some(note) = &o.note {
             c.reasons.push(note.clone());
+        }
+        if o.local {
+            // No server answer: the fields rayform writes, as they are and as they will be.
+            c.diff = diff::unified(&projection, &masked, Some(&want.secret_fingerprints));
         }
         return Some(c);
     };
@@ -560,7 +574,7 @@ fn plan_object(
         let foreign: Vec<&(String, String)> = o
             .conflicts
             .iter()
-            .filter(|(field, _)| st.is_none_or(|s| !field_in(&s.applied, field)))
+            .filter(|(field, _)| st.is_none_or(|s| !field_in(&s.applied.value(), field)))
             .collect();
         if !foreign.is_empty()
             && !options.force_conflicts

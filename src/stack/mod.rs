@@ -14,8 +14,9 @@ use std::path::Path;
 pub use error::StackError;
 pub use model::*;
 
-/// Reads and validates a stack file. `state_override` replaces the state path the stack declares.
-pub fn load(path: &Path, state_override: Option<&Path>) -> Result<Stack, StackError> {
+/// Reads and validates a stack file. `state_override` (command-line flags)
+/// replaces where the stack says its state is kept.
+pub fn load(path: &Path, state_override: &StateOverride) -> Result<Stack, StackError> {
     let text = std::fs::read_to_string(path).map_err(|source| StackError::Read {
         path: path.to_path_buf(),
         source,
@@ -27,7 +28,7 @@ pub fn load(path: &Path, state_override: Option<&Path>) -> Result<Stack, StackEr
 pub fn parse_str(
     path: &Path,
     text: &str,
-    state_override: Option<&Path>,
+    state_override: &StateOverride,
 ) -> Result<Stack, StackError> {
     parse::parse(&parse::Source { file: path, text }, state_override)
 }

@@ -114,8 +114,56 @@ pub struct Stack {
     pub name: String,
     pub namespace: String,
     pub file: PathBuf,
-    pub state_path: PathBuf,
+    pub state: StateLocation,
     pub resources: Vec<Resource>,
+}
+
+/// Where the state is kept, as given on the command line (`--backend`,
+/// `--state`, `--state-namespace`): each replaces the stack's own setting.
+#[derive(Debug, Clone, Default)]
+pub struct StateOverride {
+    pub backend: Option<BackendKind>,
+    pub path: Option<PathBuf>,
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    File,
+    Kubernetes,
+}
+
+/// Where a stack's state is kept: `backend` in `[stack]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum StateLocation {
+    /// A JSON file (the default), locked with an OS file lock.
+    File { path: PathBuf },
+    /// A Secret in the cluster, locked with a Lease, both named after the stack.
+    Kubernetes { namespace: String, stack: String },
+}
+
+impl StateLocation {
+    pub fn secret_name(stack: &str) -> String {
+        format!("rayform-state-{stack}")
+    }
+
+    pub fn lease_name(stack: &str) -> String {
+        format!("rayform-lock-{stack}")
+    }
+}
+
+impl fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateLocation::File { path } => write!(f, "{}", path.display()),
+            StateLocation::Kubernetes { namespace, stack } => write!(
+                f,
+                "Secret {namespace}/{} (kubernetes backend)",
+                StateLocation::secret_name(stack)
+            ),
+        }
+    }
 }
 
 impl Stack {

@@ -256,7 +256,7 @@ fn to_json(src: &Source<'_>, v: &Val<'_>, field: &str) -> Result<serde_json::Val
 }
 
 /// Parses and validates the text of a stack file.
-pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<Stack, StackError> {
+pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<Stack, StackError> {
     let doc = DeTable::parse(src.text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         src.error(&span, "", format!("invalid TOML: {}", e.message().trim()))
@@ -278,7 +278,10 @@ pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<S
             "start the file with [stack] and name = \"...\"",
         )
     })?;
-    header.only(src, &["name", "namespace", "state"])?;
+    header.only(
+        src,
+        &["name", "namespace", "state", "backend", "state_namespace"],
+    )?;
     let (name, name_span) = header.required_string(src, "name")?;
     check_dns_label(src, &name, &name_span, "stack.name", 40)?;
     let namespace = match header.string(src, "namespace")? {
@@ -289,11 +292,7 @@ pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<S
         None => "default".to_string(),
     };
     let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let state_path = match (state_override, header.string(src, "state")?) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, Some((p, _))) => dir.join(p),
-        (None, None) => default_state_path(&dir, &name),
-    };
+    let state = state_location(src, &header, &dir, &name, &namespace, state_override)?;
 
     let mut resources = Vec::new();
     for (type_key, type_val) in doc.get_ref().iter() {
@@ -319,7 +318,7 @@ pub(crate) fn parse(src: &Source<'_>, state_override: Option<&Path>) -> Result<S
         name,
         namespace,
         file: src.file.to_path_buf(),
-        state_path,
+        state,
         resources,
     };
     cross_check(&stack)?;
@@ -665,6 +664,73 @@ fn check_name(
         Ok(())
     } else {
         Err(src.error_help(span, field, format!("`{name}` is not a valid Kubernetes name"), "use lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit"))
+    }
+}
+
+/// `backend`, `state` and `state_namespace` of `[stack]`: where the state
+/// lives, unless the command line says otherwise.
+fn state_location(
+    src: &Source<'_>,
+    header: &Table<'_, '_>,
+    dir: &Path,
+    name: &str,
+    namespace: &str,
+    flags: &StateOverride,
+) -> Result<StateLocation, StackError> {
+    let declared = match header.string(src, "backend")? {
+        None => BackendKind::File,
+        Some((b, _)) if b == "file" => BackendKind::File,
+        Some((b, _)) if b == "kubernetes" => BackendKind::Kubernetes,
+        Some((_, span)) => {
+            return Err(src.error_help(
+                &span,
+                "stack.backend",
+                "unknown state backend",
+                "use \"file\" (the default) or \"kubernetes\"",
+            ));
+        }
+    };
+    let path = header.string(src, "state")?;
+    let state_namespace = header.string(src, "state_namespace")?;
+    if flags.backend.is_none() {
+        match (declared, &path, &state_namespace) {
+            (BackendKind::File, _, Some((_, span))) => {
+                return Err(src.error_help(
+                    span,
+                    "stack.state_namespace",
+                    "state_namespace is for the kubernetes backend",
+                    "add backend = \"kubernetes\", or remove state_namespace",
+                ));
+            }
+            (BackendKind::Kubernetes, Some((_, span)), _) => {
+                return Err(src.error_help(span, "stack.state", "a state file is for the file backend; the kubernetes backend keeps the state in a Secret", "remove `state`, or set backend = \"file\""));
+            }
+            _ => {}
+        }
+    }
+    match flags.backend.unwrap_or(declared) {
+        BackendKind::File => {
+            let path = match (&flags.path, path) {
+                (Some(p), _) => p.clone(),
+                (None, Some((p, _))) => dir.join(p),
+                (None, None) => default_state_path(dir, name),
+            };
+            Ok(StateLocation::File { path })
+        }
+        BackendKind::Kubernetes => {
+            let namespace = match (&flags.namespace, state_namespace) {
+                (Some(ns), _) => ns.clone(),
+                (None, Some((ns, span))) => {
+                    check_dns_label(src, &ns, &span, "stack.state_namespace", 63)?;
+                    ns
+                }
+                (None, None) => namespace.to_string(),
+            };
+            Ok(StateLocation::Kubernetes {
+                namespace,
+                stack: name.to_string(),
+            })
+        }
     }
 }
 

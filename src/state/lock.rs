@@ -15,6 +15,8 @@ use super::StateError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
     pub id: String,
+    #[serde(default = "unknown")]
+    pub user: String,
     pub pid: u32,
     pub host: String,
     pub operation: String,
@@ -25,10 +27,42 @@ impl std::fmt::Display for LockInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "`{}` (pid {} on {}, since {}, lock ID {})",
-            self.operation, self.pid, self.host, self.since, self.id
+            "`{}` ({}, pid {} on {}, since {}, lock ID {})",
+            self.operation, self.user, self.pid, self.host, self.since, self.id
         )
     }
+}
+
+impl LockInfo {
+    /// This process, about to hold a lock for `operation`.
+    pub fn new(operation: &str) -> LockInfo {
+        LockInfo {
+            id: crate::util::random_hex(8),
+            user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| unknown()),
+            pid: std::process::id(),
+            host: hostname(),
+            operation: operation.to_string(),
+            since: crate::util::now_rfc3339(),
+        }
+    }
+
+    /// A holder whose record cannot be read.
+    pub fn unknown() -> LockInfo {
+        LockInfo {
+            id: unknown(),
+            user: unknown(),
+            pid: 0,
+            host: unknown(),
+            operation: unknown(),
+            since: unknown(),
+        }
+    }
+}
+
+fn unknown() -> String {
+    "unknown".into()
 }
 
 /// Held while a run reads or writes the state; released on drop.
@@ -60,24 +94,12 @@ impl StateLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                let info = read_info(&mut file).unwrap_or_else(|| LockInfo {
-                    id: "unknown".into(),
-                    pid: 0,
-                    host: "unknown".into(),
-                    operation: "unknown".into(),
-                    since: "unknown".into(),
-                });
-                return Err(StateError::Locked(info));
+                let info = read_info(&mut file).unwrap_or_else(LockInfo::unknown);
+                return Err(StateError::Locked(Box::new(info)));
             }
             Err(fs::TryLockError::Error(e)) => return Err(io("lock", e)),
         }
-        let info = LockInfo {
-            id: crate::util::random_hex(8),
-            pid: std::process::id(),
-            host: hostname(),
-            operation: operation.to_string(),
-            since: crate::util::now_rfc3339(),
-        };
+        let info = LockInfo::new(operation);
         let text = serde_json::to_string(&info).map_err(|e| io("write", e.into()))?;
         file.set_len(0).map_err(|e| io("write", e))?;
         file.write_all(text.as_bytes())
@@ -123,7 +145,7 @@ pub fn force_unlock(state: &Path, id: &str) -> Result<LockInfo, StateError> {
     };
     match file.try_lock() {
         Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Err(StateError::HolderAlive(info)),
+        Err(fs::TryLockError::WouldBlock) => return Err(StateError::HolderAlive(Box::new(info))),
         Err(fs::TryLockError::Error(e)) => return Err(io(e)),
     }
     file.set_len(0).map_err(io)?;

@@ -2,8 +2,10 @@
 //! own changes from changes made outside it, and destroy can undo exactly.
 //!
 //! State holds fingerprints, never secret values. It is written atomically
-//! after every resource (see [`store`]) under a lock (see [`lock`]).
+//! (see [`store`]) under a lock (see [`lock`]); during an apply, each finished
+//! resource adds a line to a journal instead (see [`journal`]).
 
+pub mod journal;
 pub mod lock;
 pub mod store;
 
@@ -34,11 +36,11 @@ pub enum StateError {
         found: u32,
     },
     #[error("state is locked by {0}\n  help: wait for that run to finish; if it died, run `rayform force-unlock {id}`", id = .0.id)]
-    Locked(lock::LockInfo),
+    Locked(Box<lock::LockInfo>),
     #[error("lock ID `{given}` does not match the current lock `{actual}`")]
     WrongLockId { given: String, actual: String },
     #[error("the lock is held by a running process ({0}); stop it before force-unlocking")]
-    HolderAlive(lock::LockInfo),
+    HolderAlive(Box<lock::LockInfo>),
     #[error("no lock is held on {}", path.display())]
     NotLocked { path: std::path::PathBuf },
     #[error("the state does not track {}\n  help: `rayform state list` shows what it tracks", .0.join(", "))]
@@ -142,11 +144,44 @@ pub struct ResourceState {
     pub live_fingerprint: String,
     /// Those fields themselves (secret data as fingerprints), to show what changed outside rayform.
     #[serde(default)]
-    pub applied: serde_json::Value,
+    pub applied: Applied,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_fingerprints: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch: Option<PatchState>,
+}
+
+/// The fields rayform wrote, as they read back, kept as compact JSON text
+/// and parsed only when a plan shows what changed outside rayform: at a
+/// thousand objects, a parsed tree for each was most of a plan's memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Applied(Box<serde_json::value::RawValue>);
+
+impl Applied {
+    pub fn new(value: &serde_json::Value) -> Applied {
+        Applied(serde_json::value::to_raw_value(value).unwrap_or_else(|_| Applied::default().0))
+    }
+
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.0.get() == "null"
+    }
+}
+
+impl Default for Applied {
+    fn default() -> Applied {
+        Applied(serde_json::value::RawValue::NULL.to_owned())
+    }
+}
+
+impl PartialEq for Applied {
+    fn eq(&self, other: &Applied) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// The Karpenter fields a stack patched: what they were before and what it wrote.

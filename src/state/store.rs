@@ -1,4 +1,5 @@
-//! Reading and atomically writing the state file.
+//! Reading and atomically writing the state file (with what a killed run's
+//! journal adds to it, see [`super::journal`]).
 //!
 //! A write goes to a temporary file in the same directory, is fsynced, and is
 //! renamed over the old file, so a crash leaves either the old or the new
@@ -23,24 +24,42 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             });
         }
     };
-    let version: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+    let mut state = decode(&text).map_err(|e| match e {
+        Decoded::Corrupt(message) => StateError::Corrupt {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    let found = version["format_version"].as_u64().unwrap_or(0);
-    if found != u64::from(FORMAT_VERSION) {
-        return Err(StateError::Version {
+            message,
+        },
+        Decoded::Version(found) => StateError::Version {
             path: path.to_path_buf(),
-            found: u32::try_from(found).unwrap_or(u32::MAX),
-        });
+            found,
+        },
+    })?;
+    super::journal::replay(path, &mut state)?;
+    Ok(Some(state))
+}
+
+/// Why a text is not a state this rayform reads.
+pub enum Decoded {
+    Corrupt(String),
+    Version(u32),
+}
+
+/// Parses a state, whichever backend kept it.
+pub fn decode(text: &str) -> Result<State, Decoded> {
+    /// Read first, alone, so that another format is named as such rather
+    /// than reported as whichever field it lacks.
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(default)]
+        format_version: u64,
     }
-    serde_json::from_value(version)
-        .map(Some)
-        .map_err(|e| StateError::Corrupt {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+    let found = serde_json::from_str::<Version>(text)
+        .map_err(|e| Decoded::Corrupt(e.to_string()))?
+        .format_version;
+    if found != u64::from(FORMAT_VERSION) {
+        return Err(Decoded::Version(u32::try_from(found).unwrap_or(u32::MAX)));
+    }
+    serde_json::from_str(text).map_err(|e| Decoded::Corrupt(e.to_string()))
 }
 
 /// Writes `state` with its serial bumped.
@@ -75,5 +94,7 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
+    // What a journal added is in this file now.
+    super::journal::remove(path);
     Ok(())
 }

@@ -6,10 +6,27 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Env, Profile, assert_no_token};
+use crate::support::{Backend, Env, Profile, Running, assert_no_token};
 
-async fn mission_round_trip(profile: Profile) {
-    let env = Env::new(profile, &format!("mission-{}", profile.name())).await;
+/// Runs an engine test once per state backend: both must behave alike.
+macro_rules! on_both_backends {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test]
+            async fn file() {
+                super::$test(crate::support::Backend::File).await;
+            }
+
+            #[tokio::test]
+            async fn kubernetes() {
+                super::$test(crate::support::Backend::Kubernetes).await;
+            }
+        }
+    };
+}
+
+async fn mission_round_trip(profile: Profile, backend: Backend) {
+    let env = Env::on(backend, profile, &format!("mission-{}", profile.name())).await;
     let before = env.karpenter_specs().await;
     let stack = env.mission_stack("mistral-7b");
 
@@ -84,24 +101,23 @@ async fn mission_round_trip(profile: Profile) {
     assert!(state["lineage"].as_str().is_some_and(|l| !l.is_empty()));
 }
 
-#[tokio::test]
-async fn mission_stack_round_trip_on_karpenter_v1() {
-    mission_round_trip(Profile::V1).await;
+async fn mission_stack_round_trip_on_karpenter_v1(backend: Backend) {
+    mission_round_trip(Profile::V1, backend).await;
 }
+on_both_backends!(mission_stack_round_trip_on_karpenter_v1);
 
-#[tokio::test]
-async fn mission_stack_round_trip_on_karpenter_v1beta1() {
-    mission_round_trip(Profile::V1beta1).await;
+async fn mission_stack_round_trip_on_karpenter_v1beta1(backend: Backend) {
+    mission_round_trip(Profile::V1beta1, backend).await;
 }
+on_both_backends!(mission_stack_round_trip_on_karpenter_v1beta1);
 
-#[tokio::test]
-async fn mission_stack_round_trip_on_karpenter_v1alpha5() {
-    mission_round_trip(Profile::V1alpha5).await;
+async fn mission_stack_round_trip_on_karpenter_v1alpha5(backend: Backend) {
+    mission_round_trip(Profile::V1alpha5, backend).await;
 }
+on_both_backends!(mission_stack_round_trip_on_karpenter_v1alpha5);
 
-#[tokio::test]
-async fn a_change_by_another_field_manager_is_reported_and_restored() {
-    let env = Env::new(Profile::V1, "drift").await;
+async fn a_change_by_another_field_manager_is_reported_and_restored(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "drift").await;
     let stack = env.mission_stack("drift");
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
@@ -141,10 +157,10 @@ async fn a_change_by_another_field_manager_is_reported_and_restored() {
     env.rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
 }
+on_both_backends!(a_change_by_another_field_manager_is_reported_and_restored);
 
-#[tokio::test]
-async fn a_resource_removed_from_the_stack_is_deleted() {
-    let env = Env::new(Profile::V1, "removal").await;
+async fn a_resource_removed_from_the_stack_is_deleted(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "removal").await;
     let stack = env.mission_stack("removal");
     let base = std::fs::read_to_string(env.path(&stack)).unwrap();
     let with_cm = format!(
@@ -180,10 +196,10 @@ async fn a_resource_removed_from_the_stack_is_deleted() {
             .is_none()
     );
 }
+on_both_backends!(a_resource_removed_from_the_stack_is_deleted);
 
-#[tokio::test]
-async fn two_stacks_share_karpenter_objects_and_the_last_one_reverts() {
-    let env = Env::new(Profile::V1, "shared").await;
+async fn two_stacks_share_karpenter_objects_and_the_last_one_reverts(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "shared").await;
     let before = env.karpenter_specs().await;
     let a = env.mission_stack("model-a");
     // Stack B: the same pool and class, another namespace-free stack name, no workload.
@@ -216,6 +232,7 @@ async fn two_stacks_share_karpenter_objects_and_the_last_one_reverts() {
         "the last holder restored the originals recorded before A"
     );
 }
+on_both_backends!(two_stacks_share_karpenter_objects_and_the_last_one_reverts);
 
 #[tokio::test]
 async fn a_field_changed_outside_stops_the_revert_unless_forced() {
@@ -252,9 +269,8 @@ async fn a_field_changed_outside_stops_the_revert_unless_forced() {
     assert_eq!(env.karpenter_specs().await, before);
 }
 
-#[tokio::test]
-async fn a_stale_saved_plan_is_refused() {
-    let env = Env::new(Profile::V1, "stale").await;
+async fn a_stale_saved_plan_is_refused(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "stale").await;
     let stack = env.mission_stack("stale");
     env.rayform(&["plan", &stack, "--out", "first.plan"]).ok();
     // The world moves on: the NodePool is edited after the plan was made.
@@ -284,6 +300,107 @@ async fn a_stale_saved_plan_is_refused() {
     let refused = env.rayform(&["apply", "third.plan", "--no-wait"]).code(1);
     refused.stderr_has("the state changed since the plan was made");
 }
+on_both_backends!(a_stale_saved_plan_is_refused);
+
+/// Many ConfigMaps, so a kill can land with some of them done and not others.
+fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
+    let mut text = format!(
+        "[stack]\nname = \"{stack_name}\"\nnamespace = \"{}\"\n",
+        env.ns
+    );
+    for i in 0..count {
+        text.push_str(&format!(
+            "\n[manifest.cm{i}]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ index = \"{i}\" }} }}\n"
+        ));
+    }
+    let file = format!("{stack_name}.toml");
+    env.write(&file, &text);
+    file
+}
+
+async fn a_kill_that_lands_mid_apply_leaves_a_partial_state_the_next_apply_completes(
+    backend: Backend,
+) {
+    let env = Env::on(backend, Profile::V1, "partial").await;
+    let stack = many_config_maps(&env, "partial", 40);
+    let running = Running::spawn(env.command(&[
+        "apply",
+        &stack,
+        "--auto-approve",
+        "--no-wait",
+        "--parallelism",
+        "1",
+    ]));
+    running
+        .until("manifest.cm5: Created", Duration::from_secs(60))
+        .await;
+    running.kill();
+    // The kill landed mid-apply: some objects exist, not all.
+    let live = env.count("v1", "ConfigMap").await;
+    assert!((6..40).contains(&live), "{live} of 40 live");
+    // The state holds no more than what exists. A file's journal has every
+    // finished object (cm5's progress line comes after its record); the
+    // Secret is rewritten at most once a second, and the next run finds
+    // the rest by their lineage.
+    let recorded = env.state("partial")["resources"]
+        .as_object()
+        .map_or(0, serde_json::Map::len);
+    assert!(recorded <= live, "{recorded} recorded, {live} live");
+    if backend == Backend::File {
+        assert!(recorded >= 6, "{recorded} recorded, {live} live");
+    }
+
+    let apply = ["apply", &stack, "--auto-approve", "--no-wait"];
+    env.rayform_once_unlocked(&apply, Duration::from_secs(40))
+        .ok();
+    env.rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    assert_eq!(env.count("v1", "ConfigMap").await, 40);
+    assert_eq!(
+        env.state("partial")["resources"].as_object().unwrap().len(),
+        40
+    );
+}
+on_both_backends!(a_kill_that_lands_mid_apply_leaves_a_partial_state_the_next_apply_completes);
+
+/// A run that waits for readiness holds the lock; the readiness never comes
+/// here (no KubeRay operator on this cluster), so it holds it until killed.
+async fn a_running_apply_holds_the_lock_until_it_ends_or_dies(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "holder").await;
+    let stack = env.mission_stack("holder");
+    let holder = Running::spawn(env.command(&["apply", &stack, "--auto-approve"]));
+    holder.until("Waiting for", Duration::from_secs(60)).await;
+
+    // With the state in the cluster, another working directory with its own
+    // copy of the stack (no shared files) meets the same lock; a file state
+    // is found from the stack file, so there the second run is beside it.
+    let elsewhere = match backend {
+        Backend::Kubernetes => env.path("elsewhere"),
+        Backend::File => env.dir.path().to_path_buf(),
+    };
+    if backend == Backend::Kubernetes {
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        for file in [stack.as_str(), "mistral-7b.rayservice.yaml"] {
+            std::fs::copy(env.path(file), elsewhere.join(file)).unwrap();
+        }
+    }
+    let started = std::time::Instant::now();
+    let second = env.rayform_in(&elsewhere, &["plan", &stack]).code(1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    second.stderr_has("state is locked");
+    second.stderr_has(&format!("pid {}", holder.pid()));
+
+    holder.kill();
+    let after = env.rayform_once_unlocked(&["plan", &stack], Duration::from_secs(40));
+    assert_eq!(after.code, 0, "{}", after.all());
+    if backend == Backend::Kubernetes {
+        assert!(
+            started.elapsed() >= Duration::from_secs(10),
+            "a Lease left by a killed holder is respected until it expires"
+        );
+    }
+}
+on_both_backends!(a_running_apply_holds_the_lock_until_it_ends_or_dies);
 
 #[tokio::test]
 async fn a_held_lock_makes_a_second_run_fail_at_once_naming_the_holder() {
@@ -305,41 +422,38 @@ async fn a_held_lock_makes_a_second_run_fail_at_once_naming_the_holder() {
     env.rayform(&["plan", &stack]).ok();
 }
 
-#[tokio::test]
-async fn a_killed_apply_is_finished_by_the_next_one() {
-    let env = Env::new(Profile::V1, "kill9").await;
+async fn a_killed_apply_is_finished_by_the_next_one(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "kill9").await;
     let stack = env.mission_stack("kill9");
+    let apply = ["apply", &stack, "--auto-approve", "--no-wait"];
     for delay_ms in [40, 120, 250] {
         let mut child = env
-            .command(&[
-                "apply",
-                &stack,
-                "--auto-approve",
-                "--no-wait",
-                "--parallelism",
-                "1",
-            ])
+            .command(&[&apply[..], &["--parallelism", "1"]].concat())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        // Whatever was written is a valid state file (or none yet).
-        if let Ok(text) = std::fs::read_to_string(env.path("state/kill9.json")) {
-            serde_json::from_str::<serde_json::Value>(&text).expect("state is never half-written");
+        // Whatever was written reads as a valid state (or there is none yet).
+        let pulled = env.rayform(&["state", "pull", &stack]);
+        if pulled.code == 0 {
+            serde_json::from_str::<serde_json::Value>(&pulled.stdout)
+                .expect("state is never half-written");
         }
     }
-    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+    env.rayform_once_unlocked(&apply, Duration::from_secs(40))
         .ok();
     env.rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
-    assert_eq!(env.count("v1", "Secret").await, 1);
+    let state_secret = usize::from(backend == Backend::Kubernetes);
+    assert_eq!(env.count("v1", "Secret").await, 1 + state_secret);
     assert_eq!(env.count("ray.io/v1", "RayService").await, 1);
     assert_eq!(
         env.state("kill9")["resources"].as_object().unwrap().len(),
         4
     );
 }
+on_both_backends!(a_killed_apply_is_finished_by_the_next_one);
 
 #[tokio::test]
 async fn the_token_never_leaves_the_secret() {
@@ -556,7 +670,7 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
     let json_plan = env.rayform(&["plan", &stack, "--json"]).ok();
     let plan: serde_json::Value =
         serde_json::from_str(&json_plan.stdout).expect("plan --json is JSON");
-    assert_eq!(plan["format_version"], json!("1.0"));
+    assert_eq!(plan["format_version"], json!("1.1"));
     assert_eq!(
         plan["summary"],
         json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0})
@@ -1010,4 +1124,87 @@ async fn a_no_op_plan_costs_requests_per_kind_not_per_resource() {
     for line in &counts {
         assert!(line.contains("with 5 API requests"), "{counts:?}");
     }
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_is_taken_over_stops_without_writing_the_state() {
+    let env = Env::on(Backend::Kubernetes, Profile::V1, "leaselost").await;
+    let stack = env.mission_stack("leaselost");
+    let holder = Running::spawn(env.command(&["apply", &stack, "--auto-approve"]));
+    holder.until("Waiting for", Duration::from_secs(60)).await;
+    let serial = || async {
+        env.get("v1", "Secret", Some(&env.ns), "rayform-state-leaselost")
+            .await
+            .expect("the state Secret")["metadata"]["annotations"]["rayform.io/serial"]
+            .clone()
+    };
+    let before = serial().await;
+
+    // Someone else takes the Lease, as a run would once it had expired.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let mut lease = leases.get("rayform-lock-leaselost").await.unwrap();
+    lease.spec.as_mut().unwrap().holder_identity = Some("intruder".into());
+    leases
+        .replace("rayform-lock-leaselost", &Default::default(), &lease)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let run = holder.finish();
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    run.stderr_has("the state lock was lost");
+    assert_eq!(serial().await, before, "no state written after the loss");
+}
+
+#[tokio::test]
+async fn import_takes_an_existing_object_into_the_state_and_the_plan_shows_the_rest() {
+    let env = Env::new(Profile::V1, "import").await;
+    let stack = env.mission_stack("import");
+    // Made by hand before rayform, with the same token.
+    env.apply_as(
+        "someone",
+        "v1",
+        "Secret",
+        Some(&env.ns),
+        "hf-token",
+        json!({"stringData": {"HUGGING_FACE_HUB_TOKEN": env.token}}),
+    )
+    .await;
+    let uid = env
+        .get("v1", "Secret", Some(&env.ns), "hf-token")
+        .await
+        .unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = env.rayform(&["plan", &stack]).code(1);
+    assert!(refused.all().contains("was not created by rayform"));
+
+    env.rayform(&["import", &stack, "secret.hf-token"])
+        .ok()
+        .stdout_has("Imported secret.hf-token");
+    env.rayform(&["state", "show", &stack, "secret.hf-token"])
+        .ok()
+        .stdout_has(&uid);
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has("imported: rayform adds its labels");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let secret = env
+        .get("v1", "Secret", Some(&env.ns), "hf-token")
+        .await
+        .unwrap();
+    assert_eq!(secret["metadata"]["uid"], json!(uid), "the same object");
+    assert_eq!(
+        secret["metadata"]["labels"]["rayform.io/stack"],
+        json!("import")
+    );
+    env.rayform(&["import", &stack, "secret.hf-token"])
+        .code(1)
+        .stderr_has("already in the state");
+    env.rayform(&["import", &stack, "nodepool.nothere"])
+        .code(1)
+        .stderr_has("is not in");
 }

@@ -128,10 +128,18 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
     }
 }
 
+/// Where a test's rayform keeps its state (`RAYFORM_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    File,
+    Kubernetes,
+}
+
 /// Everything one test needs: a namespace, Karpenter objects of its own, a
 /// working directory for stacks and state, and a unique token.
 pub struct Env {
     pub profile: Profile,
+    pub backend: Backend,
     pub kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
     pub ns: String,
@@ -203,6 +211,12 @@ impl Run {
 
 impl Env {
     pub async fn new(profile: Profile, test: &str) -> Env {
+        Env::on(Backend::File, profile, test).await
+    }
+
+    /// An environment whose rayform runs keep their state in `backend` (for
+    /// the kubernetes backend: in the test's namespace, the stack's own).
+    pub async fn on(backend: Backend, profile: Profile, test: &str) -> Env {
         let kubeconfig = kubeconfig(profile);
         let client = client(&kubeconfig, None).await;
         let suffix = &rayform::util::random_hex(3);
@@ -215,6 +229,7 @@ impl Env {
         let ns = format!("{base}-{suffix}");
         let env = Env {
             profile,
+            backend,
             kubeconfig,
             dir: tempfile::tempdir().expect("tempdir"),
             pool: format!("{base}-{suffix}"),
@@ -365,9 +380,30 @@ impl Env {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HUGGING_FACE_HUB_TOKEN", &self.token)
             .env("NO_COLOR", "1")
+            .env(
+                "RAYFORM_BACKEND",
+                match self.backend {
+                    Backend::File => "file",
+                    Backend::Kubernetes => "kubernetes",
+                },
+            )
             .env_remove("RAYFORM_CONTEXT")
+            .env_remove("RAYFORM_STATE_NAMESPACE")
             .stdin(std::process::Stdio::null());
         cmd
+    }
+
+    /// Runs rayform again and again while the state is locked (a Lease
+    /// left by a killed run expires after its duration), then returns that run.
+    pub fn rayform_once_unlocked(&self, args: &[&str], limit: std::time::Duration) -> Run {
+        let started = std::time::Instant::now();
+        loop {
+            let run = self.rayform(args);
+            if !run.stderr.contains("state is locked") || started.elapsed() > limit {
+                return run;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
     }
 
     pub fn rayform(&self, args: &[&str]) -> Run {
@@ -380,10 +416,13 @@ impl Env {
         Run::from(cmd.current_dir(cwd).output().expect("run rayform"))
     }
 
+    /// The state of the stack in `<stack_name>.toml`, as `rayform state pull`
+    /// reads it from whichever backend keeps it (a killed run's journal included).
     pub fn state(&self, stack_name: &str) -> Value {
-        let text = std::fs::read_to_string(self.path(&format!("state/{stack_name}.json")))
-            .expect("state file");
-        serde_json::from_str(&text).expect("state is JSON")
+        let pulled = self
+            .rayform(&["state", "pull", &format!("{stack_name}.toml")])
+            .ok();
+        serde_json::from_str(&pulled.stdout).expect("state is JSON")
     }
 
     /// Counts of live objects in the test namespace carrying a label.
@@ -510,6 +549,16 @@ impl Running {
             .status()
             .expect("kill");
         assert!(status.success(), "kill -INT failed");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to release anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn finish(mut self) -> Run {

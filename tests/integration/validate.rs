@@ -212,7 +212,8 @@ fn the_mission_stack_is_valid_and_ordered_like_the_guide() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("valid (5 resources)"), "{stdout}");
 
-    let stack = rayform::stack::load(&repo().join("stacks/mistral-7b.toml"), None).unwrap();
+    let stack =
+        rayform::stack::load(&repo().join("stacks/mistral-7b.toml"), &Default::default()).unwrap();
     let graph = rayform::graph::Graph::build(&stack).unwrap();
     let order: Vec<String> = graph
         .apply_order()
@@ -254,7 +255,7 @@ proptest! {
 
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
-        let _ = rayform::stack::parse_str(Path::new("fuzz.toml"), &text, None);
+        let _ = rayform::stack::parse_str(Path::new("fuzz.toml"), &text, &Default::default());
     }
 
     #[test]
@@ -262,7 +263,7 @@ proptest! {
         let text = mission_text();
         let at = text.char_indices().map(|(i, _)| i).nth(cut % text.chars().count()).unwrap_or(0);
         let mangled = format!("{}{insert}{}", &text[..at], &text[at..]);
-        if let Err(e) = rayform::stack::parse_str(&repo().join("stacks/fuzz.toml"), &mangled, None) {
+        if let Err(e) = rayform::stack::parse_str(&repo().join("stacks/fuzz.toml"), &mangled, &Default::default()) {
             // Every error names its place.
             let shown = e.to_string();
             prop_assert!(shown.contains("fuzz.toml"), "{}", shown);
@@ -292,7 +293,7 @@ proptest! {
                 list.join(", ")
             ));
         }
-        let stack = rayform::stack::parse_str(Path::new("order.toml"), &text, None).unwrap();
+        let stack = rayform::stack::parse_str(Path::new("order.toml"), &text, &Default::default()).unwrap();
         let graph = rayform::graph::Graph::build(&stack).unwrap();
         let order: Vec<String> = graph.apply_order().iter().map(ToString::to_string).collect();
         let pos = |name: String| order.iter().position(|x| *x == name).unwrap();
