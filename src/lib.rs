@@ -12,9 +12,10 @@
 //!    and, only where something may change, what a server-side dry run says.
 //! 5. [`plan`]: compare desired, state and live into a [`plan::Plan`]: pure,
 //!    no cluster calls. Plans can be saved and applied later.
-//! 6. [`apply`]: carry out a plan in graph order, writing [`state`] after every
-//!    resource; destroy is the same walk backwards, with the exact Karpenter
-//!    revert computed in [`karpenter`].
+//! 6. [`apply`]: carry out a plan in graph order, recording every finished
+//!    resource in the [`state`] through its [`backend`] (a file with a
+//!    journal, or a Secret and a Lease in the cluster); destroy is the same
+//!    walk backwards, with the exact Karpenter revert computed in [`karpenter`].
 //! 7. [`readiness`]: the terminal node: wait until the RayService really
 //!    answers on its route.
 //!

@@ -1,5 +1,5 @@
 //! Carrying out a plan: every change in dependency order, independent ones
-//! side by side, the state written after each so a killed run loses nothing.
+//! side by side, each recorded as it finishes so a killed run loses nothing.
 //!
 //! Apply never decides anything the plan did not say. What it checks is that
 //! the world still is what the plan saw (a saved plan may be old) and that

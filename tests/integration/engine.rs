@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Backend, Env, Profile, Running, assert_no_token};
+use crate::support::{Backend, Env, OwnCluster, Profile, Running, assert_no_token};
 
 /// Runs an engine test once per state backend: both must behave alike.
 macro_rules! on_both_backends {
@@ -1208,3 +1208,71 @@ async fn import_takes_an_existing_object_into_the_state_and_the_plan_shows_the_r
         .code(1)
         .stderr_has("is not in");
 }
+
+/// The API server goes away for seconds in the middle of an apply, then in
+/// the middle of a destroy (an upgrade, a crash): the run stops with what it
+/// finished recorded, and the next one completes the work.
+async fn an_api_server_restart_mid_apply_and_mid_destroy_is_repaired_by_the_next_run(
+    backend: Backend,
+) {
+    let cluster = OwnCluster::up(Profile::V1);
+    let env = Env::on_cluster(backend, Profile::V1, cluster.kubeconfig.clone(), "restart").await;
+    let n = 400;
+    let stack = many_config_maps(&env, "restart", n);
+    let once = |verb: &str| {
+        let mut args = vec![verb.to_string(), stack.clone(), "--auto-approve".into()];
+        if verb == "apply" {
+            args.push("--no-wait".into());
+        }
+        args.extend(["--parallelism".into(), "1".into()]);
+        args
+    };
+
+    let apply = once("apply");
+    let args: Vec<&str> = apply.iter().map(String::as_str).collect();
+    let running = Running::spawn(env.command(&args));
+    running
+        .until("manifest.cm5: Created", Duration::from_secs(60))
+        .await;
+    cluster.restart_apiserver();
+    let first = running.finish();
+    assert!(!first.all().contains("panicked"), "{}", first.all());
+    let live = env.count("v1", "ConfigMap").await;
+    assert!(
+        (6..n).contains(&live),
+        "the restart landed mid-apply: {live} of {n} live; {}",
+        first.all()
+    );
+    assert_eq!(first.code, 1, "{}", first.all());
+    env.rayform_once_unlocked(&args, Duration::from_secs(40))
+        .ok();
+    env.rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    assert_eq!(env.count("v1", "ConfigMap").await, n);
+
+    let destroy = once("destroy");
+    let args: Vec<&str> = destroy.iter().map(String::as_str).collect();
+    let running = Running::spawn(env.command(&args));
+    running
+        .until("Destruction complete", Duration::from_secs(60))
+        .await;
+    cluster.restart_apiserver();
+    let first = running.finish();
+    assert!(!first.all().contains("panicked"), "{}", first.all());
+    let left = env.count("v1", "ConfigMap").await;
+    assert!(
+        (1..n).contains(&left),
+        "the restart landed mid-destroy: {left} of {n} left; {}",
+        first.all()
+    );
+    env.rayform_once_unlocked(&args, Duration::from_secs(40))
+        .ok();
+    assert_eq!(env.count("v1", "ConfigMap").await, 0);
+    assert!(
+        env.state("restart")["resources"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both_backends!(an_api_server_restart_mid_apply_and_mid_destroy_is_repaired_by_the_next_run);

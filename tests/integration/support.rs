@@ -217,7 +217,16 @@ impl Env {
     /// An environment whose rayform runs keep their state in `backend` (for
     /// the kubernetes backend: in the test's namespace, the stack's own).
     pub async fn on(backend: Backend, profile: Profile, test: &str) -> Env {
-        let kubeconfig = kubeconfig(profile);
+        Env::on_cluster(backend, profile, kubeconfig(profile), test).await
+    }
+
+    /// An environment on a control plane of the test's own (see [`OwnCluster`]).
+    pub async fn on_cluster(
+        backend: Backend,
+        profile: Profile,
+        kubeconfig: PathBuf,
+        test: &str,
+    ) -> Env {
         let client = client(&kubeconfig, None).await;
         let suffix = &rayform::util::random_hex(3);
         let base: String = test
@@ -433,6 +442,63 @@ impl Env {
             .expect("list")
             .items
             .len()
+    }
+}
+
+/// A control plane for one test alone, for what would disturb the others
+/// (restarting its API server); stopped when dropped.
+pub struct OwnCluster {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl OwnCluster {
+    pub fn up(profile: Profile) -> OwnCluster {
+        let pid = std::process::id().to_string();
+        let out = Command::new(repo().join("scripts/testcluster"))
+            .args(["up", "--watch-pid", &pid, "--profile", profile.name()])
+            .output()
+            .expect("run scripts/testcluster");
+        assert!(
+            out.status.success(),
+            "testcluster up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let var = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(|v| PathBuf::from(v.trim()))
+                .expect("testcluster printed its exports")
+        };
+        OwnCluster {
+            dir: var("TESTCLUSTER_DIR"),
+            kubeconfig: var("KUBECONFIG"),
+        }
+    }
+
+    /// Stops kube-apiserver and starts it again; returns once it is ready.
+    pub fn restart_apiserver(&self) {
+        let out = Command::new(repo().join("scripts/testcluster"))
+            .arg("restart-apiserver")
+            .arg(&self.dir)
+            .output()
+            .expect("run scripts/testcluster");
+        assert!(
+            out.status.success(),
+            "restart-apiserver: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/testcluster"))
+            .arg("down")
+            .arg(&self.dir)
+            .output();
     }
 }
 
