@@ -73,6 +73,10 @@ impl SecretBackend {
                     ns = self.namespace
                 ))
             }
+            e @ ClusterError::Forbidden { .. } => BackendError::Kubernetes(format!(
+                "{e}\n  help: the kubernetes state backend needs get, create and update on secrets and leases.coordination.k8s.io in namespace `{}`; or keep the state in a file (--backend file)",
+                self.namespace
+            )),
             other => BackendError::Cluster(other),
         }
     }

@@ -1276,3 +1276,98 @@ async fn an_api_server_restart_mid_apply_and_mid_destroy_is_repaired_by_the_next
     );
 }
 on_both_backends!(an_api_server_restart_mid_apply_and_mid_destroy_is_repaired_by_the_next_run);
+
+#[tokio::test]
+async fn rbac_that_forbids_the_state_lease_is_named_with_what_to_grant() {
+    let env = Env::on(Backend::Kubernetes, Profile::V1, "rbaclease").await;
+    let stack = env.mission_stack("rbaclease");
+    let run = env
+        .rayform(&["--context", "restricted", "plan", &stack])
+        .code(1);
+    let text = run.all();
+    assert!(text.contains("forbidden: cannot create leases"), "{text}");
+    assert!(
+        text.contains("get, create and update on secrets and leases.coordination.k8s.io"),
+        "{text}"
+    );
+    assert!(text.contains("--backend file"), "{text}");
+}
+
+#[tokio::test]
+async fn a_missing_state_namespace_is_named_with_how_to_create_it() {
+    let env = Env::on(Backend::Kubernetes, Profile::V1, "statens").await;
+    let stack = env.mission_stack("statens");
+    let run = env
+        .rayform(&["--state-namespace", "no-such-ns", "plan", &stack])
+        .code(1);
+    run.stderr_has("the state namespace `no-such-ns` does not exist");
+    run.stderr_has("kubectl create namespace no-such-ns");
+}
+
+#[tokio::test]
+async fn state_moves_between_backends_with_pull_and_push() {
+    let env = Env::new(Profile::V1, "migrate").await;
+    let stack = env.mission_stack("migrate");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let pulled = env.rayform(&["state", "pull", &stack]).ok();
+    env.write("migrate.state.json", &pulled.stdout);
+    let to_cluster = ["--backend", "kubernetes"];
+    env.rayform(
+        &[
+            &to_cluster[..],
+            &["state", "push", &stack, "migrate.state.json"],
+        ]
+        .concat(),
+    )
+    .ok()
+    .stdout_has("Pushed migrate.state.json (4 resources");
+    // The cluster's copy is the same state: nothing to do, same lineage.
+    env.rayform(&[&to_cluster[..], &["plan", &stack, "--detailed-exitcode"]].concat())
+        .code(0);
+    let moved: serde_json::Value = serde_json::from_str(
+        &env.rayform(&[&to_cluster[..], &["state", "pull", &stack]].concat())
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let original: serde_json::Value = serde_json::from_str(&pulled.stdout).unwrap();
+    assert_eq!(moved["lineage"], original["lineage"]);
+    assert_eq!(moved["resources"], original["resources"]);
+    // An older copy is refused: the cluster's state has moved on.
+    env.rayform(
+        &[
+            &to_cluster[..],
+            &["state", "push", &stack, "migrate.state.json"],
+        ]
+        .concat(),
+    )
+    .code(1)
+    .stderr_has("newer than");
+    env.rayform(&[&to_cluster[..], &["destroy", &stack, "--auto-approve"]].concat())
+        .ok();
+}
+
+#[tokio::test]
+async fn ctrl_c_gives_the_lease_back_at_once() {
+    let env = Env::on(Backend::Kubernetes, Profile::V1, "leasectrlc").await;
+    let stack = env.mission_stack("leasectrlc");
+    let holder = Running::spawn(env.command(&["apply", &stack, "--auto-approve"]));
+    holder.until("Waiting for", Duration::from_secs(60)).await;
+    holder.interrupt();
+    assert_eq!(holder.finish().code, 130);
+    // No waiting out the Lease: the interrupted run gave it back.
+    let started = std::time::Instant::now();
+    env.rayform(&["plan", &stack]).ok();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let lease = env
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some(&env.ns),
+            "rayform-lock-leasectrlc",
+        )
+        .await
+        .expect("the Lease stays, without a holder");
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+}

@@ -117,6 +117,7 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
         "RayCluster" => "rayclusters",
         "Role" => "roles",
         "RoleBinding" => "rolebindings",
+        "Lease" => "leases",
         other => panic!("no plural for {other}"),
     };
     ApiResource {

@@ -90,7 +90,7 @@ def kill_and_converge(k, backend):
     env = dict(os.environ, RAYFORM_BACKEND=backend)
     cmd = [rayform, "apply", f"{name}.toml", "--auto-approve", "--no-wait"]
     p = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.uniform(0.05, 1.2))
+    time.sleep(random.uniform(0.05, 0.9))
     p.send_signal(signal.SIGKILL)
     p.wait()
     landed = count_config_maps(ns)
