@@ -1371,3 +1371,49 @@ async fn ctrl_c_gives_the_lease_back_at_once() {
         .expect("the Lease stays, without a holder");
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
 }
+
+/// A kill between a Karpenter patch and its state record. With the state in
+/// the cluster the record follows the patch by up to a second, so a kill on
+/// the "Patched" line lands there; the next apply must still know the
+/// original values (from the object's own annotation), and destroy restore them.
+#[tokio::test]
+async fn a_kill_between_a_karpenter_patch_and_its_record_still_reverts_exactly() {
+    let env = Env::on(Backend::Kubernetes, Profile::V1, "patchkill").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("patchkill");
+    let running = Running::spawn(env.command(&[
+        "apply",
+        &stack,
+        "--auto-approve",
+        "--no-wait",
+        "--parallelism",
+        "1",
+    ]));
+    running
+        .until(
+            &format!("nodepool.{}: Patched", env.pool),
+            Duration::from_secs(60),
+        )
+        .await;
+    running.kill();
+    assert_ne!(env.karpenter_specs().await.0, before.0, "the patch landed");
+    let state = env.state("patchkill");
+    assert!(
+        state["resources"]
+            .get(format!("nodepool.{}", env.pool))
+            .is_none(),
+        "the kill came before the patch was recorded: {state}"
+    );
+
+    let apply = ["apply", &stack, "--auto-approve", "--no-wait"];
+    env.rayform_once_unlocked(&apply, Duration::from_secs(40))
+        .ok();
+    env.rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(
+        env.karpenter_specs().await,
+        before,
+        "the originals recorded on the object were restored"
+    );
+}

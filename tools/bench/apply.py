@@ -148,6 +148,9 @@ def main():
                 results[(who, phase)].append(secs)
                 print(f"run {r} {phase:6} {who:32} {secs:.3f} s", flush=True)
         rss.append(peak_rss_kib([rayform, "plan", f"r{r}.toml", "--detailed-exitcode"]))
+    if not RUNS:
+        kills()
+        return
     print(f"\n{N} ConfigMaps, {RUNS} runs, fresh namespaces each run (median, min, max; ratio of medians to kubectl):")
     for phase in ("create", "update"):
         kube = statistics.median(results[("kubectl apply --server-side", phase)])
