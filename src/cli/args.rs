@@ -6,7 +6,14 @@ use clap::{Args, Parser, Subcommand};
 
 /// Plan, apply and destroy LLM serving (KubeRay RayService) on Karpenter-autoscaled Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "rayform", version, about, max_term_width = 100)]
+#[command(
+    name = "rayform",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "Exit codes: 0 success (no changes), 1 error (usage errors included), \
+                  2 changes present (plan --detailed-exitcode), 130 interrupted (Ctrl-C), 143 SIGTERM."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -31,7 +31,16 @@ use output::Out;
 type Error = Box<dyn std::error::Error>;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Exit 2 means "changes present" to `plan --detailed-exitcode`
+        // users, so a usage error exits 1, as Terraform's do; --help and
+        // --version are answers, not errors.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.use_stderr()));
+        }
+    };
     let out = Out::new(cli.global.no_color, cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -491,13 +491,13 @@ async fn observe_member(
         ..Default::default()
     };
     let listed_unchanged = matches!(lookup, Lookup::Unchanged(_));
+    let labelled = matches!(lookup, Lookup::Labelled(_) | Lookup::Unchanged(_));
+    // `known`: whether the object's existence is settled (found, or listed as absent).
     let (mut live, mut known) = match lookup {
-        Lookup::Labelled(l) | Lookup::Unchanged(l) => (Some(l), true),
-        Lookup::Unlabelled(l) => (Some(l), false),
+        Lookup::Labelled(l) | Lookup::Unchanged(l) | Lookup::Unlabelled(l) => (Some(l), true),
         Lookup::Absent => (None, true),
         Lookup::Unknown => (None, false),
     };
-    let labelled = known && live.is_some();
     obs.other_lineage = live
         .as_ref()
         .filter(|_| labelled)
@@ -534,7 +534,7 @@ async fn observe_member(
             _ if !cx.dry_run => {
                 obs.local = true;
                 obs.note = Some(format!(
-                    "not dry-run on the server: {} objects may change, more than --server-dry-run checks",
+                    "not dry-run on the server: {} objects may change (see --server-dry-run)",
                     cx.may_change
                 ));
             }

@@ -71,12 +71,34 @@ fn yaml(v: &Value) -> String {
         .unwrap_or_else(|_| serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
+/// What the two sides of a diff are, for its `---`/`+++` header.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Sides {
+    /// The live object → what the server says the apply makes of it.
+    LivePlanned,
+    /// What rayform last applied → what is live now (changed outside rayform).
+    AppliedLive,
+    /// The fields rayform writes, live → desired, computed without a dry run.
+    LiveDesired,
+}
+
+impl Sides {
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Sides::LivePlanned => ("live", "planned"),
+            Sides::AppliedLive => ("last applied by rayform", "live"),
+            Sides::LiveDesired => ("live", "planned (computed locally, no server dry run)"),
+        }
+    }
+}
+
 /// Diff of `before` → `after`, or `None` if they are the same once normalized.
 /// `secrets` marks `after` as carrying desired secret fingerprints to compare against `before`.
 pub(super) fn unified(
     before: &Value,
     after: &Value,
     secrets: Option<&BTreeMap<String, String>>,
+    sides: Sides,
 ) -> Option<String> {
     let b = normalize(before, None);
     let a = normalize(after, secrets.map(|s| (s, before)));
@@ -88,7 +110,7 @@ pub(super) fn unified(
     Some(
         diff.unified_diff()
             .context_radius(3)
-            .header("live", "planned")
+            .header(sides.labels().0, sides.labels().1)
             .to_string(),
     )
 }

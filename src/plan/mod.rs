@@ -21,6 +21,7 @@ use crate::karpenter::{self, KarpenterPatch};
 use crate::observe::{Observed, ObservedObject, ObservedPatch, Unlabelled, World};
 use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ClusterId, State};
+use diff::Sides;
 
 pub use render::{RenderOptions, render_json, render_text};
 
@@ -394,7 +395,7 @@ fn plan_patch(
         ));
     }
     if let Some(after) = &o.after {
-        c.diff = diff::unified(live, after, None);
+        c.diff = diff::unified(live, after, None, Sides::LivePlanned);
     }
     c.patch = Some(patch.clone());
     Some(c)
@@ -510,6 +511,7 @@ fn plan_object(
             &Value::Null,
             o.after.as_ref().unwrap_or(&masked),
             Some(&want.secret_fingerprints),
+            Sides::LivePlanned,
         );
         return Some(c);
     };
@@ -543,7 +545,7 @@ fn plan_object(
         && !s.applied.is_null()
     {
         c.reasons.push("changed outside rayform".into());
-        c.outside_diff = diff::unified(&s.applied.value(), &projection, None);
+        c.outside_diff = diff::unified(&s.applied.value(), &projection, None, Sides::AppliedLive);
     }
     let Some(after) = &o.after else {
         c.action = Action::Update;
@@ -552,11 +554,21 @@ fn plan_object(
         }
         if o.local {
             // No server answer: the fields rayform writes, as they are and as they will be.
-            c.diff = diff::unified(&projection, &masked, Some(&want.secret_fingerprints));
+            c.diff = diff::unified(
+                &projection,
+                &masked,
+                Some(&want.secret_fingerprints),
+                Sides::LiveDesired,
+            );
         }
         return Some(c);
     };
-    c.diff = diff::unified(live, after, Some(&want.secret_fingerprints));
+    c.diff = diff::unified(
+        live,
+        after,
+        Some(&want.secret_fingerprints),
+        Sides::LivePlanned,
+    );
     c.action = if c.diff.is_some() {
         Action::Update
     } else {

@@ -201,3 +201,84 @@ pub fn replay(path: &Path, state: &mut State) -> Result<usize, StateError> {
 pub(super) fn remove(path: &Path) {
     let _ = fs::remove_file(journal_path(path));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::ResourceType;
+
+    fn entry(name: &str) -> Box<ResourceState> {
+        Box::new(ResourceState {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: name.into(),
+            namespace: Some("ns".into()),
+            uid: Some(format!("uid-{name}")),
+            resource_version: None,
+            desired_fingerprint: "d".into(),
+            live_fingerprint: "l".into(),
+            applied: crate::state::Applied::new(&serde_json::json!({"data": {"a": "1"}})),
+            secret_fingerprints: Default::default(),
+            patch: None,
+        })
+    }
+
+    fn put(name: &str) -> Change {
+        Change::Put {
+            address: Address::new(ResourceType::Manifest, name),
+            entry: entry(name),
+        }
+    }
+
+    #[test]
+    fn a_killed_runs_journal_is_replayed_up_to_its_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let mut state = State::new("s");
+        let journal = Journal::begin(&path, &mut state).unwrap();
+        journal.append(&put("a")).unwrap();
+        journal.append(&put("b")).unwrap();
+        journal
+            .append(&Change::Remove {
+                address: Address::new(ResourceType::Manifest, "a"),
+            })
+            .unwrap();
+        // The kill lands in the middle of the next line.
+        let mut text = fs::read_to_string(journal_path(&path)).unwrap();
+        text.push_str(r#"{"put":{"address":"manifest.c","#);
+        fs::write(journal_path(&path), text).unwrap();
+
+        let loaded = crate::state::store::load(&path).unwrap().unwrap();
+        let names: Vec<String> = loaded.resources.keys().map(ToString::to_string).collect();
+        assert_eq!(names, ["manifest.b"]);
+        assert_eq!(
+            loaded.resources[&Address::new(ResourceType::Manifest, "b")],
+            *entry("b")
+        );
+    }
+
+    #[test]
+    fn a_journal_left_beside_a_state_written_whole_since_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let a = Address::new(ResourceType::Manifest, "a");
+        let mut state = State::new("s");
+        state.resources.insert(a.clone(), *entry("a"));
+        let journal = Journal::begin(&path, &mut state).unwrap();
+        journal
+            .append(&Change::Remove { address: a.clone() })
+            .unwrap();
+        let stale = fs::read(journal_path(&path)).unwrap();
+        // A later run put `a` back and wrote the state whole, which removes
+        // the journal; an old journal reappearing must not remove `a` again.
+        crate::state::store::save(&path, &mut state).unwrap();
+        assert!(
+            !journal_path(&path).exists(),
+            "a whole write removes the journal"
+        );
+        fs::write(journal_path(&path), stale).unwrap();
+
+        let loaded = crate::state::store::load(&path).unwrap().unwrap();
+        assert!(loaded.resources.contains_key(&a));
+    }
+}

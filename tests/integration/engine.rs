@@ -141,6 +141,11 @@ async fn a_change_by_another_field_manager_is_reported_and_restored(backend: Bac
         .code(2);
     plan.stdout_has("rayservice.mistral-7b will be updated in place");
     plan.stdout_has("changed outside rayform");
+    // Each diff says what its sides are: what happened outside, then what apply does.
+    plan.stdout_has("--- last applied by rayform");
+    plan.stdout_has("+++ live");
+    plan.stdout_has("--- live");
+    plan.stdout_has("+++ planned");
     assert!(
         plan.stdout.contains("applications: []"),
         "the outside change is shown: {}",

@@ -308,3 +308,31 @@ proptest! {
         prop_assert_eq!(reversed, order);
     }
 }
+
+/// Exit codes as Terraform's: 2 means "changes present" to `plan
+/// --detailed-exitcode`, so a usage error must not exit 2.
+#[test]
+fn a_usage_error_exits_1_and_help_and_version_exit_0() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rayform"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run rayform")
+    };
+    for args in [
+        &["plan"][..],
+        &["plan", "x.toml", "--no-such-flag"],
+        &["no-such-command"],
+        &["apply", "x.toml", "--parallelism", "many"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?} says why");
+    }
+    for args in [&["--help"][..], &["--version"], &["plan", "--help"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?} answers on stdout");
+    }
+}
