@@ -120,7 +120,7 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
         /// Readiness endpoint (http://host:port of the Serve proxy), overriding the stack
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
         endpoint: Option<String>,
     },
     /// Delete what the stack created and revert its Karpenter patches
@@ -192,8 +192,8 @@ pub enum StateCommand {
 #[derive(Debug, Args, Clone, Default)]
 pub struct Take {
     /// Which changes the API server checks with a dry run: auto = all of them when at most 50 objects may change, else none
-    #[arg(long, value_enum, default_value = "auto", value_name = "WHICH")]
-    pub server_dry_run: ServerDryRun,
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub server_dry_run: Option<ServerDryRun>,
     /// Take fields other field managers own (see the plan's conflicts)
     #[arg(long)]
     pub force_conflicts: bool,
@@ -210,13 +210,28 @@ pub enum ServerDryRun {
     None,
 }
 
-impl ServerDryRun {
-    pub fn policy(self) -> rayform::observe::DryRun {
-        match self {
+impl Take {
+    pub fn dry_run_policy(&self) -> rayform::observe::DryRun {
+        match self.server_dry_run.unwrap_or_default() {
             ServerDryRun::Auto => rayform::observe::DryRun::default(),
             ServerDryRun::All => rayform::observe::DryRun::All,
             ServerDryRun::None => rayform::observe::DryRun::Never,
         }
+    }
+
+    /// The flags a saved plan cannot honour: it was decided when it was made.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        if self.server_dry_run.is_some() {
+            given.push("--server-dry-run");
+        }
+        if self.force_conflicts {
+            given.push("--force-conflicts");
+        }
+        if !self.adopt.is_empty() {
+            given.push("--adopt");
+        }
+        given
     }
 }
 
@@ -228,6 +243,17 @@ pub struct RunArgs {
     /// How long a delete may wait for finalizers
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub delete_timeout: std::time::Duration,
+}
+
+/// `http://host:port` (or https), as the readiness probe needs it.
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(s.to_string()),
+        _ => Err(format!(
+            "`{s}`: expected http://host:port or https://host:port of the Serve proxy"
+        )),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -179,6 +179,16 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             endpoint,
         } => {
             if is_plan_file(&target) {
+                let given = take.given();
+                if !given.is_empty() {
+                    return Err(format!(
+                        "{} cannot change a saved plan: what it does was decided when it was made\n  help: make the plan again with them: rayform plan STACK {} --out {}",
+                        given.join(", "),
+                        given.join(" ... "),
+                        target.display()
+                    )
+                    .into());
+                }
                 apply_saved(&target, g, &run, no_wait, endpoint, out).await
             } else {
                 let Opened {
@@ -443,7 +453,7 @@ async fn make_plan(
         mode,
         &ObserveOptions {
             force,
-            dry_run: take.server_dry_run.policy(),
+            dry_run: take.dry_run_policy(),
         },
     )
     .await?;

@@ -274,25 +274,38 @@ pub fn other_lineage(live: &Value, ours: &str) -> Option<String> {
 }
 
 fn annotate_pod_templates(body: &mut Value, checksum: &str) {
-    let spec = &mut body["spec"]["rayClusterConfig"];
-    if spec.is_null() {
+    let Some(spec) = body.pointer_mut("/spec/rayClusterConfig") else {
         return;
-    }
-    if let Some(t) = spec.pointer_mut("/headGroupSpec/template")
-        && t.is_object()
-    {
-        t["metadata"]["annotations"][ANNOTATION_SECRET_CHECKSUM] = json!(checksum);
+    };
+    if let Some(t) = spec.pointer_mut("/headGroupSpec/template") {
+        annotate_template(t, checksum);
     }
     if let Some(groups) = spec
         .pointer_mut("/workerGroupSpecs")
         .and_then(Value::as_array_mut)
     {
-        for g in groups {
-            if g["template"].is_object() {
-                g["template"]["metadata"]["annotations"][ANNOTATION_SECRET_CHECKSUM] =
-                    json!(checksum);
-            }
+        for t in groups.iter_mut().filter_map(|g| g.get_mut("template")) {
+            annotate_template(t, checksum);
         }
+    }
+}
+
+/// Sets the checksum annotation on a pod template of the shape the API
+/// expects; any other shape is left for the API server to reject by name.
+fn annotate_template(template: &mut Value, checksum: &str) {
+    let Some(meta) = template
+        .as_object_mut()
+        .map(|t| t.entry("metadata").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    if let Some(annotations) = meta
+        .entry("annotations")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+    {
+        annotations.insert(ANNOTATION_SECRET_CHECKSUM.into(), json!(checksum));
     }
 }
 

@@ -619,6 +619,21 @@ fn fill_identity(
     let Some(meta) = meta.as_object_mut() else {
         return Err(src.error(span, field, "`metadata` must be a mapping"));
     };
+    // rayform adds its own labels and annotations to these maps.
+    for key in ["labels", "annotations"] {
+        match meta.get(key) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(m)) if m.values().all(serde_json::Value::is_string) => {}
+            Some(_) => {
+                return Err(src.error_help(
+                    span,
+                    field,
+                    format!("metadata.{key} must be a mapping of strings"),
+                    format!("write it as {key} = {{ team = \"a\" }}"),
+                ));
+            }
+        }
+    }
     match meta.get("name").and_then(|n| n.as_str()) {
         Some(n) if n != name => {
             return Err(src.error_help(

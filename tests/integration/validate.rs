@@ -40,7 +40,7 @@ const CATALOGUE: &[(&str, &str, &str)] = &[
         "`nodepool.default.empty_ttl`: `ten minutes` is not a duration",
     ),
     (
-        "07-ttl-missing.toml",
+        "07-nodepool-karpenter-field-instead-of-intent.toml",
         "5:1",
         "`nodepool.default.ttlSecondsAfterEmpty`: unknown key",
     ),
@@ -160,6 +160,17 @@ const CATALOGUE: &[(&str, &str, &str)] = &[
         "5:12",
         "expected a ray.io RayService, found v1 ConfigMap",
     ),
+    // Rendering labels into these used to panic.
+    (
+        "32-manifest-labels-not-a-mapping.toml",
+        "5:10",
+        "metadata.labels must be a mapping of strings",
+    ),
+    (
+        "33-manifest-annotations-a-list.toml",
+        "5:10",
+        "metadata.annotations must be a mapping of strings",
+    ),
 ];
 
 fn validate(path: &Path) -> (i32, String, String) {
@@ -277,12 +288,17 @@ proptest! {
     /// Any acyclic set of depends_on edges is respected by the apply order,
     /// and destroy is exactly its reverse.
     #[test]
-    fn the_apply_order_respects_every_dependency(edges in proptest::collection::vec((0usize..12, 0usize..12), 0..30)) {
+    fn the_apply_order_respects_every_dependency(
+        edges in proptest::collection::vec((0usize..12, 0usize..12), 0..30),
+        hidden in Just((0usize..12).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
         let mut text = String::from("[stack]\nname = \"order\"\n");
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); 12];
+        // Edges follow a hidden random order (so the graph stays acyclic),
+        // not the order of declaration: keeping the file's order fails.
+        let rank = |m: usize| hidden.iter().position(|&x| x == m).unwrap_or(m);
         for (a, b) in edges {
-            // Only "later depends on earlier", so the graph stays acyclic.
-            if a < b && !deps[b].contains(&a) {
+            if rank(a) < rank(b) && !deps[b].contains(&a) {
                 deps[b].push(a);
             }
         }
@@ -334,5 +350,65 @@ fn a_usage_error_exits_1_and_help_and_version_exit_0() {
         let out = run(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(!out.stdout.is_empty(), "{args:?} answers on stdout");
+    }
+}
+
+#[test]
+fn a_saved_plan_refuses_flags_it_cannot_honour_and_a_bad_endpoint_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("saved.plan"), "{}").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rayform"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run rayform")
+    };
+    let out = run(&[
+        "apply",
+        "saved.plan",
+        "--adopt",
+        "secret.x",
+        "--force-conflicts",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--force-conflicts, --adopt cannot change a saved plan"),
+        "{stderr}"
+    );
+    for bad in ["localhost:8000", "ftp://host:1", "not a url"] {
+        let out = run(&["apply", "saved.plan", "--endpoint", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--endpoint"), "{bad}: {stderr}");
+    }
+}
+
+#[test]
+fn a_rayservice_of_the_wrong_shape_is_rendered_without_a_panic_for_the_server_to_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack_file = dir.path().join("shape.toml");
+    let stack = "[stack]\nname = \"shape\"\n\n[secret.tok.data]\nT = { env = \"SHAPE_TOKEN\" }\n\n[rayservice.llm]\nmanifest = \"llm.yaml\"\n";
+    for body in [
+        "spec: oops\n",
+        "spec:\n  rayClusterConfig: [1, 2]\n",
+        "spec:\n  rayClusterConfig:\n    headGroupSpec:\n      template: {metadata: nope}\n    workerGroupSpecs: [{template: 3}, 4]\n",
+    ] {
+        std::fs::write(
+            dir.path().join("llm.yaml"),
+            // It names the stack's Secret, so rendering annotates its pod templates.
+            format!(
+                "apiVersion: ray.io/v1\nkind: RayService\nmetadata:\n  name: llm\nref: {{secretKeyRef: {{name: tok, key: T}}}}\n{body}"
+            ),
+        )
+        .unwrap();
+        let Ok(stack) = rayform::stack::parse_str(&stack_file, stack, &Default::default()) else {
+            continue; // refused with an error: also fine
+        };
+        let rendered =
+            rayform::desired::render(&stack, "key", "lineage", rayform::desired::Secrets::Skip);
+        assert!(rendered.is_ok(), "{body}");
     }
 }
