@@ -39,6 +39,35 @@ pub enum ApplyError {
     Backend(#[from] BackendError),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ApplyError>),
+    #[error("{}", interrupted_message(*.done, .not_done))]
+    Interrupted { done: usize, not_done: Vec<Address> },
+}
+
+/// A request to stop (the first Ctrl-C): no new change starts, changes in
+/// flight finish and are recorded, waits are abandoned.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)>);
+
+impl Stop {
+    pub fn request(&self) {
+        self.0.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once a stop is requested.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// A line of progress for the user.
@@ -60,6 +89,7 @@ pub struct ApplyOptions {
     /// A fixed readiness endpoint overriding the stack's (`--endpoint`).
     pub endpoint: Option<String>,
     pub progress: Progress,
+    pub stop: Stop,
 }
 
 /// Secret values by resource, read fresh for this run.
@@ -69,6 +99,26 @@ pub type SecretValues = BTreeMap<Address, BTreeMap<String, SecretValue>>;
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub ready: Vec<crate::readiness::Ready>,
+}
+
+fn interrupted_message(done: usize, not_done: &[Address]) -> String {
+    const SHOWN: usize = 5;
+    let mut names: Vec<String> = not_done
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect();
+    if not_done.len() > SHOWN {
+        names.push(format!("and {} more", not_done.len() - SHOWN));
+    }
+    format!(
+        "stopped: {done} change(s) finished and are recorded in the state; not done: {}\n  help: run the same command again to continue",
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    )
 }
 
 /// Refuses a saved plan whose state or live objects moved since it was made.
@@ -187,8 +237,9 @@ async fn walk(
     let mut failures = Vec::new();
     let mut report = ApplyReport::default();
     let parallelism = parallelism.max(1);
+    let stop = shared.options.stop.clone();
     loop {
-        if failures.is_empty() {
+        if failures.is_empty() && !stop.requested() {
             let mut i = 0;
             while i < pending.len() && running.len() < parallelism {
                 if pending[i].depends_on.iter().all(|d| done.contains(d)) {
@@ -217,6 +268,21 @@ async fn walk(
                 message: format!("task failed: {join}"),
             }),
         }
+    }
+    let stopped_only = failures
+        .iter()
+        .all(|e| matches!(e, ApplyError::Interrupted { .. }));
+    if stop.requested() && stopped_only && (!pending.is_empty() || !failures.is_empty()) {
+        let changes = plan.changes.iter().filter(|c| c.action.is_change());
+        return Err(ApplyError::Interrupted {
+            done: changes.filter(|c| done.contains(&c.address)).count(),
+            not_done: plan
+                .changes
+                .iter()
+                .filter(|c| !done.contains(&c.address))
+                .map(|c| c.address.clone())
+                .collect(),
+        });
     }
     match failures.len() {
         0 if !pending.is_empty() => Err(ApplyError::Resource {
@@ -365,6 +431,11 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
                     message: e.to_string(),
                 })?,
                 lost = shared.writer.lost() => return Err(lost.into()),
+                // A wait changes nothing: abandoning it loses nothing.
+                () = shared.options.stop.wait() => return Err(ApplyError::Interrupted {
+                    done: 0,
+                    not_done: vec![c.address.clone()],
+                }),
             };
             return Ok(vec![ready]);
         }
@@ -502,6 +573,13 @@ async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         };
         if gone {
             break;
+        }
+        if shared.options.stop.requested() {
+            // The delete was sent; the next run sees whether it finished.
+            return Err(ApplyError::Interrupted {
+                done: 0,
+                not_done: vec![c.address.clone()],
+            });
         }
         if started.elapsed() >= shared.options.delete_timeout {
             let finalizers = live

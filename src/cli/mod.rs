@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use clap::Parser as _;
 
-use rayform::apply::{self, ApplyOptions, Event, SecretValues};
+use rayform::apply::{self, ApplyOptions, Event, SecretValues, Stop};
 use rayform::backend::{Backend, Lock};
 use rayform::cluster::{Cluster, ConnectOptions};
 use rayform::desired::{self, Secrets};
@@ -52,10 +52,24 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let stop = Stop::default();
     let outcome = runtime.block_on(async {
+        let run = run(cli, &out, &stop);
+        tokio::pin!(run);
         let outcome = tokio::select! {
-            result = run(cli, &out) => Ok(result),
-            signal = interrupted() => Err(signal),
+            result = &mut run => Ok(result),
+            (name, code) = interrupted() => {
+                // As Terraform: the first signal lets the changes in flight
+                // finish and be recorded; a second one stops at once.
+                out.error(&format!(
+                    "{name}: stopping once the changes in flight are done (again to stop at once)"
+                ));
+                stop.request();
+                tokio::select! {
+                    result = &mut run => Err((name, code, Some(result))),
+                    _ = interrupted() => Err((name, code, None)),
+                }
+            }
         };
         // The run is over (or dropped): a Lease it held is being given up.
         rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;
@@ -67,13 +81,18 @@ pub fn main() -> ExitCode {
             out.error(&e.to_string());
             ExitCode::from(1)
         }
-        // Dropping the run released the state lock; every state write before
-        // this point was complete (an atomic rename, a journal line ending in
-        // a newline, or a whole Secret), and the next run reads them all.
-        Err((name, code)) => {
-            out.error(&format!(
-                "interrupted by {name}: what completed is recorded in the state; run the same command again to continue"
-            ));
+        Err((name, code, finished)) => {
+            out.error(&match finished {
+                Some(Err(e)) => format!("interrupted by {name}: {e}"),
+                Some(Ok(_)) => format!("interrupted by {name}, after the run had done its work"),
+                // Dropping the run released the state lock; every state write
+                // before this point was complete (an atomic rename, a journal
+                // line ending in a newline, or a whole Secret), and the next
+                // run reads them all.
+                None => format!(
+                    "interrupted by {name} twice: stopped at once; what completed is recorded in the state; run the same command again to continue"
+                ),
+            });
             ExitCode::from(code)
         }
     }
@@ -94,7 +113,7 @@ async fn interrupted() -> (&'static str, u8) {
     }
 }
 
-async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
+async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
     let g = &cli.global;
     match cli.command {
         Command::Validate { stack } => {
@@ -189,7 +208,13 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
                     )
                     .into());
                 }
-                apply_saved(&target, g, &run, no_wait, endpoint, out).await
+                let how = Execution {
+                    run: &run,
+                    wait: !no_wait,
+                    endpoint,
+                    stop,
+                };
+                apply_saved(&target, g, how, out).await
             } else {
                 let Opened {
                     stack: s,
@@ -220,18 +245,13 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
                     return Ok(1);
                 }
                 let secrets = read_secrets(&s)?;
-                execute(
-                    &cluster,
-                    &plan,
-                    state,
-                    (&backend, &lock),
-                    secrets,
-                    &run,
-                    !no_wait,
+                let how = Execution {
+                    run: &run,
+                    wait: !no_wait,
                     endpoint,
-                    out,
-                )
-                .await
+                    stop,
+                };
+                execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
             }
         }
         Command::Destroy {
@@ -271,15 +291,19 @@ async fn run(cli: Cli, out: &Out) -> Result<u8, Error> {
             if plan.has_changes() && !confirm(auto_approve, "destroy", out)? {
                 return Ok(1);
             }
+            let how = Execution {
+                run: &run,
+                wait: false,
+                endpoint: None,
+                stop,
+            };
             execute(
                 &cluster,
                 &plan,
                 state,
                 (&backend, &lock),
                 SecretValues::new(),
-                &run,
-                false,
-                None,
+                how,
                 out,
             )
             .await
@@ -518,25 +542,31 @@ fn confirm(auto_approve: bool, verb: &str, out: &Out) -> Result<bool, Error> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a plan is carried out: apply's and destroy's flags, and the request to stop.
+struct Execution<'a> {
+    run: &'a RunArgs,
+    wait: bool,
+    endpoint: Option<String>,
+    stop: &'a Stop,
+}
+
 async fn execute(
     cluster: &Cluster,
     plan: &Plan,
     state: State,
     store: (&Backend, &Lock),
     secrets: SecretValues,
-    run: &RunArgs,
-    wait: bool,
-    endpoint: Option<String>,
+    how: Execution<'_>,
     out: &Out,
 ) -> Result<u8, Error> {
     let printer = out.clone();
     let options = ApplyOptions {
-        parallelism: run.parallelism,
-        wait,
-        delete_timeout: run.delete_timeout,
-        endpoint,
+        parallelism: how.run.parallelism,
+        wait: how.wait,
+        delete_timeout: how.run.delete_timeout,
+        endpoint: how.endpoint,
         progress: Arc::new(move |e: Event| printer.progress(&e.address.to_string(), &e.message)),
+        stop: how.stop.clone(),
     };
     out.line("");
     let (_state, result) = apply::apply(cluster, plan, state, store, secrets, options).await;
@@ -593,14 +623,7 @@ fn save_plan(plan: &Plan, path: &PathBuf) -> Result<(), Error> {
     Ok(())
 }
 
-async fn apply_saved(
-    path: &Path,
-    g: &Global,
-    run: &RunArgs,
-    no_wait: bool,
-    endpoint: Option<String>,
-    out: &Out,
-) -> Result<u8, Error> {
+async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> Result<u8, Error> {
     let plan = read_plan(path)?;
     let location = match &g.state {
         Some(path) => StateLocation::File { path: path.clone() },
@@ -633,16 +656,5 @@ async fn apply_saved(
         SecretValues::new()
     };
     out.raw(&plan::render_text(&plan, out.render_options()));
-    execute(
-        &cluster,
-        &plan,
-        state,
-        (&backend, &lock),
-        secrets,
-        run,
-        !no_wait,
-        endpoint,
-        out,
-    )
-    .await
+    execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
 }

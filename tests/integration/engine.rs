@@ -1422,3 +1422,40 @@ async fn a_kill_between_a_karpenter_patch_and_its_record_still_reverts_exactly()
         "the originals recorded on the object were restored"
     );
 }
+
+/// The first Ctrl-C stops new work but lets what is in flight finish and be
+/// recorded: when the run exits, the state and the cluster agree exactly.
+async fn ctrl_c_mid_apply_finishes_what_is_in_flight_and_records_it(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "ctrlcapply").await;
+    let n = 400;
+    let stack = many_config_maps(&env, "ctrlcapply", n);
+    let running = Running::spawn(env.command(&[
+        "apply",
+        &stack,
+        "--auto-approve",
+        "--no-wait",
+        "--parallelism",
+        "4",
+    ]));
+    running
+        .until("manifest.cm20: Created", Duration::from_secs(60))
+        .await;
+    running.interrupt();
+    let run = running.finish().code(130);
+    run.stderr_has("interrupted by Ctrl-C: stopped:");
+    run.stderr_has("not done: manifest.");
+    let live = env.count("v1", "ConfigMap").await;
+    let recorded = env.state("ctrlcapply")["resources"]
+        .as_object()
+        .unwrap()
+        .len();
+    assert!((20..n).contains(&live), "stopped mid-apply: {live} of {n}");
+    assert_eq!(
+        recorded, live,
+        "every object written is recorded, and no other"
+    );
+    env.rayform(&["plan", &stack])
+        .ok()
+        .stdout_has(&format!("Plan: {} to add, 0 to change", n - live));
+}
+on_both_backends!(ctrl_c_mid_apply_finishes_what_is_in_flight_and_records_it);
