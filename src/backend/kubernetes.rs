@@ -244,7 +244,6 @@ impl SecretBackend {
             self.cluster.clone(),
             self.namespace.clone(),
             lease,
-            info,
         ))
     }
 
@@ -370,7 +369,6 @@ fn clear(lease: &mut Lease) {
 pub struct LeaseLock {
     cluster: Cluster,
     namespace: String,
-    info: LockInfo,
     shared: Arc<Renewal>,
     renewer: tokio::task::JoinHandle<()>,
 }
@@ -384,7 +382,7 @@ struct Renewal {
 }
 
 impl LeaseLock {
-    fn start(cluster: Cluster, namespace: String, lease: Lease, info: LockInfo) -> LeaseLock {
+    fn start(cluster: Cluster, namespace: String, lease: Lease) -> LeaseLock {
         let shared = Arc::new(Renewal {
             lease: Mutex::new(lease),
             renewed: Mutex::new(Instant::now()),
@@ -395,14 +393,9 @@ impl LeaseLock {
         LeaseLock {
             cluster,
             namespace,
-            info,
             shared,
             renewer,
         }
-    }
-
-    pub fn info(&self) -> &LockInfo {
-        &self.info
     }
 
     /// What writers hold to check that the Lease is still this run's.

@@ -31,16 +31,6 @@ pub enum BackendError {
     LockLost(String),
 }
 
-impl BackendError {
-    /// The lock is held by someone else (as opposed to a failure to ask).
-    pub fn holder(&self) -> Option<&LockInfo> {
-        match self {
-            BackendError::State(StateError::Locked(info)) => Some(&**info),
-            _ => None,
-        }
-    }
-}
-
 /// An opened backend: where a stack's state lives.
 pub enum Backend {
     File(std::path::PathBuf),
@@ -52,15 +42,6 @@ pub enum Backend {
 pub enum Lock {
     File(StateLock),
     Lease(Box<kubernetes::LeaseLock>),
-}
-
-impl Lock {
-    pub fn info(&self) -> &LockInfo {
-        match self {
-            Lock::File(l) => &l.info,
-            Lock::Lease(l) => l.info(),
-        }
-    }
 }
 
 impl Backend {
