@@ -151,6 +151,13 @@ pub enum Command {
         /// e.g. secret.hf-token, rayservice.mistral-7b
         address: String,
     },
+    /// Print a shell completion script (e.g. `rayform completions bash > /etc/bash_completion.d/rayform`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, in roff (e.g. `rayform man > rayform.1`)
+    Man,
     /// Break the state lock of a run that died
     ForceUnlock {
         stack: PathBuf,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 
 use rayform::apply::{self, ApplyOptions, Event, SecretValues, Stop};
 use rayform::backend::{Backend, Lock};
@@ -319,6 +319,18 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Import { stack, address } => import(&stack, &address, g, out).await,
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rayform", &mut buf);
+            out.raw(&String::from_utf8_lossy(&buf));
+            Ok(0)
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+            out.raw(&String::from_utf8_lossy(&buf));
+            Ok(0)
+        }
         Command::ForceUnlock { stack, lock_id } => {
             let s = load(&stack, g)?;
             let info = backend_for(&s.state, g, out)

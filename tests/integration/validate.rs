@@ -412,3 +412,25 @@ fn a_rayservice_of_the_wrong_shape_is_rendered_without_a_panic_for_the_server_to
         assert!(rendered.is_ok(), "{body}");
     }
 }
+
+#[test]
+fn completions_and_a_man_page_are_printed_for_the_asking() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rayform"))
+            .args(args)
+            .output()
+            .expect("run rayform");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F _rayform"), "{bash}");
+    assert!(bash.contains("force-unlock"), "subcommands are completed");
+    assert!(run(&["completions", "zsh"]).contains("#compdef rayform"));
+    let man = run(&["man"]);
+    assert!(man.contains(".TH rayform"), "{man}");
+    assert!(
+        man.contains("Exit codes"),
+        "the man page carries the exit codes"
+    );
+}
