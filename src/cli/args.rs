@@ -88,6 +88,10 @@ pub enum Command {
         destroy: bool,
     },
     /// Show what apply would do
+    #[command(after_help = "Examples:\n  \
+        rayform plan stacks/mistral-7b.toml\n  \
+        rayform plan stacks/mistral-7b.toml --detailed-exitcode   # CI: 0 no changes, 2 changes, 1 error\n  \
+        rayform plan stacks/mistral-7b.toml --out reviewed.plan   # then: rayform apply reviewed.plan")]
     Plan {
         stack: PathBuf,
         /// Save the plan (it holds no secret values) for `rayform apply FILE`
@@ -106,6 +110,10 @@ pub enum Command {
         take: Take,
     },
     /// Apply a stack (after showing its plan), or a saved plan file
+    #[command(after_help = "Examples:\n  \
+        rayform apply stacks/mistral-7b.toml                       # shows the plan, asks for yes\n  \
+        rayform apply stacks/mistral-7b.toml --auto-approve --no-wait\n  \
+        rayform apply reviewed.plan                                # exactly what was reviewed")]
     Apply {
         /// A stack file, or a plan saved with `plan --out`
         target: PathBuf,
@@ -124,6 +132,9 @@ pub enum Command {
         endpoint: Option<String>,
     },
     /// Delete what the stack created and revert its Karpenter patches
+    #[command(after_help = "Examples:\n  \
+        rayform destroy stacks/mistral-7b.toml\n  \
+        rayform destroy stacks/mistral-7b.toml --auto-approve --force   # restore originals over outside changes")]
     Destroy {
         stack: PathBuf,
         #[arg(long)]

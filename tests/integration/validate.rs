@@ -427,6 +427,12 @@ fn completions_and_a_man_page_are_printed_for_the_asking() {
     assert!(bash.contains("complete -F _rayform"), "{bash}");
     assert!(bash.contains("force-unlock"), "subcommands are completed");
     assert!(run(&["completions", "zsh"]).contains("#compdef rayform"));
+    for command in ["plan", "apply", "destroy"] {
+        assert!(
+            run(&[command, "--help"]).contains("Examples:\n  rayform"),
+            "{command} --help shows examples"
+        );
+    }
     let man = run(&["man"]);
     assert!(man.contains(".TH rayform"), "{man}");
     assert!(
