@@ -49,12 +49,28 @@ pub struct Global {
         value_name = "NAMESPACE"
     )]
     pub state_namespace: Option<String>,
-    /// No ANSI colours (also when NO_COLOR is set or output is not a terminal)
+    /// When to use ANSI colours: auto = on a terminal, unless NO_COLOR is set (CLICOLOR_FORCE forces them)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: ColorWhen,
+    /// No ANSI colours: the same as --color never
     #[arg(long, global = true)]
     pub no_color: bool,
     /// More detail on stderr (timings of each stage); secret values are never shown
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -41,7 +41,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::from(e.use_stderr()));
         }
     };
-    let out = Out::new(cli.global.no_color, cli.global.verbose);
+    let color = if cli.global.no_color {
+        args::ColorWhen::Never
+    } else {
+        cli.global.color
+    };
+    let out = Out::new(color, cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

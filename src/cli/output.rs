@@ -1,7 +1,10 @@
 //! Output habits: results on stdout, progress and errors on stderr, colour
-//! only on a terminal without NO_COLOR, and a closed pipe is not an error.
+//! as `--color`, NO_COLOR and CLICOLOR_FORCE say, and a closed pipe is not
+//! an error.
 
 use std::io::{IsTerminal as _, Write as _};
+
+use super::args::ColorWhen;
 
 #[derive(Clone)]
 pub struct Out {
@@ -11,11 +14,20 @@ pub struct Out {
 }
 
 impl Out {
-    pub fn new(no_color: bool, verbose: u8) -> Out {
-        let allowed = !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    /// Colour as the conventions say (no-color.org, bixense.com/clicolors):
+    /// an explicit `--color` wins; in `auto`, a non-empty NO_COLOR turns it
+    /// off, a CLICOLOR_FORCE other than 0 on, else a terminal decides.
+    pub fn new(when: ColorWhen, verbose: u8) -> Out {
+        let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
+        let on = |terminal: bool| match when {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) => false,
+            ColorWhen::Auto => set("CLICOLOR_FORCE") || terminal,
+        };
         Out {
-            color_out: allowed && std::io::stdout().is_terminal(),
-            color_err: allowed && std::io::stderr().is_terminal(),
+            color_out: on(std::io::stdout().is_terminal()),
+            color_err: on(std::io::stderr().is_terminal()),
             verbose,
         }
     }

@@ -440,3 +440,38 @@ fn completions_and_a_man_page_are_printed_for_the_asking() {
         "the man page carries the exit codes"
     );
 }
+
+#[test]
+fn colour_follows_the_color_flag_no_color_and_clicolor_force() {
+    // An error's "Error:" label is coloured when colour is on; stderr is a pipe here.
+    let coloured = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rayform"));
+        cmd.args(args)
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run rayform");
+        String::from_utf8_lossy(&out.stderr).contains("\u{1b}[")
+    };
+    let missing = ["validate", "no-such-stack.toml"];
+    assert!(!coloured(&missing, &[]), "auto: not a terminal, no colour");
+    assert!(coloured(&missing, &[("CLICOLOR_FORCE", "1")]));
+    assert!(!coloured(
+        &missing,
+        &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]
+    ));
+    assert!(coloured(
+        &[&["--color", "always"][..], &missing].concat(),
+        &[("NO_COLOR", "1")]
+    ));
+    assert!(!coloured(
+        &[&["--color", "never"][..], &missing].concat(),
+        &[("CLICOLOR_FORCE", "1")]
+    ));
+    assert!(!coloured(
+        &[&["--no-color"][..], &missing].concat(),
+        &[("CLICOLOR_FORCE", "1")]
+    ));
+}
