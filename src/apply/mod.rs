@@ -453,24 +453,44 @@ fn entry_for_object(
     masked: &Value,
     desired_fingerprint: &str,
 ) -> ResourceState {
-    let applied = desired::project(live, masked);
     ResourceState {
-        api_version: c.api_version.clone(),
-        kind: c.kind.clone(),
-        name: c.name.clone(),
-        namespace: c.namespace.clone(),
-        uid: live
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        resource_version: live
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string),
         desired_fingerprint: desired_fingerprint.to_string(),
+        secret_fingerprints: c.secret_fingerprints.clone(),
+        ..entry_as_found(
+            (&c.api_version, &c.kind, &c.name),
+            c.namespace.as_deref(),
+            live,
+            masked,
+        )
+    }
+}
+
+/// The state entry of a live object as it is: its identity, and the fields
+/// `masked` sets as they read now. No desired fingerprint: nothing was
+/// written from the stack yet.
+fn entry_as_found(
+    (api_version, kind, name): (&str, &str, &str),
+    namespace: Option<&str>,
+    live: &Value,
+    masked: &Value,
+) -> ResourceState {
+    let applied = desired::project(live, masked);
+    let meta = |field: &str| {
+        live.pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    ResourceState {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+        namespace: namespace.map(str::to_string),
+        uid: meta("uid"),
+        resource_version: meta("resourceVersion"),
+        desired_fingerprint: String::new(),
         live_fingerprint: crate::util::sha256_json(&applied),
         applied: crate::state::Applied::new(&applied),
-        secret_fingerprints: c.secret_fingerprints.clone(),
+        secret_fingerprints: BTreeMap::new(),
         patch: None,
     }
 }
@@ -736,24 +756,10 @@ pub async fn import(
         )));
     }
     desired::fingerprint_secret_data(&mut live, &state.fingerprint_key);
-    let applied = desired::project(&live, &want.masked_body());
-    Ok(ResourceState {
-        api_version: want.api_version.clone(),
-        kind: want.kind.clone(),
-        name: want.name.clone(),
-        namespace: namespace.map(str::to_string),
-        uid: live
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        resource_version: live
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        desired_fingerprint: String::new(),
-        live_fingerprint: crate::util::sha256_json(&applied),
-        applied: crate::state::Applied::new(&applied),
-        secret_fingerprints: BTreeMap::new(),
-        patch: None,
-    })
+    Ok(entry_as_found(
+        (&want.api_version, &want.kind, &want.name),
+        namespace,
+        &live,
+        &want.masked_body(),
+    ))
 }

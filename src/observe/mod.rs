@@ -418,12 +418,14 @@ async fn list_members<'a>(
 }
 
 /// The desired object as it is sent for this kind (cluster-scoped kinds carry no namespace).
-fn for_kind(want: &DesiredObject, kind: &Kind) -> DesiredObject {
-    let mut want = want.clone();
-    if !kind.namespaced {
-        want.set_cluster_scoped();
+/// Copied only for a cluster-scoped kind: this runs for every listed object.
+fn for_kind<'a>(want: &'a DesiredObject, kind: &Kind) -> std::borrow::Cow<'a, DesiredObject> {
+    if kind.namespaced {
+        return std::borrow::Cow::Borrowed(want);
     }
-    want
+    let mut want = want.clone();
+    want.set_cluster_scoped();
+    std::borrow::Cow::Owned(want)
 }
 
 /// What identifies a live object (what the planner reads of an unchanged
