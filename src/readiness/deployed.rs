@@ -52,14 +52,41 @@ fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
-/// Whether `deployed` holds everything `wanted` says; Serve may add defaults.
+/// Maps Serve hands to user code as they are: a key missing from the wanted
+/// one was removed by the change, not left out for Serve to default.
+const VERBATIM: [&str; 3] = ["args", "user_config", "env_vars"];
+
+/// Whether `deployed` holds everything `wanted` says; Serve may add defaults,
+/// except inside the [`VERBATIM`] maps, which must match key for key.
 fn contains(deployed: &Value, wanted: &Value) -> bool {
     match (deployed, wanted) {
-        (Value::Object(d), Value::Object(w)) => w
-            .iter()
-            .all(|(k, v)| d.get(k).is_some_and(|dv| contains(dv, v))),
+        (Value::Object(d), Value::Object(w)) => w.iter().all(|(k, v)| {
+            d.get(k).is_some_and(|dv| {
+                if VERBATIM.contains(&k.as_str()) {
+                    same(dv, v)
+                } else {
+                    contains(dv, v)
+                }
+            })
+        }),
         (Value::Array(d), Value::Array(w)) => {
             d.len() == w.len() && d.iter().zip(w).all(|(dv, wv)| contains(dv, wv))
+        }
+        _ => same(deployed, wanted),
+    }
+}
+
+/// Equality that reads `1` and `1.0` as one number: YAML, Go and Python
+/// each pick their own.
+fn same(deployed: &Value, wanted: &Value) -> bool {
+    match (deployed, wanted) {
+        (Value::Object(d), Value::Object(w)) => {
+            d.len() == w.len()
+                && w.iter()
+                    .all(|(k, v)| d.get(k).is_some_and(|dv| same(dv, v)))
+        }
+        (Value::Array(d), Value::Array(w)) => {
+            d.len() == w.len() && d.iter().zip(w).all(|(dv, wv)| same(dv, wv))
         }
         (Value::Number(d), Value::Number(w)) => d.as_f64() == w.as_f64(),
         _ => deployed == wanted,
@@ -123,6 +150,21 @@ mod tests {
         };
         assert!(message.contains("RuntimeError: no GPU"), "{message}");
         assert!(!message.contains('\u{1b}'), "{message}");
+    }
+
+    #[test]
+    fn an_argument_the_change_removed_still_running_is_the_previous_config() {
+        let mut failed = answer("echo-a", "DEPLOY_FAILED");
+        failed["applications"]["llm"]["deployed_app_config"]["args"]["fail_on_init"] =
+            json!("no GPU in this test");
+        assert_eq!(
+            compare(&wanted("echo-a"), &failed),
+            Deployed::Waiting(
+                "Serve to receive the new config of application `llm` (it still runs the previous one)"
+                    .into()
+            ),
+            "the fix removed fail_on_init; Serve still runs the config that had it"
+        );
     }
 
     #[test]
