@@ -14,8 +14,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::stack::{NodeClassIntent, NodePoolIntent};
 use crate::state::{FieldValue, PatchedField};
+
+pub mod family;
+pub mod floor;
+
+pub use floor::Wanted;
 
 /// Annotation holding the values fields had before the first stack patched them.
 pub const ANNOTATION_ORIGINAL: &str = "rayform.io/karpenter-original";
@@ -74,93 +78,6 @@ impl ClassApi {
             ClassApi::V1alpha1 => "AWSNodeTemplate",
             _ => "EC2NodeClass",
         }
-    }
-}
-
-/// The fields an empty-node TTL means in each API generation.
-pub fn pool_fields(api: PoolApi, intent: &NodePoolIntent) -> BTreeMap<String, Value> {
-    let secs = intent.empty_ttl.as_secs();
-    match api {
-        PoolApi::V1 | PoolApi::V1beta1 => BTreeMap::from([
-            (
-                "/spec/disruption/consolidationPolicy".into(),
-                json!("WhenEmpty"),
-            ),
-            (
-                "/spec/disruption/consolidateAfter".into(),
-                json!(format!("{secs}s")),
-            ),
-        ]),
-        PoolApi::V1alpha5 => BTreeMap::from([("/spec/ttlSecondsAfterEmpty".into(), json!(secs))]),
-    }
-}
-
-/// Problems that make a pool patch impossible as asked.
-pub fn pool_problems(api: PoolApi, live: &Value) -> Vec<String> {
-    let mut problems = Vec::new();
-    if api == PoolApi::V1alpha5 && live.pointer("/spec/consolidation/enabled") == Some(&json!(true))
-    {
-        problems.push(
-            "Provisioner has consolidation.enabled: true, and Karpenter rejects ttlSecondsAfterEmpty alongside it; \
-             set spec.consolidation.enabled to false (consolidation already removes empty nodes) or drop the empty_ttl intent"
-                .to_string(),
-        );
-    }
-    problems
-}
-
-/// The whole `blockDeviceMappings` list with the storage device resized (or added).
-pub fn class_fields(intent: &NodeClassIntent, live: &Value) -> BTreeMap<String, Value> {
-    let mut list = live
-        .pointer("/spec/blockDeviceMappings")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let device = intent
-        .device
-        .clone()
-        .unwrap_or_else(|| storage_device(live, &list));
-    match list.iter_mut().find(|m| m["deviceName"] == json!(device)) {
-        Some(mapping) => {
-            if !mapping["ebs"].is_object() {
-                mapping["ebs"] = json!({});
-            }
-            mapping["ebs"]["volumeSize"] = json!(intent.storage);
-        }
-        None => list.push(json!({
-            "deviceName": device,
-            "ebs": {"volumeSize": intent.storage, "volumeType": "gp3", "encrypted": true, "deleteOnTermination": true},
-        })),
-    }
-    BTreeMap::from([("/spec/blockDeviceMappings".into(), Value::Array(list))])
-}
-
-/// The device Karpenter counts as node storage: the root volume if marked,
-/// else the AMI family's data device (Bottlerocket keeps images on /dev/xvdb).
-fn storage_device(live: &Value, list: &[Value]) -> String {
-    if let Some(root) = list.iter().find(|m| m["rootVolume"] == json!(true))
-        && let Some(name) = root["deviceName"].as_str()
-    {
-        return name.to_string();
-    }
-    let family = live
-        .pointer("/spec/amiFamily")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let bottlerocket_alias = live
-        .pointer("/spec/amiSelectorTerms")
-        .and_then(Value::as_array)
-        .is_some_and(|terms| {
-            terms.iter().any(|t| {
-                t["alias"]
-                    .as_str()
-                    .is_some_and(|a| a.starts_with("bottlerocket"))
-            })
-        });
-    if family == "Bottlerocket" || bottlerocket_alias {
-        "/dev/xvdb".into()
-    } else {
-        "/dev/xvda".into()
     }
 }
 
@@ -297,6 +214,23 @@ pub fn revert_forced(
     patch
 }
 
+/// Takes back `stack`'s patch because the original values already satisfy
+/// its intent; a stack holding nothing has nothing to take back.
+pub fn withdraw(stack: &str, live: &Value) -> Result<KarpenterPatch, Vec<ChangedField>> {
+    if !holders(live).contains_key(stack) {
+        return Ok(KarpenterPatch {
+            merge: json!({}),
+            fields: BTreeMap::new(),
+            expect: BTreeMap::new(),
+            needed: false,
+        });
+    }
+    let mut patch = revert(stack, live, &BTreeMap::new())?;
+    // Nothing of this stack stays on the object: nothing for destroy to revert.
+    patch.fields.clear();
+    Ok(patch)
+}
+
 fn revert_with(
     stack: &str,
     live: &Value,
@@ -416,7 +350,17 @@ pub fn field_name(ptr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    /// What the TTL intent writes over a pool that removes empty nodes sooner.
+    fn ttl_fields(api: PoolApi, secs: u64) -> BTreeMap<String, Value> {
+        match api {
+            PoolApi::V1alpha5 => BTreeMap::from([(floor::TTL.into(), json!(secs))]),
+            _ => BTreeMap::from([
+                (floor::POLICY.into(), json!("WhenEmpty")),
+                (floor::AFTER.into(), json!(format!("{secs}s"))),
+            ]),
+        }
+    }
 
     fn pool() -> Value {
         json!({"metadata": {"name": "default", "resourceVersion": "7"},
@@ -455,12 +399,7 @@ mod tests {
 
     #[test]
     fn two_stacks_share_one_original_and_the_last_restores_it() {
-        let fields = pool_fields(
-            PoolApi::V1,
-            &NodePoolIntent {
-                empty_ttl: Duration::from_secs(600),
-            },
-        );
+        let fields = ttl_fields(PoolApi::V1, 600);
         let a = patch("a", &pool(), &fields);
         let after_a = apply_merge(&pool(), &a.merge);
         let b = patch("b", &after_a, &fields);
@@ -489,14 +428,7 @@ mod tests {
 
     #[test]
     fn with_three_holders_the_live_value_stays_with_whoever_wrote_it() {
-        let ttl = |s| {
-            pool_fields(
-                PoolApi::V1,
-                &NodePoolIntent {
-                    empty_ttl: Duration::from_secs(s),
-                },
-            )
-        };
+        let ttl = |s| ttl_fields(PoolApi::V1, s);
         let mut live = pool();
         let mut written = BTreeMap::new();
         for (stack, secs) in [("a", 600), ("b", 300), ("c", 900)] {
@@ -519,12 +451,7 @@ mod tests {
 
     #[test]
     fn revert_refuses_a_field_changed_outside() {
-        let fields = pool_fields(
-            PoolApi::V1,
-            &NodePoolIntent {
-                empty_ttl: Duration::from_secs(600),
-            },
-        );
+        let fields = ttl_fields(PoolApi::V1, 600);
         let a = patch("a", &pool(), &fields);
         let mut live = apply_merge(&pool(), &a.merge);
         live["spec"]["disruption"]["consolidateAfter"] = json!("900s");
@@ -537,35 +464,11 @@ mod tests {
     #[test]
     fn absent_fields_are_removed_on_revert() {
         let live = json!({"metadata": {"name": "default"}, "spec": {}});
-        let fields = pool_fields(
-            PoolApi::V1alpha5,
-            &NodePoolIntent {
-                empty_ttl: Duration::from_secs(600),
-            },
-        );
+        let fields = ttl_fields(PoolApi::V1alpha5, 600);
         let p = patch("a", &live, &fields);
         let after = apply_merge(&live, &p.merge);
         assert_eq!(after["spec"]["ttlSecondsAfterEmpty"], json!(600));
         let undo = revert("a", &after, &p.fields).unwrap();
         assert_eq!(apply_merge(&after, &undo.merge)["spec"], json!({}));
-    }
-
-    #[test]
-    fn storage_resizes_the_root_device_or_adds_one() {
-        let intent = NodeClassIntent {
-            storage: "200Gi".into(),
-            device: None,
-        };
-        let live = json!({"spec": {"blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "20Gi", "volumeType": "gp3"}}]}});
-        let f = class_fields(&intent, &live);
-        assert_eq!(
-            f["/spec/blockDeviceMappings"],
-            json!([{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "200Gi", "volumeType": "gp3"}}])
-        );
-        let bottlerocket = json!({"spec": {"amiFamily": "Bottlerocket"}});
-        assert_eq!(
-            class_fields(&intent, &bottlerocket)["/spec/blockDeviceMappings"][0]["deviceName"],
-            json!("/dev/xvdb")
-        );
     }
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
-use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi};
+use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Wanted};
 use crate::stack::{Address, Stack};
 use crate::state::{ClusterId, ResourceState, State};
 
@@ -91,6 +91,10 @@ pub struct ObservedPatch {
     pub gone: bool,
     /// For a revert: fields changed since rayform wrote them.
     pub changed_outside: Vec<ChangedField>,
+    /// How the intent became these fields ("already satisfied: ...").
+    pub notes: Vec<String>,
+    /// What else changes for the user while the patch holds.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -726,13 +730,14 @@ async fn finish_patch(
 }
 
 /// Reads one Karpenter object and computes this stack's patch of it;
-/// `fields` says what to write, or why it cannot be written.
+/// `wanted` reads the live object and its original values (before any
+/// stack patched it) and says what to write, or why it cannot be written.
 async fn observe_karpenter(
     cluster: &Cluster,
     stack: &Stack,
     address: &Address,
     (api_version, kind_name): (&str, &str),
-    fields: impl FnOnce(&Value) -> Result<BTreeMap<String, Value>, String>,
+    wanted: impl FnOnce(&Value, &Value) -> Result<Wanted, String>,
 ) -> Result<ObservedPatch, ClusterError> {
     let mut out = ObservedPatch::default();
     let Some((kind, live)) =
@@ -750,17 +755,35 @@ async fn observe_karpenter(
         out.live = Some(live);
         return Ok(out);
     }
-    match fields(&live) {
+    let patch = match wanted(&live, &karpenter::floor::original_view(&live)) {
         Err(problem) => {
             out.problem = Some(problem);
             out.live = Some(live);
+            return Ok(out);
         }
-        Ok(fields) => {
-            let patch = karpenter::patch(&stack.name, &live, &fields);
-            out.live = Some(live);
-            finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
+        Ok(Wanted::Write {
+            fields,
+            notes,
+            warnings,
+        }) => {
+            out.notes = notes;
+            out.warnings = warnings;
+            karpenter::patch(&stack.name, &live, &fields)
         }
-    }
+        Ok(Wanted::Satisfied(why)) => {
+            out.notes.push(format!("already satisfied: {why}"));
+            match karpenter::withdraw(&stack.name, &live) {
+                Ok(patch) => patch,
+                Err(changed) => {
+                    out.changed_outside = changed;
+                    out.live = Some(live);
+                    return Ok(out);
+                }
+            }
+        }
+    };
+    out.live = Some(live);
+    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
     Ok(out)
 }
 
@@ -785,14 +808,7 @@ async fn observe_pool(
         stack,
         address,
         (api.api_version(), api.kind()),
-        |live| {
-            let problems = karpenter::pool_problems(api, live);
-            if problems.is_empty() {
-                Ok(karpenter::pool_fields(api, intent))
-            } else {
-                Err(problems.join("; "))
-            }
-        },
+        |_, original| karpenter::floor::pool(api, intent, original),
     )
     .await
 }
@@ -813,14 +829,14 @@ async fn observe_class(
             ..Default::default()
         });
     };
-    // Originals are recorded once on the object, so sizing the live list
-    // (possibly already patched by another stack) never loses them.
+    // The list is sized from the live one (possibly patched by another
+    // stack); originals are recorded once on the object, so none is lost.
     observe_karpenter(
         cluster,
         stack,
         address,
         (api.api_version(), api.kind()),
-        |live| Ok(karpenter::class_fields(intent, live)),
+        |live, original| karpenter::floor::class(api, intent, live, original),
     )
     .await
 }

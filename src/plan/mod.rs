@@ -362,6 +362,12 @@ fn plan_patch(
     }
     let patch = o.patch.as_ref()?;
     let live = o.live.as_ref()?;
+    if patch.needed || patch.fields.is_empty() {
+        c.reasons.extend(o.notes.iter().cloned());
+    }
+    if patch.needed {
+        warnings.extend(o.warnings.iter().map(|w| format!("{address}: {w}")));
+    }
     c.live_resource_version = live
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)

@@ -53,7 +53,7 @@ fn headline(c: &Change) -> Option<(&'static str, String)> {
         Action::Patch => ("~", "will be patched"),
         Action::Revert => ("<", "will be reverted to its original values"),
         Action::Wait => (">", "will wait"),
-        Action::Forget => ("x", "will be removed from state (already gone)"),
+        Action::Forget => ("x", "will be removed from state (nothing left to revert)"),
         Action::NoOp => return None,
     };
     let line = match (&c.action, &c.wait) {

@@ -207,7 +207,8 @@ pub struct NodePoolIntent {
 pub struct NodeClassIntent {
     /// A quantity in `Gi`, `G`, `Ti` or `T`, as Karpenter's schemas accept.
     pub storage: String,
-    /// The device to size; by default the root volume (or `/dev/xvda`).
+    /// The device to size; by default the one Karpenter reads node storage
+    /// from for the class's AMI family (see `karpenter::family`).
     pub device: Option<String>,
 }
 

@@ -10,5 +10,6 @@ mod support;
 
 mod cluster;
 mod engine;
+mod karpenter;
 mod readiness;
 mod validate;
