@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
 use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Wanted};
-use crate::stack::{Address, Stack};
+use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ClusterId, ResourceState, State};
 
 /// Everything the planner needs to know about the cluster.
@@ -64,6 +64,8 @@ pub struct ObservedObject {
     pub unlabelled: Option<Unlabelled>,
     /// Labelled for this stack, but made by a state of another lineage.
     pub other_lineage: Option<String>,
+    /// For a RayService: the KubeRay version that built its serving RayCluster.
+    pub kuberay_version: Option<String>,
 }
 
 /// An object the state records, found by name though it lost this stack's label.
@@ -252,7 +254,10 @@ pub async fn observe(
     // Requests for objects that may change go out side by side.
     let mut observed = futures::stream::iter(jobs).buffered(OBSERVE_PARALLELISM);
     while let Some(result) = observed.next().await {
-        let (address, obs) = result?;
+        let (address, mut obs) = result?;
+        if address.kind == ResourceType::RayService {
+            obs.kuberay_version = kuberay_version(cluster, &stack.namespace, &obs).await;
+        }
         resources.insert(address, Observed::Object(obs));
     }
 
@@ -839,6 +844,23 @@ async fn observe_class(
         |live, original| karpenter::floor::class(api, intent, live, original),
     )
     .await
+}
+
+/// The `ray.io/kuberay-version` KubeRay wrote on the RayCluster the
+/// RayService's status names as serving: which operator's rules apply.
+async fn kuberay_version(cluster: &Cluster, namespace: &str, o: &ObservedObject) -> Option<String> {
+    let name = o
+        .live
+        .as_ref()?
+        .pointer("/status/activeServiceStatus/rayClusterName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())?;
+    let kind = cluster.kind("ray.io/v1", "RayCluster")?;
+    let raycluster = cluster.get(&kind, Some(namespace), name).await.ok()??;
+    raycluster
+        .pointer("/metadata/annotations/ray.io~1kuberay-version")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// A state entry for a patch whose state write was lost; the object's own

@@ -8,6 +8,7 @@
 
 mod diff;
 mod render;
+pub mod rollout;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -88,6 +89,9 @@ pub struct Change {
     pub patch: Option<KarpenterPatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<crate::readiness::Target>,
+    /// For a RayService: what KubeRay will do with the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<rollout::Assessment>,
     /// The state entry is missing or stale though the cluster is right: apply refreshes it.
     #[serde(default)]
     pub refresh_state: bool,
@@ -118,6 +122,7 @@ impl Change {
             live_uid: None,
             patch: None,
             wait: None,
+            rollout: None,
             refresh_state: false,
             depends_on: Vec::new(),
             error: None,
@@ -253,7 +258,12 @@ pub fn build(
                 plan_patch(&address, o, wanted.is_some(), state, &mut plan.warnings)
             }
             Observed::Object(o) => {
-                plan_object(&address, o, wanted, desired.get(&address), state, options)
+                plan_object(&address, o, wanted, desired.get(&address), state, options).map(
+                    |mut c| {
+                        c.rollout = assess_rollout(&c, o);
+                        c
+                    },
+                )
             }
         };
         if let Some(mut c) = change {
@@ -405,6 +415,31 @@ fn plan_patch(
     }
     c.patch = Some(patch.clone());
     Some(c)
+}
+
+/// What KubeRay will do with a RayService created or changed by this plan.
+fn assess_rollout(c: &Change, o: &ObservedObject) -> Option<rollout::Assessment> {
+    if c.kind != "RayService" || !c.api_version.starts_with("ray.io/") || c.error.is_some() {
+        return None;
+    }
+    let planned = o.after.as_ref().or(c.body.as_ref())?;
+    match c.action {
+        Action::Create => Some(rollout::assess(None, planned, None)),
+        Action::Update => {
+            let live = o.live.as_ref()?;
+            // Without a dry run, only the fields the stack sets are comparable.
+            let live = match &o.after {
+                Some(_) => live.clone(),
+                None => desired::project(live, planned),
+            };
+            Some(rollout::assess(
+                Some(&live),
+                planned,
+                o.kuberay_version.clone(),
+            ))
+        }
+        _ => None,
+    }
 }
 
 fn plan_object(

@@ -114,6 +114,9 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
         for r in &c.reasons {
             let _ = writeln!(out, "      ({r})");
         }
+        if let Some(rollout) = &c.rollout {
+            let _ = writeln!(out, "      ({})", rollout.describe());
+        }
         if let Some(d) = &c.outside_diff {
             let _ = writeln!(out, "      changed outside rayform since the last apply:");
             write_diff(&mut out, d, &p);

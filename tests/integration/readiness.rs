@@ -15,6 +15,10 @@ struct Echo<'a> {
     serve_port: u16,
     /// An env var on the head container: changing it makes KubeRay build a new cluster.
     marker: &'a str,
+    /// `maxReplicas` of a CPU worker group that starts no pods.
+    workers_max: Option<u8>,
+    /// `spec.upgradeStrategy.type`.
+    strategy: Option<&'a str>,
 }
 
 impl Default for Echo<'_> {
@@ -24,6 +28,8 @@ impl Default for Echo<'_> {
             route_prefix: "/",
             serve_port: 8000,
             marker: "one",
+            workers_max: None,
+            strategy: None,
         }
     }
 }
@@ -38,13 +44,25 @@ impl Echo<'_> {
                 self.serve_port
             )
         };
+        let strategy = self
+            .strategy
+            .map(|t| format!("upgradeStrategy: {{type: {t}}}\n  "))
+            .unwrap_or_default();
+        let workers = self
+            .workers_max
+            .map(|max| {
+                format!(
+                    "    workerGroupSpecs:\n      - groupName: cpu\n        replicas: 0\n        minReplicas: 0\n        maxReplicas: {max}\n        rayStartParams: {{}}\n        template:\n          spec:\n            containers: [{{name: ray-worker, image: rayproject/ray:2.60.0}}]\n"
+                )
+            })
+            .unwrap_or_default();
         format!(
             r#"apiVersion: ray.io/v1
 kind: RayService
 metadata:
   name: echo
 spec:
-  serveConfigV2: |
+  {strategy}serveConfigV2: |
     {http_options}applications:
       - name: llm
         route_prefix: {prefix}
@@ -64,7 +82,7 @@ spec:
                 - {{containerPort: {port}, name: serve}}
               env:
                 - {{name: RAYFORM_TEST_MARKER, value: "{marker}"}}
-"#,
+{workers}"#,
             prefix = self.route_prefix,
             args = self.args,
             port = self.serve_port,
@@ -185,6 +203,9 @@ async fn an_in_place_model_change_is_ready_only_once_the_new_model_answers() {
         ..Echo::default()
     };
     let stack = changed.stack(&env, wait);
+    env.rayform(&["plan", &stack]).ok().stdout_has(
+        "(KubeRay v1.5.0: in-place Serve update on the running RayCluster (no new pods))",
+    );
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     assert_eq!(
         chat(&head_ip(&env).await, 8000)["model"],
@@ -253,6 +274,9 @@ async fn a_change_that_starts_a_new_cluster_is_ready_only_once_traffic_moved_to_
     let _turn = ray_turn().await;
     let env = Env::new(Profile::Nodes, "ready-upgrade").await;
     let stack = Echo::default().stack(&env, "timeout = \"4m\"");
+    env.rayform(&["plan", &stack]).ok().stdout_has(
+        "(KubeRay version unknown (no RayCluster yet), rules of v1.5: a new RayCluster (0 GPUs))",
+    );
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     let old = active_cluster(&rayservice(&env).await);
 
@@ -262,6 +286,9 @@ async fn a_change_that_starts_a_new_cluster_is_ready_only_once_traffic_moved_to_
         ..Echo::default()
     };
     let stack = upgraded.stack(&env, "timeout = \"5m\"");
+    env.rayform(&["plan", &stack]).ok().stdout_has(
+        "(KubeRay v1.5.0: new RayCluster (zero-downtime upgrade: 0 more GPUs until promotion); the new Serve config goes to the new cluster)",
+    );
     let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     run.stderr_has("upgrade in progress");
     let rs = rayservice(&env).await;
@@ -283,6 +310,88 @@ async fn a_change_that_starts_a_new_cluster_is_ready_only_once_traffic_moved_to_
         .unwrap_or(json!({}));
     assert_eq!(upgrade["status"], "False", "{rs}");
     assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-b");
+}
+
+/// Applies `echo` without waiting, gives KubeRay time for several
+/// reconciles, and returns the serving RayCluster as KubeRay then has it.
+async fn applied_and_left_to_kuberay(env: &Env, echo: &Echo<'_>, said: &str) -> Value {
+    let stack = echo.stack(env, "timeout = \"4m\"");
+    let plan = env.rayform(&["plan", &stack, "--json"]).ok();
+    let json: Value = serde_json::from_str(&plan.stdout).expect("plan --json");
+    let rollout = &json["changes"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["address"] == "rayservice.echo"))
+        .expect("the RayService is in the plan")["rollout"];
+    assert_eq!(rollout["kind"], "not-applied", "{rollout}");
+    assert!(
+        rollout["why"].as_str().unwrap_or_default().contains(said),
+        "{rollout}"
+    );
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    // KubeRay reconciles every 2 s: five passes to prove it leaves the cluster alone.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rs = rayservice(env).await;
+    assert_eq!(
+        rs.pointer("/status/pendingServiceStatus/rayClusterName")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        "",
+        "KubeRay started a new cluster: {rs}"
+    );
+    env.get(
+        "ray.io/v1",
+        "RayCluster",
+        Some(&env.ns),
+        &active_cluster(&rs),
+    )
+    .await
+    .expect("the serving RayCluster")
+}
+
+#[tokio::test]
+async fn changes_kuberay_leaves_alone_are_planned_as_not_applied() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-leftalone").await;
+    let first = Echo {
+        workers_max: Some(1),
+        ..Echo::default()
+    };
+    env.rayform(&[
+        "apply",
+        &first.stack(&env, "timeout = \"4m\""),
+        "--auto-approve",
+    ])
+    .ok();
+    let serving = active_cluster(&rayservice(&env).await);
+
+    let more_workers = Echo {
+        workers_max: Some(3),
+        ..Echo::default()
+    };
+    let cluster = applied_and_left_to_kuberay(&env, &more_workers, "maxReplicas").await;
+    assert_eq!(cluster["metadata"]["name"], serving.as_str());
+    assert_eq!(
+        cluster["spec"]["workerGroupSpecs"][0]["maxReplicas"],
+        json!(1),
+        "KubeRay kept the cluster's own maxReplicas"
+    );
+
+    let no_upgrades = Echo {
+        workers_max: Some(3),
+        marker: "two",
+        strategy: Some("None"),
+        ..Echo::default()
+    };
+    let cluster = applied_and_left_to_kuberay(&env, &no_upgrades, "upgradeStrategy None").await;
+    assert_eq!(cluster["metadata"]["name"], serving.as_str());
+    assert!(
+        cluster["spec"]["headGroupSpec"]
+            .to_string()
+            .contains(r#""value":"one""#),
+        "the head kept its env: {}",
+        cluster["spec"]["headGroupSpec"]
+    );
 }
 
 /// No operator runs on this profile: a RayService there never becomes ready.
