@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::state::{FieldValue, PatchedField};
 
 pub mod family;
+pub mod fit;
 pub mod floor;
 
 pub use floor::Wanted;
@@ -77,6 +78,44 @@ impl ClassApi {
         match self {
             ClassApi::V1alpha1 => "AWSNodeTemplate",
             _ => "EC2NodeClass",
+        }
+    }
+}
+
+/// The Karpenter APIs a cluster serves, most preferred first. Together they
+/// say which releases it may run: only v0.32 serves v1alpha5 and v1beta1 at
+/// once, v1.0 serves v1 and v1beta1, v0.31 and older v1alpha5 alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Served {
+    pub pools: Vec<PoolApi>,
+    pub classes: Vec<ClassApi>,
+}
+
+impl Served {
+    pub fn pool(&self) -> Option<PoolApi> {
+        self.pools.first().copied()
+    }
+
+    pub fn class(&self) -> Option<ClassApi> {
+        self.classes.first().copied()
+    }
+
+    /// Drift was alpha and off by default up to v0.32, the last release
+    /// serving v1alpha5: a changed class then leaves running nodes alone.
+    pub fn drift_off_by_default(&self) -> bool {
+        self.pools.contains(&PoolApi::V1alpha5)
+    }
+
+    /// Why a pod annotation meant to keep Karpenter off a node may do nothing here.
+    pub fn ignored_annotation(&self, annotation: &str) -> Option<String> {
+        match annotation {
+            "karpenter.sh/do-not-evict" if self.pools.contains(&PoolApi::V1) => Some(
+                "the cluster serves karpenter.sh/v1, and Karpenter 1.x honours only karpenter.sh/do-not-disrupt (do-not-evict was dropped in v1.0)".into(),
+            ),
+            "karpenter.sh/do-not-disrupt" if self.pools == [PoolApi::V1alpha5] => Some(
+                "the cluster serves only karpenter.sh/v1alpha5 (Karpenter v0.31 or older), which honours karpenter.sh/do-not-evict, not do-not-disrupt".into(),
+            ),
+            _ => None,
         }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
-use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Wanted};
+use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Served, Wanted};
 use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ClusterId, ResourceState, State};
 
@@ -26,8 +26,8 @@ use crate::state::{ClusterId, ResourceState, State};
 #[derive(Debug, Clone)]
 pub struct World {
     pub cluster: ClusterId,
-    pub pool_api: Option<PoolApi>,
-    pub class_api: Option<ClassApi>,
+    /// The Karpenter APIs the cluster serves.
+    pub karpenter: Served,
     pub resources: BTreeMap<Address, Observed>,
 }
 
@@ -130,12 +130,17 @@ pub async fn observe(
     mode: Mode,
     options: &ObserveOptions,
 ) -> Result<World, ClusterError> {
-    let pool_api = PoolApi::ALL
-        .into_iter()
-        .find(|a| cluster.kind(a.api_version(), a.kind()).is_some());
-    let class_api = ClassApi::ALL
-        .into_iter()
-        .find(|a| cluster.kind(a.api_version(), a.kind()).is_some());
+    let served = Served {
+        pools: PoolApi::ALL
+            .into_iter()
+            .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
+            .collect(),
+        classes: ClassApi::ALL
+            .into_iter()
+            .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
+            .collect(),
+    };
+    let (pool_api, class_api) = (served.pool(), served.class());
     let manager = stack.field_manager();
     let mut resources = BTreeMap::new();
 
@@ -159,11 +164,19 @@ pub async fn observe(
                 resources.insert(address.clone(), Observed::Wait);
             }
             (Some(Desired::NodePool(intent)), _) => {
-                let o = observe_pool(cluster, stack, address, pool_api, intent).await?;
+                let api = api_holding(cluster, &served.pools, &address.name, |a| {
+                    (a.api_version(), a.kind())
+                })
+                .await?;
+                let o = observe_pool(cluster, stack, address, api, intent).await?;
                 resources.insert(address.clone(), Observed::Patch(o));
             }
             (Some(Desired::NodeClass(intent)), _) => {
-                let o = observe_class(cluster, stack, address, class_api, intent).await?;
+                let api = api_holding(cluster, &served.classes, &address.name, |a| {
+                    (a.api_version(), a.kind())
+                })
+                .await?;
+                let o = observe_class(cluster, stack, address, api, intent).await?;
                 resources.insert(address.clone(), Observed::Patch(o));
             }
             (None, Some(st)) if st.patch.is_some() => {
@@ -263,8 +276,7 @@ pub async fn observe(
 
     Ok(World {
         cluster: cluster.id.clone(),
-        pool_api,
-        class_api,
+        karpenter: served,
         resources,
     })
 }
@@ -732,6 +744,28 @@ async fn finish_patch(
     }
     out.patch = Some(patch);
     Ok(())
+}
+
+/// Of the Karpenter generations served, the one holding the object named:
+/// Karpenter v0.32 serves Provisioner and NodePool side by side, and the
+/// user's object exists in one of them.
+async fn api_holding<A: Copy>(
+    cluster: &Cluster,
+    apis: &[A],
+    name: &str,
+    id: impl Fn(A) -> (&'static str, &'static str),
+) -> Result<Option<A>, ClusterError> {
+    if apis.len() > 1 {
+        for &api in apis {
+            let (api_version, kind_name) = id(api);
+            if let Some(kind) = cluster.kind(api_version, kind_name)
+                && cluster.get(&kind, None, name).await?.is_some()
+            {
+                return Ok(Some(api));
+            }
+        }
+    }
+    Ok(apis.first().copied())
 }
 
 /// Reads one Karpenter object and computes this stack's patch of it;

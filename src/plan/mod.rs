@@ -6,6 +6,7 @@
 //! by comparing the live fields rayform writes with the fingerprint the state
 //! recorded right after rayform last wrote them.
 
+mod checks;
 mod diff;
 mod render;
 pub mod rollout;
@@ -255,7 +256,15 @@ pub fn build(
                 _ => None,
             },
             Observed::Patch(o) => {
-                plan_patch(&address, o, wanted.is_some(), state, &mut plan.warnings)
+                let drift_off = world.karpenter.drift_off_by_default();
+                plan_patch(
+                    &address,
+                    o,
+                    wanted.is_some(),
+                    state,
+                    drift_off,
+                    &mut plan.warnings,
+                )
             }
             Observed::Object(o) => {
                 plan_object(&address, o, wanted, desired.get(&address), state, options).map(
@@ -276,6 +285,9 @@ pub fn build(
             }
             plan.changes.push(c);
         }
+    }
+    if !options.destroy {
+        plan.warnings.extend(checks::warnings(desired, world));
     }
     // Ordering constraints between the changes actually in the plan.
     let present: BTreeSet<Address> = plan.changes.iter().map(|c| c.address.clone()).collect();
@@ -312,15 +324,31 @@ pub fn build(
 }
 
 fn karpenter_summary(world: &World) -> Option<String> {
-    let pool = world
-        .pool_api
-        .map(|a| format!("{} {}", a.api_version(), a.kind()));
-    let class = world
-        .class_api
-        .map(|a| format!("{} {}", a.api_version(), a.kind()));
-    match (pool, class) {
-        (None, None) => None,
-        (p, c) => Some([p, c].into_iter().flatten().collect::<Vec<_>>().join(" + ")),
+    let served = &world.karpenter;
+    let list = |apis: Vec<(&str, &str)>| {
+        apis.iter()
+            .map(|(v, k)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pools = list(
+        served
+            .pools
+            .iter()
+            .map(|a| (a.api_version(), a.kind()))
+            .collect(),
+    );
+    let classes = list(
+        served
+            .classes
+            .iter()
+            .map(|a| (a.api_version(), a.kind()))
+            .collect(),
+    );
+    match (pools.is_empty(), classes.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(format!("{pools} + {classes}")),
+        _ => Some(format!("{pools}{classes}")),
     }
 }
 
@@ -329,6 +357,7 @@ fn plan_patch(
     o: &ObservedPatch,
     wanted: bool,
     state: &State,
+    drift_off: bool,
     warnings: &mut Vec<String>,
 ) -> Option<Change> {
     let st = state.resources.get(address);
@@ -405,10 +434,17 @@ fn plan_patch(
     }
     if o.kind == "EC2NodeClass" || o.kind == "AWSNodeTemplate" {
         let verb = if wanted { "patching" } else { "reverting" };
-        warnings.push(format!(
-            "{address}: {verb} blockDeviceMappings of {} `{}` makes Karpenter treat the nodes launched from it as drifted and replace them (as disruption budgets allow)",
-            o.kind, o.name
-        ));
+        warnings.push(if drift_off {
+            format!(
+                "{address}: {verb} blockDeviceMappings of {} `{}` reaches new nodes only: Karpenter up to v0.32 (this cluster serves karpenter.sh/v1alpha5) has drift off by default, so running nodes keep their disk until they are replaced",
+                o.kind, o.name
+            )
+        } else {
+            format!(
+                "{address}: {verb} blockDeviceMappings of {} `{}` makes Karpenter treat the nodes launched from it as drifted and replace them (as disruption budgets allow)",
+                o.kind, o.name
+            )
+        });
     }
     if let Some(after) = &o.after {
         c.diff = diff::unified(live, after, None, Sides::LivePlanned);

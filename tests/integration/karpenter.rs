@@ -206,3 +206,176 @@ async fn a_node_template_with_a_launch_template_is_refused_with_the_reason() {
     );
     assert_eq!(env.class_spec().await, before);
 }
+
+#[tokio::test]
+async fn on_karpenter_v0_32_objects_are_patched_in_the_api_they_exist_in() {
+    let env = Env::new(Profile::V032, "v032").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("v032");
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(&format!(
+        "will be patched (karpenter.sh/v1alpha5 Provisioner {})",
+        env.pool
+    ));
+    plan.stdout_has("reaches new nodes only: Karpenter up to v0.32");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    assert_eq!(env.pool_spec().await["ttlSecondsAfterEmpty"], json!(600));
+    assert_eq!(
+        env.class_spec().await["blockDeviceMappings"][0]["ebs"]["volumeSize"],
+        json!("200Gi")
+    );
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(env.karpenter_specs().await, before);
+}
+
+#[tokio::test]
+async fn the_plan_says_when_the_patched_pool_cannot_reach_the_gpu_workers() {
+    let env = Env::new(Profile::V1, "fit").await;
+    let stack = env.mission_stack("fit");
+    let cannot =
+        "no pool of the stack can launch worker group `gpu-group` (1 nvidia.com/gpu per pod)";
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(cannot);
+    plan.stdout_has(&format!(
+        "NodePool `{}`: it allows instance categories c, m, r, none with NVIDIA GPUs (g, p)",
+        env.pool
+    ));
+
+    let gpu_pool = |taint: &str| {
+        json!({"spec": {"template": {"spec": {
+            "requirements": [{"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["g"]}],
+            "taints": [{"key": taint, "value": "llm", "effect": "NoSchedule"}]}}}})
+    };
+    merge_pool(&env, gpu_pool("dedicated")).await;
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(
+        "its nodes are tainted dedicated=llm:NoSchedule, which the workers do not tolerate",
+    );
+
+    merge_pool(&env, gpu_pool("nvidia.com/gpu")).await;
+    let plan = env.rayform(&["plan", &stack]).ok();
+    assert!(!plan.stdout.contains(cannot), "{}", plan.stdout);
+    assert!(
+        !plan.stdout.contains("launches its nodes from"),
+        "{}",
+        plan.stdout
+    );
+
+    merge_pool(
+        &env,
+        json!({"spec": {"template": {"spec": {"nodeClassRef": {"name": "default"}}}}}),
+    )
+    .await;
+    env.rayform(&["plan", &stack]).ok().stdout_has(&format!(
+        "NodePool `{}` launches its nodes from `default`, not from `{}` of this stack",
+        env.pool, env.class
+    ));
+}
+
+#[tokio::test]
+async fn a_disruption_annotation_the_karpenter_release_ignores_is_named() {
+    let old = Env::new(Profile::V1alpha5, "annotation-old").await;
+    let stack = old.mission_stack("annotations");
+    old.rayform(&["plan", &stack]).ok().stdout_has(
+        "the head group's karpenter.sh/do-not-disrupt annotation protects nothing here: the cluster serves only karpenter.sh/v1alpha5",
+    );
+
+    let new = Env::new(Profile::V1, "annotation-new").await;
+    let stack = new.mission_stack("annotations");
+    let plan = new.rayform(&["plan", &stack]).ok();
+    assert!(!plan.stdout.contains("protects nothing"), "{}", plan.stdout);
+    let manifest = std::fs::read_to_string(new.path("mistral-7b.rayservice.yaml")).unwrap();
+    new.write(
+        "mistral-7b.rayservice.yaml",
+        &manifest.replace("karpenter.sh/do-not-disrupt", "karpenter.sh/do-not-evict"),
+    );
+    new.rayform(&["plan", &stack]).ok().stdout_has(
+        "karpenter.sh/do-not-evict annotation protects nothing here: the cluster serves karpenter.sh/v1",
+    );
+}
+
+/// stacks/two-models.toml in this test's namespace; its NodePool and
+/// EC2NodeClass are named after the test, as cluster-scoped objects are shared.
+fn two_models_stack(env: &Env) -> (String, String, String) {
+    let pool = format!("{}-gpu", env.pool);
+    let class = format!("{}-gpu-nodes", env.pool);
+    let stacks = crate::support::repo().join("stacks");
+    for file in [
+        "two-models.nodeclass.yaml",
+        "two-models.nodepool.yaml",
+        "two-models.mistral-7b.rayservice.yaml",
+        "two-models.qwen-7b.rayservice.yaml",
+    ] {
+        let text = std::fs::read_to_string(stacks.join(file)).expect("two-models file");
+        let text = text
+            .replace("name: gpu-nodes", &format!("name: {class}"))
+            .replace("  name: gpu\n", &format!("  name: {pool}\n"))
+            .replace(
+                "karpenter.sh/nodepool: gpu",
+                &format!("karpenter.sh/nodepool: {pool}"),
+            );
+        env.write(file, &text);
+    }
+    let text = std::fs::read_to_string(stacks.join("two-models.toml")).expect("two-models stack");
+    let text = text
+        .replace(
+            "namespace = \"default\"",
+            &format!("namespace = \"{}\"", env.ns),
+        )
+        .replace("manifest.gpu-nodes", &format!("manifest.{class}"))
+        .replace("[manifest.gpu]", &format!("[manifest.{pool}]"))
+        .replace("\"manifest.gpu\"", &format!("\"manifest.{pool}\""));
+    env.write("two-models.toml", &text);
+    ("two-models.toml".into(), pool, class)
+}
+
+#[tokio::test]
+async fn the_two_models_stack_creates_its_gpu_pool_and_destroy_removes_it() {
+    let env = Env::new(Profile::V1, "two-models").await;
+    let (stack, pool, class) = two_models_stack(&env);
+    env.rayform(&["validate", &stack]).ok();
+    let plan = env
+        .rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(2);
+    plan.stdout_has("Plan: 5 to add, 0 to change, 0 to destroy, 0 to patch.");
+    assert!(
+        !plan.stdout.contains("no pool of the stack can launch"),
+        "the stack's own pool fits its workers:\n{}",
+        plan.stdout
+    );
+    assert!(
+        !plan.stdout.contains("launches its nodes from"),
+        "{}",
+        plan.stdout
+    );
+
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let (pool_api, pool_kind) = Profile::V1.pool();
+    let created = env
+        .get(pool_api, pool_kind, None, &pool)
+        .await
+        .expect("the GPU pool");
+    assert_eq!(
+        created["spec"]["template"]["spec"]["nodeClassRef"]["name"],
+        json!(class)
+    );
+    for name in ["mistral-7b", "qwen-7b"] {
+        assert!(
+            env.get("ray.io/v1", "RayService", Some(&env.ns), name)
+                .await
+                .is_some()
+        );
+    }
+    env.rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert!(
+        env.get(pool_api, pool_kind, None, &pool).await.is_none(),
+        "destroy removed the pool"
+    );
+    let (class_api, class_kind) = Profile::V1.class();
+    assert!(env.get(class_api, class_kind, None, &class).await.is_none());
+}

@@ -21,6 +21,9 @@ pub enum Profile {
     V1alpha5,
     /// Karpenter v1, plus a node that runs pods and the real KubeRay operator.
     Nodes,
+    /// Karpenter v0.32: v1alpha5 and v1beta1 served side by side; the test's
+    /// objects are a Provisioner and an AWSNodeTemplate, as before a migration.
+    V032,
 }
 
 impl Profile {
@@ -30,6 +33,7 @@ impl Profile {
             Profile::V1beta1 => "v1beta1",
             Profile::V1alpha5 => "v1alpha5",
             Profile::Nodes => "nodes",
+            Profile::V032 => "v0.32",
         }
     }
 
@@ -38,7 +42,7 @@ impl Profile {
         match self {
             Profile::V1 | Profile::Nodes => ("karpenter.sh/v1", "NodePool"),
             Profile::V1beta1 => ("karpenter.sh/v1beta1", "NodePool"),
-            Profile::V1alpha5 => ("karpenter.sh/v1alpha5", "Provisioner"),
+            Profile::V1alpha5 | Profile::V032 => ("karpenter.sh/v1alpha5", "Provisioner"),
         }
     }
 
@@ -46,7 +50,7 @@ impl Profile {
         match self {
             Profile::V1 | Profile::Nodes => ("karpenter.k8s.aws/v1", "EC2NodeClass"),
             Profile::V1beta1 => ("karpenter.k8s.aws/v1beta1", "EC2NodeClass"),
-            Profile::V1alpha5 => ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate"),
+            Profile::V1alpha5 | Profile::V032 => ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate"),
         }
     }
 }
@@ -57,10 +61,13 @@ pub fn repo() -> PathBuf {
 
 /// The kubeconfig of the control plane for a profile, started once per test run.
 pub fn kubeconfig(profile: Profile) -> PathBuf {
-    static CLUSTERS: [OnceLock<PathBuf>; 4] = [const { OnceLock::new() }; 4];
+    static CLUSTERS: [OnceLock<PathBuf>; 5] = [const { OnceLock::new() }; 5];
     CLUSTERS[profile as usize]
         .get_or_init(|| {
-            let var = format!("RAYFORM_TEST_KUBECONFIG_{}", profile.name().to_uppercase());
+            let var = format!(
+                "RAYFORM_TEST_KUBECONFIG_{}",
+                profile.name().replace('.', "").to_uppercase()
+            );
             if let Some(path) = std::env::var_os(&var) {
                 return PathBuf::from(path);
             }
@@ -251,17 +258,24 @@ impl Env {
         env.apply_as("test-setup", "v1", "Namespace", None, &ns, json!({}))
             .await;
         for (api_version, kind) in [profile.pool(), profile.class()] {
-            let original = env
+            let mut spec = env
                 .get(api_version, kind, None, "default")
                 .await
-                .expect("the fixture `default` exists");
+                .expect("the fixture `default` exists")["spec"]
+                .take();
+            // The test's pool launches its nodes from the test's class.
+            for reference in ["/template/spec/nodeClassRef/name", "/providerRef/name"] {
+                if let Some(name) = spec.pointer_mut(reference) {
+                    *name = json!(env.class);
+                }
+            }
             env.apply_as(
                 "karpenter-install",
                 api_version,
                 kind,
                 None,
                 &env.pool,
-                json!({"spec": original["spec"]}),
+                json!({ "spec": spec }),
             )
             .await;
         }
