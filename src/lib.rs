@@ -19,6 +19,9 @@
 //! 7. [`readiness`]: the terminal node: wait until the RayService really
 //!    answers on its route.
 //!
+//! Beside the pipeline, [`doctor`] reads the cluster and the stack before a
+//! first apply and says, check by check, whether it can work.
+//!
 //! [`cluster`] is the only module that talks to Kubernetes.
 //! The library knows nothing of the command line; `src/cli/` does.
 
@@ -26,6 +29,7 @@ pub mod apply;
 pub mod backend;
 pub mod cluster;
 pub mod desired;
+pub mod doctor;
 pub mod graph;
 pub mod karpenter;
 pub mod observe;

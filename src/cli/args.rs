@@ -172,6 +172,25 @@ pub enum Command {
     /// Read or edit the state: list, show, rm, pull, push
     #[command(subcommand)]
     State(StateCommand),
+    /// Check, before a first apply, whether the stack can work on this cluster
+    #[command(
+        after_help = "Checks, one line each: the cluster and its version; KubeRay's CRDs and\n\
+        operator (and its version); the Karpenter APIs and every object the stack\n\
+        patches; whether its pools can launch its GPU workers; GPU nodes or the NVIDIA\n\
+        device plugin; the stack's secret sources (never their values); and every\n\
+        permission plan, apply and destroy use (SelfSubjectAccessReview).\n\
+        Exit 1 when a check fails (✘); warnings (!) do not.\n\n\
+        Examples:\n  \
+        rayform doctor stacks/mistral-7b.toml\n  \
+        rayform --context restricted doctor stacks/mistral-7b.toml --json"
+    )]
+    Doctor {
+        /// The stack to check the cluster for (without one: cluster-wide checks only)
+        stack: Option<PathBuf>,
+        /// Print the checks as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Take an existing object the stack declares into the state, unchanged
     Import {
         stack: PathBuf,

@@ -324,6 +324,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Import { stack, address } => import(&stack, &address, g, out).await,
+        Command::Doctor { stack, json } => doctor(stack.as_deref(), json, g, out).await,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "rayform", &mut buf);
@@ -438,6 +439,25 @@ async fn load_state(backend: &Backend, s: &Stack) -> Result<(State, bool), Error
         Some(st) => Ok((st, false)),
         None => Ok((State::new(&s.name), true)),
     }
+}
+
+async fn doctor(
+    stack: Option<&std::path::Path>,
+    json: bool,
+    g: &Global,
+    out: &Out,
+) -> Result<u8, Error> {
+    let stack = stack.map(|p| load(p, g)).transpose()?;
+    let report = match connect(g, out).await {
+        Ok(cluster) => rayform::doctor::examine(&cluster, stack.as_ref()).await,
+        Err(e) => rayform::doctor::Report::unreachable(e.to_string()),
+    };
+    if json {
+        out.raw(&(report.render_json() + "\n"));
+    } else {
+        out.raw(&report.render_text(out.render_options().color));
+    }
+    Ok(u8::from(report.blocked()))
 }
 
 async fn connect(g: &Global, out: &Out) -> Result<Cluster, Error> {

@@ -6,6 +6,7 @@
 //! `kube::Error`.
 
 mod error;
+mod inspect;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use kube::{Client, Config};
 use serde_json::Value;
 
 pub use error::ClusterError;
+pub use inspect::Access;
 
 use crate::state::ClusterId;
 

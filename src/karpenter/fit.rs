@@ -11,6 +11,14 @@ use serde_json::Value;
 
 use super::PoolApi;
 
+/// A pool as it is live (patched by a stack) or as a stack will create it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolObject {
+    pub name: String,
+    pub api: PoolApi,
+    pub object: Value,
+}
+
 /// A RayService worker group that asks for GPUs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuWorker {
@@ -197,6 +205,65 @@ fn tolerates(toleration: &Value, taint: &Value) -> bool {
         }
     };
     key_matches && effect_matches && value_matches
+}
+
+/// Each pool must launch its nodes from a class the stack sizes.
+pub fn class_references(pools: &[PoolObject], classes: &[String]) -> Vec<String> {
+    if classes.is_empty() {
+        return Vec::new();
+    }
+    pools
+        .iter()
+        .filter_map(|p| {
+            let class = class_of(p.api, &p.object)?;
+            (!classes.iter().any(|c| c == class)).then(|| {
+                format!(
+                    "{} `{}` launches its nodes from `{class}`, not from {} of this stack: those nodes will not get its storage",
+                    p.api.kind(),
+                    p.name,
+                    classes
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Each GPU worker group must fit at least one of the stack's pools.
+pub fn worker_fit(
+    address: &impl std::fmt::Display,
+    rayservice: &Value,
+    pools: &[PoolObject],
+) -> Vec<String> {
+    if pools.is_empty() {
+        return Vec::new();
+    }
+    gpu_workers(rayservice)
+        .into_iter()
+        .filter_map(|worker| {
+            let reasons: Vec<String> = pools
+                .iter()
+                .filter(|p| may_use(p.api, &p.name, &worker))
+                .map(|p| {
+                    let why = misfits(p.api, &p.object, &worker);
+                    (!why.is_empty())
+                        .then(|| format!("{} `{}`: {}", p.api.kind(), p.name, why.join("; ")))
+                })
+                .collect::<Option<Vec<String>>>()?;
+            // A node selector naming a pool outside the stack: not ours to judge.
+            (!reasons.is_empty()).then(|| {
+                format!(
+                    "{address}: no pool of the stack can launch worker group `{}` ({} nvidia.com/gpu per pod): {}",
+                    worker.group,
+                    worker.gpus,
+                    reasons.join(". ")
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

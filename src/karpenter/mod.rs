@@ -55,6 +55,12 @@ impl PoolApi {
         }
     }
 
+    pub fn from_api_version(api_version: &str) -> Option<PoolApi> {
+        PoolApi::ALL
+            .into_iter()
+            .find(|api| api.api_version() == api_version)
+    }
+
     pub fn kind(self) -> &'static str {
         match self {
             PoolApi::V1alpha5 => "Provisioner",

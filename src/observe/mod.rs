@@ -130,16 +130,7 @@ pub async fn observe(
     mode: Mode,
     options: &ObserveOptions,
 ) -> Result<World, ClusterError> {
-    let served = Served {
-        pools: PoolApi::ALL
-            .into_iter()
-            .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
-            .collect(),
-        classes: ClassApi::ALL
-            .into_iter()
-            .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
-            .collect(),
-    };
+    let served = served(cluster);
     let (pool_api, class_api) = (served.pool(), served.class());
     let manager = stack.field_manager();
     let mut resources = BTreeMap::new();
@@ -746,10 +737,24 @@ async fn finish_patch(
     Ok(())
 }
 
+/// The Karpenter APIs the cluster serves, most preferred first.
+pub fn served(cluster: &Cluster) -> Served {
+    Served {
+        pools: PoolApi::ALL
+            .into_iter()
+            .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
+            .collect(),
+        classes: ClassApi::ALL
+            .into_iter()
+            .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
+            .collect(),
+    }
+}
+
 /// Of the Karpenter generations served, the one holding the object named:
 /// Karpenter v0.32 serves Provisioner and NodePool side by side, and the
 /// user's object exists in one of them.
-async fn api_holding<A: Copy>(
+pub async fn api_holding<A: Copy>(
     cluster: &Cluster,
     apis: &[A],
     name: &str,

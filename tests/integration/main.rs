@@ -9,6 +9,7 @@
 mod support;
 
 mod cluster;
+mod doctor;
 mod engine;
 mod karpenter;
 mod readiness;

@@ -127,7 +127,6 @@ func nodeSpec(cfg agentConfig) v1.Node {
 		v1.ResourceMemory:           resource.MustParse("256Gi"),
 		v1.ResourcePods:             resource.MustParse("110"),
 		v1.ResourceEphemeralStorage: resource.MustParse("1Ti"),
-		"nvidia.com/gpu":            resource.MustParse("8"),
 	}
 	now := metav1.Now()
 	cond := func(t v1.NodeConditionType, st v1.ConditionStatus, reason, msg string) v1.NodeCondition {

@@ -1,0 +1,516 @@
+//! The checks themselves, one function per line of the report.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::{Check, Status};
+use crate::cluster::{Access, Cluster, Kind};
+use crate::karpenter::fit::{self, PoolObject};
+use crate::karpenter::{ClassApi, PoolApi};
+use crate::observe::{api_holding, served};
+use crate::plan::rollout;
+use crate::stack::{ResourceSpec, SecretSource, Stack, StateLocation};
+
+const OPERATOR_LEASE: &str = "ray-operator-leader";
+const OPERATOR_LABEL: &str = "app.kubernetes.io/name=kuberay-operator";
+
+pub async fn version(cluster: &Cluster) -> Check {
+    let server = &cluster.id.server;
+    match cluster.server_version().await {
+        Ok(v) => Check::ok("cluster", format!("{server} answers, Kubernetes {v}")),
+        Err(e) => Check::fail(
+            "cluster",
+            e.to_string(),
+            "check the kubeconfig context and that the API server is up",
+        ),
+    }
+}
+
+pub fn kuberay_crds(cluster: &Cluster) -> Check {
+    let missing: Vec<&str> = ["RayService", "RayCluster"]
+        .into_iter()
+        .filter(|k| cluster.kind("ray.io/v1", k).is_none())
+        .collect();
+    if missing.is_empty() {
+        Check::ok(
+            "KubeRay CRDs",
+            "ray.io/v1 RayService and RayCluster are served",
+        )
+    } else {
+        Check::fail(
+            "KubeRay CRDs",
+            format!("ray.io/v1 {} not served", missing.join(" and ")),
+            "install KubeRay (its Helm chart kuberay-operator brings the CRDs)",
+        )
+    }
+}
+
+pub async fn kuberay_operator(cluster: &Cluster) -> Check {
+    let subject = "KubeRay operator";
+    let built_by = kuberay_version(cluster).await;
+    if let Some(deployment) = operator_deployment(cluster).await {
+        let name = qualified(&deployment);
+        let ready = deployment
+            .pointer("/status/readyReplicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let image = deployment
+            .pointer("/spec/template/spec/containers/0/image")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let tag = image.rsplit_once(':').map(|(_, t)| t.to_string());
+        let version = version_note(tag.or(built_by));
+        return if ready > 0 {
+            Check::ok(
+                subject,
+                format!("Deployment {name} ({image}) has {ready} ready; {version}"),
+            )
+        } else {
+            Check::fail(
+                subject,
+                format!("Deployment {name} has no ready replica"),
+                format!(
+                    "look at it: kubectl describe deployment -n {}",
+                    namespace_of(&deployment)
+                ),
+            )
+        };
+    }
+    let version = version_note(built_by);
+    match operator_lease(cluster).await {
+        Some((lease, age)) if age <= 60 => Check::ok(
+            subject,
+            format!("running: it holds Lease {lease}, renewed {age}s ago; {version}"),
+        ),
+        Some((lease, age)) => Check::fail(
+            subject,
+            format!("its Lease {lease} was last renewed {age}s ago: no operator is running"),
+            "start the KubeRay operator again, or read its logs",
+        ),
+        None => Check::fail(
+            subject,
+            format!(
+                "not found: no Deployment labelled {OPERATOR_LABEL} and no {OPERATOR_LEASE} Lease"
+            ),
+            "install it (Helm chart kuberay-operator); without it a RayService never gets a RayCluster",
+        ),
+    }
+}
+
+async fn operator_deployment(cluster: &Cluster) -> Option<Value> {
+    let kind = cluster.kind("apps/v1", "Deployment")?;
+    let found = cluster.list(&kind, None, OPERATOR_LABEL).await.ok()?;
+    found.into_iter().next()
+}
+
+/// The leader-election Lease KubeRay holds while it runs, and its age in seconds.
+async fn operator_lease(cluster: &Cluster) -> Option<(String, i64)> {
+    let kind = cluster.kind("coordination.k8s.io/v1", "Lease")?;
+    let lease = cluster
+        .named_anywhere(&kind, OPERATOR_LEASE)
+        .await
+        .ok()?
+        .into_iter()
+        .next()?;
+    let renewed: jiff::Timestamp = lease
+        .pointer("/spec/renewTime")
+        .and_then(Value::as_str)?
+        .parse()
+        .ok()?;
+    let age = jiff::Timestamp::now().as_second() - renewed.as_second();
+    Some((qualified(&lease), age))
+}
+
+/// `ray.io/kuberay-version` of any RayCluster: the operator that built it.
+async fn kuberay_version(cluster: &Cluster) -> Option<String> {
+    let kind = cluster.kind("ray.io/v1", "RayCluster")?;
+    let versions = cluster
+        .list_each(&kind, None, "", |c| {
+            c.pointer("/metadata/annotations/ray.io~1kuberay-version")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .await
+        .ok()?;
+    versions.into_iter().max()
+}
+
+fn version_note(version: Option<String>) -> String {
+    match version {
+        Some(v) if v.starts_with(rollout::RULES) => {
+            format!("version {v}, whose rollouts plans describe")
+        }
+        Some(v) => format!(
+            "version {v}; plans describe rollouts by the rules of {}",
+            rollout::RULES
+        ),
+        None => "version unknown (no RayCluster carries ray.io/kuberay-version yet)".into(),
+    }
+}
+
+fn namespace_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn qualified(object: &Value) -> String {
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    format!("{}/{name}", namespace_of(object))
+}
+
+pub fn karpenter_apis(cluster: &Cluster) -> Check {
+    let served = served(cluster);
+    let list: Vec<String> = served
+        .pools
+        .iter()
+        .map(|a| format!("{} {}", a.api_version(), a.kind()))
+        .chain(
+            served
+                .classes
+                .iter()
+                .map(|a| format!("{} {}", a.api_version(), a.kind())),
+        )
+        .collect();
+    if list.is_empty() {
+        return Check::warn(
+            "Karpenter",
+            "no Karpenter API is served: nodes will not be launched for the workers",
+            Some(
+                "install Karpenter, or drop the stack's [nodepool] and [nodeclass] intents".into(),
+            ),
+        );
+    }
+    let release = if served.drift_off_by_default() && served.pools.len() > 1 {
+        " (Karpenter v0.32: both generations served)"
+    } else {
+        ""
+    };
+    Check::ok("Karpenter", format!("{}{release}", list.join(", ")))
+}
+
+/// The objects the stack patches exist, and its pools can launch its GPU workers.
+pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
+    let served = served(cluster);
+    let mut checks = Vec::new();
+    let mut pools = Vec::new();
+    let mut classes = Vec::new();
+    for r in &stack.resources {
+        let name = &r.address.name;
+        let subject = r.address.to_string();
+        let found = match &r.spec {
+            ResourceSpec::NodePool(_) => {
+                let api = api_holding(cluster, &served.pools, name, |a: PoolApi| {
+                    (a.api_version(), a.kind())
+                })
+                .await
+                .ok()
+                .flatten();
+                let found = find(cluster, api.map(|a| (a.api_version(), a.kind())), name).await;
+                if let (Some(api), Ok(live)) = (api, &found) {
+                    pools.push(PoolObject {
+                        name: name.clone(),
+                        api,
+                        object: live.clone(),
+                    });
+                }
+                found
+            }
+            ResourceSpec::NodeClass(_) => {
+                classes.push(name.clone());
+                let api = api_holding(cluster, &served.classes, name, |a: ClassApi| {
+                    (a.api_version(), a.kind())
+                })
+                .await
+                .ok()
+                .flatten();
+                find(cluster, api.map(|a| (a.api_version(), a.kind())), name).await
+            }
+            _ => continue,
+        };
+        checks.push(match found {
+            Ok(o) => Check::ok(
+                subject,
+                format!(
+                    "{} {} `{name}` exists",
+                    o["apiVersion"].as_str().unwrap_or_default(),
+                    o["kind"].as_str().unwrap_or_default()
+                ),
+            ),
+            Err(why) => Check::fail(
+                subject,
+                why,
+                "name an existing object in the stack, or create it first",
+            ),
+        });
+    }
+    checks.extend(workers_fit(stack, &pools, &classes));
+    checks
+}
+
+async fn find(cluster: &Cluster, api: Option<(&str, &str)>, name: &str) -> Result<Value, String> {
+    let Some((api_version, kind_name)) = api else {
+        return Err("the cluster serves no Karpenter API for it".into());
+    };
+    let kind = cluster
+        .kind(api_version, kind_name)
+        .ok_or_else(|| format!("{api_version} {kind_name} is not served"))?;
+    match cluster.get(&kind, None, name).await {
+        Ok(Some(o)) => Ok(o),
+        Ok(None) => Err(format!("{kind_name} `{name}` does not exist")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn workers_fit(stack: &Stack, pools: &[PoolObject], classes: &[String]) -> Vec<Check> {
+    let services: Vec<_> = stack
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            ResourceSpec::RayService(o) => Some((&r.address, &o.object)),
+            _ => None,
+        })
+        .collect();
+    let mut warnings = fit::class_references(pools, classes);
+    for (address, rayservice) in &services {
+        warnings.extend(fit::worker_fit(address, rayservice, pools));
+    }
+    if pools.is_empty() {
+        return Vec::new();
+    }
+    if warnings.is_empty() {
+        return vec![Check::ok(
+            "GPU workers",
+            "the stack's pools launch from its classes and can launch its GPU worker groups",
+        )];
+    }
+    warnings
+        .into_iter()
+        .map(|w| Check::warn("GPU workers", w, None))
+        .collect()
+}
+
+pub async fn gpus(cluster: &Cluster) -> Check {
+    let subject = "GPUs";
+    let nodes = match cluster.kind("v1", "Node") {
+        Some(kind) => cluster
+            .list_each(&kind, None, "", |n| {
+                n.pointer("/status/capacity/nvidia.com~1gpu")
+                    .and_then(Value::as_str)
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .filter(|g| *g > 0)
+            })
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if !nodes.is_empty() {
+        let total: u64 = nodes.iter().sum();
+        return Check::ok(
+            subject,
+            format!("{} node(s) report {total} nvidia.com/gpu", nodes.len()),
+        );
+    }
+    match device_plugin(cluster).await {
+        Some(ds) => Check::ok(
+            subject,
+            format!("no GPU node now (Karpenter launches them on demand); DaemonSet {ds} runs the NVIDIA device plugin on them"),
+        ),
+        None => Check::warn(
+            subject,
+            "no node reports nvidia.com/gpu capacity, and no NVIDIA device plugin DaemonSet was found",
+            Some("GPU workers stay Pending unless the nodes' image brings the plugin (Bottlerocket's NVIDIA variants do); install nvidia-device-plugin otherwise".into()),
+        ),
+    }
+}
+
+/// A DaemonSet whose pods run NVIDIA's device plugin image.
+async fn device_plugin(cluster: &Cluster) -> Option<String> {
+    let kind = cluster.kind("apps/v1", "DaemonSet")?;
+    let found = cluster
+        .list_each(&kind, None, "", |ds| {
+            let images = ds.pointer("/spec/template/spec/containers")?.as_array()?;
+            images
+                .iter()
+                .filter_map(|c| c["image"].as_str())
+                .any(|i| i.contains("k8s-device-plugin") || i.contains("gpu-operator"))
+                .then(|| qualified(&ds))
+        })
+        .await
+        .ok()?;
+    found.into_iter().next()
+}
+
+/// Each secret value's source is there; the value itself is not shown.
+pub fn secret_sources(stack: &Stack) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for r in &stack.resources {
+        let ResourceSpec::Secret(secret) = &r.spec else {
+            continue;
+        };
+        for (key, source) in &secret.data {
+            let subject = format!("{}.{key}", r.address);
+            checks.push(match source {
+                SecretSource::Env(var) => match std::env::var_os(var) {
+                    Some(v) if !v.is_empty() => {
+                        Check::ok(subject, format!("environment variable {var} is set"))
+                    }
+                    Some(_) => Check::fail(
+                        subject,
+                        format!("environment variable {var} is empty"),
+                        format!("export {var}=... before running rayform"),
+                    ),
+                    None => Check::fail(
+                        subject,
+                        format!("environment variable {var} is not set"),
+                        format!("export {var}=... before running rayform"),
+                    ),
+                },
+                SecretSource::File(path) => match std::fs::metadata(path) {
+                    Ok(m) if m.is_file() => {
+                        Check::ok(subject, format!("file {} is there", path.display()))
+                    }
+                    Ok(_) => Check::fail(
+                        subject,
+                        format!("{} is not a regular file", path.display()),
+                        "point the key at the file holding the value",
+                    ),
+                    Err(e) => Check::fail(
+                        subject,
+                        format!("{} cannot be read: {e}", path.display()),
+                        "create the file, or fix the path (relative to the stack file)",
+                    ),
+                },
+            });
+        }
+    }
+    checks
+}
+
+/// Every verb plan, apply and destroy use, asked of the API server.
+pub async fn permissions(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
+    let needed = needed(cluster, stack);
+    let mut missing = Vec::new();
+    for access in &needed {
+        match cluster.may(access).await {
+            Ok(true) => {}
+            Ok(false) => missing.push(access),
+            Err(e) => {
+                return vec![Check::warn(
+                    "RBAC",
+                    format!("cannot ask the API server what is allowed: {e}"),
+                    None,
+                )];
+            }
+        }
+    }
+    if missing.is_empty() {
+        return vec![Check::ok(
+            "RBAC",
+            format!(
+                "all {} permissions plan, apply and destroy use are granted",
+                needed.len()
+            ),
+        )];
+    }
+    missing
+        .into_iter()
+        .map(|a| {
+            Check::fail(
+                "RBAC",
+                format!("cannot {a}"),
+                format!("ask for a Role or ClusterRole granting: {a}"),
+            )
+        })
+        .collect()
+}
+
+fn grant(
+    needed: &mut BTreeSet<Access>,
+    kind: Option<Kind>,
+    verbs: &[&'static str],
+    namespace: Option<&str>,
+) {
+    if let Some(kind) = kind {
+        for verb in verbs {
+            needed.insert(Access::on(verb, &kind, namespace));
+        }
+    }
+}
+
+fn needed(cluster: &Cluster, stack: &Stack) -> BTreeSet<Access> {
+    const OWN: [&str; 5] = ["get", "list", "create", "patch", "delete"];
+    let ns = Some(stack.namespace.as_str());
+    let karpenter = served(cluster);
+    let mut needed = BTreeSet::new();
+    for r in &stack.resources {
+        match &r.spec {
+            ResourceSpec::Secret(_) => grant(&mut needed, cluster.kind("v1", "Secret"), &OWN, ns),
+            ResourceSpec::RayService(o) | ResourceSpec::Manifest(o) => {
+                let kind = cluster.kind(o.api_version(), o.kind());
+                grant(&mut needed, kind.clone(), &OWN, ns);
+                if o.kind() == "RayService" {
+                    grant(&mut needed, kind, &["watch"], ns);
+                }
+            }
+            ResourceSpec::NodePool(_) => {
+                let kind = karpenter
+                    .pool()
+                    .and_then(|a| cluster.kind(a.api_version(), a.kind()));
+                grant(&mut needed, kind, &["get", "list", "patch"], None);
+            }
+            ResourceSpec::NodeClass(_) => {
+                let kind = karpenter
+                    .class()
+                    .and_then(|a| cluster.kind(a.api_version(), a.kind()));
+                grant(&mut needed, kind, &["get", "list", "patch"], None);
+            }
+            ResourceSpec::Wait(w) => {
+                grant(&mut needed, cluster.kind("v1", "Pod"), &["get", "list"], ns);
+                grant(
+                    &mut needed,
+                    cluster.kind("ray.io/v1", "RayCluster"),
+                    &["get"],
+                    ns,
+                );
+                if w.url.is_none() {
+                    needed.insert(Access {
+                        verb: "create",
+                        group: String::new(),
+                        resource: "pods".into(),
+                        subresource: Some("portforward"),
+                        namespace: ns.map(str::to_string),
+                    });
+                }
+            }
+        }
+    }
+    if let StateLocation::Kubernetes { namespace, .. } = &stack.state {
+        let state_ns = Some(namespace.as_str());
+        let verbs = ["get", "create", "update"];
+        grant(&mut needed, cluster.kind("v1", "Secret"), &verbs, state_ns);
+        grant(
+            &mut needed,
+            cluster.kind("coordination.k8s.io/v1", "Lease"),
+            &verbs,
+            state_ns,
+        );
+    }
+    needed
+}
+
+impl Status {
+    /// The mark a terminal shows for it.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Status::Ok => "✔",
+            Status::Warn => "!",
+            Status::Fail => "✘",
+        }
+    }
+}
