@@ -1,6 +1,6 @@
-//! Karpenter as it really is, on its upstream CRDs: intents are floors, each
+//! Karpenter and KubeRay at their edges, on the upstream CRDs: intents are floors, each
 //! AMI family keeps node storage on its own device, and a launch template
-//! cannot take block device mappings.
+//! cannot take block device mappings; a token rotation means a second cluster.
 
 use serde_json::{Value, json};
 
@@ -378,4 +378,22 @@ async fn the_two_models_stack_creates_its_gpu_pool_and_destroy_removes_it() {
     );
     let (class_api, class_kind) = Profile::V1.class();
     assert!(env.get(class_api, class_kind, None, &class).await.is_none());
+}
+
+#[tokio::test]
+async fn a_token_rotation_is_planned_as_a_second_gpu_cluster() {
+    let env = Env::new(Profile::V1, "rotation").await;
+    let stack = env.mission_stack("rotation");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let rotated = env
+        .command(&["plan", &stack])
+        .env("HUGGING_FACE_HUB_TOKEN", format!("{}-rotated", env.token))
+        .output()
+        .expect("run rayform");
+    let said = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        said.contains("new RayCluster (zero-downtime upgrade: 1 more GPU until promotion), because a referenced Secret changed"),
+        "{said}"
+    );
 }
