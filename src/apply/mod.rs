@@ -245,9 +245,12 @@ async fn walk(
                 if pending[i].depends_on.iter().all(|d| done.contains(d)) {
                     let change = pending.remove(i).clone();
                     let shared = shared.clone();
+                    tracing::debug!(address = %change.address, action = ?change.action, "starting");
                     running.spawn(async move {
                         let address = change.address.clone();
-                        (address, run(&shared, &change).await)
+                        let outcome = run(&shared, &change).await;
+                        tracing::debug!(%address, ok = outcome.is_ok(), "finished");
+                        (address, outcome)
                     });
                 } else {
                     i += 1;

@@ -61,7 +61,8 @@ pub struct Global {
     /// No ANSI colours: the same as --color never
     #[arg(long, global = true)]
     pub no_color: bool,
-    /// More detail on stderr (timings of each stage); secret values are never shown
+    /// More detail on stderr: -v rayform's debug events and timings, -vv also kube's requests
+    /// (RAYFORM_LOG=FILTER picks any); secret values are never shown
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

@@ -47,6 +47,10 @@ pub fn main() -> ExitCode {
         cli.global.color
     };
     let out = Out::new(color, cli.global.verbose);
+    if let Err(e) = output::init_logs(cli.global.verbose, out.color_err()) {
+        out.error(&e);
+        return ExitCode::from(1);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -32,6 +32,10 @@ impl Out {
         }
     }
 
+    pub fn color_err(&self) -> bool {
+        self.color_err
+    }
+
     pub fn render_options(&self) -> rayform::plan::RenderOptions {
         rayform::plan::RenderOptions {
             color: self.color_out,
@@ -87,4 +91,37 @@ impl Out {
             let _ = writeln!(std::io::stderr().lock(), "debug: {message}");
         }
     }
+}
+
+/// Logs through `tracing`, where kube-rs already reports its requests:
+/// `RAYFORM_LOG` takes a filter (`debug`, `rayform=trace,kube=debug`), else
+/// `-v` shows rayform's own debug events and `-vv` also kube's requests.
+/// The HTTP and TLS layers stay at `info` whatever is asked: below it they
+/// log headers and bytes, which may carry a bearer token or a Secret body.
+pub fn init_logs(verbose: u8, color: bool) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let spec = match std::env::var("RAYFORM_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec,
+        _ => match verbose {
+            0 => "off",
+            1 => "rayform=debug",
+            _ => "rayform=trace,kube=debug",
+        }
+        .to_string(),
+    };
+    let filter = EnvFilter::builder().parse(&spec).map_err(|e| {
+        format!(
+            "RAYFORM_LOG=`{spec}` is not a log filter: {e}\n  help: e.g. RAYFORM_LOG=debug, or RAYFORM_LOG=rayform=trace,kube=debug"
+        )
+    })?;
+    let filter = ["hyper", "hyper_util", "h2", "rustls", "tower", "tower_http"]
+        .iter()
+        .filter_map(|target| format!("{target}=info").parse().ok())
+        .fold(filter, EnvFilter::add_directive);
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .try_init()
+        .map_err(|e| format!("cannot start logging: {e}"))
 }

@@ -167,6 +167,7 @@ impl Cluster {
 
     /// Every object request goes through here (one `api` per request).
     fn api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
+        tracing::trace!(resource = %kind.plural_name(), namespace, "request");
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match namespace {

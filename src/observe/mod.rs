@@ -265,6 +265,12 @@ pub async fn observe(
         resources.insert(address, Observed::Object(obs));
     }
 
+    tracing::debug!(
+        resources = resources.len(),
+        requests = cluster.requests(),
+        server_dry_run = server,
+        "observed"
+    );
     Ok(World {
         cluster: cluster.id.clone(),
         karpenter: served,

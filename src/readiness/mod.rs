@@ -228,6 +228,7 @@ pub async fn wait(
         };
         let elapsed = started.elapsed();
         if phase != reported {
+            tracing::debug!(rayservice = %target.wait.rayservice, %phase, "readiness");
             progress(format!(
                 "Waiting for {phase} [{:.1}s elapsed]",
                 elapsed.as_secs_f64()

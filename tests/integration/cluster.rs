@@ -91,3 +91,43 @@ async fn an_unreachable_cluster_and_an_unknown_context_are_explained() {
     let run = env.rayform(&["--context", "nope", "plan", &stack]).code(1);
     run.stderr_has("context `nope` is not in the kubeconfig; it has: admin, restricted");
 }
+
+#[tokio::test]
+async fn logs_follow_rayform_log_and_the_verbosity_flags() {
+    let env = Env::new(Profile::V1, "logs").await;
+    let stack = env.mission_stack("logs");
+    let quiet = env.rayform(&["plan", &stack]).ok();
+    assert!(!quiet.stderr.contains("DEBUG"), "{}", quiet.stderr);
+
+    let verbose = env.rayform(&["-v", "plan", &stack]).ok();
+    verbose.stderr_has("rayform::observe");
+    verbose.stderr_has("observed");
+    assert!(
+        !verbose.stderr.contains("kube_client"),
+        "-v is rayform's own events"
+    );
+
+    let requests = env.rayform(&["-vv", "plan", &stack]).ok();
+    requests.stderr_has("kube_client");
+
+    let filtered = env
+        .command(&["plan", &stack])
+        .env("RAYFORM_LOG", "rayform::cluster=trace")
+        .output()
+        .expect("run rayform");
+    let filtered = crate::support::Run::from(filtered).ok();
+    filtered.stderr_has("request");
+    assert!(
+        !filtered.stderr.contains("rayform::observe"),
+        "{}",
+        filtered.stderr
+    );
+
+    let bad = env
+        .command(&["plan", &stack])
+        .env("RAYFORM_LOG", "rayform=loud")
+        .output()
+        .expect("run rayform");
+    let bad = crate::support::Run::from(bad).code(1);
+    bad.stderr_has("RAYFORM_LOG=`rayform=loud` is not a log filter");
+}

@@ -494,12 +494,15 @@ async fn the_token_never_leaves_the_secret() {
     assert!(shown_json.is_object());
     texts.insert("show".to_string(), shown.all());
     texts.insert("show --json".to_string(), shown_json.to_string());
-    texts.insert(
-        "apply output".to_string(),
-        env.rayform(&["-vv", "apply", "saved.plan", "--no-wait"])
-            .ok()
-            .all(),
-    );
+    // Logs at the finest level anything allows, kube's requests included.
+    let traced = env
+        .command(&["-vv", "apply", "saved.plan", "--no-wait"])
+        .env("RAYFORM_LOG", "trace")
+        .output()
+        .expect("run rayform");
+    let traced = crate::support::Run::from(traced).ok();
+    traced.stderr_has("rayform::apply");
+    texts.insert("apply output (RAYFORM_LOG=trace)".to_string(), traced.all());
 
     // A new token: shown as changed, never as itself.
     let rotated = env
