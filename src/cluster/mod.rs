@@ -76,35 +76,7 @@ pub struct Ssa<'a> {
 
 impl Cluster {
     pub async fn connect(options: &ConnectOptions) -> Result<Cluster, ClusterError> {
-        let kubeconfig = match &options.kubeconfig {
-            Some(path) => Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
-                message: format!("cannot read {}: {e}", path.display()),
-            })?,
-            None => Kubeconfig::read().map_err(|e| ClusterError::Kubeconfig {
-                message: format!("no usable kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
-            })?,
-        };
-        let context = options
-            .context
-            .clone()
-            .or_else(|| kubeconfig.current_context.clone());
-        if let Some(ctx) = &options.context
-            && !kubeconfig.contexts.iter().any(|c| &c.name == ctx)
-        {
-            return Err(ClusterError::UnknownContext {
-                context: ctx.clone(),
-                available: kubeconfig.contexts.iter().map(|c| c.name.clone()).collect(),
-            });
-        }
-        let kube_options = KubeConfigOptions {
-            context: options.context.clone(),
-            ..Default::default()
-        };
-        let mut config = Config::from_custom_kubeconfig(kubeconfig, &kube_options)
-            .await
-            .map_err(|e| ClusterError::Kubeconfig {
-                message: e.to_string(),
-            })?;
+        let (mut config, context) = config(options).await?;
         config.connect_timeout = Some(Duration::from_secs(10));
         let server = config
             .cluster_url
@@ -376,6 +348,71 @@ impl Cluster {
     fn error(&self, e: kube::Error, verb: &str, kind: &Kind, name: &str) -> ClusterError {
         error::classify(e, verb, &kind.plural_name(), name, &self.id)
     }
+}
+
+/// The client configuration as kubectl finds it: `--kubeconfig`, else
+/// `$KUBECONFIG` or `~/.kube/config`, else, inside a pod (a CI job in the
+/// cluster), the pod's service account. Returns the context used, if any.
+async fn config(options: &ConnectOptions) -> Result<(Config, Option<String>), ClusterError> {
+    let kubeconfig = match &options.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+            message: format!("cannot read {}: {e}", path.display()),
+        })?,
+        None => match Kubeconfig::read() {
+            Ok(k) => k,
+            Err(e) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                return in_cluster(options, &e.to_string());
+            }
+            Err(e) => {
+                return Err(ClusterError::Kubeconfig {
+                    message: format!("no usable kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
+                });
+            }
+        },
+    };
+    let context = options
+        .context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone());
+    if let Some(ctx) = &options.context
+        && !kubeconfig.contexts.iter().any(|c| &c.name == ctx)
+    {
+        return Err(ClusterError::UnknownContext {
+            context: ctx.clone(),
+            available: kubeconfig.contexts.iter().map(|c| c.name.clone()).collect(),
+        });
+    }
+    let kube_options = KubeConfigOptions {
+        context: options.context.clone(),
+        ..Default::default()
+    };
+    let config = Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+        .await
+        .map_err(|e| ClusterError::Kubeconfig {
+            message: e.to_string(),
+        })?;
+    Ok((config, context))
+}
+
+/// The pod's service account, when there is no kubeconfig but a pod's environment.
+fn in_cluster(
+    options: &ConnectOptions,
+    no_kubeconfig: &str,
+) -> Result<(Config, Option<String>), ClusterError> {
+    if let Some(ctx) = &options.context {
+        return Err(ClusterError::Kubeconfig {
+            message: format!(
+                "--context {ctx} needs a kubeconfig, and there is none ({no_kubeconfig}); inside a pod rayform uses the pod's service account"
+            ),
+        });
+    }
+    Config::incluster()
+        .map(|c| (c, None))
+        .map_err(|e| ClusterError::Kubeconfig {
+            message: format!(
+                "no kubeconfig ({no_kubeconfig}), and the in-cluster configuration (KUBERNETES_SERVICE_HOST is set) failed: {e}"
+            ),
+        })
 }
 
 async fn discover(client: &Client, id: &ClusterId) -> Result<Discovery, ClusterError> {

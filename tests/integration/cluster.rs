@@ -131,3 +131,33 @@ async fn logs_follow_rayform_log_and_the_verbosity_flags() {
     let bad = crate::support::Run::from(bad).code(1);
     bad.stderr_has("RAYFORM_LOG=`rayform=loud` is not a log filter");
 }
+
+#[tokio::test]
+async fn inside_a_pod_without_a_kubeconfig_the_service_account_is_tried() {
+    let env = Env::new(Profile::V1, "incluster").await;
+    let stack = env.mission_stack("incluster");
+    let home = tempfile::tempdir().expect("tempdir");
+    // A pod's environment, but this machine has no service-account token:
+    // the error must come from the in-cluster attempt, not "no kubeconfig".
+    let run = env
+        .command(&["plan", &stack])
+        .env_remove("KUBECONFIG")
+        .env("HOME", home.path())
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "1")
+        .output()
+        .expect("run rayform");
+    let run = crate::support::Run::from(run).code(1);
+    run.stderr_has("the in-cluster configuration (KUBERNETES_SERVICE_HOST is set) failed");
+
+    let with_context = env
+        .command(&["--context", "admin", "plan", &stack])
+        .env_remove("KUBECONFIG")
+        .env("HOME", home.path())
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .output()
+        .expect("run rayform");
+    crate::support::Run::from(with_context)
+        .code(1)
+        .stderr_has("--context admin needs a kubeconfig");
+}
