@@ -300,14 +300,9 @@ pub struct RunArgs {
 }
 
 /// `http://host:port` (or https), as the readiness probe needs it.
+/// The same check as a stack's `[wait] url`: readiness speaks plain HTTP.
 fn parse_endpoint(s: &str) -> Result<String, String> {
-    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(s.to_string()),
-        _ => Err(format!(
-            "`{s}`: expected http://host:port or https://host:port of the Serve proxy"
-        )),
-    }
+    rayform::stack::endpoint(s)
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

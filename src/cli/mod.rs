@@ -87,7 +87,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {
-            out.error(&e.to_string());
+            out.error(&with_snippet(e.as_ref()));
             ExitCode::from(1)
         }
         Err((name, code, finished)) => {
@@ -104,6 +104,24 @@ pub fn main() -> ExitCode {
             });
             ExitCode::from(code)
         }
+    }
+}
+
+/// A stack error with the line it points at under its first line (the
+/// `file:line:col:` line stays first, for editors and grep).
+fn with_snippet(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = e.to_string();
+    let location = match e.downcast_ref::<stack::StackError>() {
+        Some(e) => e.location(),
+        None => e
+            .downcast_ref::<rayform::graph::GraphError>()
+            .map(rayform::graph::GraphError::location),
+    };
+    let snippet = location.and_then(stack::Location::snippet);
+    match (snippet, text.split_once('\n')) {
+        (Some(s), Some((first, rest))) => format!("{first}\n{s}\n{rest}"),
+        (Some(s), None) => format!("{text}\n{s}"),
+        (None, _) => text,
     }
 }
 

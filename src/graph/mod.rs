@@ -21,6 +21,14 @@ pub enum GraphError {
     },
 }
 
+impl GraphError {
+    pub fn location(&self) -> &Location {
+        match self {
+            GraphError::Cycle { location, .. } => location,
+        }
+    }
+}
+
 /// Why an edge exists; shown as the edge label in `rayform graph`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EdgeKind {

@@ -86,21 +86,7 @@ pub fn message_with_deployments(app: &Value, deployments: &str) -> String {
 
 /// Serve colours its tracebacks; a terminal escape has no place in an error message.
 pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    anstream::adapter::strip_str(text).to_string()
 }
 
 pub fn read(object: &Value) -> Service {

@@ -18,6 +18,25 @@ pub struct Location {
     pub column: usize,
 }
 
+impl Location {
+    /// The line it points at with a caret under the column, as rustc shows
+    /// code under an error; `None` when the file cannot be read again.
+    pub fn snippet(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.file).ok()?;
+        let line = text.lines().nth(self.line.checked_sub(1)?)?;
+        let number = self.line.to_string();
+        let gutter = " ".repeat(number.len());
+        let indent: String = line
+            .chars()
+            .take(self.column.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        Some(format!(
+            "{gutter} |\n{number} | {line}\n{gutter} | {indent}^"
+        ))
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)

@@ -5,7 +5,6 @@
 //! structs: serde's errors lose the field path and cannot suggest the key the
 //! user meant, and a stack author deserves both.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,9 +17,6 @@ use super::model::*;
 use crate::util::parse_duration;
 
 type Val<'i> = Spanned<DeValue<'i>>;
-
-/// A wait looks at Serve no more often than this, whatever the stack says.
-const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Everything an error message needs: the file and its text.
 pub(crate) struct Source<'a> {
@@ -55,7 +51,7 @@ impl Source<'_> {
         }
     }
 
-    fn error_help(
+    pub(super) fn error_help(
         &self,
         span: &Range<usize>,
         field: &str,
@@ -73,14 +69,14 @@ impl Source<'_> {
 
 /// A table together with the span of the key that introduced it, so a missing
 /// key can be reported where the table was declared.
-struct Table<'a, 'i> {
-    table: &'a DeTable<'i>,
-    span: Range<usize>,
-    path: String,
+pub(super) struct Table<'a, 'i> {
+    pub table: &'a DeTable<'i>,
+    pub span: Range<usize>,
+    pub path: String,
 }
 
 impl<'a, 'i> Table<'a, 'i> {
-    fn field(&self, key: &str) -> String {
+    pub(super) fn field(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {
@@ -88,11 +84,11 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    fn get(&self, key: &str) -> Option<&'a Val<'i>> {
+    pub(super) fn get(&self, key: &str) -> Option<&'a Val<'i>> {
         self.table.get(key)
     }
 
-    fn only(&self, src: &Source<'_>, allowed: &[&str]) -> Result<(), StackError> {
+    pub(super) fn only(&self, src: &Source<'_>, allowed: &[&str]) -> Result<(), StackError> {
         for (key, _) in self.table.iter() {
             let name = key.get_ref().as_ref();
             if !allowed.contains(&name) {
@@ -111,7 +107,7 @@ impl<'a, 'i> Table<'a, 'i> {
         Ok(())
     }
 
-    fn string(
+    pub(super) fn string(
         &self,
         src: &Source<'_>,
         key: &str,
@@ -122,7 +118,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    fn required_string(
+    pub(super) fn required_string(
         &self,
         src: &Source<'_>,
         key: &str,
@@ -136,7 +132,11 @@ impl<'a, 'i> Table<'a, 'i> {
         })
     }
 
-    fn sub(&self, src: &Source<'_>, key: &str) -> Result<Option<Table<'a, 'i>>, StackError> {
+    pub(super) fn sub(
+        &self,
+        src: &Source<'_>,
+        key: &str,
+    ) -> Result<Option<Table<'a, 'i>>, StackError> {
         // Errors about a missing key inside point at the sub-table's own key.
         match self.table.iter().find(|(k, _)| k.get_ref().as_ref() == key) {
             None => Ok(None),
@@ -144,7 +144,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &self,
         src: &Source<'_>,
         key: &str,
@@ -173,7 +173,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 }
 
-fn as_table<'a, 'i>(
+pub(super) fn as_table<'a, 'i>(
     src: &Source<'_>,
     v: &'a Val<'i>,
     field: &str,
@@ -193,7 +193,7 @@ fn as_table<'a, 'i>(
     }
 }
 
-fn as_string(src: &Source<'_>, v: &Val<'_>, field: &str) -> Result<String, StackError> {
+pub(super) fn as_string(src: &Source<'_>, v: &Val<'_>, field: &str) -> Result<String, StackError> {
     match v.get_ref() {
         DeValue::String(s) => Ok(s.to_string()),
         other => Err(src.error(
@@ -217,7 +217,11 @@ fn type_name(v: &DeValue<'_>) -> &'static str {
 }
 
 /// Converts an inline TOML value (e.g. a RayService `spec`) to JSON.
-fn to_json(src: &Source<'_>, v: &Val<'_>, field: &str) -> Result<serde_json::Value, StackError> {
+pub(super) fn to_json(
+    src: &Source<'_>,
+    v: &Val<'_>,
+    field: &str,
+) -> Result<serde_json::Value, StackError> {
     use serde_json::Value as J;
     Ok(match v.get_ref() {
         DeValue::String(s) => J::String(s.to_string()),
@@ -304,10 +308,20 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
         for (name_key, body) in group.table.iter() {
             let name = name_key.get_ref().to_string();
             let path = format!("{type_name}.{name}");
+            if !matches!(body.get_ref(), DeValue::Table(_)) {
+                return Err(src.error_help(
+                    &name_key.span(),
+                    &path,
+                    format!("`{name}` is a value, but [{type_name}] holds named tables"),
+                    format!(
+                        "name the {type_name}: [{type_name}.default] with {name} = ... under it"
+                    ),
+                ));
+            }
             check_name(src, kind, &name, &name_key.span(), &path)?;
             let table = as_table(src, body, &path, name_key.span())?;
             let location = src.location(name_key.span().start);
-            resources.push(resource(
+            resources.push(super::resource::resource(
                 src, &dir, kind, name, &table, &namespace, location,
             )?);
         }
@@ -325,257 +339,9 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
     Ok(stack)
 }
 
-fn resource(
-    src: &Source<'_>,
-    dir: &Path,
-    kind: ResourceType,
-    name: String,
-    t: &Table<'_, '_>,
-    namespace: &str,
-    location: Location,
-) -> Result<Resource, StackError> {
-    let spec = match kind {
-        ResourceType::NodePool => {
-            t.only(src, &["empty_ttl", "depends_on"])?;
-            if t.get("empty_ttl").is_none() {
-                return Err(src.error_help(
-                    &t.span,
-                    &t.field("empty_ttl"),
-                    "missing required key `empty_ttl`",
-                    "how long Karpenter keeps an empty node, e.g. empty_ttl = \"600s\"",
-                ));
-            }
-            ResourceSpec::NodePool(NodePoolIntent {
-                empty_ttl: t.duration(src, "empty_ttl", Duration::ZERO)?,
-            })
-        }
-        ResourceType::NodeClass => {
-            t.only(src, &["storage", "device", "depends_on"])?;
-            let (storage, span) = t.required_string(src, "storage")?;
-            if !is_storage_quantity(&storage) {
-                return Err(src.error_help(
-                    &span,
-                    &t.field("storage"),
-                    format!("`{storage}` is not a volume size Karpenter accepts"),
-                    "use a whole number with Gi, G, Ti or T, e.g. \"200Gi\"",
-                ));
-            }
-            let device = t.string(src, "device")?.map(|(d, _)| d);
-            ResourceSpec::NodeClass(NodeClassIntent { storage, device })
-        }
-        ResourceType::Secret => {
-            t.only(src, &["type", "data", "depends_on"])?;
-            let type_ = t
-                .string(src, "type")?
-                .map_or_else(|| "Opaque".to_string(), |(s, _)| s);
-            let data_t = t.sub(src, "data")?.ok_or_else(|| {
-                src.error_help(
-                    &t.span,
-                    &t.field("data"),
-                    "missing required table `data`",
-                    "e.g. data.HUGGING_FACE_HUB_TOKEN = { env = \"HUGGING_FACE_HUB_TOKEN\" }",
-                )
-            })?;
-            let mut data = BTreeMap::new();
-            for (key, v) in data_t.table.iter() {
-                let k = key.get_ref().to_string();
-                let field = data_t.field(&k);
-                if k.is_empty()
-                    || !k
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-                {
-                    return Err(src.error(
-                        &key.span(),
-                        &field,
-                        "a Secret key may hold only letters, digits, `-`, `_` and `.`",
-                    ));
-                }
-                if let DeValue::String(_) = v.get_ref() {
-                    return Err(src.error_help(
-                        &v.span(),
-                        &field,
-                        "secret values are never written in a stack",
-                        format!("take it from the environment or a file: {k} = {{ env = \"VAR\" }} or {{ file = \"path\" }}"),
-                    ));
-                }
-                let source = as_table(src, v, &field, key.span())?;
-                source.only(src, &["env", "file"])?;
-                let source = match (source.string(src, "env")?, source.string(src, "file")?) {
-                    (Some((var, _)), None) if !var.is_empty() => SecretSource::Env(var),
-                    (None, Some((file, _))) => SecretSource::File(dir.join(file)),
-                    _ => {
-                        return Err(src.error(
-                            &v.span(),
-                            &field,
-                            "give exactly one of `env` or `file`",
-                        ));
-                    }
-                };
-                data.insert(k, source);
-            }
-            ResourceSpec::Secret(SecretSpec { type_, data })
-        }
-        ResourceType::RayService | ResourceType::Manifest => {
-            let (file_key, inline_key) = if kind == ResourceType::RayService {
-                ("manifest", "spec")
-            } else {
-                ("file", "object")
-            };
-            t.only(src, &[file_key, inline_key, "depends_on"])?;
-            let object = match (t.string(src, file_key)?, t.get(inline_key)) {
-                (Some((file, span)), None) => {
-                    let path = dir.join(&file);
-                    let v = super::manifest::load(&path)
-                        .map_err(|m| src.error(&span, &t.field(file_key), m))?;
-                    (v, Some(path), span)
-                }
-                (None, Some(v)) => {
-                    let body = to_json(src, v, &t.field(inline_key))?;
-                    if !body.is_object() {
-                        return Err(src.error(&v.span(), &t.field(inline_key), "expected a table"));
-                    }
-                    let object = if kind == ResourceType::RayService {
-                        serde_json::json!({"apiVersion": "ray.io/v1", "kind": "RayService", "spec": body})
-                    } else {
-                        body
-                    };
-                    (object, None, v.span())
-                }
-                _ => {
-                    return Err(src.error(
-                        &t.span,
-                        &t.path,
-                        format!("give exactly one of `{file_key}` or `{inline_key}`"),
-                    ));
-                }
-            };
-            let (mut object, source, span) = object;
-            fill_identity(
-                src,
-                kind,
-                &name,
-                namespace,
-                &mut object,
-                &span,
-                &t.field(if source.is_some() {
-                    file_key
-                } else {
-                    inline_key
-                }),
-            )?;
-            let spec = ObjectSpec { object, source };
-            if kind == ResourceType::RayService {
-                ResourceSpec::RayService(spec)
-            } else {
-                ResourceSpec::Manifest(spec)
-            }
-        }
-        ResourceType::Wait => {
-            t.only(
-                src,
-                &[
-                    "rayservice",
-                    "path",
-                    "url",
-                    "timeout",
-                    "interval",
-                    "probe",
-                    "model",
-                    "depends_on",
-                ],
-            )?;
-            let (rayservice, _) = t.required_string(src, "rayservice")?;
-            let path = t
-                .string(src, "path")?
-                .map_or_else(|| "/v1/chat/completions".to_string(), |(p, _)| p);
-            if !path.starts_with('/') {
-                return Err(src.error(
-                    &t.get("path").map_or(t.span.clone(), Spanned::span),
-                    &t.field("path"),
-                    "must start with `/`",
-                ));
-            }
-            let url = match t.string(src, "url")? {
-                Some((u, span)) if !u.starts_with("http://") => {
-                    return Err(src.error_help(
-                        &span,
-                        &t.field("url"),
-                        format!("`{u}` is not an http:// URL"),
-                        "point it at the Serve HTTP proxy, e.g. http://127.0.0.1:8000",
-                    ));
-                }
-                other => other.map(|(u, _)| u.trim_end_matches('/').to_string()),
-            };
-            let probe = match t.get("probe") {
-                None => ProbeSpec::Default,
-                Some(v) if matches!(v.get_ref(), DeValue::Boolean(false)) => ProbeSpec::Off,
-                Some(v) if matches!(v.get_ref(), DeValue::Boolean(true)) => ProbeSpec::Default,
-                Some(v) => {
-                    let p = as_table(src, v, &t.field("probe"), v.span())?;
-                    p.only(src, &["method", "path", "body", "timeout"])?;
-                    ProbeSpec::Custom(Probe {
-                        method: p
-                            .string(src, "method")?
-                            .map_or_else(|| "GET".to_string(), |(m, _)| m.to_uppercase()),
-                        path: p.required_string(src, "path")?.0,
-                        body: p.string(src, "body")?.map(|(b, _)| b),
-                        timeout: p.duration(src, "timeout", Probe::DEFAULT_TIMEOUT)?,
-                    })
-                }
-            };
-            let model = t.string(src, "model")?.map(|(m, _)| m);
-            ResourceSpec::Wait(WaitSpec {
-                rayservice,
-                path,
-                url,
-                timeout: t.duration(src, "timeout", Duration::from_secs(30 * 60))?,
-                interval: t
-                    .duration(src, "interval", Duration::from_millis(250))?
-                    .max(MIN_INTERVAL),
-                probe,
-                model,
-            })
-        }
-    };
-    let depends_on = match t.get("depends_on") {
-        None => Vec::new(),
-        Some(v) => {
-            let DeValue::Array(items) = v.get_ref() else {
-                return Err(src.error(
-                    &v.span(),
-                    &t.field("depends_on"),
-                    "expected an array of addresses like \"secret.hf-token\"",
-                ));
-            };
-            let mut deps = Vec::new();
-            for (n, item) in items.iter().enumerate() {
-                let field = format!("{}[{n}]", t.field("depends_on"));
-                let s = as_string(src, item, &field)?;
-                let address = Address::parse(&s).ok_or_else(|| {
-                    src.error_help(
-                        &item.span(),
-                        &field,
-                        format!("`{s}` is not a resource address"),
-                        "write <type>.<name>, e.g. \"secret.hf-token\"",
-                    )
-                })?;
-                deps.push((address, src.location(item.span().start)));
-            }
-            deps
-        }
-    };
-    Ok(Resource {
-        address: Address::new(kind, name),
-        spec,
-        depends_on,
-        location,
-    })
-}
-
 /// Gives the object the resource's name and the stack's namespace, and
 /// refuses a manifest that says otherwise rather than silently overriding it.
-fn fill_identity(
+pub(super) fn fill_identity(
     src: &Source<'_>,
     kind: ResourceType,
     name: &str,
@@ -792,15 +558,6 @@ fn check_dns_label(
             format!("use at most {max} lowercase letters, digits and `-`, starting with a letter"),
         ))
     }
-}
-
-fn is_storage_quantity(s: &str) -> bool {
-    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &s[digits.len()..];
-    !digits.is_empty()
-        && digits.chars().all(|c| c.is_ascii_digit())
-        && !digits.starts_with('0')
-        && ["Gi", "G", "Ti", "T"].contains(&unit)
 }
 
 /// References between resources, checked once every resource is known.

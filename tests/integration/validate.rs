@@ -171,6 +171,139 @@ const CATALOGUE: &[(&str, &str, &str)] = &[
         "5:10",
         "metadata.annotations must be a mapping of strings",
     ),
+    // Numbers: ranges Karpenter and Kubernetes accept.
+    (
+        "34-ttl-zero.toml",
+        "5:13",
+        "`nodepool.default.empty_ttl`: must be longer than 0s",
+    ),
+    (
+        "35-ttl-beyond-go-durations.toml",
+        "5:13",
+        "`nodepool.default.empty_ttl`: is longer than Kubernetes durations go (2562047h)",
+    ),
+    (
+        "36-storage-too-large-gi.toml",
+        "5:11",
+        "`nodeclass.default.storage`: `60000Gi` is larger than Karpenter accepts for an EBS volume",
+    ),
+    (
+        "37-storage-too-large-t.toml",
+        "5:11",
+        "`nodeclass.default.storage`: `65T` is larger than Karpenter accepts for an EBS volume",
+    ),
+    (
+        "38-storage-ti-karpenter-skips.toml",
+        "5:11",
+        "`nodeclass.default.storage`: `18Ti` is larger than Karpenter accepts for an EBS volume",
+    ),
+    (
+        "39-wait-timeout-zero.toml",
+        "6:11",
+        "`wait.chat.timeout`: must be longer than 0s",
+    ),
+    (
+        "40-wait-interval-longer-than-timeout.toml",
+        "7:12",
+        "`wait.chat.interval`: the interval (10m) is longer than the timeout (5m): the wait would look once",
+    ),
+    (
+        "41-probe-timeout-zero.toml",
+        "6:58",
+        "`wait.chat.probe.timeout`: must be longer than 0s",
+    ),
+    // Strings: device names, HTTP methods, types.
+    (
+        "42-device-empty.toml",
+        "6:10",
+        "`nodeclass.default.device`: `` is not a device path",
+    ),
+    (
+        "43-device-not-a-path.toml",
+        "6:10",
+        "`nodeclass.default.device`: `xvdb` is not a device path",
+    ),
+    (
+        "44-probe-method-unknown.toml",
+        "6:20",
+        "`wait.chat.probe.method`: `FETCH` is not an HTTP method",
+    ),
+    (
+        "45-probe-path-relative.toml",
+        "6:34",
+        "`wait.chat.probe.path`: must start with `/`",
+    ),
+    (
+        "46-secret-type-empty.toml",
+        "5:8",
+        "`secret.hf-token.type`: must not be empty",
+    ),
+    // URLs.
+    (
+        "47-wait-url-no-host.toml",
+        "6:7",
+        "`wait.chat.url`: `http://` names no host",
+    ),
+    (
+        "48-wait-url-bad-port.toml",
+        "6:7",
+        "`wait.chat.url`: `http://serve.local:99999`: port 99999 is out of range (1-65535)",
+    ),
+    (
+        "49-wait-url-with-space.toml",
+        "6:7",
+        "`wait.chat.url`: `http://serve local:8000` is not a valid URL: invalid uri character",
+    ),
+    // Paths: referenced files must be regular files (a secret's is never read here).
+    (
+        "50-rayservice-manifest-a-directory.toml",
+        "5:12",
+        "`rayservice.llm.manifest`: cannot read tests/stacks/invalid/.: Is a directory",
+    ),
+    (
+        "51-secret-file-a-directory.toml",
+        "5:23",
+        "`secret.hf-token.data.TOKEN.file`: tests/stacks/invalid/. is not a regular file",
+    ),
+    (
+        "52-secret-file-missing.toml",
+        "5:23",
+        "no-such-token-file cannot be read: No such file or directory",
+    ),
+    // YAML shapes.
+    (
+        "53-manifest-two-documents.toml",
+        "5:8",
+        "two-objects.yaml holds 2 objects; declare one resource per object",
+    ),
+    (
+        "54-manifest-a-yaml-list.toml",
+        "5:8",
+        "a-list.yaml must hold a mapping (a Kubernetes object)",
+    ),
+    // Nesting.
+    (
+        "55-nodepool-without-a-name.toml",
+        "5:1",
+        "`nodepool.empty_ttl`: `empty_ttl` is a value, but [nodepool] holds named tables",
+    ),
+    // Encodings.
+    (
+        "56-not-utf8.toml",
+        "3:6",
+        "not UTF-8 text (byte 0xe9); TOML files are UTF-8",
+    ),
+    // Names and empty values.
+    (
+        "57-namespace-too-long.toml",
+        "3:13",
+        "`stack.namespace`: `nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn` is not a valid name",
+    ),
+    (
+        "58-secret-env-empty-name.toml",
+        "5:22",
+        "`secret.hf-token.data.TOKEN.env`: names no environment variable",
+    ),
 ];
 
 fn validate(path: &Path) -> (i32, String, String) {
@@ -210,10 +343,29 @@ fn every_malformed_stack_in_the_catalogue_gets_its_error_at_its_place() {
             stderr.starts_with(&at),
             "{file}: expected the error at {position}, got:\n{stderr}"
         );
+        // The message, read without the source lines shown under it.
+        let said: Vec<&str> = stderr
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+                !l.starts_with('|')
+            })
+            .collect();
         assert!(
-            stderr.contains(message),
+            said.join("\n").contains(message),
             "{file}: expected {message:?}, got:\n{stderr}"
         );
+        // The line pointed at is shown under the error, with a caret.
+        let line: usize = position.split(':').next().unwrap().parse().unwrap();
+        if let Ok(text) = std::fs::read_to_string(repo().join(&path))
+            && let Some(source) = text.lines().nth(line - 1)
+        {
+            let shown = format!("{line} | {source}");
+            assert!(
+                stderr.contains(&shown) && stderr.contains(" | ") && stderr.contains('^'),
+                "{file}: expected the source line {shown:?} and a caret, got:\n{stderr}"
+            );
+        }
     }
 }
 
