@@ -577,25 +577,22 @@ async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         .delete(&kind, ns, &c.name, c.live_uid.as_deref())
         .await
         .map_err(cluster_err(&c.address))?;
-    // Finalizers (KubeRay's among them) keep the object until its owner lets go.
+    // Finalizers (KubeRay's among them) keep the object until its owner
+    // lets go: watched, not polled.
     let started = Instant::now();
+    let gone = shared
+        .cluster
+        .deleted(&kind, ns, &c.name, c.live_uid.as_deref());
+    tokio::pin!(gone);
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
     let mut next_report = Duration::from_secs(10);
     loop {
-        let live = shared
-            .cluster
-            .get(&kind, ns, &c.name)
-            .await
-            .map_err(cluster_err(&c.address))?;
-        let gone = match &live {
-            None => true,
-            // A new object under the same name is not the one we deleted.
-            Some(l) => {
-                c.live_uid.is_some()
-                    && l.pointer("/metadata/uid").and_then(Value::as_str) != c.live_uid.as_deref()
+        tokio::select! {
+            outcome = &mut gone => {
+                outcome.map_err(cluster_err(&c.address))?;
+                break;
             }
-        };
-        if gone {
-            break;
+            _ = beat.tick() => {}
         }
         if shared.options.stop.requested() {
             // The delete was sent; the next run sees whether it finished.
@@ -605,18 +602,7 @@ async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
             });
         }
         if started.elapsed() >= shared.options.delete_timeout {
-            let finalizers = live
-                .as_ref()
-                .and_then(|l| l.pointer("/metadata/finalizers"))
-                .map(crate::util::compact_json)
-                .unwrap_or_else(|| "none".into());
-            return Err(ApplyError::Resource {
-                address: c.address.clone(),
-                message: format!(
-                    "still present {} after delete (finalizers: {finalizers})\n  help: check that the controller owning those finalizers (for a RayService, the KubeRay operator) is running; run destroy again once it is gone",
-                    elapsed(started)
-                ),
-            });
+            return Err(still_there(shared, c, &kind, started).await);
         }
         if started.elapsed() >= next_report {
             shared.say(
@@ -625,9 +611,30 @@ async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
             );
             next_report += Duration::from_secs(10);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shared.remove(&c.address).await
+}
+
+/// The error for an object its finalizers keep past the timeout, naming them.
+async fn still_there(shared: &Shared, c: &Change, kind: &Kind, started: Instant) -> ApplyError {
+    let live = shared
+        .cluster
+        .get(kind, c.namespace.as_deref(), &c.name)
+        .await
+        .ok()
+        .flatten();
+    let finalizers = live
+        .as_ref()
+        .and_then(|l| l.pointer("/metadata/finalizers"))
+        .map(crate::util::compact_json)
+        .unwrap_or_else(|| "none".into());
+    ApplyError::Resource {
+        address: c.address.clone(),
+        message: format!(
+            "still present {} after delete (finalizers: {finalizers})\n  help: check that the controller owning those finalizers (for a RayService, the KubeRay operator) is running; run destroy again once it is gone",
+            elapsed(started)
+        ),
+    }
 }
 
 fn entry_for_patch(c: &Change, p: &karpenter::KarpenterPatch) -> ResourceState {

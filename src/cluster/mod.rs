@@ -488,6 +488,48 @@ pub enum WatchTrouble {
 }
 
 impl Cluster {
+    /// Resolves once the object is gone: deleted, or (with `uid`) replaced by
+    /// another of the same name. kube-runtime's `await_condition` on a watch,
+    /// so a finalizer that takes minutes costs one request, not a GET a beat.
+    pub async fn deleted(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        use kube::runtime::wait::{await_condition, conditions};
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) if kind.namespaced => {
+                Api::namespaced_with(self.stream_client.clone(), ns, &kind.resource)
+            }
+            _ => Api::all_with(self.stream_client.clone(), &kind.resource),
+        };
+        let outcome = match uid {
+            Some(uid) => await_condition(api, name, conditions::is_deleted(uid)).await,
+            None => await_condition(api, name, |o: Option<&DynamicObject>| o.is_none()).await,
+        };
+        outcome.map(|_| ()).map_err(|e| {
+            use kube::runtime::{wait::Error as Wait, watcher::Error as Watch};
+            let resource = kind.plural_name();
+            match e {
+                Wait::ProbeFailed(
+                    Watch::InitialListFailed(e)
+                    | Watch::WatchStartFailed(e)
+                    | Watch::WatchFailed(e),
+                ) => error::classify(e, "watch", &resource, name, &self.id),
+                other => ClusterError::Api {
+                    verb: "watch".into(),
+                    resource,
+                    name: format!(" `{name}`"),
+                    message: other.to_string(),
+                },
+            }
+        })
+    }
+
     /// Follows one object with a watch; the receiver always holds the latest
     /// version and says when the watch is in trouble. The watch stops when
     /// the receiver is dropped, or for good on an error no retry can fix.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{Backend, Env, OwnCluster, Profile, Running, assert_no_token};
 
@@ -1117,21 +1117,92 @@ async fn a_no_op_plan_costs_requests_per_kind_not_per_resource() {
         env.write(&stack, &text);
         env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
             .ok();
+        let mark = env.audit_mark();
         let plan = env
             .rayform(&["-v", "plan", &stack, "--detailed-exitcode"])
             .code(0);
-        let line = plan
+        let said = plan
             .stderr
             .lines()
             .find(|l| l.contains("API requests"))
             .expect("-v reports requests")
             .to_string();
-        counts.push(line);
+        let wire: Vec<String> = env
+            .requests_since(mark)
+            .await
+            .iter()
+            .map(|e| format!("{} {}", e["verb"], e["objectRef"]["resource"]))
+            .collect();
+        counts.push((configmaps, said, wire));
     }
-    // Secrets, ConfigMaps and RayServices: one LIST each; NodePool and EC2NodeClass: one GET each.
-    for line in &counts {
-        assert!(line.contains("with 5 API requests"), "{counts:?}");
+    // On the wire (the API server's audit log): Secrets, ConfigMaps and
+    // RayServices one LIST each, NodePool and EC2NodeClass one GET each,
+    // whatever the number of objects; and -v says as much.
+    for (_, said, wire) in &counts {
+        assert_eq!(wire.len(), 5, "{counts:?}");
+        assert_eq!(
+            wire.iter().filter(|r| r.starts_with("\"list\"")).count(),
+            3,
+            "{counts:?}"
+        );
+        assert!(said.contains("with 5 API requests"), "{counts:?}");
     }
+}
+
+#[tokio::test]
+async fn a_delete_held_by_a_finalizer_is_watched_not_polled() {
+    let env = Env::new(Profile::V1, "finalizer").await;
+    let stack = env.write(
+        "held.toml",
+        &format!(
+            "[stack]\nname = \"held\"\nnamespace = \"{}\"\n\n[manifest.held]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ a = \"b\" }} }}\n",
+            env.ns
+        ),
+    );
+    let stack = stack.to_str().unwrap();
+    env.rayform(&["apply", stack, "--auto-approve"]).ok();
+    let hold = |finalizers: Value| json!({"metadata": {"finalizers": finalizers}});
+    env.merge_as(
+        "someone",
+        "v1",
+        "ConfigMap",
+        Some(&env.ns),
+        "held",
+        hold(json!(["test.rayform.io/hold"])),
+    )
+    .await;
+
+    let mark = env.audit_mark();
+    let destroy = Running::spawn(env.command(&["destroy", stack, "--auto-approve"]));
+    destroy
+        .until("held: Destroying...", Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    env.merge_as(
+        "someone",
+        "v1",
+        "ConfigMap",
+        Some(&env.ns),
+        "held",
+        hold(Value::Null),
+    )
+    .await;
+    destroy.finish().ok();
+    let gets = env
+        .requests_since(mark)
+        .await
+        .into_iter()
+        .filter(|e| e["verb"] == "get" && e["objectRef"]["name"] == "held")
+        .count();
+    assert!(
+        gets <= 2,
+        "a 4 s finalizer cost {gets} GETs: the wait polls instead of watching"
+    );
+    assert!(
+        env.get("v1", "ConfigMap", Some(&env.ns), "held")
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -365,6 +365,43 @@ impl Env {
         (self.pool_spec().await, self.class_spec().await)
     }
 
+    /// How far the API server's audit log (scripts/testcluster) has got.
+    pub fn audit_mark(&self) -> usize {
+        self.audit_lines().len()
+    }
+
+    /// Requests that reached the API server since `mark` about this test's
+    /// objects (its namespace, its pool and class): counted on the wire.
+    pub async fn requests_since(&self, mark: usize) -> Vec<Value> {
+        // The server writes an entry once the response is complete.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        self.audit_lines()
+            .into_iter()
+            .skip(mark)
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .filter(|e| {
+                let object = &e["objectRef"];
+                object["namespace"] == json!(self.ns)
+                    || (object["namespace"].is_null()
+                        && (object["name"] == json!(self.pool)
+                            || object["name"] == json!(self.class)))
+            })
+            .collect()
+    }
+
+    fn audit_lines(&self) -> Vec<String> {
+        let log = self
+            .kubeconfig
+            .parent()
+            .expect("the kubeconfig sits in the cluster's directory")
+            .join("audit.log");
+        std::fs::read_to_string(log)
+            .expect("the test cluster writes an audit log")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
