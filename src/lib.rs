@@ -38,4 +38,5 @@ pub mod readiness;
 pub mod secret;
 pub mod stack;
 pub mod state;
+pub mod target;
 pub mod util;

@@ -109,59 +109,18 @@ pub enum Command {
         rayform plan stacks/mistral-7b.toml\n  \
         rayform plan stacks/mistral-7b.toml --detailed-exitcode   # CI: 0 no changes, 2 changes, 1 error\n  \
         rayform plan stacks/mistral-7b.toml --out reviewed.plan   # then: rayform apply reviewed.plan")]
-    Plan {
-        stack: PathBuf,
-        /// Save the plan (it holds no secret values) for `rayform apply FILE`
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// Exit 0 when there are no changes, 2 when there are, 1 on error
-        #[arg(long)]
-        detailed_exitcode: bool,
-        /// Print the plan as JSON
-        #[arg(long)]
-        json: bool,
-        /// Plan a destroy
-        #[arg(long)]
-        destroy: bool,
-        #[command(flatten)]
-        take: Take,
-    },
+    Plan(PlanArgs),
     /// Apply a stack (after showing its plan), or a saved plan file
     #[command(after_help = "Examples:\n  \
         rayform apply stacks/mistral-7b.toml                       # shows the plan, asks for yes\n  \
         rayform apply stacks/mistral-7b.toml --auto-approve --no-wait\n  \
         rayform apply reviewed.plan                                # exactly what was reviewed")]
-    Apply {
-        /// A stack file, or a plan saved with `plan --out`
-        target: PathBuf,
-        /// Do not ask for confirmation
-        #[arg(long)]
-        auto_approve: bool,
-        #[command(flatten)]
-        take: Take,
-        #[command(flatten)]
-        run: RunArgs,
-        /// Skip the readiness wait
-        #[arg(long)]
-        no_wait: bool,
-        /// Readiness endpoint (http://host:port of the Serve proxy), overriding the stack
-        #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
-        endpoint: Option<String>,
-    },
+    Apply(ApplyArgs),
     /// Delete what the stack created and revert its Karpenter patches
     #[command(after_help = "Examples:\n  \
         rayform destroy stacks/mistral-7b.toml\n  \
         rayform destroy stacks/mistral-7b.toml --auto-approve --force   # restore originals over outside changes")]
-    Destroy {
-        stack: PathBuf,
-        #[arg(long)]
-        auto_approve: bool,
-        /// Restore recorded Karpenter originals even over changes made outside rayform
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        run: RunArgs,
-    },
+    Destroy(DestroyArgs),
     /// Show a plan saved with `plan --out`, without contacting the cluster
     Show {
         /// The plan file
@@ -211,6 +170,59 @@ pub enum Command {
         /// The lock ID from the "state is locked" error
         lock_id: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The stack file (TOML)
+    pub stack: PathBuf,
+    /// Save the plan (it holds no secret values) for `rayform apply FILE`
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Print the plan as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Plan a destroy
+    #[arg(long)]
+    pub destroy: bool,
+    #[command(flatten)]
+    pub take: Take,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// A stack file, or a plan saved with `plan --out`
+    pub target: PathBuf,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[command(flatten)]
+    pub take: Take,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Skip the readiness wait
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Readiness endpoint (http://host:port of the Serve proxy), overriding the stack
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DestroyArgs {
+    /// The stack file (TOML)
+    pub stack: PathBuf,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Restore recorded Karpenter originals even over changes made outside rayform
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,6 @@
 //! Cluster errors that say what went wrong and what to do next.
 
-use crate::state::ClusterId;
+use crate::target::ClusterId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

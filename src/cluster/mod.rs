@@ -21,7 +21,7 @@ use serde_json::Value;
 pub use error::ClusterError;
 pub use inspect::Access;
 
-use crate::state::ClusterId;
+use crate::target::ClusterId;
 
 /// How to reach the cluster: kubectl's `--kubeconfig` and `--context`.
 #[derive(Debug, Clone, Default)]

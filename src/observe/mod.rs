@@ -20,7 +20,8 @@ use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
 use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Served, Wanted};
 use crate::stack::{Address, ResourceType, Stack};
-use crate::state::{ClusterId, ResourceState, State};
+use crate::state::{ResourceState, State};
+use crate::target::ClusterId;
 
 /// Everything the planner needs to know about the cluster.
 #[derive(Debug, Clone)]

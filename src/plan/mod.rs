@@ -22,7 +22,8 @@ use crate::graph::Graph;
 use crate::karpenter::{self, KarpenterPatch};
 use crate::observe::{Observed, ObservedObject, ObservedPatch, Unlabelled, World};
 use crate::stack::{Address, ResourceType, Stack};
-use crate::state::{ClusterId, State};
+use crate::state::State;
+use crate::target::ClusterId;
 use diff::Sides;
 
 pub use render::{RenderOptions, render_json, render_text};

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod lock;
 pub mod store;
 
+pub use crate::target::ClusterId;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -45,14 +46,6 @@ pub enum StateError {
     NotLocked { path: std::path::PathBuf },
     #[error("the state does not track {}\n  help: `rayform state list` shows what it tracks", .0.join(", "))]
     NotTracked(Vec<String>),
-}
-
-/// Which cluster a state belongs to, so a run against another cluster is refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterId {
-    pub server: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1460,6 +1460,16 @@ async fn a_kill_between_a_karpenter_patch_and_its_record_still_reverts_exactly()
     let env = Env::on(Backend::Kubernetes, Profile::V1, "patchkill").await;
     let before = env.karpenter_specs().await;
     let stack = env.mission_stack("patchkill");
+    // Work that comes after the patch, so the run is still going when the
+    // kill lands (the mission stack alone finishes in a few milliseconds).
+    let mut text = std::fs::read_to_string(env.path(&stack)).unwrap();
+    for i in 0..80 {
+        text.push_str(&format!(
+            "\n[manifest.after{i}]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ i = \"{i}\" }} }}\ndepends_on = [\"nodepool.{}\"]\n",
+            env.pool
+        ));
+    }
+    env.write(&stack, &text);
     let running = Running::spawn(env.command(&[
         "apply",
         &stack,

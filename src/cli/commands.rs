@@ -1,0 +1,199 @@
+//! The commands that plan and change a cluster: `plan`, `apply`, `destroy`.
+//! Each opens the stack, its state (locked) and the cluster, makes a plan,
+//! and for apply and destroy carries it out.
+
+use super::args::{ApplyArgs, DestroyArgs, Global, PlanArgs, Take};
+use super::output::Out;
+use super::*;
+
+pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Error> {
+    let PlanArgs {
+        stack,
+        out: save,
+        detailed_exitcode,
+        json,
+        destroy,
+        take,
+    } = args;
+    let Opened {
+        stack: s,
+        graph,
+        backend,
+        lock,
+        mut state,
+        mut new,
+        cluster,
+    } = open(&stack, g, "plan", out).await?;
+    if new && save.is_some() {
+        // A saved plan is checked against the state's lineage and its
+        // fingerprint key, so that state must exist before the plan.
+        backend.save(&mut state, &lock).await?;
+        new = false;
+    }
+    let plan = make_plan(
+        &s, &graph, &state, new, &cluster, &take, destroy, false, out,
+    )
+    .await?;
+    if json {
+        out.raw(&(plan::render_json(&plan) + "\n"));
+    } else {
+        out.raw(&plan::render_text(&plan, out.render_options()));
+    }
+    match save {
+        Some(path) if plan.errors.is_empty() => {
+            save_plan(&plan, &path)?;
+            if !json {
+                out.line(&format!(
+                    "\nSaved the plan to {}. To apply exactly this plan: rayform apply {}",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+        Some(path) => out.error(&format!(
+            "the plan has errors, so it was not saved to {}",
+            path.display()
+        )),
+        None => {}
+    }
+    if !plan.errors.is_empty() {
+        return Ok(1);
+    }
+    Ok(if detailed_exitcode && plan.has_changes() {
+        2
+    } else {
+        0
+    })
+}
+
+pub(super) async fn apply(
+    args: ApplyArgs,
+    g: &Global,
+    out: &Out,
+    stop: &Stop,
+) -> Result<u8, Error> {
+    let ApplyArgs {
+        target,
+        auto_approve,
+        take,
+        run,
+        no_wait,
+        endpoint,
+    } = args;
+    if is_plan_file(&target) {
+        let given = take.given();
+        if !given.is_empty() {
+            return Err(format!(
+                "{} cannot change a saved plan: what it does was decided when it was made\n  help: make the plan again with them: rayform plan STACK {} --out {}",
+                given.join(", "),
+                given.join(" ... "),
+                target.display()
+            )
+            .into());
+        }
+        let how = Execution {
+            run: &run,
+            wait: !no_wait,
+            endpoint,
+            stop,
+        };
+        apply_saved(&target, g, how, out).await
+    } else {
+        let Opened {
+            stack: s,
+            graph,
+            backend,
+            lock,
+            state,
+            new,
+            cluster,
+        } = open(&target, g, "apply", out).await?;
+        let plan = make_plan(&s, &graph, &state, new, &cluster, &take, false, false, out).await?;
+        out.raw(&plan::render_text(&plan, out.render_options()));
+        if !plan.errors.is_empty() {
+            return Err("the plan has errors; nothing was changed".into());
+        }
+        let waits = plan.changes.iter().any(|c| c.action == plan::Action::Wait) && !no_wait;
+        // Forgetting what is already gone changes only the state: no
+        // question to ask, but it must still be written.
+        let state_only = plan
+            .changes
+            .iter()
+            .any(|c| c.refresh_state || c.action == plan::Action::Forget);
+        if !plan.has_changes() && !state_only && !waits {
+            return Ok(0);
+        }
+        if plan.has_changes() && !confirm(auto_approve, "apply", out)? {
+            return Ok(1);
+        }
+        let secrets = read_secrets(&s)?;
+        let how = Execution {
+            run: &run,
+            wait: !no_wait,
+            endpoint,
+            stop,
+        };
+        execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
+    }
+}
+
+pub(super) async fn destroy(
+    args: DestroyArgs,
+    g: &Global,
+    out: &Out,
+    stop: &Stop,
+) -> Result<u8, Error> {
+    let DestroyArgs {
+        stack,
+        auto_approve,
+        force,
+        run,
+    } = args;
+    let Opened {
+        stack: s,
+        graph,
+        backend,
+        lock,
+        state,
+        new,
+        cluster,
+    } = open(&stack, g, "destroy", out).await?;
+    let plan = make_plan(
+        &s,
+        &graph,
+        &state,
+        new,
+        &cluster,
+        &Take::default(),
+        true,
+        force,
+        out,
+    )
+    .await?;
+    out.raw(&plan::render_text(&plan, out.render_options()));
+    if !plan.errors.is_empty() {
+        return Err("the destroy plan has errors; nothing was changed".into());
+    }
+    if !plan.has_changes() && plan.changes.iter().all(|c| c.action == plan::Action::NoOp) {
+        return Ok(0);
+    }
+    if plan.has_changes() && !confirm(auto_approve, "destroy", out)? {
+        return Ok(1);
+    }
+    let how = Execution {
+        run: &run,
+        wait: false,
+        endpoint: None,
+        stop,
+    };
+    execute(
+        &cluster,
+        &plan,
+        state,
+        (&backend, &lock),
+        SecretValues::new(),
+        how,
+        out,
+    )
+    .await
+}
