@@ -402,48 +402,52 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
         Action::Forget => {
             shared.remove(&c.address).await?;
         }
-        Action::Wait => {
-            let Some(spec) = &c.wait else {
-                return Ok(Vec::new());
-            };
-            if !shared.options.wait {
-                shared.say(&c.address, "Skipped (--no-wait)");
-                return Ok(Vec::new());
-            }
-            let mut target = spec.clone();
-            if let Some(url) = &shared.options.endpoint {
-                target.wait.url = Some(url.clone());
-            }
-            let address = c.address.clone();
-            let progress = shared.options.progress.clone();
-            let waited = crate::readiness::wait(
-                &shared.cluster,
-                &shared.namespace,
-                &target,
-                Arc::new(move |m: String| {
-                    progress(Event {
-                        address: address.clone(),
-                        message: m,
-                    })
-                }),
-            );
-            // A wait can be long; a run that lost its lock stops now.
-            let ready = tokio::select! {
-                ready = waited => ready.map_err(|e| ApplyError::Resource {
-                    address: c.address.clone(),
-                    message: e.to_string(),
-                })?,
-                lost = shared.writer.lost() => return Err(lost.into()),
-                // A wait changes nothing: abandoning it loses nothing.
-                () = shared.options.stop.wait() => return Err(ApplyError::Interrupted {
-                    done: 0,
-                    not_done: vec![c.address.clone()],
-                }),
-            };
-            return Ok(vec![ready]);
-        }
+        Action::Wait => return wait(shared, c).await,
     }
     Ok(Vec::new())
+}
+
+/// The readiness node: waits until the RayService serves, unless told not
+/// to; stops at once when the lock is lost or the user interrupts.
+async fn wait(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>, ApplyError> {
+    let Some(spec) = &c.wait else {
+        return Ok(Vec::new());
+    };
+    if !shared.options.wait {
+        shared.say(&c.address, "Skipped (--no-wait)");
+        return Ok(Vec::new());
+    }
+    let mut target = spec.clone();
+    if let Some(url) = &shared.options.endpoint {
+        target.wait.url = Some(url.clone());
+    }
+    let address = c.address.clone();
+    let progress = shared.options.progress.clone();
+    let waited = crate::readiness::wait(
+        &shared.cluster,
+        &shared.namespace,
+        &target,
+        Arc::new(move |m: String| {
+            progress(Event {
+                address: address.clone(),
+                message: m,
+            })
+        }),
+    );
+    // A wait can be long; a run that lost its lock stops now.
+    let ready = tokio::select! {
+        ready = waited => ready.map_err(|e| ApplyError::Resource {
+            address: c.address.clone(),
+            message: e.to_string(),
+        })?,
+        lost = shared.writer.lost() => return Err(lost.into()),
+        // A wait changes nothing: abandoning it loses nothing.
+        () = shared.options.stop.wait() => return Err(ApplyError::Interrupted {
+            done: 0,
+            not_done: vec![c.address.clone()],
+        }),
+    };
+    Ok(vec![ready])
 }
 
 fn elapsed(since: Instant) -> String {

@@ -132,100 +132,150 @@ pub async fn observe(
     options: &ObserveOptions,
 ) -> Result<World, ClusterError> {
     let served = served(cluster);
-    let (pool_api, class_api) = (served.pool(), served.class());
-    let manager = stack.field_manager();
     let mut resources = BTreeMap::new();
-
-    // Objects, grouped so that each kind and namespace costs one LIST.
+    // Objects, grouped so that each kind costs one LIST; Karpenter objects
+    // one by one, as each is patched on its own.
     let mut groups: BTreeMap<(String, String), Vec<Address>> = BTreeMap::new();
     let addresses: BTreeSet<&Address> = desired.keys().chain(state.resources.keys()).collect();
     for address in addresses {
-        let wanted = if mode == Mode::Destroy {
-            None
-        } else {
-            desired.get(address)
-        };
-        match (wanted, state.resources.get(address)) {
-            (Some(Desired::Object(o)), _) => {
+        match route(address, desired, state, mode) {
+            Route::Object(api_version, kind) => {
                 groups
-                    .entry((o.api_version.clone(), o.kind.clone()))
+                    .entry((api_version, kind))
                     .or_default()
                     .push(address.clone());
             }
-            (Some(Desired::Wait(_)), _) => {
+            Route::Wait => {
                 resources.insert(address.clone(), Observed::Wait);
             }
-            (Some(Desired::NodePool(intent)), _) => {
-                let api = api_holding(cluster, &served.pools, &address.name, |a| {
-                    (a.api_version(), a.kind())
-                })
-                .await?;
-                let o = observe_pool(cluster, stack, address, api, intent).await?;
-                resources.insert(address.clone(), Observed::Patch(o));
-            }
-            (Some(Desired::NodeClass(intent)), _) => {
-                let api = api_holding(cluster, &served.classes, &address.name, |a| {
-                    (a.api_version(), a.kind())
-                })
-                .await?;
-                let o = observe_class(cluster, stack, address, api, intent).await?;
-                resources.insert(address.clone(), Observed::Patch(o));
-            }
-            (None, Some(st)) if st.patch.is_some() => {
-                let o = observe_revert(cluster, stack, st, options.force).await?;
-                resources.insert(address.clone(), Observed::Patch(o));
-            }
-            (None, Some(st)) => {
-                groups
-                    .entry((st.api_version.clone(), st.kind.clone()))
-                    .or_default()
-                    .push(address.clone());
-            }
-            (None, None) => {
-                // Destroy of a partially applied stack: what was written
-                // before the state write was lost still carries our label or
-                // our holder annotation.
-                match desired.get(address) {
-                    Some(Desired::Object(o)) => {
-                        groups
-                            .entry((o.api_version.clone(), o.kind.clone()))
-                            .or_default()
-                            .push(address.clone());
-                    }
-                    Some(Desired::NodePool(_)) if pool_api.is_some() => {
-                        let api = pool_api.unwrap_or(PoolApi::V1);
-                        let st = unrecorded_patch(api.api_version(), api.kind(), &address.name);
-                        let o = observe_revert(cluster, stack, &st, options.force).await?;
-                        resources.insert(address.clone(), Observed::Patch(o));
-                    }
-                    Some(Desired::NodeClass(_)) if class_api.is_some() => {
-                        let api = class_api.unwrap_or(ClassApi::V1);
-                        let st = unrecorded_patch(api.api_version(), api.kind(), &address.name);
-                        let o = observe_revert(cluster, stack, &st, options.force).await?;
-                        resources.insert(address.clone(), Observed::Patch(o));
-                    }
-                    _ => {}
-                }
+            Route::Nothing => {}
+            patch => {
+                let o = observe_patch(cluster, stack, address, &served, patch, options).await?;
+                resources.extend(o.map(|o| (address.clone(), Observed::Patch(o))));
             }
         }
     }
+    let (objects, server) =
+        observe_objects(cluster, stack, groups, desired, state, mode, options).await?;
+    resources.extend(objects);
+    tracing::debug!(
+        resources = resources.len(),
+        requests = cluster.requests(),
+        server_dry_run = server,
+        "observed"
+    );
+    Ok(World {
+        cluster: cluster.id.clone(),
+        karpenter: served,
+        resources,
+    })
+}
 
-    // Every kind is listed first; only then is it known how many objects may
-    // change, which decides whether they are dry-run on the server.
+/// How one address is looked at.
+enum Route<'a> {
+    /// A Kubernetes object of this apiVersion and kind, listed with its kind.
+    Object(String, String),
+    Wait,
+    Pool(&'a crate::stack::NodePoolIntent),
+    Class(&'a crate::stack::NodeClassIntent),
+    /// A patch the state records and the stack (or a destroy) no longer wants.
+    Revert(&'a ResourceState),
+    /// Destroy of a partially applied stack: a patch whose state write was
+    /// lost still carries this stack's holder annotation.
+    Unrecorded(ResourceType),
+    Nothing,
+}
+
+fn route<'a>(
+    address: &Address,
+    desired: &'a BTreeMap<Address, Desired>,
+    state: &'a State,
+    mode: Mode,
+) -> Route<'a> {
+    let wanted = if mode == Mode::Destroy {
+        None
+    } else {
+        desired.get(address)
+    };
+    match (wanted, state.resources.get(address)) {
+        (Some(Desired::Object(o)), _) => Route::Object(o.api_version.clone(), o.kind.clone()),
+        (Some(Desired::Wait(_)), _) => Route::Wait,
+        (Some(Desired::NodePool(intent)), _) => Route::Pool(intent),
+        (Some(Desired::NodeClass(intent)), _) => Route::Class(intent),
+        (None, Some(st)) if st.patch.is_some() => Route::Revert(st),
+        (None, Some(st)) => Route::Object(st.api_version.clone(), st.kind.clone()),
+        // What was written before the state write was lost still carries our
+        // label or our holder annotation.
+        (None, None) => match desired.get(address) {
+            Some(Desired::Object(o)) => Route::Object(o.api_version.clone(), o.kind.clone()),
+            Some(Desired::NodePool(_)) => Route::Unrecorded(ResourceType::NodePool),
+            Some(Desired::NodeClass(_)) => Route::Unrecorded(ResourceType::NodeClass),
+            _ => Route::Nothing,
+        },
+    }
+}
+
+/// One Karpenter object: its patch, its revert, or nothing when the API is not served.
+async fn observe_patch(
+    cluster: &Cluster,
+    stack: &Stack,
+    address: &Address,
+    served: &Served,
+    route: Route<'_>,
+    options: &ObserveOptions,
+) -> Result<Option<ObservedPatch>, ClusterError> {
+    let api_of = |a: PoolApi| (a.api_version(), a.kind());
+    let class_of = |a: ClassApi| (a.api_version(), a.kind());
+    Ok(Some(match route {
+        Route::Pool(intent) => {
+            let api = api_holding(cluster, &served.pools, &address.name, api_of).await?;
+            observe_pool(cluster, stack, address, api, intent).await?
+        }
+        Route::Class(intent) => {
+            let api = api_holding(cluster, &served.classes, &address.name, class_of).await?;
+            observe_class(cluster, stack, address, api, intent).await?
+        }
+        Route::Revert(st) => observe_revert(cluster, stack, st, options.force).await?,
+        Route::Unrecorded(kind) => {
+            let api = match kind {
+                ResourceType::NodePool => served.pool().map(api_of),
+                _ => served.class().map(class_of),
+            };
+            let Some((api_version, kind_name)) = api else {
+                return Ok(None);
+            };
+            let st = unrecorded_patch(api_version, kind_name, &address.name);
+            observe_revert(cluster, stack, &st, options.force).await?
+        }
+        Route::Object(..) | Route::Wait | Route::Nothing => return Ok(None),
+    }))
+}
+
+/// Every object, a LIST per kind first: only then is it known how many
+/// may change, which decides whether they are dry-run on the server.
+/// Returns them with whether the server dry-ran them.
+async fn observe_objects(
+    cluster: &Cluster,
+    stack: &Stack,
+    groups: BTreeMap<(String, String), Vec<Address>>,
+    desired: &BTreeMap<Address, Desired>,
+    state: &State,
+    mode: Mode,
+    options: &ObserveOptions,
+) -> Result<(Vec<(Address, Observed)>, bool), ClusterError> {
+    let mut out = Vec::new();
     let mut listed_groups = Vec::new();
     for ((api_version, kind_name), members) in groups {
         let Some(kind) = cluster.kind(&api_version, &kind_name) else {
             let problem = missing_kind_message(&api_version, &kind_name);
-            for a in members {
-                resources.insert(
-                    a,
-                    Observed::Object(ObservedObject {
-                        problem: Some(problem.clone()),
-                        gone: true,
-                        ..Default::default()
-                    }),
-                );
-            }
+            out.extend(members.into_iter().map(|a| {
+                let gone = ObservedObject {
+                    problem: Some(problem.clone()),
+                    gone: true,
+                    ..Default::default()
+                };
+                (a, Observed::Object(gone))
+            }));
             continue;
         };
         let members = list_members(cluster, stack, &kind, members, desired, state, mode).await?;
@@ -237,6 +287,7 @@ pub async fn observe(
         .filter(|m| m.may_change(state))
         .count();
     let server = options.dry_run.allows(may_change);
+    let manager = stack.field_manager();
     let jobs: Vec<_> = listed_groups
         .into_iter()
         .flat_map(|(kind, members)| {
@@ -263,20 +314,9 @@ pub async fn observe(
         if address.kind == ResourceType::RayService {
             obs.kuberay_version = kuberay_version(cluster, &stack.namespace, &obs).await;
         }
-        resources.insert(address, Observed::Object(obs));
+        out.push((address, Observed::Object(obs)));
     }
-
-    tracing::debug!(
-        resources = resources.len(),
-        requests = cluster.requests(),
-        server_dry_run = server,
-        "observed"
-    );
-    Ok(World {
-        cluster: cluster.id.clone(),
-        karpenter: served,
-        resources,
-    })
+    Ok((out, server))
 }
 
 /// How many objects are looked at (GET, dry run) at once.
@@ -493,6 +533,9 @@ struct MemberContext<'a> {
     may_change: usize,
 }
 
+/// One object, in the order requests go out: the identity its LIST found,
+/// a GET only when that is not enough, then the dry run or the local diff.
+/// Kept whole: split, each part would take the same half-dozen values.
 async fn observe_member(
     cx: &MemberContext<'_>,
     kind: &Kind,

@@ -17,12 +17,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::desired::{self, Desired, LABEL_STACK};
+use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
 use crate::graph::Graph;
 use crate::karpenter::{self, KarpenterPatch};
 use crate::observe::{Observed, ObservedObject, ObservedPatch, Unlabelled, World};
 use crate::stack::{Address, ResourceType, Stack};
-use crate::state::State;
+use crate::state::{ResourceState, State};
 use crate::target::ClusterId;
 use diff::Sides;
 
@@ -242,40 +242,15 @@ pub fn build(
         let Some(observed) = world.resources.get(&address) else {
             continue;
         };
-        let wanted = if options.destroy {
-            None
-        } else {
-            desired.get(&address)
-        };
-        let change = match observed {
-            Observed::Wait => match wanted {
-                Some(Desired::Wait(w)) => {
-                    let mut c = Change::new(&address, Action::Wait, "", "", &w.wait.rayservice);
-                    c.wait = Some(w.clone());
-                    Some(c)
-                }
-                _ => None,
-            },
-            Observed::Patch(o) => {
-                let drift_off = world.karpenter.drift_off_by_default();
-                plan_patch(
-                    &address,
-                    o,
-                    wanted.is_some(),
-                    state,
-                    drift_off,
-                    &mut plan.warnings,
-                )
-            }
-            Observed::Object(o) => {
-                plan_object(&address, o, wanted, desired.get(&address), state, options).map(
-                    |mut c| {
-                        c.rollout = assess_rollout(&c, o);
-                        c
-                    },
-                )
-            }
-        };
+        let change = plan_one(
+            &address,
+            observed,
+            desired,
+            state,
+            world,
+            options,
+            &mut plan.warnings,
+        );
         if let Some(mut c) = change {
             if c.action == Action::NoOp && !c.refresh_state {
                 // Nothing will be sent: a large no-op plan need not carry every body.
@@ -290,38 +265,79 @@ pub fn build(
     if !options.destroy {
         plan.warnings.extend(checks::warnings(desired, world));
     }
-    // Ordering constraints between the changes actually in the plan.
+    order_changes(&mut plan, graph, options.destroy);
+    plan
+}
+
+/// The change for one resource, by what was observed of it.
+fn plan_one(
+    address: &Address,
+    observed: &Observed,
+    desired: &BTreeMap<Address, Desired>,
+    state: &State,
+    world: &World,
+    options: &PlanOptions,
+    warnings: &mut Vec<String>,
+) -> Option<Change> {
+    let wanted = if options.destroy {
+        None
+    } else {
+        desired.get(address)
+    };
+    match observed {
+        Observed::Wait => match wanted {
+            Some(Desired::Wait(w)) => {
+                let mut c = Change::new(address, Action::Wait, "", "", &w.wait.rayservice);
+                c.wait = Some(w.clone());
+                Some(c)
+            }
+            _ => None,
+        },
+        Observed::Patch(o) => {
+            let drift_off = world.karpenter.drift_off_by_default();
+            plan_patch(address, o, wanted.is_some(), state, drift_off, warnings)
+        }
+        Observed::Object(o) => {
+            let mut c = plan_object(address, o, wanted, desired.get(address), state, options)?;
+            c.rollout = assess_rollout(&c, o);
+            Some(c)
+        }
+    }
+}
+
+/// Ordering constraints between the changes actually in the plan.
+fn order_changes(plan: &mut Plan, graph: &Graph, destroy: bool) {
     let present: BTreeSet<Address> = plan.changes.iter().map(|c| c.address.clone()).collect();
     for c in &mut plan.changes {
-        let deps = if options.destroy {
+        let deps = if destroy {
             graph.dependents(&c.address)
         } else {
             graph.dependencies(&c.address)
         };
         c.depends_on = deps.into_iter().filter(|d| present.contains(d)).collect();
     }
-    if options.destroy {
-        // Reverting Karpenter while a workload still runs could let it remove
-        // nodes mid-pull: reverts wait for every delete in the plan.
-        let deletes: Vec<Address> = plan
-            .changes
-            .iter()
-            .filter(|c| c.action == Action::Delete)
-            .map(|c| c.address.clone())
-            .collect();
-        for c in plan
-            .changes
-            .iter_mut()
-            .filter(|c| c.address.kind.is_patch())
-        {
-            for d in &deletes {
-                if !c.depends_on.contains(d) {
-                    c.depends_on.push(d.clone());
-                }
+    if !destroy {
+        return;
+    }
+    // Reverting Karpenter while a workload still runs could let it remove
+    // nodes mid-pull: reverts wait for every delete in the plan.
+    let deletes: Vec<Address> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Delete)
+        .map(|c| c.address.clone())
+        .collect();
+    for c in plan
+        .changes
+        .iter_mut()
+        .filter(|c| c.address.kind.is_patch())
+    {
+        for d in &deletes {
+            if !c.depends_on.contains(d) {
+                c.depends_on.push(d.clone());
             }
         }
     }
-    plan
 }
 
 fn karpenter_summary(world: &World) -> Option<String> {
@@ -381,23 +397,7 @@ fn plan_patch(
         return Some(c);
     }
     if !o.changed_outside.is_empty() {
-        let lines: Vec<String> = o
-            .changed_outside
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} changed since rayform wrote it: recorded original {}, written {}, live {}",
-                    karpenter::field_name(&f.pointer),
-                    f.recorded.display(),
-                    crate::util::compact_json(&f.written),
-                    f.live.display()
-                )
-            })
-            .collect();
-        c.error = Some(format!(
-            "{}\n  help: revert it by hand, or pass --force to restore the recorded original anyway",
-            lines.join("\n  ")
-        ));
+        c.error = Some(changed_outside(&o.changed_outside));
         return Some(c);
     }
     let patch = o.patch.as_ref()?;
@@ -434,24 +434,52 @@ fn plan_patch(
         c.reasons.push("changed outside rayform".into());
     }
     if o.kind == "EC2NodeClass" || o.kind == "AWSNodeTemplate" {
-        let verb = if wanted { "patching" } else { "reverting" };
-        warnings.push(if drift_off {
-            format!(
-                "{address}: {verb} blockDeviceMappings of {} `{}` reaches new nodes only: Karpenter up to v0.32 (this cluster serves karpenter.sh/v1alpha5) has drift off by default, so running nodes keep their disk until they are replaced",
-                o.kind, o.name
-            )
-        } else {
-            format!(
-                "{address}: {verb} blockDeviceMappings of {} `{}` makes Karpenter treat the nodes launched from it as drifted and replace them (as disruption budgets allow)",
-                o.kind, o.name
-            )
-        });
+        warnings.push(format!(
+            "{address}: {}",
+            drift_warning(o, wanted, drift_off)
+        ));
     }
     if let Some(after) = &o.after {
         c.diff = diff::unified(live, after, None, Sides::LivePlanned);
     }
     c.patch = Some(patch.clone());
     Some(c)
+}
+
+/// Fields a revert finds changed since rayform wrote them, with what to do.
+fn changed_outside(fields: &[karpenter::ChangedField]) -> String {
+    let lines: Vec<String> = fields
+        .iter()
+        .map(|f| {
+            format!(
+                "{} changed since rayform wrote it: recorded original {}, written {}, live {}",
+                karpenter::field_name(&f.pointer),
+                f.recorded.display(),
+                crate::util::compact_json(&f.written),
+                f.live.display()
+            )
+        })
+        .collect();
+    format!(
+        "{}\n  help: revert it by hand, or pass --force to restore the recorded original anyway",
+        lines.join("\n  ")
+    )
+}
+
+/// What a changed node class does to running nodes, by Karpenter generation.
+fn drift_warning(o: &ObservedPatch, wanted: bool, drift_off: bool) -> String {
+    let verb = if wanted { "patching" } else { "reverting" };
+    if drift_off {
+        format!(
+            "{verb} blockDeviceMappings of {} `{}` reaches new nodes only: Karpenter up to v0.32 (this cluster serves karpenter.sh/v1alpha5) has drift off by default, so running nodes keep their disk until they are replaced",
+            o.kind, o.name
+        )
+    } else {
+        format!(
+            "{verb} blockDeviceMappings of {} `{}` makes Karpenter treat the nodes launched from it as drifted and replace them (as disruption budgets allow)",
+            o.kind, o.name
+        )
+    }
 }
 
 /// What KubeRay will do with a RayService created or changed by this plan.
@@ -488,6 +516,62 @@ fn plan_object(
     options: &PlanOptions,
 ) -> Option<Change> {
     let st = state.resources.get(address);
+    let mut c = object_change(address, o, rendered, st)?;
+    if let Some(problem) = &o.problem {
+        return Some(unplannable(c, o, problem, wanted.is_some()));
+    }
+    if o.unlabelled == Some(Unlabelled::SameUid) {
+        c.reasons.push(match st {
+            Some(s) if s.desired_fingerprint.is_empty() => {
+                "imported: rayform adds its labels".to_string()
+            }
+            _ => format!("its {LABEL_STACK} label was removed; the uid is the one rayform created"),
+        });
+    }
+    let Some(Desired::Object(want)) = wanted else {
+        return Some(removed(c, o));
+    };
+    let mut want = want.clone();
+    if !o.namespaced {
+        want.set_cluster_scoped();
+    }
+    if let Some(error) = moved_namespace(&c, st, o, &want) {
+        c.action = Action::Create;
+        c.error = Some(error);
+        return Some(c);
+    }
+    let masked = want.masked_body();
+    c.body = Some(masked.clone());
+    c.secret_fingerprints = want.secret_fingerprints.clone();
+    c.desired_fingerprint = Some(want.fingerprint.clone());
+    let Some(live) = &o.live else {
+        return Some(to_create(c, o, st, &want, &masked));
+    };
+    if let Some(error) = not_ours(&c, o, address, state, options) {
+        c.action = Action::Update;
+        c.error = Some(error);
+        return Some(c);
+    }
+    if !o.owned {
+        c.reasons
+            .push("adopting an object rayform did not create".into());
+        c.force = true;
+    }
+    if o.unchanged {
+        // The live fields rayform writes are as the state recorded them (and
+        // `live` may hold only the object's identity).
+        return Some(c);
+    }
+    Some(to_update(c, o, st, live, &want, &masked, options))
+}
+
+/// The change's identity: what it is, where, and the live version it saw.
+fn object_change(
+    address: &Address,
+    o: &ObservedObject,
+    rendered: Option<&Desired>,
+    st: Option<&ResourceState>,
+) -> Option<Change> {
     let (api_version, kind, name) = match (rendered, st) {
         (Some(Desired::Object(d)), _) => (d.api_version.clone(), d.kind.clone(), d.name.clone()),
         (_, Some(s)) => (s.api_version.clone(), s.kind.clone(), s.name.clone()),
@@ -510,113 +594,128 @@ fn plan_object(
             .and_then(Value::as_str)
             .map(str::to_string);
     }
-    if let Some(problem) = &o.problem {
-        if o.gone && wanted.is_none() {
-            // Its API is gone (e.g. the operator was uninstalled), and so is the object.
-            c.action = Action::Forget;
-            c.reasons
-                .push(problem.lines().next().unwrap_or_default().to_string());
-            return Some(c);
-        }
-        c.action = if wanted.is_some() {
-            Action::Create
-        } else {
-            Action::Delete
-        };
-        c.error = Some(problem.clone());
-        return Some(c);
-    }
-    if o.unlabelled == Some(Unlabelled::SameUid) {
-        c.reasons.push(match st {
-            Some(s) if s.desired_fingerprint.is_empty() => {
-                "imported: rayform adds its labels".to_string()
-            }
-            _ => format!("its {LABEL_STACK} label was removed; the uid is the one rayform created"),
-        });
-    }
-    let Some(Desired::Object(want)) = wanted else {
-        // Removed from the stack, or destroy.
-        c.action = match (&o.live, o.unlabelled) {
-            (Some(_), _) if o.owned => Action::Delete,
-            (Some(_), Some(Unlabelled::Unknown)) => {
-                c.error = Some(format!(
-                    "{kind} `{name}` is still there but lost its {LABEL_STACK} label, and this state (older than recorded uids) cannot prove it is the one rayform created; it is not forgotten while it runs\n  \
-                     help: put the {LABEL_STACK} label back on it and run again, or delete it yourself"
-                ));
-                Action::Delete
-            }
-            (Some(_), _) => {
-                c.reasons.push(match &o.other_lineage {
-                    Some(l) => format!(
-                        "made by another state of this stack name (lineage {l}); left alone"
-                    ),
-                    None => "not created by rayform; left alone".into(),
-                });
-                Action::Forget
-            }
-            (None, _) => Action::Forget,
-        };
-        return Some(c);
-    };
-    let mut want = want.clone();
-    if !o.namespaced {
-        want.set_cluster_scoped();
-    }
-    if let Some(old) = st.and_then(|s| s.namespace.as_deref())
-        && o.namespaced
-        && old != want.namespace
-    {
-        c.action = Action::Create;
-        c.error = Some(format!(
-            "{kind} `{name}` lives in namespace `{old}`, but the stack's namespace is now `{}`; moving it would leave the old one running unmanaged\n  help: destroy the stack with its old namespace first, or change the namespace back",
-            want.namespace
-        ));
-        return Some(c);
-    }
-    let masked = want.masked_body();
-    c.body = Some(masked.clone());
-    c.secret_fingerprints = want.secret_fingerprints.clone();
-    c.desired_fingerprint = Some(want.fingerprint.clone());
-    let Some(live) = &o.live else {
-        c.action = Action::Create;
-        if st.is_some() {
-            c.reasons.push("deleted outside rayform".into());
-        }
-        if let Some(note) = &o.note {
-            c.reasons.push(note.clone());
-        }
-        c.diff = diff::unified(
-            &Value::Null,
-            o.after.as_ref().unwrap_or(&masked),
-            Some(&want.secret_fingerprints),
-            Sides::LivePlanned,
-        );
-        return Some(c);
-    };
-    if !o.owned && !options.adopt.contains(address) {
-        c.action = Action::Update;
-        c.error = Some(match &o.other_lineage {
-            Some(l) => format!(
-                "{kind} `{name}` was made by another rayform state of this stack name (lineage {l}; this state is {}), so it is not this state's to change\n  help: run with the state that made it, or pass --adopt {address} to take it over",
-                state.lineage
-            ),
-            None => format!(
-                "{kind} `{name}` already exists and was not created by rayform\n  help: rayform will not take it over unless told to: pass --adopt {address}"
-            ),
-        });
-        return Some(c);
-    }
-    if !o.owned {
+    Some(c)
+}
+
+/// Observation found a problem: the change carries it as its error, unless
+/// the object is gone with its API and has only to be forgotten.
+fn unplannable(mut c: Change, o: &ObservedObject, problem: &str, wanted: bool) -> Change {
+    if o.gone && !wanted {
+        // Its API is gone (e.g. the operator was uninstalled), and so is the object.
+        c.action = Action::Forget;
         c.reasons
-            .push("adopting an object rayform did not create".into());
-        c.force = true;
+            .push(problem.lines().next().unwrap_or_default().to_string());
+        return c;
     }
-    if o.unchanged {
-        // The live fields rayform writes are as the state recorded them (and
-        // `live` may hold only the object's identity).
-        return Some(c);
+    c.action = if wanted {
+        Action::Create
+    } else {
+        Action::Delete
+    };
+    c.error = Some(problem.to_string());
+    c
+}
+
+/// Removed from the stack, or destroy: delete what is ours, leave the rest.
+fn removed(mut c: Change, o: &ObservedObject) -> Change {
+    let (kind, name) = (c.kind.clone(), c.name.clone());
+    c.action = match (&o.live, o.unlabelled) {
+        (Some(_), _) if o.owned => Action::Delete,
+        (Some(_), Some(Unlabelled::Unknown)) => {
+            c.error = Some(format!(
+                "{kind} `{name}` is still there but lost its {LABEL_STACK} label, and this state (older than recorded uids) cannot prove it is the one rayform created; it is not forgotten while it runs\n  \
+                 help: put the {LABEL_STACK} label back on it and run again, or delete it yourself"
+            ));
+            Action::Delete
+        }
+        (Some(_), _) => {
+            c.reasons.push(match &o.other_lineage {
+                Some(l) => {
+                    format!("made by another state of this stack name (lineage {l}); left alone")
+                }
+                None => "not created by rayform; left alone".into(),
+            });
+            Action::Forget
+        }
+        (None, _) => Action::Forget,
+    };
+    c
+}
+
+/// A namespaced object the state recorded in another namespace than the stack's.
+fn moved_namespace(
+    c: &Change,
+    st: Option<&ResourceState>,
+    o: &ObservedObject,
+    want: &DesiredObject,
+) -> Option<String> {
+    let old = st.and_then(|s| s.namespace.as_deref())?;
+    (o.namespaced && old != want.namespace).then(|| {
+        format!(
+            "{} `{}` lives in namespace `{old}`, but the stack's namespace is now `{}`; moving it would leave the old one running unmanaged\n  help: destroy the stack with its old namespace first, or change the namespace back",
+            c.kind, c.name, want.namespace
+        )
+    })
+}
+
+fn to_create(
+    mut c: Change,
+    o: &ObservedObject,
+    st: Option<&ResourceState>,
+    want: &DesiredObject,
+    masked: &Value,
+) -> Change {
+    c.action = Action::Create;
+    if st.is_some() {
+        c.reasons.push("deleted outside rayform".into());
     }
-    let projection = desired::project(live, &masked);
+    if let Some(note) = &o.note {
+        c.reasons.push(note.clone());
+    }
+    c.diff = diff::unified(
+        &Value::Null,
+        o.after.as_ref().unwrap_or(masked),
+        Some(&want.secret_fingerprints),
+        Sides::LivePlanned,
+    );
+    c
+}
+
+/// Why an existing object is not this state's to change, unless adopted.
+fn not_ours(
+    c: &Change,
+    o: &ObservedObject,
+    address: &Address,
+    state: &State,
+    options: &PlanOptions,
+) -> Option<String> {
+    if o.owned || options.adopt.contains(address) {
+        return None;
+    }
+    let (kind, name) = (&c.kind, &c.name);
+    Some(match &o.other_lineage {
+        Some(l) => format!(
+            "{kind} `{name}` was made by another rayform state of this stack name (lineage {l}; this state is {}), so it is not this state's to change\n  help: run with the state that made it, or pass --adopt {address} to take it over",
+            state.lineage
+        ),
+        None => format!(
+            "{kind} `{name}` already exists and was not created by rayform\n  help: rayform will not take it over unless told to: pass --adopt {address}"
+        ),
+    })
+}
+
+/// An existing object of ours: what changed outside rayform, the diff to the
+/// server's answer (or the local one), and fields other managers own.
+fn to_update(
+    mut c: Change,
+    o: &ObservedObject,
+    st: Option<&ResourceState>,
+    live: &Value,
+    want: &DesiredObject,
+    masked: &Value,
+    options: &PlanOptions,
+) -> Change {
+    let projection = desired::project(live, masked);
     let live_fp = crate::util::sha256_json(&projection);
     if let Some(s) = st
         && s.live_fingerprint != live_fp
@@ -634,12 +733,12 @@ fn plan_object(
             // No server answer: the fields rayform writes, as they are and as they will be.
             c.diff = diff::unified(
                 &projection,
-                &masked,
+                masked,
                 Some(&want.secret_fingerprints),
                 Sides::LiveDesired,
             );
         }
-        return Some(c);
+        return c;
     };
     c.diff = diff::unified(
         live,
@@ -657,32 +756,42 @@ fn plan_object(
             s.desired_fingerprint != want.fingerprint || s.live_fingerprint != live_fp
         });
     }
-    if !o.conflicts.is_empty() {
-        // A field rayform wrote before and someone else changed is drift:
-        // restoring it is the point of apply. A field rayform never wrote is
-        // someone else's: taking it needs --force-conflicts.
-        let foreign: Vec<&(String, String)> = o
-            .conflicts
-            .iter()
-            .filter(|(field, _)| st.is_none_or(|s| !field_in(&s.applied.value(), field)))
-            .collect();
-        if !foreign.is_empty()
-            && !options.force_conflicts
-            && !c.reasons.iter().any(|r| r.starts_with("adopting"))
-        {
-            let list: Vec<String> = foreign.iter().map(|(f, m)| format!("{f} ({m})")).collect();
-            c.error = Some(format!(
-                "applying would take fields owned by another field manager: {}\n  help: pass --force-conflicts to take them, or drop them from the stack",
-                list.join(", ")
-            ));
-        } else {
-            c.force = true;
-        }
-    }
+    take_conflicts(&mut c, o, st, options);
     if c.action == Action::NoOp && c.address.kind == ResourceType::Secret {
         c.force = false;
     }
-    Some(c)
+    c
+}
+
+/// A field rayform wrote before and someone else changed is drift:
+/// restoring it is the point of apply. A field rayform never wrote is
+/// someone else's: taking it needs --force-conflicts.
+fn take_conflicts(
+    c: &mut Change,
+    o: &ObservedObject,
+    st: Option<&ResourceState>,
+    options: &PlanOptions,
+) {
+    if o.conflicts.is_empty() {
+        return;
+    }
+    let foreign: Vec<&(String, String)> = o
+        .conflicts
+        .iter()
+        .filter(|(field, _)| st.is_none_or(|s| !field_in(&s.applied.value(), field)))
+        .collect();
+    if !foreign.is_empty()
+        && !options.force_conflicts
+        && !c.reasons.iter().any(|r| r.starts_with("adopting"))
+    {
+        let list: Vec<String> = foreign.iter().map(|(f, m)| format!("{f} ({m})")).collect();
+        c.error = Some(format!(
+            "applying would take fields owned by another field manager: {}\n  help: pass --force-conflicts to take them, or drop them from the stack",
+            list.join(", ")
+        ));
+    } else {
+        c.force = true;
+    }
 }
 
 /// Whether a conflict path from the server (`.spec.a.b[name="x"].c`,

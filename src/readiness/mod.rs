@@ -177,6 +177,9 @@ impl From<String> for NotYet {
 }
 
 /// Waits until the RayService serves `target.wait.path`, reporting each phase.
+///
+/// One loop on purpose: the watch, each look, the progress lines and the
+/// deadline share its state (the phase last reported, when to say "still").
 pub async fn wait(
     cluster: &Cluster,
     namespace: &str,

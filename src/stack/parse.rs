@@ -341,6 +341,7 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
 
 /// Gives the object the resource's name and the stack's namespace, and
 /// refuses a manifest that says otherwise rather than silently overriding it.
+/// Every identity check in one place, in the order a user fixes them.
 pub(super) fn fill_identity(
     src: &Source<'_>,
     kind: ResourceType,
