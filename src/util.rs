@@ -140,6 +140,44 @@ pub fn now_rfc3339() -> String {
         .map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
 }
 
+/// Text in a terminal style when colour is on; anstyle writes the escapes.
+#[derive(Debug, Clone, Copy)]
+pub struct Paint(pub bool);
+
+impl Paint {
+    pub fn style(self, style: anstyle::Style, text: &str) -> String {
+        if self.0 {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn fg(self, color: anstyle::AnsiColor, text: &str) -> String {
+        self.style(anstyle::Style::new().fg_color(Some(color.into())), text)
+    }
+
+    pub fn green(self, text: &str) -> String {
+        self.fg(anstyle::AnsiColor::Green, text)
+    }
+
+    pub fn red(self, text: &str) -> String {
+        self.fg(anstyle::AnsiColor::Red, text)
+    }
+
+    pub fn yellow(self, text: &str) -> String {
+        self.fg(anstyle::AnsiColor::Yellow, text)
+    }
+
+    pub fn cyan(self, text: &str) -> String {
+        self.fg(anstyle::AnsiColor::Cyan, text)
+    }
+
+    pub fn bold(self, text: &str) -> String {
+        self.style(anstyle::Style::new().bold(), text)
+    }
+}
+
 /// One-line JSON for messages (`"30s"`, `[{"deviceName":...}]`).
 pub fn compact_json(v: &serde_json::Value) -> String {
     canonical_json(v)

@@ -4,6 +4,9 @@
 
 use std::io::{IsTerminal as _, Write as _};
 
+use anstyle::{AnsiColor, Style};
+use rayform::util::Paint;
+
 use super::args::ColorWhen;
 
 #[derive(Clone)]
@@ -60,29 +63,22 @@ impl Out {
 
     /// `address: message` on stderr, as Terraform reports progress.
     pub fn progress(&self, address: &str, message: &str) {
-        let address = if self.color_err {
-            format!("\x1b[1m{address}\x1b[0m")
-        } else {
-            address.to_string()
-        };
+        let address = Paint(self.color_err).bold(address);
         let _ = writeln!(std::io::stderr().lock(), "{address}: {message}");
     }
 
     pub fn error(&self, message: &str) {
-        self.labelled("31;1", "Error:", message);
+        self.labelled(AnsiColor::Red, "Error:", message);
     }
 
     pub fn warn(&self, message: &str) {
-        self.labelled("33;1", "Warning:", message);
+        self.labelled(AnsiColor::Yellow, "Warning:", message);
     }
 
-    /// `label message` on stderr, the label in `sgr` colour when stderr takes colour.
-    fn labelled(&self, sgr: &str, label: &str, message: &str) {
-        let label = if self.color_err {
-            format!("\x1b[{sgr}m{label}\x1b[0m")
-        } else {
-            label.to_string()
-        };
+    /// `label message` on stderr, the label bold in `color` when stderr takes colour.
+    fn labelled(&self, color: AnsiColor, label: &str, message: &str) {
+        let style = Style::new().bold().fg_color(Some(color.into()));
+        let label = Paint(self.color_err).style(style, label);
         let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
     }
 

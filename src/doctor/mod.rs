@@ -90,19 +90,13 @@ impl Report {
 impl Report {
     /// One line per check, `help:` under what needs doing, a count at the end.
     pub fn render_text(&self, color: bool) -> String {
-        let paint = |code: &str, text: &str| {
-            if color {
-                format!("\x1b[{code}m{text}\x1b[0m")
-            } else {
-                text.to_string()
-            }
-        };
+        let paint = crate::util::Paint(color);
         let mut out = String::new();
         for c in &self.checks {
             let mark = match c.status {
-                Status::Ok => paint("32", c.status.mark()),
-                Status::Warn => paint("33", c.status.mark()),
-                Status::Fail => paint("31", c.status.mark()),
+                Status::Ok => paint.green(c.status.mark()),
+                Status::Warn => paint.yellow(c.status.mark()),
+                Status::Fail => paint.red(c.status.mark()),
             };
             out += &format!("  {mark} {}: {}\n", c.subject, c.message);
             if let Some(help) = &c.help {

@@ -4,37 +4,11 @@
 use std::fmt::Write as _;
 
 use super::{Action, Change, Plan};
+use crate::util::Paint;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RenderOptions {
     pub color: bool,
-}
-
-struct Paint(bool);
-
-impl Paint {
-    fn wrap(&self, code: &str, text: &str) -> String {
-        if self.0 {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
-    }
-    fn green(&self, t: &str) -> String {
-        self.wrap("32", t)
-    }
-    fn red(&self, t: &str) -> String {
-        self.wrap("31", t)
-    }
-    fn yellow(&self, t: &str) -> String {
-        self.wrap("33", t)
-    }
-    fn cyan(&self, t: &str) -> String {
-        self.wrap("36", t)
-    }
-    fn bold(&self, t: &str) -> String {
-        self.wrap("1", t)
-    }
 }
 
 fn headline(c: &Change) -> Option<(&'static str, String)> {
@@ -119,10 +93,10 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
         }
         if let Some(d) = &c.outside_diff {
             let _ = writeln!(out, "      changed outside rayform since the last apply:");
-            write_diff(&mut out, d, &p);
+            write_diff(&mut out, d, p);
         }
         if let Some(d) = &c.diff {
-            write_diff(&mut out, d, &p);
+            write_diff(&mut out, d, p);
         }
         if let Some(e) = &c.error {
             let _ = writeln!(out, "      {} {e}", p.red("error:"));
@@ -154,7 +128,7 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
     out
 }
 
-fn write_diff(out: &mut String, diff: &str, p: &Paint) {
+fn write_diff(out: &mut String, diff: &str, p: Paint) {
     for l in diff.lines() {
         let colored = if l.starts_with("+++") || l.starts_with("---") {
             p.bold(l)
