@@ -97,10 +97,15 @@ impl Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check a stack file without a cluster
-    Validate { stack: PathBuf },
+    Validate {
+        /// The stack file (TOML)
+        stack: PathBuf,
+    },
     /// Print the dependency graph as DOT (apply order; --destroy for the reverse)
     Graph {
+        /// The stack file (TOML)
         stack: PathBuf,
+        /// The order destroy works in (the reverse of apply)
         #[arg(long)]
         destroy: bool,
     },
@@ -153,12 +158,14 @@ pub enum Command {
     },
     /// Take an existing object the stack declares into the state, unchanged
     Import {
+        /// The stack file (TOML)
         stack: PathBuf,
         /// e.g. secret.hf-token, rayservice.mistral-7b
         address: String,
     },
     /// Print a shell completion script (e.g. `rayform completions bash > /etc/bash_completion.d/rayform`)
     Completions {
+        /// The shell to complete for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -166,6 +173,7 @@ pub enum Command {
     Man,
     /// Break the state lock of a run that died
     ForceUnlock {
+        /// The stack file (TOML)
         stack: PathBuf,
         /// The lock ID from the "state is locked" error
         lock_id: String,
@@ -228,24 +236,33 @@ pub struct DestroyArgs {
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
     /// List the addresses the state tracks, one per line
-    List { stack: PathBuf },
+    List {
+        /// The stack file (TOML)
+        stack: PathBuf,
+    },
     /// Show what the state records for one address
     Show {
+        /// The stack file (TOML)
         stack: PathBuf,
         /// e.g. rayservice.mistral-7b, nodepool.default
         address: String,
     },
     /// Stop managing objects without deleting them (they stay in the cluster)
     Rm {
+        /// The stack file (TOML)
         stack: PathBuf,
         /// One or more addresses, e.g. secret.hf-token
         #[arg(required = true)]
         addresses: Vec<String>,
     },
     /// Print the whole state as JSON (to keep a copy, or to move it to another backend)
-    Pull { stack: PathBuf },
+    Pull {
+        /// The stack file (TOML)
+        stack: PathBuf,
+    },
     /// Replace the state with a JSON file written by `state pull` (e.g. from another backend)
     Push {
+        /// The stack file (TOML)
         stack: PathBuf,
         /// The state file to store
         file: PathBuf,

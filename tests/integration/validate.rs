@@ -785,3 +785,63 @@ proptest! {
         let _ = rayform::plan::render_json(&plan);
     }
 }
+
+#[test]
+fn every_argument_and_flag_says_what_it_is_for() {
+    let commands: &[&[&str]] = &[
+        &["validate"],
+        &["graph"],
+        &["plan"],
+        &["apply"],
+        &["destroy"],
+        &["show"],
+        &["state", "list"],
+        &["state", "show"],
+        &["state", "rm"],
+        &["state", "pull"],
+        &["state", "push"],
+        &["import"],
+        &["doctor"],
+        &["completions"],
+        &["man"],
+        &["force-unlock"],
+    ];
+    // clap indents arguments by 2 (`  <STACK>`, `  -v, --verbose`) or 6
+    // (`      --json`); wrapped help text sits deeper.
+    let is_argument = |l: &str| {
+        let t = l.trim_start();
+        let indent = l.len() - t.len();
+        (2..=6).contains(&indent)
+            && (t.starts_with('<') || t.starts_with('-') || t.starts_with('['))
+    };
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rayform"))
+            .args(&args)
+            .output()
+            .expect("run rayform");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !is_argument(line) {
+                continue;
+            }
+            let named = line.trim_start();
+            // Help on the same line (after two spaces), or on the next, indented deeper.
+            let same_line = named
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let next_line = lines.get(i + 1).is_some_and(|n| {
+                !n.trim().is_empty()
+                    && !is_argument(n)
+                    && n.len() - n.trim_start().len() > line.len() - named.len()
+            });
+            assert!(
+                same_line || next_line,
+                "`rayform {}`: {named:?} has no help text:\n{help}",
+                command.join(" ")
+            );
+        }
+    }
+}
