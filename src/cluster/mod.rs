@@ -488,6 +488,18 @@ pub enum WatchTrouble {
 }
 
 impl Cluster {
+    /// An API on the client without a read timeout, for watches (one request).
+    fn stream_api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match namespace {
+            Some(ns) if kind.namespaced => {
+                Api::namespaced_with(self.stream_client.clone(), ns, &kind.resource)
+            }
+            _ => Api::all_with(self.stream_client.clone(), &kind.resource),
+        }
+    }
+
     /// Resolves once the object is gone: deleted, or (with `uid`) replaced by
     /// another of the same name. kube-runtime's `await_condition` on a watch,
     /// so a finalizer that takes minutes costs one request, not a GET a beat.
@@ -499,14 +511,7 @@ impl Cluster {
         uid: Option<&str>,
     ) -> Result<(), ClusterError> {
         use kube::runtime::wait::{await_condition, conditions};
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let api: Api<DynamicObject> = match namespace {
-            Some(ns) if kind.namespaced => {
-                Api::namespaced_with(self.stream_client.clone(), ns, &kind.resource)
-            }
-            _ => Api::all_with(self.stream_client.clone(), &kind.resource),
-        };
+        let api = self.stream_api(kind, namespace);
         let outcome = match uid {
             Some(uid) => await_condition(api, name, conditions::is_deleted(uid)).await,
             None => await_condition(api, name, |o: Option<&DynamicObject>| o.is_none()).await,
@@ -542,14 +547,7 @@ impl Cluster {
         use futures::StreamExt as _;
         use kube::runtime::{WatchStreamExt as _, watcher};
         let (tx, rx) = tokio::sync::watch::channel(Followed::default());
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let api: Api<DynamicObject> = match namespace {
-            Some(ns) if kind.namespaced => {
-                Api::namespaced_with(self.stream_client.clone(), ns, &kind.resource)
-            }
-            _ => Api::all_with(self.stream_client.clone(), &kind.resource),
-        };
+        let api = self.stream_api(kind, namespace);
         let what = format!(
             "watch {} `{name}`{}",
             kind.plural_name(),
