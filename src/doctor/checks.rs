@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{Check, Status};
+use super::Check;
 use crate::cluster::{Access, Cluster, Kind};
 use crate::karpenter::fit::{self, PoolObject};
 use crate::karpenter::{ClassApi, PoolApi};
@@ -71,8 +71,9 @@ pub async fn kuberay_operator(cluster: &Cluster) -> Check {
                 subject,
                 format!("Deployment {name} has no ready replica"),
                 format!(
-                    "look at it: kubectl describe deployment -n {}",
-                    namespace_of(&deployment)
+                    "look at its pods and events: kubectl -n {} describe deployment {}",
+                    namespace_of(&deployment),
+                    name.rsplit('/').next().unwrap_or_default()
                 ),
             )
         };
@@ -502,15 +503,4 @@ fn needed(cluster: &Cluster, stack: &Stack) -> BTreeSet<Access> {
         );
     }
     needed
-}
-
-impl Status {
-    /// The mark a terminal shows for it.
-    pub fn mark(self) -> &'static str {
-        match self {
-            Status::Ok => "✔",
-            Status::Warn => "!",
-            Status::Fail => "✘",
-        }
-    }
 }

@@ -21,6 +21,17 @@ pub enum Status {
     Fail,
 }
 
+impl Status {
+    /// The mark a terminal shows for it.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Status::Ok => "✔",
+            Status::Warn => "!",
+            Status::Fail => "✘",
+        }
+    }
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Check {
