@@ -140,13 +140,16 @@ impl Cluster {
     /// Every object request goes through here (one `api` per request).
     fn api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
         tracing::trace!(resource = %kind.plural_name(), namespace, "request");
+        self.api_on(&self.client, kind, namespace)
+    }
+
+    /// One request's API on `client`, counted.
+    fn api_on(&self, client: &Client, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match namespace {
-            Some(ns) if kind.namespaced => {
-                Api::namespaced_with(self.client.clone(), ns, &kind.resource)
-            }
-            _ => Api::all_with(self.client.clone(), &kind.resource),
+            Some(ns) if kind.namespaced => Api::namespaced_with(client.clone(), ns, &kind.resource),
+            _ => Api::all_with(client.clone(), &kind.resource),
         }
     }
 
@@ -490,14 +493,7 @@ pub enum WatchTrouble {
 impl Cluster {
     /// An API on the client without a read timeout, for watches (one request).
     fn stream_api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match namespace {
-            Some(ns) if kind.namespaced => {
-                Api::namespaced_with(self.stream_client.clone(), ns, &kind.resource)
-            }
-            _ => Api::all_with(self.stream_client.clone(), &kind.resource),
-        }
+        self.api_on(&self.stream_client, kind, namespace)
     }
 
     /// Resolves once the object is gone: deleted, or (with `uid`) replaced by

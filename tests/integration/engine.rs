@@ -328,14 +328,7 @@ async fn a_kill_that_lands_mid_apply_leaves_a_partial_state_the_next_apply_compl
 ) {
     let env = Env::on(backend, Profile::V1, "partial").await;
     let stack = many_config_maps(&env, "partial", 40);
-    let running = Running::spawn(env.command(&[
-        "apply",
-        &stack,
-        "--auto-approve",
-        "--no-wait",
-        "--parallelism",
-        "1",
-    ]));
+    let running = env.spawn_apply(&stack, "1");
     running
         .until("manifest.cm5: Created", Duration::from_secs(60))
         .await;
@@ -1470,14 +1463,7 @@ async fn a_kill_between_a_karpenter_patch_and_its_record_still_reverts_exactly()
         ));
     }
     env.write(&stack, &text);
-    let running = Running::spawn(env.command(&[
-        "apply",
-        &stack,
-        "--auto-approve",
-        "--no-wait",
-        "--parallelism",
-        "1",
-    ]));
+    let running = env.spawn_apply(&stack, "1");
     running
         .until(
             &format!("nodepool.{}: Patched", env.pool),
@@ -1513,14 +1499,7 @@ async fn ctrl_c_mid_apply_finishes_what_is_in_flight_and_records_it(backend: Bac
     let env = Env::on(backend, Profile::V1, "ctrlcapply").await;
     let n = 400;
     let stack = many_config_maps(&env, "ctrlcapply", n);
-    let running = Running::spawn(env.command(&[
-        "apply",
-        &stack,
-        "--auto-approve",
-        "--no-wait",
-        "--parallelism",
-        "4",
-    ]));
+    let running = env.spawn_apply(&stack, "4");
     running
         .until("manifest.cm20: Created", Duration::from_secs(60))
         .await;

@@ -467,6 +467,19 @@ impl Env {
         }
     }
 
+    /// `rayform apply STACK --auto-approve --no-wait` running in the
+    /// background, working on `parallelism` resources at a time.
+    pub fn spawn_apply(&self, stack: &str, parallelism: &str) -> Running {
+        Running::spawn(self.command(&[
+            "apply",
+            stack,
+            "--auto-approve",
+            "--no-wait",
+            "--parallelism",
+            parallelism,
+        ]))
+    }
+
     pub fn rayform(&self, args: &[&str]) -> Run {
         self.rayform_in(self.dir.path(), args)
     }
