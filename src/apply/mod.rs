@@ -123,7 +123,7 @@ fn interrupted_message(done: usize, not_done: &[Address]) -> String {
 
 /// Refuses a saved plan whose state or live objects moved since it was made.
 pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Result<(), ApplyError> {
-    if plan.state_lineage != state.lineage && !(plan.state_new && state.serial == 0) {
+    if plan.state_lineage != state.lineage {
         return Err(ApplyError::Stale(format!(
             "it was made for state lineage {}, the state file now has lineage {}",
             plan.state_lineage, state.lineage

@@ -109,6 +109,20 @@ pub enum Command {
         #[arg(long)]
         destroy: bool,
     },
+    /// Create the stack's empty state (its identity and secret-fingerprint key); needed once before `plan --out`
+    #[command(
+        after_help = "A saved plan is checked against the state it was made from, and pins\n\
+        secret values by fingerprints keyed by that state, so the state must exist\n\
+        before the plan: `plan` itself never writes it. `plan` and `apply` without a\n\
+        saved plan need no init. Running init again changes nothing.\n\n\
+        Examples:\n  \
+        rayform init stacks/mistral-7b.toml\n  \
+        rayform plan stacks/mistral-7b.toml --out reviewed.plan"
+    )]
+    Init {
+        /// The stack file (TOML)
+        stack: PathBuf,
+    },
     /// Show what apply would do
     #[command(after_help = "Examples:\n  \
         rayform plan stacks/mistral-7b.toml\n  \

@@ -18,17 +18,25 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
     let Opened {
         stack: s,
         graph,
-        backend,
-        lock,
-        mut state,
-        mut new,
+        state,
+        new,
         cluster,
+        // Held while planning, as Terraform does: no apply moves the state meanwhile.
+        lock: _lock,
+        backend: _,
     } = open(&stack, g, "plan", out).await?;
-    if new && save.is_some() {
-        // A saved plan is checked against the state's lineage and its
-        // fingerprint key, so that state must exist before the plan.
-        backend.save(&mut state, &lock).await?;
-        new = false;
+    if let (true, Some(path)) = (new, &save) {
+        // A saved plan is checked against the state's lineage and pins secret
+        // values by fingerprints under the state's key: without a state there
+        // is nothing durable to check against, and plan never writes one.
+        return Err(format!(
+            "the stack `{}` has no state yet at {}, and a saved plan is checked against its state\n  help: create the state once with `rayform init {}`, then plan again with --out {}",
+            s.name,
+            s.state,
+            stack.display(),
+            path.display()
+        )
+        .into());
     }
     let plan = make_plan(
         &s, &graph, &state, new, &cluster, &take, destroy, false, out,

@@ -159,6 +159,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
             out.raw(&Graph::build(&s)?.to_dot(destroy));
             Ok(0)
         }
+        Command::Init { stack } => state_cmd::init(&stack, g, out).await,
         Command::Plan(args) => commands::plan(args, g, out).await,
         Command::Apply(args) => commands::apply(args, g, out, stop).await,
         Command::Destroy(args) => commands::destroy(args, g, out, stop).await,

@@ -1,6 +1,6 @@
-//! `rayform state list|show|rm|pull|push`: what Terraform users reach for to
-//! see and correct what rayform tracks, and to move a state between
-//! backends, without touching anything else in the cluster.
+//! `rayform init` and `rayform state list|show|rm|pull|push`: what Terraform
+//! users reach for to create, see and correct what rayform tracks, and to move
+//! a state between backends, without touching anything else in the cluster.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -57,6 +57,35 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
         }
         StateCommand::Push { stack, file, force } => push(stack, file, *force, g, out).await?,
     }
+    Ok(0)
+}
+
+/// Creates the stack's empty state where the stack keeps it, so that a plan
+/// can be saved against it without `plan` writing anything.
+pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
+    let s = load(stack, g)?;
+    let backend = backend_for(&s.state, g, out).await?;
+    let lock = backend.lock("init").await?;
+    if let Some(current) = backend.load().await? {
+        if current.stack != s.name {
+            return Err(format!(
+                "the state at {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state (--state, or `state` in [stack])",
+                s.state, current.stack, s.name
+            )
+            .into());
+        }
+        out.line(&format!(
+            "The state of stack `{}` already exists at {} (lineage {}, serial {}); nothing to do.",
+            s.name, s.state, current.lineage, current.serial
+        ));
+        return Ok(0);
+    }
+    let mut state = State::new(&s.name);
+    backend.save(&mut state, &lock).await?;
+    out.line(&format!(
+        "Created the state of stack `{}` at {} (lineage {}).",
+        s.name, s.state, state.lineage
+    ));
     Ok(0)
 }
 

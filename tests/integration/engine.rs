@@ -277,7 +277,29 @@ async fn a_field_changed_outside_stops_the_revert_unless_forced() {
 async fn a_stale_saved_plan_is_refused(backend: Backend) {
     let env = Env::on(backend, Profile::V1, "stale").await;
     let stack = env.mission_stack("stale");
+    // Plan never writes the state: a saved plan needs one made by `init`.
+    let refused = env
+        .rayform(&["plan", &stack, "--out", "first.plan"])
+        .code(1);
+    refused.stderr_has("has no state yet");
+    refused.stderr_has("rayform init");
+    assert!(!env.path("first.plan").exists());
+    env.rayform(&["state", "pull", &stack])
+        .code(1)
+        .stderr_has("no state at");
+    env.rayform(&["init", &stack])
+        .ok()
+        .stdout_has("Created the state");
+    let created = env.state("stale");
+    env.rayform(&["init", &stack])
+        .ok()
+        .stdout_has("already exists");
     env.rayform(&["plan", &stack, "--out", "first.plan"]).ok();
+    assert_eq!(
+        env.state("stale"),
+        created,
+        "plan --out left the state alone"
+    );
     // The world moves on: the NodePool is edited after the plan was made.
     let (api, kind) = Profile::V1.pool();
     env.merge_as(
@@ -458,6 +480,7 @@ async fn the_token_never_leaves_the_secret() {
     let env = Env::new(Profile::V1, "secrets").await;
     let stack = env.mission_stack("secrets");
     let mut texts = BTreeMap::new();
+    env.rayform(&["init", &stack]).ok();
     let plan = env
         .rayform(&["-vv", "plan", &stack, "--out", "saved.plan"])
         .ok();
@@ -1041,6 +1064,7 @@ async fn a_plan_with_errors_is_not_saved() {
         json!({"stringData": {"HUGGING_FACE_HUB_TOKEN": "by-hand"}}),
     )
     .await;
+    env.rayform(&["init", &stack]).ok();
     let run = env.rayform(&["plan", &stack, "--out", "bad.plan"]).code(1);
     run.stderr_has("the plan has errors, so it was not saved");
     assert!(!env.path("bad.plan").exists());
