@@ -16,7 +16,7 @@ use crate::backend::{Backend, BackendError, Lock, Writer};
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, DesiredObject};
 use crate::karpenter;
-use crate::plan::{Action, Change, Plan};
+use crate::plan::{Change, Keep, Op, Payload, Plan, Seen, Write};
 use crate::secret::SecretValue;
 use crate::stack::Address;
 use crate::state::journal::Change as StateChange;
@@ -141,7 +141,7 @@ pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Resul
             plan.cluster.server, cluster.id.server
         )));
     }
-    for c in plan.changes.iter().filter(|c| c.action.is_change()) {
+    for c in plan.changes.iter().filter(|c| c.action().is_change()) {
         let Some(kind) = cluster.kind(&c.api_version, &c.kind) else {
             continue;
         };
@@ -156,11 +156,11 @@ pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Resul
             .as_ref()
             .and_then(|l| l.pointer("/metadata/resourceVersion"))
             .and_then(Value::as_str);
-        if now != c.live_resource_version.as_deref() {
+        if now != c.seen_version() {
             return Err(ApplyError::Stale(format!(
                 "{} changed in the cluster since the plan was made (resourceVersion {} then, {} now)",
                 c.address,
-                c.live_resource_version.as_deref().unwrap_or("absent"),
+                c.seen_version().unwrap_or("absent"),
                 now.unwrap_or("absent")
             )));
         }
@@ -245,7 +245,7 @@ async fn walk(
                 if pending[i].depends_on.iter().all(|d| done.contains(d)) {
                     let change = pending.remove(i).clone();
                     let shared = shared.clone();
-                    tracing::debug!(address = %change.address, action = ?change.action, "starting");
+                    tracing::debug!(address = %change.address, action = ?change.action(), "starting");
                     running.spawn(async move {
                         let address = change.address.clone();
                         let outcome = run(&shared, &change).await;
@@ -276,7 +276,7 @@ async fn walk(
         .iter()
         .all(|e| matches!(e, ApplyError::Interrupted { .. }));
     if stop.requested() && stopped_only && (!pending.is_empty() || !failures.is_empty()) {
-        let changes = plan.changes.iter().filter(|c| c.action.is_change());
+        let changes = plan.changes.iter().filter(|c| c.action().is_change());
         return Err(ApplyError::Interrupted {
             done: changes.filter(|c| done.contains(&c.address)).count(),
             not_done: plan
@@ -352,67 +352,61 @@ fn cluster_err(address: &Address) -> impl FnOnce(ClusterError) -> ApplyError + '
 
 async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>, ApplyError> {
     let started = Instant::now();
-    match c.action {
-        Action::Create | Action::Update => {
-            shared.say(
-                &c.address,
-                if c.action == Action::Create {
-                    "Creating..."
-                } else {
-                    "Modifying..."
-                },
-            );
-            apply_object(shared, c).await?;
-            shared.say(
-                &c.address,
-                format!(
-                    "{} after {}",
-                    if c.action == Action::Create {
-                        "Created"
-                    } else {
-                        "Modified"
-                    },
-                    elapsed(started)
-                ),
-            );
+    match &c.op {
+        Op::Create(w) => {
+            shared.say(&c.address, "Creating...");
+            apply_object(shared, c, w).await?;
+            let done = format!("Created after {}", elapsed(started));
+            shared.say(&c.address, done);
         }
-        Action::NoOp if c.refresh_state => refresh(shared, c).await?,
-        Action::NoOp => {}
-        Action::Delete => {
+        Op::Update { write, .. } => {
+            shared.say(&c.address, "Modifying...");
+            apply_object(shared, c, write).await?;
+            let done = format!("Modified after {}", elapsed(started));
+            shared.say(&c.address, done);
+        }
+        Op::NoOp(Keep::Current) => {}
+        Op::NoOp(Keep::Record(payload)) => refresh(shared, c, payload).await?,
+        Op::NoOp(Keep::RecordPatch(p)) => shared.put(&c.address, entry_for_patch(c, p)).await?,
+        Op::Delete(seen) => {
             shared.say(&c.address, "Destroying...");
-            delete(shared, c).await?;
-            shared.say(
-                &c.address,
-                format!("Destruction complete after {}", elapsed(started)),
-            );
+            delete(shared, c, seen).await?;
+            let done = format!("Destruction complete after {}", elapsed(started));
+            shared.say(&c.address, done);
         }
-        Action::Patch => {
+        Op::Patch(e) => {
             shared.say(&c.address, "Patching...");
-            patch(shared, c).await?;
+            merge_and_verify(shared, c, &e.patch).await?;
+            shared.put(&c.address, entry_for_patch(c, &e.patch)).await?;
             shared.say(&c.address, format!("Patched after {}", elapsed(started)));
         }
-        Action::Revert => {
+        Op::Revert(e) => {
             shared.say(&c.address, "Reverting to the recorded original values...");
-            revert(shared, c).await?;
-            shared.say(
-                &c.address,
-                format!("Reverted and verified after {}", elapsed(started)),
-            );
-        }
-        Action::Forget => {
+            merge_and_verify(shared, c, &e.patch).await?;
             shared.remove(&c.address).await?;
+            let done = format!("Reverted and verified after {}", elapsed(started));
+            shared.say(&c.address, done);
         }
-        Action::Wait => return wait(shared, c).await,
+        Op::Forget => shared.remove(&c.address).await?,
+        Op::Wait(target) => return wait(shared, c, target).await,
+        // A plan with errors is neither saved nor applied; this is a guard.
+        Op::Refused(r) => {
+            return Err(ApplyError::Resource {
+                address: c.address.clone(),
+                message: r.error.clone(),
+            });
+        }
     }
     Ok(Vec::new())
 }
 
 /// The readiness node: waits until the RayService serves, unless told not
 /// to; stops at once when the lock is lost or the user interrupts.
-async fn wait(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>, ApplyError> {
-    let Some(spec) = &c.wait else {
-        return Ok(Vec::new());
-    };
+async fn wait(
+    shared: &Shared,
+    c: &Change,
+    spec: &crate::readiness::Target,
+) -> Result<Vec<crate::readiness::Ready>, ApplyError> {
     if !shared.options.wait {
         shared.say(&c.address, "Skipped (--no-wait)");
         return Ok(Vec::new());
@@ -454,20 +448,15 @@ fn elapsed(since: Instant) -> String {
     format!("{:.1}s", since.elapsed().as_secs_f64())
 }
 
-fn entry_for_object(
-    c: &Change,
-    live: &Value,
-    masked: &Value,
-    desired_fingerprint: &str,
-) -> ResourceState {
+fn entry_for_object(c: &Change, live: &Value, payload: &Payload) -> ResourceState {
     ResourceState {
-        desired_fingerprint: desired_fingerprint.to_string(),
-        secret_fingerprints: c.secret_fingerprints.clone(),
+        desired_fingerprint: payload.desired_fingerprint.clone(),
+        secret_fingerprints: payload.secret_fingerprints.clone(),
         ..entry_as_found(
             (&c.api_version, &c.kind, &c.name),
             c.namespace.as_deref(),
             live,
-            masked,
+            &payload.body,
         )
     }
 }
@@ -502,13 +491,12 @@ fn entry_as_found(
     }
 }
 
-async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
+async fn apply_object(shared: &Shared, c: &Change, w: &Write) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
-    let masked = c.body.clone().unwrap_or(Value::Null);
     let key = shared.key().await;
     let body = DesiredObject::from_masked(
-        &masked,
-        &c.secret_fingerprints,
+        &w.payload.body,
+        &w.payload.secret_fingerprints,
         shared.secrets.get(&c.address),
         &key,
     )
@@ -525,7 +513,7 @@ async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
             &body,
             Ssa {
                 manager: &shared.manager,
-                force: c.force,
+                force: w.force,
                 dry_run: false,
             },
         )
@@ -534,7 +522,7 @@ async fn apply_object(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
             address: c.address.clone(),
             message: desired::redact_body(&e.to_string(), &body),
         })?;
-    record_object(shared, c, live, &key).await
+    record_object(shared, c, live, &w.payload, &key).await
 }
 
 /// Writes the state entry of an object rayform just wrote (or found right).
@@ -542,24 +530,16 @@ async fn record_object(
     shared: &Shared,
     c: &Change,
     mut live: Value,
+    payload: &Payload,
     key: &str,
 ) -> Result<(), ApplyError> {
     desired::fingerprint_secret_data(&mut live, key);
-    let masked = c.body.clone().unwrap_or(Value::Null);
-    let entry = entry_for_object(
-        c,
-        &live,
-        &masked,
-        c.desired_fingerprint.as_deref().unwrap_or_default(),
-    );
+    let entry = entry_for_object(c, &live, payload);
     shared.put(&c.address, entry).await
 }
 
-async fn refresh(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
-    if let Some(p) = &c.patch {
-        let entry = entry_for_patch(c, p);
-        return shared.put(&c.address, entry).await;
-    }
+/// Records an object that is already right, as it reads now.
+async fn refresh(shared: &Shared, c: &Change, payload: &Payload) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let Some(live) = shared
         .cluster
@@ -570,15 +550,15 @@ async fn refresh(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
         return Ok(());
     };
     let key = shared.key().await;
-    record_object(shared, c, live, &key).await
+    record_object(shared, c, live, payload, &key).await
 }
 
-async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
+async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let ns = c.namespace.as_deref();
     shared
         .cluster
-        .delete(&kind, ns, &c.name, c.live_uid.as_deref())
+        .delete(&kind, ns, &c.name, seen.uid.as_deref())
         .await
         .map_err(cluster_err(&c.address))?;
     // Finalizers (KubeRay's among them) keep the object until its owner
@@ -586,7 +566,7 @@ async fn delete(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
     let started = Instant::now();
     let gone = shared
         .cluster
-        .deleted(&kind, ns, &c.name, c.live_uid.as_deref());
+        .deleted(&kind, ns, &c.name, seen.uid.as_deref());
     tokio::pin!(gone);
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     let mut next_report = Duration::from_secs(10);
@@ -711,19 +691,6 @@ async fn merge_and_verify(
         });
     }
     Ok(())
-}
-
-async fn patch(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
-    let Some(p) = &c.patch else { return Ok(()) };
-    merge_and_verify(shared, c, p).await?;
-    let entry = entry_for_patch(c, p);
-    shared.put(&c.address, entry).await
-}
-
-async fn revert(shared: &Shared, c: &Change) -> Result<(), ApplyError> {
-    let Some(p) = &c.patch else { return Ok(()) };
-    merge_and_verify(shared, c, p).await?;
-    shared.remove(&c.address).await
 }
 
 /// `rayform import`: the state entry for an existing object the stack

@@ -121,13 +121,14 @@ pub(super) async fn apply(
         if !plan.errors.is_empty() {
             return Err("the plan has errors; nothing was changed".into());
         }
-        let waits = plan.changes.iter().any(|c| c.action == plan::Action::Wait) && !no_wait;
-        // Forgetting what is already gone changes only the state: no
-        // question to ask, but it must still be written.
-        let state_only = plan
+        let waits = plan
             .changes
             .iter()
-            .any(|c| c.refresh_state || c.action == plan::Action::Forget);
+            .any(|c| c.action() == plan::Action::Wait)
+            && !no_wait;
+        // Forgetting what is already gone changes only the state: no
+        // question to ask, but it must still be written.
+        let state_only = plan.changes.iter().any(plan::Change::records_only);
         if !plan.has_changes() && !state_only && !waits {
             return Ok(0);
         }
@@ -182,7 +183,12 @@ pub(super) async fn destroy(
     if !plan.errors.is_empty() {
         return Err("the destroy plan has errors; nothing was changed".into());
     }
-    if !plan.has_changes() && plan.changes.iter().all(|c| c.action == plan::Action::NoOp) {
+    if !plan.has_changes()
+        && plan
+            .changes
+            .iter()
+            .all(|c| c.action() == plan::Action::NoOp)
+    {
         return Ok(0);
     }
     if plan.has_changes() && !confirm(auto_approve, "destroy", out)? {

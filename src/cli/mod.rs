@@ -524,7 +524,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         s.lineage = plan.state_lineage.clone();
         s
     });
-    if !plan.errors.is_empty() || plan.changes.iter().any(|c| c.error.is_some()) {
+    if !plan.errors.is_empty() || plan.changes.iter().any(|c| c.error().is_some()) {
         return Err(format!(
             "{} is a plan with errors; it cannot be applied",
             path.display()
@@ -536,7 +536,8 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     let secrets = if plan
         .changes
         .iter()
-        .any(|c| !c.secret_fingerprints.is_empty() && c.action.is_change())
+        .filter_map(plan::Change::write)
+        .any(|w| !w.payload.secret_fingerprints.is_empty())
     {
         read_secrets(&load(&plan.stack_file, g)?)?
     } else {

@@ -2,10 +2,12 @@
 //! a [`World`] and makes no cluster calls, so it can be shown, saved, and
 //! applied later exactly as reviewed.
 //!
-//! Each resource gets one [`Action`]. "Changed outside rayform" is detected
+//! Each resource gets one [`Change`], whose [`Op`] holds what its action
+//! needs (`change.rs`). "Changed outside rayform" is detected
 //! by comparing the live fields rayform writes with the fingerprint the state
 //! recorded right after rayform last wrote them.
 
+mod change;
 mod checks;
 mod diff;
 mod render;
@@ -19,118 +21,18 @@ use serde_json::Value;
 
 use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
 use crate::graph::Graph;
-use crate::karpenter::{self, KarpenterPatch};
+use crate::karpenter;
 use crate::observe::{Observed, ObservedObject, ObservedPatch, Unlabelled, World};
-use crate::stack::{Address, ResourceType, Stack};
+use crate::stack::{Address, Stack};
 use crate::state::{ResourceState, State};
 use crate::target::ClusterId;
 use diff::Sides;
 
+pub use change::{Action, Change, Edit, Keep, Op, Payload, Refusal, Seen, Write};
 pub use render::{RenderOptions, render_json, render_text};
 
 /// Version of the saved-plan and `--json` format.
 pub const FORMAT_VERSION: &str = "1.1";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    Create,
-    Update,
-    NoOp,
-    Delete,
-    Patch,
-    Revert,
-    Wait,
-    /// In state but gone from both the stack and the cluster: drop from state.
-    Forget,
-}
-
-impl Action {
-    pub fn is_change(self) -> bool {
-        matches!(
-            self,
-            Action::Create | Action::Update | Action::Delete | Action::Patch | Action::Revert
-        )
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Change {
-    pub address: Address,
-    pub action: Action,
-    pub api_version: String,
-    pub kind: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Why this action, beyond the obvious ("changed outside rayform", "adopting").
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<String>,
-    /// Unified YAML diff, live → planned; secret values masked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-    /// What changed outside rayform since it last wrote the object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outside_diff: Option<String>,
-    /// The body to apply, secret data as fingerprints (values are re-read at apply).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<Value>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secret_fingerprints: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired_fingerprint: Option<String>,
-    /// Take fields from other managers (drift correction, adoption, --force-conflicts).
-    #[serde(default)]
-    pub force: bool,
-    /// resourceVersion the plan saw; a saved plan is stale once it moves.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live_resource_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live_uid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub patch: Option<KarpenterPatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<crate::readiness::Target>,
-    /// For a RayService: what KubeRay will do with the change.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<rollout::Assessment>,
-    /// The state entry is missing or stale though the cluster is right: apply refreshes it.
-    #[serde(default)]
-    pub refresh_state: bool,
-    /// Resources in this plan that must finish first.
-    #[serde(default)]
-    pub depends_on: Vec<Address>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Change {
-    fn new(address: &Address, action: Action, api_version: &str, kind: &str, name: &str) -> Change {
-        Change {
-            address: address.clone(),
-            action,
-            api_version: api_version.to_string(),
-            kind: kind.to_string(),
-            name: name.to_string(),
-            namespace: None,
-            reasons: Vec::new(),
-            diff: None,
-            outside_diff: None,
-            body: None,
-            secret_fingerprints: BTreeMap::new(),
-            desired_fingerprint: None,
-            force: false,
-            live_resource_version: None,
-            live_uid: None,
-            patch: None,
-            wait: None,
-            rollout: None,
-            refresh_state: false,
-            depends_on: Vec::new(),
-            error: None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -169,7 +71,7 @@ impl Plan {
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for c in &self.changes {
-            match c.action {
+            match c.action() {
                 Action::Create => s.add += 1,
                 Action::Update => s.change += 1,
                 Action::Delete => s.destroy += 1,
@@ -182,7 +84,7 @@ impl Plan {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(|c| c.action.is_change())
+        self.changes.iter().any(|c| c.action().is_change())
     }
 
     pub fn change(&self, address: &Address) -> Option<&Change> {
@@ -251,12 +153,8 @@ pub fn build(
             options,
             &mut plan.warnings,
         );
-        if let Some(mut c) = change {
-            if c.action == Action::NoOp && !c.refresh_state {
-                // Nothing will be sent: a large no-op plan need not carry every body.
-                c.body = None;
-            }
-            if let Some(e) = &c.error {
+        if let Some(c) = change {
+            if let Some(e) = c.error() {
                 plan.errors.push(format!("{}: {e}", c.address));
             }
             plan.changes.push(c);
@@ -287,9 +185,8 @@ fn plan_one(
     match observed {
         Observed::Wait => match wanted {
             Some(Desired::Wait(w)) => {
-                let mut c = Change::new(address, Action::Wait, "", "", &w.wait.rayservice);
-                c.wait = Some(w.clone());
-                Some(c)
+                let identity = ("", "", w.wait.rayservice.as_str());
+                Some(Change::new(address, identity, Op::Wait(w.clone())))
             }
             _ => None,
         },
@@ -299,7 +196,10 @@ fn plan_one(
         }
         Observed::Object(o) => {
             let mut c = plan_object(address, o, wanted, desired.get(address), state, options)?;
-            c.rollout = assess_rollout(&c, o);
+            let rollout = assess_rollout(&c, o);
+            if let Some(w) = c.write_mut() {
+                w.rollout = rollout;
+            }
             Some(c)
         }
     }
@@ -324,7 +224,7 @@ fn order_changes(plan: &mut Plan, graph: &Graph, destroy: bool) {
     let deletes: Vec<Address> = plan
         .changes
         .iter()
-        .filter(|c| c.action == Action::Delete)
+        .filter(|c| c.action() == Action::Delete)
         .map(|c| c.address.clone())
         .collect();
     for c in plan
@@ -383,21 +283,20 @@ fn plan_patch(
     } else {
         Action::Revert
     };
-    let mut c = Change::new(address, action, &o.api_version, &o.kind, &o.name);
+    let mut c = Change::new(address, (&o.api_version, &o.kind, &o.name), Op::Forget);
     if let Some(problem) = &o.problem {
         if o.gone && !wanted {
             // Nothing left to revert: say so, and let the rest of destroy go on.
-            c.action = Action::Forget;
             warnings.push(format!(
                 "{address}: {problem}; nothing to revert, so it is dropped from the state"
             ));
         } else {
-            c.error = Some(problem.clone());
+            c.op = Op::refused(action, problem.clone());
         }
         return Some(c);
     }
     if !o.changed_outside.is_empty() {
-        c.error = Some(changed_outside(&o.changed_outside));
+        c.op = Op::refused(action, changed_outside(&o.changed_outside));
         return Some(c);
     }
     let patch = o.patch.as_ref()?;
@@ -408,20 +307,8 @@ fn plan_patch(
     if patch.needed {
         warnings.extend(o.warnings.iter().map(|w| format!("{address}: {w}")));
     }
-    c.live_resource_version = live
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .map(str::to_string);
     if !patch.needed {
-        if !wanted {
-            // Nothing of ours is on the object any more: just forget it.
-            c.action = Action::Forget;
-            return Some(c);
-        }
-        c.action = Action::NoOp;
-        c.refresh_state =
-            st.and_then(|s| s.patch.as_ref()).map(|p| &p.fields) != Some(&patch.fields);
-        c.patch = Some(patch.clone());
+        c.op = settled(st, patch, wanted);
         return Some(c);
     }
     if wanted
@@ -439,11 +326,42 @@ fn plan_patch(
             drift_warning(o, wanted, drift_off)
         ));
     }
-    if let Some(after) = &o.after {
-        c.diff = diff::unified(live, after, None, Sides::LivePlanned);
-    }
-    c.patch = Some(patch.clone());
+    let edit = Edit {
+        patch: patch.clone(),
+        diff: o
+            .after
+            .as_ref()
+            .and_then(|after| diff::unified(live, after, None, Sides::LivePlanned)),
+        resource_version: resource_version(live),
+    };
+    c.op = if wanted {
+        Op::Patch(edit)
+    } else {
+        Op::Revert(edit)
+    };
     Some(c)
+}
+
+/// Nothing to write: for a revert, nothing of ours is left on the object, so
+/// it is forgotten; for a patch, it is as the stack wants, and recorded if
+/// the state does not say so already.
+fn settled(st: Option<&ResourceState>, patch: &karpenter::KarpenterPatch, wanted: bool) -> Op {
+    if !wanted {
+        return Op::Forget;
+    }
+    let recorded = st.and_then(|s| s.patch.as_ref()).map(|p| &p.fields);
+    Op::NoOp(if recorded == Some(&patch.fields) {
+        Keep::Current
+    } else {
+        Keep::RecordPatch(patch.clone())
+    })
+}
+
+fn resource_version(live: &Value) -> String {
+    live.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Fields a revert finds changed since rayform wrote them, with what to do.
@@ -484,13 +402,17 @@ fn drift_warning(o: &ObservedPatch, wanted: bool, drift_off: bool) -> String {
 
 /// What KubeRay will do with a RayService created or changed by this plan.
 fn assess_rollout(c: &Change, o: &ObservedObject) -> Option<rollout::Assessment> {
-    if c.kind != "RayService" || !c.api_version.starts_with("ray.io/") || c.error.is_some() {
+    if c.kind != "RayService" || !c.api_version.starts_with("ray.io/") {
         return None;
     }
-    let planned = o.after.as_ref().or(c.body.as_ref())?;
-    match c.action {
-        Action::Create => Some(rollout::assess(None, planned, None)),
-        Action::Update => {
+    match &c.op {
+        Op::Create(w) => Some(rollout::assess(
+            None,
+            o.after.as_ref().unwrap_or(&w.payload.body),
+            None,
+        )),
+        Op::Update { write, .. } => {
+            let planned = o.after.as_ref().unwrap_or(&write.payload.body);
             let live = o.live.as_ref()?;
             // Without a dry run, only the fields the stack sets are comparable.
             let live = match &o.after {
@@ -536,36 +458,35 @@ fn plan_object(
         want.set_cluster_scoped();
     }
     if let Some(error) = moved_namespace(&c, st, o, &want) {
-        c.action = Action::Create;
-        c.error = Some(error);
+        c.op = Op::refused(Action::Create, error);
         return Some(c);
     }
-    let masked = want.masked_body();
-    c.body = Some(masked.clone());
-    c.secret_fingerprints = want.secret_fingerprints.clone();
-    c.desired_fingerprint = Some(want.fingerprint.clone());
-    let Some(live) = &o.live else {
-        return Some(to_create(c, o, st, &want, &masked));
+    let payload = Payload {
+        body: want.masked_body(),
+        secret_fingerprints: want.secret_fingerprints.clone(),
+        desired_fingerprint: want.fingerprint.clone(),
+    };
+    let (Some(live), Some(seen)) = (&o.live, seen(o)) else {
+        return Some(to_create(c, o, st, payload));
     };
     if let Some(error) = not_ours(&c, o, address, state, options) {
-        c.action = Action::Update;
-        c.error = Some(error);
+        c.op = Op::refused(Action::Update, error);
         return Some(c);
     }
     if !o.owned {
         c.reasons
             .push("adopting an object rayform did not create".into());
-        c.force = true;
     }
     if o.unchanged {
         // The live fields rayform writes are as the state recorded them (and
         // `live` may hold only the object's identity).
         return Some(c);
     }
-    Some(to_update(c, o, st, live, &want, &masked, options))
+    let found = Found { live, seen, st };
+    Some(to_update(c, o, found, payload, options))
 }
 
-/// The change's identity: what it is, where, and the live version it saw.
+/// The change's identity: what it is and where; nothing to do yet.
 fn object_change(
     address: &Address,
     o: &ObservedObject,
@@ -573,28 +494,30 @@ fn object_change(
     st: Option<&ResourceState>,
 ) -> Option<Change> {
     let (api_version, kind, name) = match (rendered, st) {
-        (Some(Desired::Object(d)), _) => (d.api_version.clone(), d.kind.clone(), d.name.clone()),
-        (_, Some(s)) => (s.api_version.clone(), s.kind.clone(), s.name.clone()),
+        (Some(Desired::Object(d)), _) => (&d.api_version, &d.kind, &d.name),
+        (_, Some(s)) => (&s.api_version, &s.kind, &s.name),
         _ => return None,
     };
-    let mut c = Change::new(address, Action::NoOp, &api_version, &kind, &name);
+    let mut c = Change::new(address, (api_version, kind, name), Op::NoOp(Keep::Current));
     if o.namespaced {
         c.namespace = match rendered {
             Some(Desired::Object(d)) => Some(d.namespace.clone()),
             _ => st.and_then(|s| s.namespace.clone()),
         };
     }
-    if let Some(live) = &o.live {
-        c.live_resource_version = live
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        c.live_uid = live
+    Some(c)
+}
+
+/// The live object's version and uid, when there is one.
+fn seen(o: &ObservedObject) -> Option<Seen> {
+    let live = o.live.as_ref()?;
+    Some(Seen {
+        resource_version: resource_version(live),
+        uid: live
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
-            .map(str::to_string);
-    }
-    Some(c)
+            .map(str::to_string),
+    })
 }
 
 /// Observation found a problem: the change carries it as its error, unless
@@ -602,42 +525,45 @@ fn object_change(
 fn unplannable(mut c: Change, o: &ObservedObject, problem: &str, wanted: bool) -> Change {
     if o.gone && !wanted {
         // Its API is gone (e.g. the operator was uninstalled), and so is the object.
-        c.action = Action::Forget;
+        c.op = Op::Forget;
         c.reasons
             .push(problem.lines().next().unwrap_or_default().to_string());
         return c;
     }
-    c.action = if wanted {
+    let action = if wanted {
         Action::Create
     } else {
         Action::Delete
     };
-    c.error = Some(problem.to_string());
+    c.op = Op::refused(action, problem.to_string());
     c
 }
 
 /// Removed from the stack, or destroy: delete what is ours, leave the rest.
 fn removed(mut c: Change, o: &ObservedObject) -> Change {
-    let (kind, name) = (c.kind.clone(), c.name.clone());
-    c.action = match (&o.live, o.unlabelled) {
-        (Some(_), _) if o.owned => Action::Delete,
-        (Some(_), Some(Unlabelled::Unknown)) => {
-            c.error = Some(format!(
-                "{kind} `{name}` is still there but lost its {LABEL_STACK} label, and this state (older than recorded uids) cannot prove it is the one rayform created; it is not forgotten while it runs\n  \
-                 help: put the {LABEL_STACK} label back on it and run again, or delete it yourself"
-            ));
-            Action::Delete
-        }
-        (Some(_), _) => {
+    let Some(seen) = seen(o) else {
+        c.op = Op::Forget;
+        return c;
+    };
+    c.op = match o.unlabelled {
+        _ if o.owned => Op::Delete(seen),
+        Some(Unlabelled::Unknown) => Op::refused(
+            Action::Delete,
+            format!(
+                "{} `{}` is still there but lost its {LABEL_STACK} label, and this state (older than recorded uids) cannot prove it is the one rayform created; it is not forgotten while it runs\n  \
+                 help: put the {LABEL_STACK} label back on it and run again, or delete it yourself",
+                c.kind, c.name
+            ),
+        ),
+        _ => {
             c.reasons.push(match &o.other_lineage {
                 Some(l) => {
                     format!("made by another state of this stack name (lineage {l}); left alone")
                 }
                 None => "not created by rayform; left alone".into(),
             });
-            Action::Forget
+            Op::Forget
         }
-        (None, _) => Action::Forget,
     };
     c
 }
@@ -662,22 +588,21 @@ fn to_create(
     mut c: Change,
     o: &ObservedObject,
     st: Option<&ResourceState>,
-    want: &DesiredObject,
-    masked: &Value,
+    payload: Payload,
 ) -> Change {
-    c.action = Action::Create;
     if st.is_some() {
         c.reasons.push("deleted outside rayform".into());
     }
     if let Some(note) = &o.note {
         c.reasons.push(note.clone());
     }
-    c.diff = diff::unified(
+    let diff = diff::unified(
         &Value::Null,
-        o.after.as_ref().unwrap_or(masked),
-        Some(&want.secret_fingerprints),
+        o.after.as_ref().unwrap_or(&payload.body),
+        Some(&payload.secret_fingerprints),
         Sides::LivePlanned,
     );
+    c.op = Op::Create(Write::new(payload, diff, false));
     c
 }
 
@@ -704,94 +629,110 @@ fn not_ours(
     })
 }
 
+/// An existing object as observation found it, with its state entry.
+struct Found<'a> {
+    live: &'a Value,
+    seen: Seen,
+    st: Option<&'a ResourceState>,
+}
+
 /// An existing object of ours: what changed outside rayform, the diff to the
 /// server's answer (or the local one), and fields other managers own.
 fn to_update(
     mut c: Change,
     o: &ObservedObject,
-    st: Option<&ResourceState>,
-    live: &Value,
-    want: &DesiredObject,
-    masked: &Value,
+    found: Found,
+    payload: Payload,
     options: &PlanOptions,
 ) -> Change {
-    let projection = desired::project(live, masked);
+    let Found { live, seen, st } = found;
+    let projection = desired::project(live, &payload.body);
     let live_fp = crate::util::sha256_json(&projection);
-    if let Some(s) = st
-        && s.live_fingerprint != live_fp
-        && !s.applied.is_null()
-    {
-        c.reasons.push("changed outside rayform".into());
-        c.outside_diff = diff::unified(&s.applied.value(), &projection, None, Sides::AppliedLive);
-    }
+    let outside_diff = st
+        .filter(|s| s.live_fingerprint != live_fp && !s.applied.is_null())
+        .and_then(|s| {
+            c.reasons.push("changed outside rayform".into());
+            diff::unified(&s.applied.value(), &projection, None, Sides::AppliedLive)
+        });
     let Some(after) = &o.after else {
-        c.action = Action::Update;
         if let Some(note) = &o.note {
             c.reasons.push(note.clone());
         }
-        if o.local {
-            // No server answer: the fields rayform writes, as they are and as they will be.
-            c.diff = diff::unified(
+        // No server answer: the fields rayform writes, as they are and as they will be.
+        let diff = o.local.then(|| {
+            diff::unified(
                 &projection,
-                masked,
-                Some(&want.secret_fingerprints),
+                &payload.body,
+                Some(&payload.secret_fingerprints),
                 Sides::LiveDesired,
-            );
-        }
+            )
+        });
+        let force = !o.owned;
+        let write = Write::new(payload, diff.flatten(), force);
+        c.op = Op::Update {
+            write,
+            seen,
+            outside_diff,
+        };
         return c;
     };
-    c.diff = diff::unified(
+    let diff = diff::unified(
         live,
         after,
-        Some(&want.secret_fingerprints),
+        Some(&payload.secret_fingerprints),
         Sides::LivePlanned,
     );
-    c.action = if c.diff.is_some() {
-        Action::Update
-    } else {
-        Action::NoOp
+    let recorded = st.is_some_and(|s| {
+        s.desired_fingerprint == payload.desired_fingerprint && s.live_fingerprint == live_fp
+    });
+    c.op = match (force_needed(o, st, options), diff) {
+        (Err(error), diff) => Op::Refused(Refusal {
+            action: if diff.is_some() {
+                Action::Update
+            } else {
+                Action::NoOp
+            },
+            error,
+            diff,
+            outside_diff,
+        }),
+        (Ok(force), Some(diff)) => Op::Update {
+            write: Write::new(payload, Some(diff), force),
+            seen,
+            outside_diff,
+        },
+        (Ok(_), None) if recorded => Op::NoOp(Keep::Current),
+        (Ok(_), None) => Op::NoOp(Keep::Record(payload)),
     };
-    if c.action == Action::NoOp {
-        c.refresh_state = st.is_none_or(|s| {
-            s.desired_fingerprint != want.fingerprint || s.live_fingerprint != live_fp
-        });
-    }
-    take_conflicts(&mut c, o, st, options);
-    if c.action == Action::NoOp && c.address.kind == ResourceType::Secret {
-        c.force = false;
-    }
     c
 }
 
-/// A field rayform wrote before and someone else changed is drift:
-/// restoring it is the point of apply. A field rayform never wrote is
-/// someone else's: taking it needs --force-conflicts.
-fn take_conflicts(
-    c: &mut Change,
+/// Whether apply must take fields from other managers. A field rayform
+/// wrote before and someone else changed is drift: restoring it is the
+/// point of apply. A field rayform never wrote is someone else's: taking it
+/// needs --force-conflicts (or adoption, which takes the object whole).
+fn force_needed(
     o: &ObservedObject,
     st: Option<&ResourceState>,
     options: &PlanOptions,
-) {
+) -> Result<bool, String> {
+    let adopting = !o.owned;
     if o.conflicts.is_empty() {
-        return;
+        return Ok(adopting);
     }
     let foreign: Vec<&(String, String)> = o
         .conflicts
         .iter()
         .filter(|(field, _)| st.is_none_or(|s| !field_in(&s.applied.value(), field)))
         .collect();
-    if !foreign.is_empty()
-        && !options.force_conflicts
-        && !c.reasons.iter().any(|r| r.starts_with("adopting"))
-    {
+    if !foreign.is_empty() && !options.force_conflicts && !adopting {
         let list: Vec<String> = foreign.iter().map(|(f, m)| format!("{f} ({m})")).collect();
-        c.error = Some(format!(
+        return Err(format!(
             "applying would take fields owned by another field manager: {}\n  help: pass --force-conflicts to take them, or drop them from the stack",
             list.join(", ")
         ));
-    } else {
-        c.force = true;
     }
+    Ok(true)
 }
 
 /// Whether a conflict path from the server (`.spec.a.b[name="x"].c`,

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Action, Change, Plan};
+use super::{Action, Change, Op, Plan};
 use crate::util::Paint;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,7 +20,7 @@ fn headline(c: &Change) -> Option<(&'static str, String)> {
             None => format!(" ({} {} {})", c.api_version, c.kind, c.name),
         }
     };
-    let (sym, verb) = match c.action {
+    let (sym, verb) = match c.action() {
         Action::Create => ("+", "will be created"),
         Action::Update => ("~", "will be updated in place"),
         Action::Delete => ("-", "will be deleted"),
@@ -30,8 +30,8 @@ fn headline(c: &Change) -> Option<(&'static str, String)> {
         Action::Forget => ("x", "will be removed from state (nothing left to revert)"),
         Action::NoOp => return None,
     };
-    let line = match (&c.action, &c.wait) {
-        (Action::Wait, Some(w)) => format!(
+    let line = match &c.op {
+        Op::Wait(w) => format!(
             "{} will wait until rayservice.{} serves {} (timeout {}){}",
             c.address,
             w.wait.rayservice,
@@ -70,7 +70,7 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
     let visible: Vec<&Change> = plan
         .changes
         .iter()
-        .filter(|c| c.action != Action::NoOp || !c.reasons.is_empty() || c.error.is_some())
+        .filter(|c| c.action() != Action::NoOp || !c.reasons.is_empty() || c.error().is_some())
         .collect();
     for c in &visible {
         let Some((sym, line)) =
@@ -78,7 +78,7 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
         else {
             continue;
         };
-        let sym = match c.action {
+        let sym = match c.action() {
             Action::Create => p.green(sym),
             Action::Delete | Action::Forget => p.red(sym),
             Action::Revert | Action::Patch | Action::Update => p.yellow(sym),
@@ -88,17 +88,17 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
         for r in &c.reasons {
             let _ = writeln!(out, "      ({r})");
         }
-        if let Some(rollout) = &c.rollout {
+        if let Some(rollout) = c.write().and_then(|w| w.rollout.as_ref()) {
             let _ = writeln!(out, "      ({})", rollout.describe());
         }
-        if let Some(d) = &c.outside_diff {
+        if let Some(d) = c.outside_diff() {
             let _ = writeln!(out, "      changed outside rayform since the last apply:");
             write_diff(&mut out, d, p);
         }
-        if let Some(d) = &c.diff {
+        if let Some(d) = c.diff() {
             write_diff(&mut out, d, p);
         }
-        if let Some(e) = &c.error {
+        if let Some(e) = c.error() {
             let _ = writeln!(out, "      {} {e}", p.red("error:"));
         }
     }

@@ -1052,6 +1052,41 @@ async fn a_missing_kuberay_crd_is_said_plainly_and_apply_refuses() {
 }
 
 #[tokio::test]
+async fn a_saved_plan_missing_what_a_change_needs_is_refused_whole() {
+    let env = Env::new(Profile::V1, "partplan").await;
+    let stack = env.mission_stack("partplan");
+    env.rayform(&["init", &stack]).ok();
+    env.rayform(&["plan", &stack, "--out", "whole.plan"]).ok();
+    let mut plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("whole.plan")).unwrap()).unwrap();
+    let secret = plan["changes"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["address"] == "secret.hf-token")
+        .expect("the Secret is in the plan");
+    secret.as_object_mut().unwrap().remove("body");
+    env.write("cut.plan", &plan.to_string());
+    let refused = env.rayform(&["apply", "cut.plan", "--no-wait"]).code(1);
+    refused.stderr_has("is not a rayform plan");
+    refused.stderr_has("secret.hf-token: a create change without a body");
+    for (api, kind, ns, name) in [
+        ("v1", "Secret", Some(env.ns.as_str()), "hf-token"),
+        (
+            "ray.io/v1",
+            "RayService",
+            Some(env.ns.as_str()),
+            "mistral-7b",
+        ),
+    ] {
+        assert!(
+            env.get(api, kind, ns, name).await.is_none(),
+            "{kind} was not created"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_plan_with_errors_is_not_saved() {
     let env = Env::new(Profile::V1, "errplan").await;
     let stack = env.mission_stack("errplan");

@@ -1,0 +1,559 @@
+//! One resource's decided change, as a type that holds exactly what its
+//! action needs: a create carries the body to send, a delete the uid it saw,
+//! a patch its merge patch, a refused change its error. Apply matches on the
+//! action and cannot meet a create without a body or a patch without fields.
+//!
+//! Saved plans and `--json` keep their flat shape (one object per change with
+//! an `action` field): [`wire::Record`] is that shape, and reading a saved
+//! plan turns it back into a [`Change`], refusing records that are not whole.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::rollout;
+use crate::karpenter::KarpenterPatch;
+use crate::readiness::Target;
+use crate::stack::Address;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    Update,
+    NoOp,
+    Delete,
+    Patch,
+    Revert,
+    Wait,
+    /// In state but gone from both the stack and the cluster: drop from state.
+    Forget,
+}
+
+impl Action {
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Action::Create | Action::Update | Action::Delete | Action::Patch | Action::Revert
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(into = "wire::Record", try_from = "wire::Record")]
+pub struct Change {
+    pub address: Address,
+    /// The object's identity; empty for a wait, which is no object.
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// Why this action, beyond the obvious ("changed outside rayform", "adopting").
+    pub reasons: Vec<String>,
+    /// Resources in this plan that must finish first.
+    pub depends_on: Vec<Address>,
+    pub op: Op,
+}
+
+/// What apply does, with the data it does it with.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Server-side apply of an object that does not exist yet.
+    Create(Write),
+    /// Server-side apply over the object as the plan saw it.
+    Update {
+        write: Write,
+        seen: Seen,
+        /// What changed outside rayform since it last wrote the object.
+        outside_diff: Option<String>,
+    },
+    NoOp(Keep),
+    Delete(Seen),
+    /// Merge-patch the Karpenter fields the stack wants.
+    Patch(Edit),
+    /// Put the Karpenter fields back to the originals rayform recorded.
+    Revert(Edit),
+    /// The readiness node.
+    Wait(Target),
+    /// Drop from the state; nothing in the cluster is touched.
+    Forget,
+    /// Decided, but not to be carried out: the plan has an error here, so it
+    /// is neither applied nor saved.
+    Refused(Refusal),
+}
+
+/// An object body to send by server-side apply.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub payload: Payload,
+    /// Unified YAML diff, live → planned; secret values masked.
+    pub diff: Option<String>,
+    /// Take fields from other managers (drift correction, adoption, --force-conflicts).
+    pub force: bool,
+    /// For a RayService: what KubeRay will do with the change.
+    pub rollout: Option<rollout::Assessment>,
+}
+
+/// The body as planned, and what the state records of it.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// Secret data as fingerprints: values are re-read at apply.
+    pub body: Value,
+    pub secret_fingerprints: BTreeMap<String, String>,
+    pub desired_fingerprint: String,
+}
+
+/// The live object the plan saw; a saved plan is stale once it moves.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub resource_version: String,
+    pub uid: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Keep {
+    /// The cluster and the state both match the stack.
+    Current,
+    /// The object is right, the state's record of it is missing or stale.
+    Record(Payload),
+    /// The Karpenter fields are right, the state's record of them is not.
+    RecordPatch(KarpenterPatch),
+}
+
+#[derive(Debug, Clone)]
+pub struct Edit {
+    pub patch: KarpenterPatch,
+    pub diff: Option<String>,
+    /// resourceVersion of the object the patch was computed from.
+    pub resource_version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// What would have been done.
+    pub action: Action,
+    pub error: String,
+    pub diff: Option<String>,
+    pub outside_diff: Option<String>,
+}
+
+impl Write {
+    pub fn new(payload: Payload, diff: Option<String>, force: bool) -> Write {
+        Write {
+            payload,
+            diff,
+            force,
+            rollout: None,
+        }
+    }
+}
+
+impl Op {
+    pub fn refused(action: Action, error: String) -> Op {
+        Op::Refused(Refusal {
+            action,
+            error,
+            diff: None,
+            outside_diff: None,
+        })
+    }
+}
+
+impl Change {
+    pub fn new(address: &Address, (api_version, kind, name): (&str, &str, &str), op: Op) -> Change {
+        Change {
+            address: address.clone(),
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+            namespace: None,
+            reasons: Vec::new(),
+            depends_on: Vec::new(),
+            op,
+        }
+    }
+
+    pub fn action(&self) -> Action {
+        match &self.op {
+            Op::Create(_) => Action::Create,
+            Op::Update { .. } => Action::Update,
+            Op::NoOp(_) => Action::NoOp,
+            Op::Delete(_) => Action::Delete,
+            Op::Patch(_) => Action::Patch,
+            Op::Revert(_) => Action::Revert,
+            Op::Wait(_) => Action::Wait,
+            Op::Forget => Action::Forget,
+            Op::Refused(r) => r.action,
+        }
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        match &self.op {
+            Op::Refused(r) => Some(&r.error),
+            _ => None,
+        }
+    }
+
+    /// The body a create or update sends.
+    pub fn write(&self) -> Option<&Write> {
+        match &self.op {
+            Op::Create(w) | Op::Update { write: w, .. } => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn write_mut(&mut self) -> Option<&mut Write> {
+        match &mut self.op {
+            Op::Create(w) | Op::Update { write: w, .. } => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The diff to show, live → planned.
+    pub fn diff(&self) -> Option<&str> {
+        match &self.op {
+            Op::Create(w) | Op::Update { write: w, .. } => w.diff.as_deref(),
+            Op::Patch(e) | Op::Revert(e) => e.diff.as_deref(),
+            Op::Refused(r) => r.diff.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn outside_diff(&self) -> Option<&str> {
+        match &self.op {
+            Op::Update { outside_diff, .. } => outside_diff.as_deref(),
+            Op::Refused(r) => r.outside_diff.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The live `resourceVersion` the change was planned against; `None`
+    /// for an object the plan saw absent.
+    pub fn seen_version(&self) -> Option<&str> {
+        match &self.op {
+            Op::Update { seen, .. } | Op::Delete(seen) => Some(&seen.resource_version),
+            Op::Patch(e) | Op::Revert(e) => Some(&e.resource_version),
+            _ => None,
+        }
+    }
+
+    /// Apply only rewrites the state here: nothing is sent to the cluster.
+    pub fn records_only(&self) -> bool {
+        matches!(
+            self.op,
+            Op::NoOp(Keep::Record(_) | Keep::RecordPatch(_)) | Op::Forget
+        )
+    }
+}
+
+/// The flat record a saved plan and `--json` hold for each change.
+pub mod wire {
+    use super::*;
+
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct Record {
+        pub address: Option<Address>,
+        pub action: Option<Action>,
+        #[serde(default)]
+        pub api_version: String,
+        #[serde(default)]
+        pub kind: String,
+        #[serde(default)]
+        pub name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub namespace: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub reasons: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub diff: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub outside_diff: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub body: Option<Value>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub secret_fingerprints: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub desired_fingerprint: Option<String>,
+        #[serde(default)]
+        pub force: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub live_resource_version: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub live_uid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub patch: Option<KarpenterPatch>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub wait: Option<Target>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rollout: Option<rollout::Assessment>,
+        #[serde(default)]
+        pub refresh_state: bool,
+        #[serde(default)]
+        pub depends_on: Vec<Address>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+    }
+
+    impl From<Change> for Record {
+        fn from(c: Change) -> Record {
+            let mut r = Record {
+                action: Some(c.action()),
+                api_version: c.api_version,
+                kind: c.kind,
+                name: c.name,
+                namespace: c.namespace,
+                reasons: c.reasons,
+                depends_on: c.depends_on,
+                ..Record::default()
+            };
+            match c.op {
+                Op::Create(w) => r.put_write(w),
+                Op::Update {
+                    write,
+                    seen,
+                    outside_diff,
+                } => {
+                    r.put_write(write);
+                    r.put_seen(seen);
+                    r.outside_diff = outside_diff;
+                }
+                Op::NoOp(Keep::Current) | Op::Forget => {}
+                Op::NoOp(Keep::Record(p)) => {
+                    r.refresh_state = true;
+                    r.put_payload(p);
+                }
+                Op::NoOp(Keep::RecordPatch(p)) => {
+                    r.refresh_state = true;
+                    r.patch = Some(p);
+                }
+                Op::Delete(seen) => r.put_seen(seen),
+                Op::Patch(e) | Op::Revert(e) => {
+                    r.patch = Some(e.patch);
+                    r.diff = e.diff;
+                    r.live_resource_version = Some(e.resource_version);
+                }
+                Op::Wait(t) => r.wait = Some(t),
+                Op::Refused(f) => {
+                    r.error = Some(f.error);
+                    r.diff = f.diff;
+                    r.outside_diff = f.outside_diff;
+                }
+            }
+            r.address = Some(c.address);
+            r
+        }
+    }
+
+    impl Record {
+        fn put_write(&mut self, w: Write) {
+            self.put_payload(w.payload);
+            self.diff = w.diff;
+            self.force = w.force;
+            self.rollout = w.rollout;
+        }
+
+        fn put_payload(&mut self, p: Payload) {
+            self.body = Some(p.body);
+            self.secret_fingerprints = p.secret_fingerprints;
+            self.desired_fingerprint = Some(p.desired_fingerprint);
+        }
+
+        fn put_seen(&mut self, seen: Seen) {
+            self.live_resource_version = Some(seen.resource_version);
+            self.live_uid = seen.uid;
+        }
+    }
+
+    impl TryFrom<Record> for Change {
+        type Error = String;
+
+        fn try_from(mut r: Record) -> Result<Change, String> {
+            let address = r.address.take().ok_or("a change without an address")?;
+            let action = r.action.ok_or_else(|| format!("{address}: no action"))?;
+            let missing = |what: &str| {
+                let name = serde_json::to_value(action).unwrap_or_default();
+                let name = name.as_str().unwrap_or_default();
+                format!("{address}: a {name} change without {what}")
+            };
+            let op = match (action, r.error.take()) {
+                (action, Some(error)) => Op::Refused(Refusal {
+                    action,
+                    error,
+                    diff: r.diff.take(),
+                    outside_diff: r.outside_diff.take(),
+                }),
+                (Action::Create, None) => {
+                    Op::Create(r.take_write().ok_or_else(|| missing("a body"))?)
+                }
+                (Action::Update, None) => Op::Update {
+                    write: r.take_write().ok_or_else(|| missing("a body"))?,
+                    seen: r
+                        .take_seen()
+                        .ok_or_else(|| missing("the resourceVersion it saw"))?,
+                    outside_diff: r.outside_diff.take(),
+                },
+                (Action::NoOp, None) => Op::NoOp(match (r.refresh_state, r.patch.take()) {
+                    (false, _) => Keep::Current,
+                    (true, Some(p)) => Keep::RecordPatch(p),
+                    (true, None) => {
+                        Keep::Record(r.take_payload().ok_or_else(|| missing("a body"))?)
+                    }
+                }),
+                (Action::Delete, None) => Op::Delete(
+                    r.take_seen()
+                        .ok_or_else(|| missing("the resourceVersion it saw"))?,
+                ),
+                (Action::Patch | Action::Revert, None) => {
+                    let edit = Edit {
+                        patch: r.patch.take().ok_or_else(|| missing("a patch"))?,
+                        diff: r.diff.take(),
+                        resource_version: r
+                            .live_resource_version
+                            .take()
+                            .ok_or_else(|| missing("the resourceVersion it saw"))?,
+                    };
+                    if action == Action::Patch {
+                        Op::Patch(edit)
+                    } else {
+                        Op::Revert(edit)
+                    }
+                }
+                (Action::Wait, None) => Op::Wait(r.wait.take().ok_or_else(|| missing("a target"))?),
+                (Action::Forget, None) => Op::Forget,
+            };
+            Ok(Change {
+                address,
+                api_version: r.api_version,
+                kind: r.kind,
+                name: r.name,
+                namespace: r.namespace,
+                reasons: r.reasons,
+                depends_on: r.depends_on,
+                op,
+            })
+        }
+    }
+
+    impl Record {
+        fn take_payload(&mut self) -> Option<Payload> {
+            Some(Payload {
+                body: self.body.take()?,
+                secret_fingerprints: std::mem::take(&mut self.secret_fingerprints),
+                desired_fingerprint: self.desired_fingerprint.take()?,
+            })
+        }
+
+        fn take_write(&mut self) -> Option<Write> {
+            Some(Write {
+                payload: self.take_payload()?,
+                diff: self.diff.take(),
+                force: self.force,
+                rollout: self.rollout.take(),
+            })
+        }
+
+        fn take_seen(&mut self) -> Option<Seen> {
+            Some(Seen {
+                resource_version: self.live_resource_version.take()?,
+                uid: self.live_uid.take(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::ResourceType;
+    use serde_json::json;
+
+    fn change(op: Op) -> Change {
+        let address = Address::new(ResourceType::Secret, "hf-token");
+        Change::new(&address, ("v1", "Secret", "hf-token"), op)
+    }
+
+    fn payload() -> Payload {
+        Payload {
+            body: json!({"kind": "Secret", "data": {"t": "sha256:ab"}}),
+            secret_fingerprints: BTreeMap::from([("t".to_string(), "sha256:ab".to_string())]),
+            desired_fingerprint: "sha256:cd".into(),
+        }
+    }
+
+    fn seen() -> Seen {
+        Seen {
+            resource_version: "42".into(),
+            uid: Some("u-1".into()),
+        }
+    }
+
+    fn write() -> Write {
+        Write {
+            payload: payload(),
+            diff: Some("+ a".into()),
+            force: true,
+            rollout: None,
+        }
+    }
+
+    #[test]
+    fn every_action_reads_back_as_it_was_saved() {
+        let ops = vec![
+            Op::Create(write()),
+            Op::Update {
+                write: write(),
+                seen: seen(),
+                outside_diff: Some("- b".into()),
+            },
+            Op::NoOp(Keep::Current),
+            Op::NoOp(Keep::Record(payload())),
+            Op::Delete(seen()),
+            Op::Forget,
+            Op::refused(Action::Update, "taken by kubectl".into()),
+        ];
+        for op in ops {
+            let saved = serde_json::to_value(change(op)).unwrap();
+            let read: Change = serde_json::from_value(saved.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&read).unwrap(), saved);
+        }
+    }
+
+    #[test]
+    fn the_saved_form_is_flat_with_an_action_field() {
+        let saved = serde_json::to_value(change(Op::Delete(seen()))).unwrap();
+        assert_eq!(saved["action"], "delete");
+        assert_eq!(saved["live_resource_version"], "42");
+        assert_eq!(saved["live_uid"], "u-1");
+        let refused = serde_json::to_value(change(Op::refused(Action::Create, "no".into())));
+        let refused = refused.unwrap();
+        assert_eq!(
+            (&refused["action"], &refused["error"]),
+            (&json!("create"), &json!("no"))
+        );
+    }
+
+    #[test]
+    fn a_saved_change_missing_what_its_action_needs_is_refused() {
+        let mut create = serde_json::to_value(change(Op::Create(write()))).unwrap();
+        create.as_object_mut().unwrap().remove("body");
+        let err = serde_json::from_value::<Change>(create).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("secret.hf-token: a create change without a body"),
+            "{err}"
+        );
+        let mut delete = serde_json::to_value(change(Op::Delete(seen()))).unwrap();
+        delete
+            .as_object_mut()
+            .unwrap()
+            .remove("live_resource_version");
+        let err = serde_json::from_value::<Change>(delete).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("without the resourceVersion it saw")
+        );
+        let wait = json!({"address": "wait.serving", "action": "wait"});
+        assert!(serde_json::from_value::<Change>(wait).is_err());
+    }
+}
