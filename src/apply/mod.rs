@@ -366,7 +366,7 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
             shared.say(&c.address, done);
         }
         Op::NoOp(Keep::Current) => {}
-        Op::NoOp(Keep::Record(payload)) => refresh(shared, c, payload).await?,
+        Op::NoOp(Keep::Record { payload, .. }) => refresh(shared, c, payload).await?,
         Op::NoOp(Keep::RecordPatch(p)) => shared.put(&c.address, entry_for_patch(c, p)).await?,
         Op::Delete(seen) => {
             shared.say(&c.address, "Destroying...");

@@ -519,11 +519,14 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&location, Some(&cluster))?;
     let lock = backend.lock("apply").await?;
-    let state = backend.load().await?.unwrap_or_else(|| {
-        let mut s = State::new(&plan.stack);
-        s.lineage = plan.state_lineage.clone();
-        s
-    });
+    // `plan --out` needs a state (made by `init`), so a missing one was removed since.
+    let Some(state) = backend.load().await? else {
+        return Err(format!(
+            "the state {} was made from is gone from {location}\n  help: run `rayform init` and `rayform plan --out` again",
+            path.display()
+        )
+        .into());
+    };
     if !plan.errors.is_empty() || plan.changes.iter().any(|c| c.error().is_some()) {
         return Err(format!(
             "{} is a plan with errors; it cannot be applied",

@@ -115,8 +115,14 @@ pub struct Seen {
 pub enum Keep {
     /// The cluster and the state both match the stack.
     Current,
-    /// The object is right, the state's record of it is missing or stale.
-    Record(Payload),
+    /// The object is right, the state's record of it is missing or stale
+    /// (perhaps because it was changed outside rayform and back, or by
+    /// defaults the server fills in).
+    Record {
+        payload: Payload,
+        /// What changed outside rayform since it last wrote the object.
+        outside_diff: Option<String>,
+    },
     /// The Karpenter fields are right, the state's record of them is not.
     RecordPatch(KarpenterPatch),
 }
@@ -222,7 +228,9 @@ impl Change {
 
     pub fn outside_diff(&self) -> Option<&str> {
         match &self.op {
-            Op::Update { outside_diff, .. } => outside_diff.as_deref(),
+            Op::Update { outside_diff, .. } | Op::NoOp(Keep::Record { outside_diff, .. }) => {
+                outside_diff.as_deref()
+            }
             Op::Refused(r) => r.outside_diff.as_deref(),
             _ => None,
         }
@@ -242,7 +250,7 @@ impl Change {
     pub fn records_only(&self) -> bool {
         matches!(
             self.op,
-            Op::NoOp(Keep::Record(_) | Keep::RecordPatch(_)) | Op::Forget
+            Op::NoOp(Keep::Record { .. } | Keep::RecordPatch(_)) | Op::Forget
         )
     }
 }
@@ -319,9 +327,13 @@ pub mod wire {
                     r.outside_diff = outside_diff;
                 }
                 Op::NoOp(Keep::Current) | Op::Forget => {}
-                Op::NoOp(Keep::Record(p)) => {
+                Op::NoOp(Keep::Record {
+                    payload,
+                    outside_diff,
+                }) => {
                     r.refresh_state = true;
-                    r.put_payload(p);
+                    r.put_payload(payload);
+                    r.outside_diff = outside_diff;
                 }
                 Op::NoOp(Keep::RecordPatch(p)) => {
                     r.refresh_state = true;
@@ -396,9 +408,10 @@ pub mod wire {
                 (Action::NoOp, None) => Op::NoOp(match (r.refresh_state, r.patch.take()) {
                     (false, _) => Keep::Current,
                     (true, Some(p)) => Keep::RecordPatch(p),
-                    (true, None) => {
-                        Keep::Record(r.take_payload().ok_or_else(|| missing("a body"))?)
-                    }
+                    (true, None) => Keep::Record {
+                        payload: r.take_payload().ok_or_else(|| missing("a body"))?,
+                        outside_diff: r.outside_diff.take(),
+                    },
                 }),
                 (Action::Delete, None) => Op::Delete(
                     r.take_seen()
@@ -488,6 +501,23 @@ mod tests {
         }
     }
 
+    fn patch() -> KarpenterPatch {
+        KarpenterPatch {
+            merge: json!({"spec": {"weight": 5}}),
+            fields: BTreeMap::new(),
+            expect: BTreeMap::from([("/spec/weight".to_string(), Some(json!(5)))]),
+            needed: true,
+        }
+    }
+
+    fn edit() -> Edit {
+        Edit {
+            patch: patch(),
+            diff: Some("~ weight".into()),
+            resource_version: "7".into(),
+        }
+    }
+
     fn write() -> Write {
         Write {
             payload: payload(),
@@ -507,7 +537,17 @@ mod tests {
                 outside_diff: Some("- b".into()),
             },
             Op::NoOp(Keep::Current),
-            Op::NoOp(Keep::Record(payload())),
+            Op::NoOp(Keep::Record {
+                payload: payload(),
+                outside_diff: Some("- c".into()),
+            }),
+            Op::NoOp(Keep::RecordPatch(patch())),
+            Op::Patch(edit()),
+            Op::Revert(edit()),
+            Op::Create(Write {
+                rollout: Some(rollout::assess(None, &json!({"spec": {}}), None)),
+                ..write()
+            }),
             Op::Delete(seen()),
             Op::Forget,
             Op::refused(Action::Update, "taken by kubectl".into()),

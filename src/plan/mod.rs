@@ -357,6 +357,8 @@ fn settled(st: Option<&ResourceState>, patch: &karpenter::KarpenterPatch, wanted
     })
 }
 
+/// Every object the API server returns has a resourceVersion; an empty one
+/// here would only make a saved plan stale, never apply it over a change.
 fn resource_version(live: &Value) -> String {
     live.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -702,7 +704,10 @@ fn to_update(
             outside_diff,
         },
         (Ok(_), None) if recorded => Op::NoOp(Keep::Current),
-        (Ok(_), None) => Op::NoOp(Keep::Record(payload)),
+        (Ok(_), None) => Op::NoOp(Keep::Record {
+            payload,
+            outside_diff,
+        }),
     };
     c
 }

@@ -1084,6 +1084,13 @@ async fn a_saved_plan_missing_what_a_change_needs_is_refused_whole() {
             "{kind} was not created"
         );
     }
+
+    // The state a saved plan was made from cannot be stood in for by an empty one.
+    std::fs::remove_file(env.path("state/partplan.json")).unwrap();
+    env.rayform(&["apply", "whole.plan", "--no-wait"])
+        .code(1)
+        .stderr_has("the state whole.plan was made from is gone");
+    assert!(!env.path("state/partplan.json").exists());
 }
 
 #[tokio::test]
