@@ -283,6 +283,8 @@ fn plan_patch(
     } else {
         Action::Revert
     };
+    // Forget is what is left when a revert finds nothing of ours to put back;
+    // every other outcome replaces it below.
     let mut c = Change::new(address, (&o.api_version, &o.kind, &o.name), Op::Forget);
     if let Some(problem) = &o.problem {
         if o.gone && !wanted {
