@@ -88,6 +88,12 @@ pub(super) async fn apply(
         no_wait,
         endpoint,
     } = args;
+    let how = Execution {
+        run: &run,
+        wait: !no_wait,
+        endpoint,
+        stop,
+    };
     if is_plan_file(&target) {
         let given = take.given();
         if !given.is_empty() {
@@ -99,12 +105,6 @@ pub(super) async fn apply(
             )
             .into());
         }
-        let how = Execution {
-            run: &run,
-            wait: !no_wait,
-            endpoint,
-            stop,
-        };
         apply_saved(&target, g, how, out).await
     } else {
         let Opened {
@@ -136,12 +136,6 @@ pub(super) async fn apply(
             return Ok(1);
         }
         let secrets = read_secrets(&s)?;
-        let how = Execution {
-            run: &run,
-            wait: !no_wait,
-            endpoint,
-            stop,
-        };
         execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
     }
 }

@@ -375,6 +375,30 @@ pub mod wire {
             self.live_resource_version = Some(seen.resource_version);
             self.live_uid = seen.uid;
         }
+
+        fn take_payload(&mut self) -> Option<Payload> {
+            Some(Payload {
+                body: self.body.take()?,
+                secret_fingerprints: std::mem::take(&mut self.secret_fingerprints),
+                desired_fingerprint: self.desired_fingerprint.take()?,
+            })
+        }
+
+        fn take_write(&mut self) -> Option<Write> {
+            Some(Write {
+                payload: self.take_payload()?,
+                diff: self.diff.take(),
+                force: self.force,
+                rollout: self.rollout.take(),
+            })
+        }
+
+        fn take_seen(&mut self) -> Option<Seen> {
+            Some(Seen {
+                resource_version: self.live_resource_version.take()?,
+                uid: self.live_uid.take(),
+            })
+        }
     }
 
     impl TryFrom<Record> for Change {
@@ -444,32 +468,6 @@ pub mod wire {
                 reasons: r.reasons,
                 depends_on: r.depends_on,
                 op,
-            })
-        }
-    }
-
-    impl Record {
-        fn take_payload(&mut self) -> Option<Payload> {
-            Some(Payload {
-                body: self.body.take()?,
-                secret_fingerprints: std::mem::take(&mut self.secret_fingerprints),
-                desired_fingerprint: self.desired_fingerprint.take()?,
-            })
-        }
-
-        fn take_write(&mut self) -> Option<Write> {
-            Some(Write {
-                payload: self.take_payload()?,
-                diff: self.diff.take(),
-                force: self.force,
-                rollout: self.rollout.take(),
-            })
-        }
-
-        fn take_seen(&mut self) -> Option<Seen> {
-            Some(Seen {
-                resource_version: self.live_resource_version.take()?,
-                uid: self.live_uid.take(),
             })
         }
     }
