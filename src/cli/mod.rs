@@ -69,15 +69,21 @@ pub fn main() -> ExitCode {
         let outcome = tokio::select! {
             result = &mut run => Ok(result),
             (name, code) = interrupted() => {
-                // As Terraform: the first signal lets the changes in flight
-                // finish and be recorded; a second one stops at once.
-                out.error(&format!(
-                    "{name}: stopping once the changes in flight are done (again to stop at once)"
-                ));
+                INTERRUPTED_WITH.store(code, std::sync::atomic::Ordering::SeqCst);
                 stop.request();
-                tokio::select! {
-                    result = &mut run => Err((name, code, Some(result))),
-                    _ = interrupted() => Err((name, code, None)),
+                if ASKING.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Nothing is in flight yet: the question ends, and with it the run.
+                    Ok((&mut run).await)
+                } else {
+                    // As Terraform: the first signal lets the changes in flight
+                    // finish and be recorded; a second one stops at once.
+                    out.error(&format!(
+                        "{name}: stopping once the changes in flight are done (again to stop at once)"
+                    ));
+                    tokio::select! {
+                        result = &mut run => Err((name, code, Some(result))),
+                        _ = interrupted() => Err((name, code, None)),
+                    }
                 }
             }
         };
@@ -123,6 +129,17 @@ fn with_snippet(e: &(dyn std::error::Error + 'static)) -> String {
         (Some(s), Some((first, rest))) => format!("{first}\n{s}\n{rest}"),
         (Some(s), None) => format!("{text}\n{s}"),
         (None, _) => text,
+    }
+}
+
+/// The exit code of the signal that stopped the run (0 while none has).
+static INTERRUPTED_WITH: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The code a run stopped by a signal exits with (130 if it is not known).
+fn interrupt_code() -> u8 {
+    match INTERRUPTED_WITH.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => 130,
+        code => code,
     }
 }
 
@@ -403,30 +420,70 @@ fn read_secrets(s: &Stack) -> Result<SecretValues, Error> {
     Ok(values)
 }
 
-fn confirm(auto_approve: bool, verb: &str, out: &Out) -> Result<bool, Error> {
+/// What the person at the terminal said to a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Approved,
+    /// Not approved: exit with this code (1 for an answer other than `yes`,
+    /// 130 or 143 when the question was interrupted).
+    Declined(u8),
+}
+
+/// Set while the question is on screen: a signal then cancels the run at
+/// once instead of letting changes in flight finish (there are none yet).
+static ASKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks for `yes` on the terminal, as Terraform does. The answer is read on a
+/// thread of its own so that the runtime keeps running meanwhile: a Lease
+/// lock must go on being renewed while a person reads the plan, and Ctrl-C
+/// must be noticed (`stop`) while the read blocks.
+async fn confirm(auto_approve: bool, verb: &str, out: &Out, stop: &Stop) -> Result<Answer, Error> {
     if auto_approve {
-        return Ok(true);
+        return Ok(Answer::Approved);
     }
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
+    if !std::io::stdin().is_terminal() {
         out.line(&format!("\nrayform {verb} needs confirmation, but standard input is not a terminal.\n  help: review the plan above and pass --auto-approve"));
-        return Ok(false);
+        return Ok(Answer::Declined(1));
     }
+    let question = if verb == "destroy" {
+        "Do you really want to destroy all resources?"
+    } else {
+        "Do you want to perform these actions?"
+    };
     out.line(&format!(
-        "\nDo you want to {verb} these changes?\n  Only 'yes' will be accepted to approve.\n"
+        "\n{question}\n  rayform will {verb} as shown above.\n  Only 'yes' will be accepted to approve.\n"
     ));
     out.prompt("  Enter a value: ");
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    if answer.trim() == "yes" {
-        Ok(true)
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A plain thread, not spawn_blocking: the runtime would wait for a
+    // blocked read at shutdown, and an interrupted question never returns.
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let read = std::io::stdin().lock().read_line(&mut answer);
+        let _ = tx.send(read.map(|_| answer));
+    });
+    ASKING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = tokio::select! {
+        read = rx => Some(read.map_err(|_| "the terminal closed")??),
+        () = stop.wait() => None,
+    };
+    ASKING.store(false, std::sync::atomic::Ordering::SeqCst);
+    let cancelled = if verb == "apply" {
+        "Apply cancelled."
     } else {
-        out.line(&format!(
-            "\n{} cancelled.",
-            if verb == "apply" { "Apply" } else { "Destroy" }
-        ));
-        Ok(false)
-    }
+        "Destroy cancelled."
+    };
+    Ok(match answer {
+        Some(a) if a.trim() == "yes" => Answer::Approved,
+        Some(_) => {
+            out.line(&format!("\n{cancelled}"));
+            Answer::Declined(1)
+        }
+        None => {
+            out.line(&format!("\n\n{cancelled} Nothing was changed."));
+            Answer::Declined(interrupt_code())
+        }
+    })
 }
 
 /// How a plan is carried out: apply's and destroy's flags, and the request to stop.
