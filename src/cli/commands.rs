@@ -132,7 +132,7 @@ pub(super) async fn apply(
         if !plan.has_changes() && !state_only && !waits {
             return Ok(0);
         }
-        if plan.has_changes()
+        if plan.needs_approval()
             && let Answer::Declined(code) = confirm(auto_approve, "apply", out, stop).await?
         {
             return Ok(code);
@@ -187,7 +187,7 @@ pub(super) async fn destroy(
     {
         return Ok(0);
     }
-    if plan.has_changes()
+    if plan.needs_approval()
         && let Answer::Declined(code) = confirm(auto_approve, "destroy", out, stop).await?
     {
         return Ok(code);

@@ -518,19 +518,34 @@ async fn execute(
     let s = plan.summary();
     if plan.destroy {
         out.line(&format!(
-            "\nDestroy complete! Resources: {} destroyed, {} reverted.",
-            s.destroy, s.revert
+            "\nDestroy complete! Resources: {} destroyed, {} reverted{}.",
+            s.destroy,
+            s.revert,
+            forgotten(s.forget)
         ));
     } else {
         out.line(&format!(
-            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched.",
-            s.add, s.change, s.destroy, s.patch
+            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched{}.",
+            s.add,
+            s.change,
+            s.destroy,
+            s.patch,
+            forgotten(s.forget)
         ));
         for r in &report.ready {
             out.line(&r.to_string());
         }
     }
     Ok(0)
+}
+
+/// ", N forgotten" for a summary line, when the state let go of anything.
+fn forgotten(count: usize) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!(", {count} forgotten")
+    }
 }
 
 /// A plan saved with `plan --out`, refused if another rayform wrote its format.

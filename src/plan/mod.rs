@@ -65,6 +65,8 @@ pub struct Summary {
     pub destroy: usize,
     pub patch: usize,
     pub revert: usize,
+    /// Entries the state stops tracking; the objects (if any) stay.
+    pub forget: usize,
 }
 
 impl Plan {
@@ -77,7 +79,8 @@ impl Plan {
                 Action::Delete => s.destroy += 1,
                 Action::Patch => s.patch += 1,
                 Action::Revert => s.revert += 1,
-                Action::NoOp | Action::Wait | Action::Forget => {}
+                Action::Forget => s.forget += 1,
+                Action::NoOp | Action::Wait => {}
             }
         }
         s
@@ -85,6 +88,12 @@ impl Plan {
 
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action().is_change())
+    }
+
+    /// What a person is asked to approve: every change to the cluster, and
+    /// every entry the state will stop tracking, as its object may still run.
+    pub fn needs_approval(&self) -> bool {
+        self.has_changes() || self.changes.iter().any(|c| c.action() == Action::Forget)
     }
 
     pub fn change(&self, address: &Address) -> Option<&Change> {
@@ -442,7 +451,13 @@ fn plan_object(
     options: &PlanOptions,
 ) -> Option<Change> {
     let st = state.resources.get(address);
-    let mut c = object_change(address, o, rendered, st)?;
+    // What is no longer wanted is where the state recorded it, whatever the
+    // stack now says (its namespace may have been edited since).
+    let identity = match (wanted, st) {
+        (None, Some(_)) => None,
+        _ => rendered,
+    };
+    let mut c = object_change(address, o, identity, st)?;
     if let Some(problem) = &o.problem {
         return Some(unplannable(c, o, problem, wanted.is_some()));
     }

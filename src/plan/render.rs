@@ -124,6 +124,10 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
         line.pop();
         let _ = write!(line, ", {} to revert.", s.revert);
     }
+    if s.forget > 0 {
+        line.pop();
+        let _ = write!(line, ", {} to forget.", s.forget);
+    }
     let _ = writeln!(out, "\n{}", p.bold(&line));
     out
 }

@@ -858,8 +858,17 @@ async fn forgetting_what_is_already_gone_is_saved_even_with_nothing_else_to_do()
         .unwrap();
     env.write("forgetonly.toml", &format!("{head}{}", secret("kept")));
     // A stack without a wait node: the plan holds one forget and nothing else.
+    env.rayform(&["plan", "forgetonly.toml"])
+        .ok()
+        .stdout_has("Plan: 0 to add, 0 to change, 0 to destroy, 0 to patch, 1 to forget.");
+    // Forgetting is a change a person approves: the state lets go of it.
+    env.rayform(&["apply", "forgetonly.toml"])
+        .code(1)
+        .stdout_has("needs confirmation");
+    assert!(state().contains("secret.dropped"));
     env.rayform(&["apply", "forgetonly.toml", "--auto-approve"])
-        .ok();
+        .ok()
+        .stdout_has("0 patched, 1 forgotten.");
     assert!(!state().contains("secret.dropped"), "{}", state());
 }
 
@@ -1159,6 +1168,55 @@ async fn moving_a_stack_to_another_namespace_is_refused_rather_than_orphaning() 
     let plan = env.rayform(&["plan", &stack]).code(1);
     plan.stdout_has(&format!("lives in namespace `{}`", env.ns));
 }
+
+/// The stack's namespace edited after an apply: destroy still finds every
+/// object where the state recorded it and deletes it, instead of looking in
+/// the new namespace, finding nothing and forgetting objects that still run.
+async fn destroy_after_a_namespace_edit_deletes_what_the_state_recorded(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "nsedit").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("nsedit");
+    let text = std::fs::read_to_string(env.path(&stack)).unwrap();
+    // The state stays where it is: only the objects' namespace moves.
+    let text = text.replace(
+        "[stack]\n",
+        &format!("[stack]\nstate_namespace = \"{}\"\n", env.ns),
+    );
+    env.write(&stack, &text);
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    env.write(
+        &stack,
+        &text.replace(
+            &format!("\nnamespace = \"{}\"", env.ns),
+            "\nnamespace = \"elsewhere\"",
+        ),
+    );
+    let plan = env.rayform(&["plan", &stack, "--destroy"]).ok();
+    plan.stdout_has("Plan: 2 to destroy, 2 to revert.");
+    let destroy = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    destroy.stdout_has("Destroy complete! Resources: 2 destroyed, 2 reverted.");
+    for (api_version, kind, name) in [
+        ("v1", "Secret", "hf-token"),
+        ("ray.io/v1", "RayService", "mistral-7b"),
+    ] {
+        assert!(
+            env.get(api_version, kind, Some(&env.ns), name)
+                .await
+                .is_none(),
+            "{kind} {name} is still running in {}",
+            env.ns
+        );
+    }
+    assert_eq!(env.karpenter_specs().await, before);
+    assert!(
+        env.state("nsedit")["resources"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both_backends!(destroy_after_a_namespace_edit_deletes_what_the_state_recorded);
 
 /// A no-op plan costs a LIST per kind and a GET per Karpenter object,
 /// however many resources the stack has.
