@@ -31,7 +31,7 @@ pub enum ApplyError {
     },
     #[error("{address}: {message}")]
     Resource { address: Address, message: String },
-    #[error("the saved plan is stale: {0}\n  help: run `rayform plan` again")]
+    #[error("the saved plan is stale: {0}; nothing was changed\n  help: run `rayform plan` again")]
     Stale(String),
     #[error(transparent)]
     State(#[from] StateError),
@@ -122,7 +122,16 @@ fn interrupted_message(done: usize, not_done: &[Address]) -> String {
 }
 
 /// Refuses a saved plan whose state or live objects moved since it was made.
-pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Result<(), ApplyError> {
+/// Everything a saved plan pinned, checked before its first write: the
+/// state's lineage and serial, the cluster, the secret values (by their
+/// fingerprints) and the version of every object it changes. A plan is
+/// applied whole or not at all.
+pub async fn check_fresh(
+    cluster: &Cluster,
+    plan: &Plan,
+    state: &State,
+    secrets: &SecretValues,
+) -> Result<(), ApplyError> {
     if plan.state_lineage != state.lineage {
         return Err(ApplyError::Stale(format!(
             "it was made for state lineage {}, the state file now has lineage {}",
@@ -140,6 +149,16 @@ pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Resul
             "it was made for {}, this is {}",
             plan.cluster.server, cluster.id.server
         )));
+    }
+    for (c, w) in plan.changes.iter().filter_map(|c| Some((c, c.write()?))) {
+        let values = secrets.get(&c.address);
+        DesiredObject::from_masked(
+            &w.payload.body,
+            &w.payload.secret_fingerprints,
+            values,
+            &state.fingerprint_key,
+        )
+        .map_err(|m| ApplyError::Stale(format!("{}: {m}", c.address)))?;
     }
     for c in plan.changes.iter().filter(|c| c.action().is_change()) {
         let Some(kind) = cluster.kind(&c.api_version, &c.kind) else {

@@ -606,7 +606,6 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         )
         .into());
     }
-    apply::check_fresh(&cluster, &plan, &state).await?;
     // Secret values are not in the plan: read them again from where the stack says.
     let secrets = if plan
         .changes
@@ -618,6 +617,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     } else {
         SecretValues::new()
     };
+    apply::check_fresh(&cluster, &plan, &state, &secrets).await?;
     out.raw(&plan::render_text(&plan, out.render_options()));
     execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
 }

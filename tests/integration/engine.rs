@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Backend, Env, OwnCluster, Profile, Running, assert_no_token};
+use crate::support::{Backend, Env, OwnCluster, Profile, Run, Running, assert_no_token};
 
 /// Runs an engine test once per state backend: both must behave alike.
 macro_rules! on_both_backends {
@@ -328,6 +328,36 @@ async fn a_stale_saved_plan_is_refused(backend: Backend) {
     refused.stderr_has("the state changed since the plan was made");
 }
 on_both_backends!(a_stale_saved_plan_is_refused);
+
+/// A saved plan pins the secret values it was made with (by fingerprint):
+/// another token in the environment refuses the whole plan before its first
+/// write, Karpenter patches included.
+#[tokio::test]
+async fn a_saved_plan_is_refused_whole_when_a_secret_value_changed() {
+    let env = Env::new(Profile::V1, "stalesecret").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("stalesecret");
+    env.rayform(&["init", &stack]).ok();
+    env.rayform(&["plan", &stack, "--out", "u.plan"]).ok();
+    let refused = Run::from(
+        env.command(&["apply", "u.plan", "--no-wait"])
+            .env("HUGGING_FACE_HUB_TOKEN", "hf_anotherTokenEntirely")
+            .output()
+            .unwrap(),
+    )
+    .code(1);
+    refused.stderr_has("changed since the plan was made");
+    refused.stderr_has("nothing was changed");
+    assert!(!refused.all().contains("Patched"), "{}", refused.all());
+    assert_eq!(env.karpenter_specs().await, before, "nothing was patched");
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_none()
+    );
+    // With the token it was made with, the same plan applies.
+    env.rayform(&["apply", "u.plan", "--no-wait"]).ok();
+}
 
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
 fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
