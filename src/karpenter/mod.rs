@@ -259,6 +259,12 @@ pub fn revert_forced(
     patch
 }
 
+/// Whether a field `stack` wrote now holds a value no rayform stack wrote
+/// (someone changed it since).
+pub fn changed_since_written(stack: &str, live: &Value) -> bool {
+    holders(live).contains_key(stack) && revert(stack, live, &BTreeMap::new()).is_err()
+}
+
 /// Takes back `stack`'s patch because the original values already satisfy
 /// its intent; a stack holding nothing has nothing to take back.
 pub fn withdraw(stack: &str, live: &Value) -> Result<KarpenterPatch, Vec<ChangedField>> {

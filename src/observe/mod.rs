@@ -96,6 +96,9 @@ pub struct ObservedPatch {
     pub changed_outside: Vec<ChangedField>,
     /// How the intent became these fields ("already satisfied: ...").
     pub notes: Vec<String>,
+    /// A value set since this stack wrote its own that meets the intent
+    /// too, left as it is: why.
+    pub kept: Option<String>,
     /// What else changes for the user while the patch holds.
     pub warnings: Vec<String>,
 }
@@ -881,7 +884,7 @@ async fn observe_karpenter(
     stack: &Stack,
     address: &Address,
     (api_version, kind_name): (&str, &str),
-    wanted: impl FnOnce(&Value, &Value) -> Result<Wanted, String>,
+    wanted: impl Fn(&Value, &Value) -> Result<Wanted, String>,
 ) -> Result<ObservedPatch, ClusterError> {
     let mut out = ObservedPatch::default();
     let Some((kind, live)) =
@@ -910,9 +913,21 @@ async fn observe_karpenter(
             notes,
             warnings,
         }) => {
-            out.notes = notes;
-            out.warnings = warnings;
-            karpenter::patch(&stack.name, &live, &fields)
+            let mut patch = karpenter::patch(&stack.name, &live, &fields);
+            // Someone set a value since this stack wrote its own, and it
+            // meets the intent as well (a longer TTL, a larger disk): the
+            // floor holds, so it is kept, not "corrected" back down.
+            if let (true, Ok(Wanted::Satisfied(why))) = (
+                patch.needed && karpenter::changed_since_written(&stack.name, &live),
+                wanted(&live, &live),
+            ) {
+                out.kept = Some(format!("kept (longer than the stack asks): {why}"));
+                patch.needed = false;
+            } else {
+                out.notes = notes;
+                out.warnings = warnings;
+            }
+            patch
         }
         Ok(Wanted::Satisfied(why)) => {
             out.notes.push(format!("already satisfied: {why}"));

@@ -315,6 +315,7 @@ fn plan_patch(
     if patch.needed || patch.fields.is_empty() {
         c.reasons.extend(o.notes.iter().cloned());
     }
+    c.reasons.extend(o.kept.iter().cloned());
     if patch.needed {
         warnings.extend(o.warnings.iter().map(|w| format!("{address}: {w}")));
     }
