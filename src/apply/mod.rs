@@ -749,6 +749,14 @@ pub async fn import(
                 namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default()
             ))
         })?;
+    if let Some(other) = desired::other_stack(&live, &state.stack) {
+        return Err(fail(format!(
+            "{} `{}` belongs to rayform stack `{other}` (label {}={other}); import takes only objects no live stack manages\n  help: pass --adopt {address} to `rayform apply` to take it from stack `{other}`",
+            want.kind,
+            want.name,
+            desired::LABEL_STACK
+        )));
+    }
     if let Some(other) = desired::other_lineage(&live, &state.lineage) {
         return Err(fail(format!(
             "{} `{}` was made by another rayform state of this stack name (lineage {other}); import it with that state, or pass --adopt {address} to apply",

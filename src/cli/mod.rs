@@ -373,6 +373,13 @@ async fn make_plan(
     };
     let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
+    let mut adopt = BTreeSet::new();
+    for a in &take.adopt {
+        adopt.insert(
+            Address::parse(a)
+                .ok_or_else(|| format!("--adopt {a}: not an address like secret.hf-token"))?,
+        );
+    }
     let world = observe::observe(
         cluster,
         s,
@@ -382,6 +389,7 @@ async fn make_plan(
         &ObserveOptions {
             force,
             dry_run: take.dry_run_policy(),
+            adopt: adopt.clone(),
         },
     )
     .await?;
@@ -390,13 +398,6 @@ async fn make_plan(
         started.elapsed(),
         cluster.requests()
     ));
-    let mut adopt = BTreeSet::new();
-    for a in &take.adopt {
-        adopt.insert(
-            Address::parse(a)
-                .ok_or_else(|| format!("--adopt {a}: not an address like secret.hf-token"))?,
-        );
-    }
     let options = PlanOptions {
         destroy,
         force_conflicts: take.force_conflicts,

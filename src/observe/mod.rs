@@ -114,6 +114,9 @@ pub struct ObserveOptions {
     /// Destroy: overwrite Karpenter fields changed outside rayform.
     pub force: bool,
     pub dry_run: DryRun,
+    /// Objects the user allows rayform to take over (`--adopt`): dry-run
+    /// like rayform's own, so the plan shows what taking them changes.
+    pub adopt: BTreeSet<Address>,
 }
 
 /// Where the fingerprint shortcut can skip the dry run.
@@ -342,6 +345,7 @@ async fn observe_objects(
                     state,
                     manager,
                     dry_run: server,
+                    adopt: &options.adopt,
                     may_change,
                 };
                 let (address, mut obs) = observe_member(&context, &group.0, member).await?;
@@ -582,6 +586,7 @@ struct MemberContext<'a> {
     manager: &'a str,
     /// Dry-run what may change on the server (else diff locally).
     dry_run: bool,
+    adopt: &'a BTreeSet<Address>,
     /// How many objects may change in this plan.
     may_change: usize,
 }
@@ -632,7 +637,12 @@ async fn observe_member(
         live = fetch(cx, kind, &name).await?;
         known = true;
     }
-    if let (Some(l), Some(st), false) = (&live, st, labelled) {
+    // Relabelled for another stack (adopted by it) is not "label removed":
+    // the uid rayform recorded no longer makes the object this stack's.
+    let other_stack = live
+        .as_ref()
+        .and_then(|l| desired::other_stack(l, &state.stack));
+    if let (Some(l), Some(st), false, None) = (&live, st, labelled, other_stack) {
         let uid = l.pointer("/metadata/uid").and_then(Value::as_str);
         let unlabelled = match st.uid.as_deref() {
             None => Unlabelled::Unknown,
@@ -647,7 +657,7 @@ async fn observe_member(
         match &live {
             Some(_) if obs.owned && listed_unchanged => obs.unchanged = true,
             Some(l) if obs.owned && unchanged(st, &want, l) => obs.unchanged = true,
-            Some(_) if !obs.owned => {}
+            Some(_) if !obs.owned && !cx.adopt.contains(&address) => {}
             _ if !cx.dry_run => {
                 obs.local = true;
                 obs.note = Some(format!(
@@ -663,7 +673,8 @@ async fn observe_member(
             // someone else's, in the way. Asking only then saves a GET before
             // every create of a large stack's first plan.
             live = fetch(cx, kind, &name).await?;
-            if live.is_some() {
+            // Unless it is to be adopted, when the dry run is just what the plan shows.
+            if live.is_some() && !cx.adopt.contains(&address) {
                 obs = ObservedObject {
                     namespaced: kind.namespaced,
                     ..Default::default()

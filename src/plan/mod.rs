@@ -471,7 +471,7 @@ fn plan_object(
         });
     }
     let Some(Desired::Object(want)) = wanted else {
-        return Some(removed(c, o));
+        return Some(removed(c, o, &state.stack));
     };
     let mut want = want.clone();
     if !o.namespaced {
@@ -550,17 +550,19 @@ fn unplannable(mut c: Change, o: &ObservedObject, problem: &str, wanted: bool) -
             .push(problem.lines().next().unwrap_or_default().to_string());
         return c;
     }
-    let action = if wanted {
-        Action::Create
-    } else {
-        Action::Delete
+    let action = match (wanted, &o.live) {
+        // The server refused the new version of an object that exists:
+        // an update that cannot be made, not a create.
+        (true, Some(_)) => Action::Update,
+        (true, None) => Action::Create,
+        (false, _) => Action::Delete,
     };
     c.op = Op::refused(action, problem.to_string());
     c
 }
 
 /// Removed from the stack, or destroy: delete what is ours, leave the rest.
-fn removed(mut c: Change, o: &ObservedObject) -> Change {
+fn removed(mut c: Change, o: &ObservedObject, stack: &str) -> Change {
     let Some(seen) = seen(o) else {
         c.op = Op::Forget;
         return c;
@@ -576,11 +578,18 @@ fn removed(mut c: Change, o: &ObservedObject) -> Change {
             ),
         ),
         _ => {
-            c.reasons.push(match &o.other_lineage {
-                Some(l) => {
+            let other_stack = o
+                .live
+                .as_ref()
+                .and_then(|live| desired::other_stack(live, stack));
+            c.reasons.push(match (&o.other_lineage, other_stack) {
+                (_, Some(other)) => {
+                    format!("it belongs to rayform stack `{other}` now; left alone")
+                }
+                (Some(l), None) => {
                     format!("made by another state of this stack name (lineage {l}); left alone")
                 }
-                None => "not created by rayform; left alone".into(),
+                (None, None) => "not created by rayform; left alone".into(),
             });
             Op::Forget
         }
@@ -638,6 +647,16 @@ fn not_ours(
         return None;
     }
     let (kind, name) = (&c.kind, &c.name);
+    let other_stack = o
+        .live
+        .as_ref()
+        .and_then(|live| desired::other_stack(live, &state.stack));
+    if let Some(other) = other_stack {
+        return Some(format!(
+            "{kind} `{name}` belongs to rayform stack `{other}` (label {LABEL_STACK}={other}), which declares it too\n  \
+             help: change it through stack `{other}`, rename it in one of the stacks, or pass --adopt {address} to take it from stack `{other}` (which then no longer manages it)"
+        ));
+    }
     Some(match &o.other_lineage {
         Some(l) => format!(
             "{kind} `{name}` was made by another rayform state of this stack name (lineage {l}; this state is {}), so it is not this state's to change\n  help: run with the state that made it, or pass --adopt {address} to take it over",

@@ -359,6 +359,91 @@ async fn a_saved_plan_is_refused_whole_when_a_secret_value_changed() {
     env.rayform(&["apply", "u.plan", "--no-wait"]).ok();
 }
 
+/// Two stacks declaring one object: the second names the stack that owns
+/// it (not "not created by rayform"), `import` refuses it naming the owner,
+/// and `--adopt` shows what taking it changes before it takes it.
+#[tokio::test]
+async fn an_object_of_another_stack_is_named_as_such_and_adopt_shows_its_diff() {
+    let env = Env::new(Profile::V1, "twostacks").await;
+    let stack = |name: &str| {
+        env.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[stack]\nname = \"{name}\"\nnamespace = \"{}\"\n\n[secret.shared.data]\nK = {{ env = \"HUGGING_FACE_HUB_TOKEN\" }}\n",
+                env.ns
+            ),
+        );
+        format!("{name}.toml")
+    };
+    let (alpha, beta) = (stack("alpha"), stack("beta"));
+    env.rayform(&["apply", &alpha, "--auto-approve"]).ok();
+
+    let refused = env.rayform(&["plan", &beta]).code(1);
+    refused.stdout_has("belongs to rayform stack `alpha`");
+    refused.stdout_has("--adopt secret.shared to take it from stack `alpha`");
+    assert!(
+        !refused.all().contains("not created by rayform"),
+        "{}",
+        refused.all()
+    );
+    env.rayform(&["import", &beta, "secret.shared"])
+        .code(1)
+        .stderr_has("belongs to rayform stack `alpha`");
+
+    let adopting = env
+        .rayform(&["plan", &beta, "--adopt", "secret.shared", "--json"])
+        .ok();
+    let plan: Value = serde_json::from_str(&adopting.stdout).expect("plan --json is JSON");
+    let change = &plan["changes"][0];
+    assert_eq!(change["address"], json!("secret.shared"), "{plan}");
+    let diff = change["diff"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no diff: {plan}"));
+    assert!(diff.contains("-    rayform.io/stack: alpha"), "{diff}");
+    assert!(diff.contains("+    rayform.io/stack: beta"), "{diff}");
+
+    env.rayform(&["apply", &beta, "--adopt", "secret.shared", "--auto-approve"])
+        .ok();
+    let secret = env
+        .get("v1", "Secret", Some(&env.ns), "shared")
+        .await
+        .unwrap();
+    assert_eq!(
+        secret["metadata"]["labels"]["rayform.io/stack"],
+        json!("beta")
+    );
+    // The stack it was taken from lets go of it, and says to whom.
+    env.rayform(&["destroy", &alpha, "--auto-approve"])
+        .ok()
+        .stdout_has("it belongs to rayform stack `beta` now; left alone");
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "shared")
+            .await
+            .is_some()
+    );
+}
+
+/// The server refusing the new version of an object that exists is a change
+/// that cannot be made, not a create (nor "1 to add").
+#[tokio::test]
+async fn an_update_the_server_refuses_is_not_planned_as_a_create() {
+    let env = Env::new(Profile::V1, "refusedupdate").await;
+    let stack = env.mission_stack("refusedupdate");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let manifest = env.path("mistral-7b.rayservice.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("        replicas: 1", "        replicas: many"),
+    )
+    .unwrap();
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(!plan.stdout.contains("will be created"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("1 to add"), "{}", plan.stdout);
+    plan.stdout_has("rayservice.mistral-7b will be updated");
+}
+
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
 fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
     let mut text = format!(
@@ -727,7 +812,7 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
     assert_eq!(plan["format_version"], json!("1.1"));
     assert_eq!(
         plan["summary"],
-        json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0})
+        json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0, "forget": 0})
     );
     assert_eq!(plan["has_changes"], json!(true));
     let text = env.rayform(&["plan", &stack]).ok();
