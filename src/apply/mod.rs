@@ -720,6 +720,7 @@ pub async fn import(
     cluster: &Cluster,
     address: &Address,
     want: &DesiredObject,
+    secret_keys: &[String],
     state: &State,
 ) -> Result<ResourceState, ApplyError> {
     let fail = |message: String| ApplyError::Resource {
@@ -764,10 +765,23 @@ pub async fn import(
         )));
     }
     desired::fingerprint_secret_data(&mut live, &state.fingerprint_key);
-    Ok(entry_as_found(
-        (&want.api_version, &want.kind, &want.name),
-        namespace,
-        &live,
-        &want.masked_body(),
-    ))
+    // A Secret's data is recorded as found (keyed fingerprints of the keys
+    // the stack declares), so the next plan compares values, not "{}".
+    let found: BTreeMap<String, String> = secret_keys
+        .iter()
+        .filter_map(|k| Some((k.clone(), live["data"][k].as_str()?.to_string())))
+        .collect();
+    let mut masked = want.masked_body();
+    if want.is_secret() {
+        masked["data"] = serde_json::to_value(&found).unwrap_or_default();
+    }
+    Ok(ResourceState {
+        secret_fingerprints: found,
+        ..entry_as_found(
+            (&want.api_version, &want.kind, &want.name),
+            namespace,
+            &live,
+            &masked,
+        )
+    })
 }

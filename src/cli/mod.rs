@@ -239,7 +239,18 @@ async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8
         }
         None => return Err(format!("{address} is not in {}", s.file.display()).into()),
     };
-    let entry = apply::import(&cluster, &address, want, &state).await?;
+    // The keys a Secret declares; their values are not needed to import it.
+    let secret_keys: Vec<String> = s
+        .resources
+        .iter()
+        .filter(|r| r.address == address)
+        .filter_map(|r| match &r.spec {
+            ResourceSpec::Secret(spec) => Some(spec.data.keys().cloned().collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let entry = apply::import(&cluster, &address, want, &secret_keys, &state).await?;
     let uid = entry.uid.clone().unwrap_or_default();
     state.released.remove(&address);
     state.resources.insert(address.clone(), entry);

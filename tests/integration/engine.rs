@@ -1501,6 +1501,21 @@ async fn import_takes_an_existing_object_into_the_state_and_the_plan_shows_the_r
         .stdout_has(&uid);
     let plan = env.rayform(&["plan", &stack]).ok();
     plan.stdout_has("imported: rayform adds its labels");
+    // The import recorded the data as found (as keyed fingerprints): the same
+    // token is not "changed outside rayform".
+    assert!(
+        !plan.stdout.contains("changed outside rayform"),
+        "{}",
+        plan.stdout
+    );
+    let state = env.state("import");
+    let recorded = &state["resources"]["secret.hf-token"];
+    assert!(
+        recorded["secret_fingerprints"]["HUGGING_FACE_HUB_TOKEN"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("hmac-sha256:")),
+        "{recorded}"
+    );
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
     let secret = env
