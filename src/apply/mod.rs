@@ -400,10 +400,23 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
             shared.say(&c.address, format!("Patched after {}", elapsed(started)));
         }
         Op::Revert(e) => {
-            shared.say(&c.address, "Reverting to the recorded original values...");
+            let released_to = c.released_to();
+            shared.say(
+                &c.address,
+                match &released_to {
+                    Some(_) => "Releasing this stack's hold...",
+                    None => "Reverting to the recorded original values...",
+                },
+            );
             merge_and_verify(shared, c, &e.patch).await?;
             shared.remove(&c.address).await?;
-            let done = format!("Reverted and verified after {}", elapsed(started));
+            let done = match released_to {
+                Some(holders) => format!(
+                    "Released after {}; stack {holders} still holds it",
+                    elapsed(started)
+                ),
+                None => format!("Reverted and verified after {}", elapsed(started)),
+            };
             shared.say(&c.address, done);
         }
         Op::Forget => shared.remove(&c.address).await?,

@@ -530,19 +530,21 @@ async fn execute(
     let s = plan.summary();
     if plan.destroy {
         out.line(&format!(
-            "\nDestroy complete! Resources: {} destroyed, {} reverted{}.",
+            "\nDestroy complete! Resources: {} destroyed, {} reverted{}{}.",
             s.destroy,
             s.revert,
-            forgotten(s.forget)
+            counted(s.release, "released"),
+            counted(s.forget, "forgotten")
         ));
     } else {
         out.line(&format!(
-            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched{}.",
+            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched{}{}.",
             s.add,
             s.change,
             s.destroy,
             s.patch,
-            forgotten(s.forget)
+            counted(s.release, "released"),
+            counted(s.forget, "forgotten")
         ));
         for r in &report.ready {
             out.line(&r.to_string());
@@ -551,12 +553,12 @@ async fn execute(
     Ok(0)
 }
 
-/// ", N forgotten" for a summary line, when the state let go of anything.
-fn forgotten(count: usize) -> String {
+/// ", N forgotten" for a summary line: said only when it happened.
+fn counted(count: usize, what: &str) -> String {
     if count == 0 {
         String::new()
     } else {
-        format!(", {count} forgotten")
+        format!(", {count} {what}")
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Summary {
     pub destroy: usize,
     pub patch: usize,
     pub revert: usize,
+    /// Reverts that only let go of a Karpenter object another stack still holds.
+    pub release: usize,
     /// Entries the state stops tracking; the objects (if any) stay.
     pub forget: usize,
 }
@@ -78,6 +80,7 @@ impl Plan {
                 Action::Update => s.change += 1,
                 Action::Delete => s.destroy += 1,
                 Action::Patch => s.patch += 1,
+                Action::Revert if c.released_to().is_some() => s.release += 1,
                 Action::Revert => s.revert += 1,
                 Action::Forget => s.forget += 1,
                 Action::NoOp | Action::Wait => {}

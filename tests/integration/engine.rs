@@ -223,14 +223,25 @@ async fn two_stacks_share_karpenter_objects_and_the_last_one_reverts(backend: Ba
         .ok();
     assert_eq!(env.karpenter_specs().await, patched);
 
-    env.rayform(&["destroy", &a, "--auto-approve"]).ok();
+    // A's destroy only lets go: it says so, not "reverted".
+    let plan = env.rayform(&["plan", &a, "--destroy"]).ok();
+    plan.stdout_has(&format!(
+        "nodepool.{} will be released (karpenter.sh/v1 NodePool {}): stack `model-b` still holds it, so its values stay",
+        env.pool, env.pool
+    ));
+    plan.stdout_has("Plan: 2 to destroy, 0 to revert, 2 to release.");
+    let destroyed = env.rayform(&["destroy", &a, "--auto-approve"]).ok();
+    destroyed.stderr_has("still holds it");
+    destroyed.stdout_has("Resources: 2 destroyed, 0 reverted, 2 released.");
     assert_eq!(
         env.karpenter_specs().await,
         patched,
         "B still holds the patch"
     );
 
-    env.rayform(&["destroy", b, "--auto-approve"]).ok();
+    env.rayform(&["destroy", b, "--auto-approve"])
+        .ok()
+        .stdout_has("Resources: 0 destroyed, 2 reverted.");
     assert_eq!(
         env.karpenter_specs().await,
         before,
@@ -812,7 +823,7 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
     assert_eq!(plan["format_version"], json!("1.1"));
     assert_eq!(
         plan["summary"],
-        json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0, "forget": 0})
+        json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0, "release": 0, "forget": 0})
     );
     assert_eq!(plan["has_changes"], json!(true));
     let text = env.rayform(&["plan", &stack]).ok();
