@@ -138,7 +138,16 @@ pub(super) async fn apply(
             return Ok(code);
         }
         let secrets = read_secrets(&s)?;
-        execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
+        execute(
+            &cluster,
+            &plan,
+            state,
+            (&backend, held(&lock)?),
+            secrets,
+            how,
+            out,
+        )
+        .await
     }
 }
 
@@ -202,7 +211,7 @@ pub(super) async fn destroy(
         &cluster,
         &plan,
         state,
-        (&backend, &lock),
+        (&backend, held(&lock)?),
         SecretValues::new(),
         how,
         out,

@@ -257,7 +257,7 @@ async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8
     if state.cluster.is_none() {
         state.cluster = Some(cluster.id.clone());
     }
-    backend.save(&mut state, &lock).await?;
+    backend.save(&mut state, held(&lock)?).await?;
     out.line(&format!("Imported {address} (uid {uid}). Run `rayform plan` to see what apply would change to match the stack."));
     Ok(0)
 }
@@ -268,11 +268,19 @@ struct Opened {
     stack: Stack,
     graph: Graph,
     backend: Backend,
-    lock: Lock,
+    /// None only for a plan of a stack whose state file does not exist:
+    /// locking it would create `state/` and a lock file, and plan writes nothing.
+    lock: Option<Lock>,
     state: State,
     /// No state existed yet.
     new: bool,
     cluster: Cluster,
+}
+
+/// The lock of a run that changes things (always taken for those).
+fn held(lock: &Option<Lock>) -> Result<&Lock, Error> {
+    lock.as_ref()
+        .ok_or_else(|| "internal: the state was opened without its lock".into())
 }
 
 async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Opened, Error> {
@@ -280,7 +288,15 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
     let graph = Graph::build(&stack)?;
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&stack.state, Some(&cluster))?;
-    let lock = backend.lock(operation).await?;
+    let nothing_to_lock = match &stack.state {
+        StateLocation::File { path } => operation == "plan" && !path.exists(),
+        StateLocation::Kubernetes { .. } => false,
+    };
+    let lock = if nothing_to_lock {
+        None
+    } else {
+        Some(backend.lock(operation).await?)
+    };
     let (state, new) = load_state(&backend, &stack).await?;
     check_cluster(&state, &cluster)?;
     Ok(Opened {

@@ -242,6 +242,15 @@ impl Change {
         }
     }
 
+    pub fn diff_mut(&mut self) -> Option<&mut String> {
+        match &mut self.op {
+            Op::Create(w) | Op::Update { write: w, .. } => w.diff.as_mut(),
+            Op::Patch(e) | Op::Revert(e) => e.diff.as_mut(),
+            Op::Refused(r) => r.diff.as_mut(),
+            _ => None,
+        }
+    }
+
     pub fn outside_diff(&self) -> Option<&str> {
         match &self.op {
             Op::Update { outside_diff, .. } | Op::NoOp(Keep::Record { outside_diff, .. }) => {

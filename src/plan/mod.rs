@@ -165,11 +165,20 @@ pub fn build(
             options,
             &mut plan.warnings,
         );
+        // Forgetting what the state never had is nothing to do: a destroy of
+        // a stack never applied (or destroyed already) lists nothing.
+        let change = change
+            .filter(|c| c.action() != Action::Forget || state.resources.contains_key(&c.address));
         if let Some(c) = change {
             if let Some(e) = c.error() {
                 plan.errors.push(format!("{}: {e}", c.address));
             }
             plan.changes.push(c);
+        }
+    }
+    if state_new {
+        for diff in plan.changes.iter_mut().filter_map(Change::diff_mut) {
+            *diff = unknown_until_applied(diff, &state.lineage);
         }
     }
     if !options.destroy {
@@ -507,6 +516,27 @@ fn plan_object(
     }
     let found = Found { live, seen, st };
     Some(to_update(c, o, found, payload, options))
+}
+
+/// Without a state, its lineage and fingerprint key are made up for this
+/// plan alone: shown as they are, the lineage annotation and the secret
+/// checksums (keyed by that key) would differ on every plan. The apply makes
+/// the real ones, so the plan says so, as Terraform does.
+fn unknown_until_applied(diff: &str, lineage: &str) -> String {
+    let checksum = format!("{}: ", desired::ANNOTATION_SECRET_CHECKSUM);
+    let mut out: String = diff
+        .replace(lineage, "(known after apply)")
+        .lines()
+        .map(|line| match line.find(&checksum) {
+            Some(at) => format!("{}(known after apply)", &line[..at + checksum.len()]),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if diff.ends_with('\n') {
+        out.push('\n');
+    }
+    out
 }
 
 /// The change's identity: what it is and where; nothing to do yet.

@@ -455,6 +455,29 @@ async fn an_update_the_server_refuses_is_not_planned_as_a_create() {
     plan.stdout_has("rayservice.mistral-7b will be updated");
 }
 
+/// A stack never applied: plan writes nothing (no `state/`, no lock file),
+/// shows the same thing every time (the lineage a first apply will make is
+/// "known after apply", not a new random one per plan), and its destroy plan
+/// is empty instead of forgetting what the state never had.
+#[tokio::test]
+async fn a_plan_without_a_state_writes_nothing_and_says_the_same_each_time() {
+    let env = Env::new(Profile::V1, "nostate").await;
+    let stack = env.mission_stack("nostate");
+    let first = env.rayform(&["plan", &stack]).ok();
+    let second = env.rayform(&["plan", &stack]).ok();
+    assert_eq!(first.stdout, second.stdout);
+    first.stdout_has("rayform.io/lineage: (known after apply)");
+    assert!(!env.path("state").exists(), "plan created state/");
+    let destroy = env.rayform(&["plan", &stack, "--destroy"]).ok();
+    assert!(
+        !destroy.stdout.contains("removed from state"),
+        "{}",
+        destroy.stdout
+    );
+    destroy.stdout_has("Plan: 0 to destroy, 0 to revert.");
+    assert!(!env.path("state").exists());
+}
+
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
 fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
     let mut text = format!(
