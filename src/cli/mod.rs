@@ -390,6 +390,14 @@ async fn make_plan(
     ))
 }
 
+/// A plan whose state would not fit where it is kept is a plan with an
+/// error: shown by `plan`, refused by apply before anything is written.
+fn check_size(backend: &Backend, state: &State, plan: &mut Plan) {
+    if let Err(e) = backend.check_size(state, plan) {
+        plan.errors.push(e.to_string());
+    }
+}
+
 fn read_secrets(s: &Stack) -> Result<SecretValues, Error> {
     let mut values = SecretValues::new();
     for r in &s.resources {
@@ -535,6 +543,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         .into());
     }
     apply::check_fresh(&cluster, &plan, &state).await?;
+    backend.check_size(&state, &plan)?;
     // Secret values are not in the plan: read them again from where the stack says.
     let secrets = if plan
         .changes

@@ -337,6 +337,36 @@ impl Cluster {
             .map_err(|e| self.typed_error::<K>(e, "update", namespace, &name))
     }
 
+    /// Deletes an object rayform keeps for itself; one already gone is fine.
+    pub async fn delete_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), ClusterError> {
+        match self
+            .typed::<K>(namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.typed_error::<K>(e, "delete", namespace, name)),
+        }
+    }
+
+    /// Objects rayform keeps for itself that carry a label selector.
+    pub async fn list_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Vec<K>, ClusterError> {
+        self.typed::<K>(namespace)
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map(|list| list.items)
+            .map_err(|e| self.typed_error::<K>(e, "list", namespace, ""))
+    }
+
     fn typed_error<K: Builtin>(
         &self,
         e: kube::Error,
