@@ -11,6 +11,8 @@ mod support;
 mod cluster;
 mod doctor;
 mod engine;
+mod fault_proxy;
 mod karpenter;
 mod readiness;
+mod state_store;
 mod validate;
