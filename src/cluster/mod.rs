@@ -11,6 +11,7 @@ mod inspect;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -354,16 +355,17 @@ impl Cluster {
         }
     }
 
-    /// Objects rayform keeps for itself that carry a label selector.
-    pub async fn list_typed<K: Builtin>(
+    /// The metadata (not the data) of objects rayform keeps for itself
+    /// that carry a label selector.
+    pub async fn list_meta_typed<K: Builtin>(
         &self,
         namespace: &str,
         selector: &str,
-    ) -> Result<Vec<K>, ClusterError> {
+    ) -> Result<Vec<ObjectMeta>, ClusterError> {
         self.typed::<K>(namespace)
-            .list(&ListParams::default().labels(selector))
+            .list_metadata(&ListParams::default().labels(selector))
             .await
-            .map(|list| list.items)
+            .map(|list| list.items.into_iter().map(|o| o.metadata).collect())
             .map_err(|e| self.typed_error::<K>(e, "list", namespace, ""))
     }
 

@@ -50,6 +50,8 @@ struct Stored {
     backup_parts: Vec<String>,
     /// The backup is written (or there was nothing to back up).
     backed_up: bool,
+    /// Parts left by a killed run were looked for.
+    swept: bool,
 }
 
 /// What `state restore` did.
@@ -289,20 +291,23 @@ impl SecretBackend {
                 .collect()
         };
         let mut stale: Vec<String> = previous.map(|p| p.parts().to_vec()).unwrap_or_default();
-        if previous.is_some_and(|p| !p.parts().is_empty()) || !now.parts().is_empty() {
-            // Parts of a run killed before it switched the state to them:
-            // only those of older serials, never a newer writer's.
+        let sweep = !self.stored().swept
+            && (previous.is_some_and(|p| !p.parts().is_empty()) || !now.parts().is_empty());
+        if sweep {
+            // Once a run: the parts of a run killed before it switched the
+            // state to them. Only those of older serials, never a newer writer's.
+            self.stored().swept = true;
             let selector = format!("{}={}", stored::PART_OF, self.stack);
             match self
                 .cluster
-                .list_typed::<Secret>(&self.namespace, &selector)
+                .list_meta_typed::<Secret>(&self.namespace, &selector)
                 .await
             {
                 Ok(parts) => stale.extend(
                     parts
-                        .iter()
+                        .into_iter()
                         .filter(|p| stored::part_serial(p) < now.serial)
-                        .filter_map(|p| p.metadata.name.clone()),
+                        .filter_map(|p| p.name),
                 ),
                 Err(e) => tracing::warn!("cannot list the state's parts to tidy them: {e}"),
             }

@@ -250,9 +250,8 @@ pub fn part_bytes(secret: Secret) -> Option<Vec<u8>> {
 }
 
 /// The serial a part was written for (0 if unreadable).
-pub fn part_serial(secret: &Secret) -> u64 {
-    secret
-        .metadata
+pub fn part_serial(metadata: &ObjectMeta) -> u64 {
+    metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(SERIAL))
