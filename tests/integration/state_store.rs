@@ -12,7 +12,7 @@ use rayform::state::{Applied, ResourceState, State};
 use serde_json::{Value, json};
 
 use crate::fault_proxy::{Drop, FaultProxy};
-use crate::support::{Backend, Env, Profile, Run};
+use crate::support::{Backend, Env, OwnCluster, Profile, Run, Running};
 
 /// Runs a test once per state backend: both keep backups alike.
 macro_rules! on_both_backends {
@@ -265,6 +265,55 @@ async fn a_state_write_whose_answer_is_lost_is_read_back_and_the_apply_goes_on()
     rayform(&env, &through, &["plan", &stack, "--detailed-exitcode"])
         .await
         .code(0);
+}
+
+/// The API server restarts while an apply rewrites the state every second:
+/// the run says what happened (the cluster could not be reached), never that
+/// someone else wrote the state, and the next run converges.
+#[tokio::test]
+async fn an_api_server_restart_mid_apply_ends_with_a_true_message_and_the_next_run_converges() {
+    let cluster = OwnCluster::up(Profile::V1);
+    let env = Env::on_cluster(
+        Backend::Kubernetes,
+        Profile::V1,
+        cluster.kubeconfig.clone(),
+        "restartmessage",
+    )
+    .await;
+    let n = 300;
+    let stack = config_maps(&env, "restartmessage", n, 8);
+    let args = [
+        "apply",
+        &stack,
+        "--auto-approve",
+        "--no-wait",
+        "--parallelism",
+        "1",
+    ];
+    let running = Running::spawn(env.command(&args));
+    running
+        .until("manifest.cm20: Created", std::time::Duration::from_secs(60))
+        .await;
+    cluster.restart_apiserver();
+    let first = running.finish();
+    let live = env.count("v1", "ConfigMap").await;
+    assert!((21..n).contains(&live), "mid-apply: {live} of {n} live");
+    assert_eq!(first.code, 1, "{}", first.all());
+    assert!(
+        first.stderr.contains("cannot reach the cluster"),
+        "the run says the cluster went away:\n{}",
+        first.stderr
+    );
+    assert!(
+        !first.all().contains("written by someone else") && !first.all().contains("panicked"),
+        "{}",
+        first.all()
+    );
+    env.rayform_once_unlocked(&args, std::time::Duration::from_secs(40))
+        .ok();
+    env.rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    assert_eq!(env.count("v1", "ConfigMap").await, n);
 }
 
 fn tracked(env: &Env, stack: &str) -> Vec<String> {
