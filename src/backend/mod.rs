@@ -39,9 +39,10 @@ pub enum BackendError {
     )]
     LockLost(String),
     #[error(
-        "the state of stack `{stack}` would take {} compressed, more than the kubernetes backend keeps ({} in {} Secrets of 1 MiB); nothing was written\n  help: split the stack in two (each stack has its own state), or keep this one's state in a file (--backend file)",
+        "the state of stack `{stack}` would take {} compressed, more than the kubernetes backend keeps ({} in {} Secrets of 1 MiB)\n  help: split the stack in two (each stack has its own state), or keep this one's state in a file (--backend file)",
         mib(*.bytes), mib(*.limit), .limit / kubernetes::stored::PART_BYTES
     )]
+    /// The state would pass what the kubernetes backend keeps (compressed bytes).
     TooLarge {
         stack: String,
         bytes: usize,
