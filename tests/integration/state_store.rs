@@ -173,7 +173,23 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
     drop(lock);
     rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;
 
-    // The next run keeps the state it found as its backup, parts and all.
+    // A part a killed run wrote but never switched the state to.
+    let orphan: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": "rayform-state-big.0123456789ab.0",
+            "labels": { "rayform.io/state-part-of": "big" },
+            "annotations": { "rayform.io/serial": "1" },
+        },
+        "data": { "part": "AAAA" },
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &orphan)
+        .await
+        .expect("create the orphan part");
+
+    // The next run keeps the state it found as its backup, parts and all,
+    // and deletes the orphan.
     let next = StateBackend::open(&location, Some(&cluster)).expect("open");
     let lock = next.lock("test").await.expect("lock");
     let mut found = next.load().await.expect("load").expect("a state");
@@ -184,7 +200,7 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
     assert_eq!(
         parts(&env, "big").await.len(),
         2 * after_one_run.len(),
-        "the backup's parts and the new state's"
+        "the backup's parts and the new state's, no orphan"
     );
     let restored = next
         .restore(&lock)
