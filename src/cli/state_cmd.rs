@@ -119,7 +119,16 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
     }
     let backend = backend_for(&s.state, g, out).await?;
     let lock = backend.lock("state push").await?;
-    if let Some(current) = backend.load().await? {
+    let current = match backend.load().await {
+        Ok(current) => current,
+        // A state that does not read is what a forced push replaces.
+        Err(e) if force => {
+            out.warn(&format!("replacing a state that does not read: {e}"));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(current) = current {
         if current.lineage != pushed.lineage && !force {
             return Err(format!("the state at {} has lineage {}, {} has {}: they are not the same state\n  help: pass --force to replace it anyway", s.state, current.lineage, file.display(), pushed.lineage).into());
         }

@@ -340,6 +340,7 @@ fn tracked(env: &Env, stack: &str) -> Vec<String> {
 /// `state rm`, `state push --force`, `import` and apply each keep the state
 /// as they found it; `state restore` puts it back, even over a state that
 /// no longer reads, and the error about such a state names that command.
+/// A state that does not read is never kept over a backup.
 async fn every_overwrite_of_the_state_keeps_a_backup_that_state_restore_puts_back(
     backend: Backend,
 ) {
@@ -355,6 +356,16 @@ async fn every_overwrite_of_the_state_keeps_a_backup_that_state_restore_puts_bac
     env.rayform(&["state", "restore", &stack])
         .code(1)
         .stderr_has("no backup of the state");
+    let first = env.state("backup")["serial"].as_u64().expect("a serial");
+    // An apply that changes every object, the state written several times:
+    // the backup is the state before the apply, not one written during it.
+    config_maps(&env, "backup", 3, 8);
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok()
+        .stdout_has("3 changed");
+    env.rayform(&["state", "restore", &stack])
+        .ok()
+        .stdout_has(&format!("serial {first} (3 resources)"));
     let applied = env.state("backup")["serial"].as_u64().expect("a serial");
 
     env.rayform(&["state", "rm", &stack, "manifest.cm0"]).ok();
@@ -409,6 +420,12 @@ async fn every_overwrite_of_the_state_keeps_a_backup_that_state_restore_puts_bac
         .code(1)
         .stderr_has("valid")
         .stderr_has("help: `rayform state restore STACK`");
+    // A forced push replaces a state that does not read, and keeps no
+    // backup of it: the one there is better.
+    env.rayform(&["state", "push", &stack, &file.to_string_lossy(), "--force"])
+        .ok()
+        .stderr_has("replacing a state that does not read");
+    assert!(tracked(&env, &stack).is_empty());
     env.rayform(&["state", "restore", &stack]).ok();
     assert_eq!(tracked(&env, &stack), all[1..], "the backup import kept");
 }

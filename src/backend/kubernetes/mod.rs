@@ -44,7 +44,8 @@ pub struct SecretBackend {
 struct Stored {
     /// The state Secret's resourceVersion as this run last read or wrote it.
     resource_version: Option<String>,
-    /// Its record then (`None`: no Secret, or one that does not read).
+    /// Its record then, once read whole (`None`: no Secret, or one that
+    /// does not read, which no backup replaces a good one with).
     record: Option<Record>,
     /// The parts the backup names: deleting stale parts keeps them.
     backup_parts: Vec<String>,
@@ -124,17 +125,19 @@ impl SecretBackend {
         stored.resource_version = found
             .as_ref()
             .and_then(|s| s.metadata.resource_version.clone());
-        let record = found.as_ref().map(Record::from_secret);
-        stored.record = record.clone().and_then(Result::ok);
-        Ok(record)
+        stored.record = None;
+        Ok(found.as_ref().map(Record::from_secret))
     }
 
     pub async fn load(&self) -> Result<Option<State>, BackendError> {
-        match self.fetch().await? {
-            None => Ok(None),
-            Some(Err(message)) => Err(self.corrupt(&self.describe(), message)),
-            Some(Ok(record)) => self.read(&record, &self.describe()).await.map(Some),
-        }
+        let record = match self.fetch().await? {
+            None => return Ok(None),
+            Some(Err(message)) => return Err(self.corrupt(&self.describe(), message)),
+            Some(Ok(record)) => record,
+        };
+        let state = self.read(&record, &self.describe()).await?;
+        self.stored().record = Some(record);
+        Ok(Some(state))
     }
 
     /// The state a record holds, its parts fetched and checked.
@@ -334,7 +337,15 @@ impl SecretBackend {
         let known = self.stored().record.clone();
         let current = match known {
             Some(r) => Some(r),
-            None => self.fetch().await?.and_then(Result::ok),
+            None => {
+                // Only a state that reads is worth keeping over the backup there.
+                let readable = self.load().await.is_ok_and(|s| s.is_some());
+                if readable {
+                    self.stored().record.clone()
+                } else {
+                    None
+                }
+            }
         };
         // No state, or one that does not read: the backup there is better kept.
         if let Some(record) = current {
