@@ -38,11 +38,11 @@ pub enum BackendError {
         "the state lock was lost: {0}\n  help: another run may have taken over the state; nothing more was written. Run `rayform plan` to see where things stand"
     )]
     LockLost(String),
+    /// The state would pass what the kubernetes backend keeps (compressed bytes).
     #[error(
         "the state of stack `{stack}` would take {} compressed, more than the kubernetes backend keeps ({} in {} Secrets of 1 MiB)\n  help: split the stack in two (each stack has its own state), or keep this one's state in a file (--backend file)",
         mib(*.bytes), mib(*.limit), .limit / kubernetes::stored::PART_BYTES
     )]
-    /// The state would pass what the kubernetes backend keeps (compressed bytes).
     TooLarge {
         stack: String,
         bytes: usize,
@@ -204,39 +204,42 @@ impl Backend {
 fn projected(state: &State, plan: &Plan) -> State {
     let mut after = state.clone();
     for change in &plan.changes {
-        let payload = match &change.op {
-            Op::Create(w) | Op::Update { write: w, .. } => Some(&w.payload),
-            Op::NoOp(Keep::Record { payload, .. }) => Some(payload),
-            Op::Delete(_) | Op::Forget => {
-                after.resources.remove(&change.address);
-                None
+        let address = change.address.clone();
+        match &change.op {
+            Op::Create(w) | Op::Update { write: w, .. } => {
+                after
+                    .resources
+                    .insert(address, recorded(change, &w.payload));
             }
-            _ => None,
-        };
-        if let Some(Payload {
-            body,
-            secret_fingerprints,
-            desired_fingerprint,
-        }) = payload
-        {
-            let entry = ResourceState {
-                api_version: change.api_version.clone(),
-                kind: change.kind.clone(),
-                name: change.name.clone(),
-                namespace: change.namespace.clone(),
-                // What the server adds: a uid and a resourceVersion.
-                uid: Some("00000000-0000-0000-0000-000000000000".into()),
-                resource_version: Some("0000000000".into()),
-                desired_fingerprint: desired_fingerprint.clone(),
-                live_fingerprint: desired_fingerprint.clone(),
-                applied: Applied::new(body),
-                secret_fingerprints: secret_fingerprints.clone(),
-                patch: None,
-            };
-            after.resources.insert(change.address.clone(), entry);
+            Op::NoOp(Keep::Record { payload, .. }) => {
+                after.resources.insert(address, recorded(change, payload));
+            }
+            Op::Delete(_) | Op::Forget => {
+                after.resources.remove(&address);
+            }
+            // A Karpenter patch records a few fields; the rest records nothing.
+            Op::NoOp(_) | Op::Patch(_) | Op::Revert(_) | Op::Wait(_) | Op::Refused(_) => {}
         }
     }
     after
+}
+
+/// What the state will record of an object written with `payload`.
+fn recorded(change: &crate::plan::Change, payload: &Payload) -> ResourceState {
+    ResourceState {
+        api_version: change.api_version.clone(),
+        kind: change.kind.clone(),
+        name: change.name.clone(),
+        namespace: change.namespace.clone(),
+        // What the server adds: a uid and a resourceVersion.
+        uid: Some("00000000-0000-0000-0000-000000000000".into()),
+        resource_version: Some("0000000000".into()),
+        desired_fingerprint: payload.desired_fingerprint.clone(),
+        live_fingerprint: payload.desired_fingerprint.clone(),
+        applied: Applied::new(&payload.body),
+        secret_fingerprints: payload.secret_fingerprints.clone(),
+        patch: None,
+    }
 }
 
 /// Records an apply's progress; see [`Backend::begin`].
