@@ -243,6 +243,9 @@ pub struct DestroyArgs {
     /// Restore recorded Karpenter originals even over changes made outside rayform
     #[arg(long)]
     pub force: bool,
+    /// Destroy only this resource and what depends on it (repeatable)
+    #[arg(long = "target", id = "targets", value_name = "ADDRESS")]
+    pub targets: Vec<String>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -302,6 +305,12 @@ pub struct Take {
     /// Take over an existing object rayform did not create (e.g. secret.hf-token)
     #[arg(long, value_name = "ADDRESS")]
     pub adopt: Vec<String>,
+    /// Plan only this resource and what it depends on (repeatable; for exceptional cases)
+    #[arg(long = "target", id = "targets", value_name = "ADDRESS")]
+    pub targets: Vec<String>,
+    /// Change nothing in the cluster: record in the state what is live now
+    #[arg(long)]
+    pub refresh_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
@@ -332,6 +341,12 @@ impl Take {
         }
         if !self.adopt.is_empty() {
             given.push("--adopt");
+        }
+        if !self.targets.is_empty() {
+            given.push("--target");
+        }
+        if self.refresh_only {
+            given.push("--refresh-only");
         }
         given
     }

@@ -129,13 +129,14 @@ pub(super) async fn apply(
             .iter()
             .any(|c| c.action() == plan::Action::Wait)
             && !no_wait;
-        // Forgetting what is already gone changes only the state: no
-        // question to ask, but it must still be written.
+        // Recording an object that is already right changes only the
+        // state: no question to ask (unless recording is what was asked
+        // for, with --refresh-only), but it must still be written.
         let state_only = plan.changes.iter().any(plan::Change::records_only);
         if !plan.has_changes() && !state_only && !waits {
             return Ok(0);
         }
-        if plan.needs_approval()
+        if (plan.needs_approval() || (take.refresh_only && state_only))
             && let Answer::Declined(code) = confirm(auto_approve, "apply", out, stop).await?
         {
             return Ok(code);
@@ -164,6 +165,7 @@ pub(super) async fn destroy(
         stack,
         auto_approve,
         force,
+        targets,
         run,
     } = args;
     let Opened {
@@ -181,7 +183,10 @@ pub(super) async fn destroy(
         &state,
         new,
         &cluster,
-        &Take::default(),
+        &Take {
+            targets,
+            ..Take::default()
+        },
         true,
         force,
         out,

@@ -400,12 +400,18 @@ async fn make_plan(
     };
     let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
-    let mut adopt = BTreeSet::new();
-    for a in &take.adopt {
-        adopt.insert(
-            Address::parse(a)
-                .ok_or_else(|| format!("--adopt {a}: not an address like secret.hf-token"))?,
-        );
+    let adopt = addresses("--adopt", &take.adopt)?;
+    let targets = addresses("--target", &take.targets)?;
+    if let Some(unknown) = targets
+        .iter()
+        .find(|a| s.get(a).is_none() && !state.resources.contains_key(a))
+    {
+        return Err(format!(
+            "--target {unknown}: no such resource in {} or its state\n  help: `rayform state list {}` and the stack file list the addresses",
+            s.file.display(),
+            s.file.display()
+        )
+        .into());
     }
     let world = observe::observe(
         cluster,
@@ -429,6 +435,8 @@ async fn make_plan(
         destroy,
         force_conflicts: take.force_conflicts,
         adopt,
+        targets,
+        refresh_only: take.refresh_only,
     };
     Ok(plan::build(
         s, graph, &desired, state, new, &world, &options,
@@ -441,6 +449,17 @@ fn check_size(backend: &Backend, state: &State, plan: &mut Plan) {
     if let Err(e) = backend.check_size(state, plan) {
         plan.errors.push(e.to_string());
     }
+}
+
+/// The addresses given to a flag, each checked for shape.
+fn addresses(flag: &str, given: &[String]) -> Result<BTreeSet<Address>, Error> {
+    given
+        .iter()
+        .map(|a| {
+            Address::parse(a)
+                .ok_or_else(|| format!("{flag} {a}: not an address like secret.hf-token").into())
+        })
+        .collect()
 }
 
 fn read_secrets(s: &Stack) -> Result<SecretValues, Error> {

@@ -12,6 +12,7 @@ mod checks;
 mod diff;
 mod render;
 pub mod rollout;
+mod scope;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -110,6 +111,10 @@ pub struct PlanOptions {
     pub force_conflicts: bool,
     /// Objects the user allows rayform to take over though it did not create them.
     pub adopt: BTreeSet<Address>,
+    /// `--target`: only these and what they need (empty: everything).
+    pub targets: BTreeSet<Address>,
+    /// `--refresh-only`: change nothing, record what is live.
+    pub refresh_only: bool,
 }
 
 /// Decides what to do with every resource.
@@ -135,6 +140,10 @@ pub fn build(
             .filter(|a| stack.get(a).is_none())
             .cloned(),
     );
+    if !options.targets.is_empty() {
+        let keep = scope::targeted(graph, &options.targets, options.destroy);
+        order.retain(|a| keep.contains(a));
+    }
     let mut plan = Plan {
         format_version: FORMAT_VERSION.into(),
         rayform_version: env!("CARGO_PKG_VERSION").into(),
@@ -181,7 +190,11 @@ pub fn build(
             *diff = unknown_until_applied(diff, &state.lineage);
         }
     }
-    if !options.destroy {
+    if !options.targets.is_empty() {
+        plan.warnings
+            .push(scope::targeting_warning(&options.targets));
+    }
+    if !options.destroy && !options.refresh_only {
         plan.warnings.extend(checks::warnings(desired, world));
     }
     order_changes(&mut plan, graph, options.destroy);
@@ -198,6 +211,9 @@ fn plan_one(
     options: &PlanOptions,
     warnings: &mut Vec<String>,
 ) -> Option<Change> {
+    if options.refresh_only {
+        return scope::refresh(address, observed, state);
+    }
     let wanted = if options.destroy {
         None
     } else {

@@ -499,6 +499,116 @@ async fn without_a_kuberay_operator_the_plan_warns_and_the_wait_fails_fast() {
     apply.stderr_has("help: install it");
 }
 
+/// `--target`: only the resource and what it depends on (a destroy: what
+/// depends on it), with Terraform's warning; an unknown address is refused.
+#[tokio::test]
+async fn a_targeted_plan_covers_the_resource_and_its_dependencies() {
+    let env = Env::new(Profile::V1, "targeted").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("targeted");
+    let plan = env
+        .rayform(&["plan", &stack, "--target", "secret.hf-token"])
+        .ok();
+    plan.stdout_has("resource targeting is in effect (secret.hf-token)");
+    plan.stdout_has("Plan: 1 to add, 0 to change, 0 to destroy, 0 to patch.");
+    env.rayform(&[
+        "apply",
+        &stack,
+        "--target",
+        "secret.hf-token",
+        "--auto-approve",
+    ])
+    .ok();
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_some()
+    );
+    assert!(
+        env.get("ray.io/v1", "RayService", Some(&env.ns), "mistral-7b")
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        env.karpenter_specs().await,
+        before,
+        "the pools were not targeted"
+    );
+
+    // The RayService needs its Secret: targeting it brings nothing else new.
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let destroy = env
+        .rayform(&["plan", &stack, "--destroy", "--target", "secret.hf-token"])
+        .ok();
+    destroy.stdout_has("rayservice.mistral-7b will be deleted");
+    destroy.stdout_has("Plan: 2 to destroy, 0 to revert.");
+    env.rayform(&["plan", &stack, "--target", "secret.nothere"])
+        .code(1)
+        .stderr_has("--target secret.nothere: no such resource");
+}
+
+/// `--refresh-only` writes nothing to the cluster: the state records a field
+/// changed outside rayform as it is, forgets what was deleted outside, and
+/// the next ordinary plan puts the stack's values back.
+#[tokio::test]
+async fn refresh_only_records_what_is_live_and_changes_nothing() {
+    let env = Env::new(Profile::V1, "refreshonly").await;
+    env.write(
+        "refreshonly.toml",
+        &format!(
+            "[stack]\nname = \"refreshonly\"\nnamespace = \"{ns}\"\n\n[manifest.kept]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ a = \"1\" }} }}\n\n[manifest.gone]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ b = \"1\" }} }}\n",
+            ns = env.ns
+        ),
+    );
+    env.rayform(&["apply", "refreshonly.toml", "--auto-approve"]).ok();
+    env.merge_as(
+        "someone",
+        "v1",
+        "ConfigMap",
+        Some(&env.ns),
+        "kept",
+        json!({"data": {"a": "2"}}),
+    )
+    .await;
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    configmaps
+        .delete("gone", &Default::default())
+        .await
+        .unwrap();
+
+    let plan = env.rayform(&["plan", "refreshonly.toml", "--refresh-only"]).ok();
+    plan.stdout_has("changed outside rayform: recorded as it is now");
+    plan.stdout_has("manifest.gone will be removed from state");
+    assert!(!plan.stdout.contains("will be updated"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("will be created"), "{}", plan.stdout);
+    env.rayform(&["apply", "refreshonly.toml", "--refresh-only", "--auto-approve"])
+        .ok();
+    let kept = env
+        .get("v1", "ConfigMap", Some(&env.ns), "kept")
+        .await
+        .unwrap();
+    assert_eq!(kept["data"]["a"], json!("2"), "nothing was written");
+    assert!(
+        env.get("v1", "ConfigMap", Some(&env.ns), "gone")
+            .await
+            .is_none()
+    );
+    let state = env.state("refreshonly");
+    assert!(state["resources"].get("manifest.gone").is_none(), "{state}");
+
+    // The stack still says "1" and still has `gone`: an ordinary plan restores both.
+    let plan = env.rayform(&["plan", "refreshonly.toml"]).ok();
+    plan.stdout_has("manifest.kept will be updated in place");
+    plan.stdout_has("manifest.gone will be created");
+    assert!(
+        !plan.stdout.contains("changed outside rayform"),
+        "{}",
+        plan.stdout
+    );
+}
+
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
 fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
     let mut text = format!(
