@@ -1352,6 +1352,8 @@ async fn a_run_whose_lease_is_taken_over_stops_without_writing_the_state() {
     assert!(started.elapsed() < Duration::from_secs(20));
     run.stderr_has("the state lock was lost");
     assert_eq!(serial().await, before, "no state written after the loss");
+    // Its help line runs as printed (the intruder holds the lock meanwhile).
+    crate::cli::run_suggested(&env, &run).stderr_has("state is locked by");
 }
 
 #[tokio::test]
