@@ -82,7 +82,7 @@ impl Out {
 
     /// A debug event, shown with `-v` in the same format as the library's.
     pub fn debug(&self, message: &str) {
-        tracing::debug!("{message}");
+        tracing::debug!(target: "rayform::cli", "{message}");
     }
 }
 
