@@ -637,6 +637,9 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         Some(path) => StateLocation::File { path: path.clone() },
         None => plan.state.clone(),
     };
+    let stack_default = load(&plan.stack_file, g).ok().map(|s| s.state);
+    let g = &suggest::at(g, stack_default.as_ref(), &location);
+    let how = Execution { global: g, ..how };
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&location, Some(&cluster))?;
     let lock = lock(&backend, "apply", &plan.stack_file, g).await?;

@@ -6,6 +6,8 @@
 use std::borrow::Cow;
 use std::path::Path;
 
+use rayform::stack::StateLocation;
+
 use super::args::Global;
 
 /// `rayform WORDS…`, with the location flags of this run, for a help line.
@@ -16,6 +18,35 @@ pub fn rayform<'a>(g: &'a Global, words: impl IntoIterator<Item = &'a str>) -> S
         .chain(words.into_iter().map(quote))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `g` for the commands suggested about a state at `location`: with the
+/// flags that choose it when the stack's own settings (`stack_default`)
+/// would choose another, as for a plan made with `--state` and applied
+/// without it.
+pub fn at(g: &Global, stack_default: Option<&StateLocation>, location: &StateLocation) -> Global {
+    let mut g = g.clone();
+    if stack_default.is_none_or(|d| d == location) {
+        return g;
+    }
+    let choosing = ["--state", "--backend", "--state-namespace"];
+    let kept: Vec<String> = g
+        .given
+        .chunks(2)
+        .filter(|flag| !choosing.contains(&flag[0].as_str()))
+        .flatten()
+        .cloned()
+        .collect();
+    let chosen = match location {
+        StateLocation::File { path } => {
+            ["--backend", "file", "--state", &path.to_string_lossy()].map(String::from)
+        }
+        StateLocation::Kubernetes { namespace, .. } => {
+            ["--backend", "kubernetes", "--state-namespace", namespace].map(String::from)
+        }
+    };
+    g.given = kept.into_iter().chain(chosen).collect();
+    g
 }
 
 /// A path as a word of a suggested command.

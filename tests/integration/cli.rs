@@ -164,6 +164,36 @@ async fn every_help_line_names_a_command_that_runs_as_printed() {
     run_suggested(&env, &locked).ok().stdout_has("is broken");
 }
 
+/// A plan made with `--state` and applied without it: the commands its
+/// help lines suggest work on the state it was made from.
+#[tokio::test]
+async fn a_saved_plans_help_lines_name_the_state_it_was_made_from() {
+    let env = Env::new(Profile::V1, "helpstate").await;
+    let stack = env.mission_stack("helpstate");
+    env.rayform(&["--state", "elsewhere/s.json", "init", &stack])
+        .ok();
+    env.rayform(&[
+        "--state",
+        "elsewhere/s.json",
+        "plan",
+        &stack,
+        "--out",
+        "b.plan",
+    ])
+    .ok();
+    std::fs::remove_file(env.path("elsewhere/s.json")).unwrap();
+    let gone = env.rayform(&["apply", "b.plan", "--auto-approve"]).code(1);
+    let commands = suggested(&gone);
+    assert_eq!(commands.len(), 2, "{}", gone.stderr);
+    for command in &commands {
+        run_as_printed(&env, command).ok();
+    }
+    assert!(env.path("elsewhere/s.json").exists(), "{commands:?}");
+    assert!(!env.path("state/helpstate.json").exists(), "{commands:?}");
+    env.rayform(&["apply", "b.plan", "--auto-approve", "--no-wait"])
+        .ok();
+}
+
 /// Terraform's single-dash long flags work as their double-dash forms;
 /// arguments after `--` and values of flags are left alone.
 #[tokio::test]
