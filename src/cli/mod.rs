@@ -275,7 +275,10 @@ async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8
         state.cluster = Some(cluster.id.clone());
     }
     backend.save(&mut state, &lock).await?;
-    out.line(&format!("Imported {address} (uid {uid}). Run `rayform plan` to see what apply would change to match the stack."));
+    out.line(&format!(
+        "Imported {address} (uid {uid}). Run `{}` to see what apply would change to match the stack.",
+        suggest::rayform(g, ["plan", &suggest::path(stack)])
+    ));
     Ok(0)
 }
 

@@ -4,11 +4,10 @@
 
 use crate::support::{Backend, Env, Profile, Run};
 
-/// The commands a run's help lines suggest (`` help: … `rayform …` ``), as words.
+/// The commands a run suggests (`` help: … `rayform …` ``), as words.
 fn suggested(run: &Run) -> Vec<Vec<String>> {
     run.all()
         .lines()
-        .filter(|l| l.trim_start().starts_with("help:"))
         .flat_map(|l| l.split('`').skip(1).step_by(2).map(str::to_string))
         .filter(|c| c.starts_with("rayform "))
         .map(|c| shell_words(&c))
@@ -143,6 +142,12 @@ async fn every_help_line_names_a_command_that_runs_as_printed() {
             .ok()
             .stdout_has("secret.hf-token");
     }
+
+    // Taken back into the state: plan shows the rest.
+    env.rayform(&["state", "rm", &stack, "secret.hf-token"])
+        .ok();
+    let imported = env.rayform(&["import", &stack, "secret.hf-token"]).ok();
+    run_suggested(&env, &imported).ok();
 
     // A lock another run holds: force-unlock it, with the stack and the
     // flag that chose the state, once that run has died.
