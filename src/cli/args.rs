@@ -162,10 +162,7 @@ pub fn terraform_style(
     let mut args = args.into_iter();
     let mut rewritten: Vec<std::ffi::OsString> = args.next().into_iter().collect();
     while let Some(arg) = args.next() {
-        let Some(text) = arg.to_str() else {
-            rewritten.push(arg);
-            continue;
-        };
+        let text = arg.to_str().unwrap_or_default();
         if text == "--" {
             rewritten.push(arg);
             rewritten.extend(args.by_ref());
@@ -176,28 +173,33 @@ pub fn terraform_style(
             rewritten.push(arg);
             continue;
         }
-        let long = text
-            .strip_prefix("--")
-            .or_else(|| text.strip_prefix('-').filter(|name| name.len() > 1));
-        let Some((name, value)) =
-            long.map(|l| l.split_once('=').map_or((l, None), |(n, v)| (n, Some(v))))
-        else {
-            rewritten.push(arg);
-            continue;
-        };
-        let Some(flag) = cmd.get_arguments().find(|a| a.get_long() == Some(name)) else {
-            rewritten.push(arg);
-            continue;
-        };
-        rewritten.push(match value {
-            Some(value) => format!("--{name}={value}").into(),
-            None => format!("--{name}").into(),
-        });
-        if value.is_none() && flag.get_action().takes_values() {
-            rewritten.extend(args.next());
+        match long_flag(&cmd, text) {
+            Some((flag, value_follows)) => {
+                rewritten.push(flag.into());
+                if value_follows {
+                    rewritten.extend(args.next());
+                }
+            }
+            None => rewritten.push(arg),
         }
     }
     rewritten
+}
+
+/// `text` as `--name` or `--name=value` when it names a long flag of `cmd`
+/// with one dash or two, and whether the next argument is the flag's value.
+fn long_flag(cmd: &clap::Command, text: &str) -> Option<(String, bool)> {
+    let long = text
+        .strip_prefix("--")
+        .or_else(|| text.strip_prefix('-').filter(|name| name.len() > 1))?;
+    let (name, value) = long
+        .split_once('=')
+        .map_or((long, None), |(name, value)| (name, Some(value)));
+    let flag = cmd.get_arguments().find(|a| a.get_long() == Some(name))?;
+    Some(match value {
+        Some(value) => (format!("--{name}={value}"), false),
+        None => (format!("--{name}"), flag.get_action().takes_values()),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

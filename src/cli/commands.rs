@@ -99,17 +99,13 @@ pub(super) async fn apply(
         let given = take.given();
         if !given.is_empty() {
             let stack = read_plan(&target)?.stack_file;
-            let stack = suggest::path(&stack);
-            let target = suggest::path(&target);
-            let words = ["plan", &stack].into_iter();
-            let flags = take.as_args();
-            let words = words
-                .chain(flags.iter().map(String::as_str))
-                .chain(["--out", &target]);
+            let mut words = vec!["plan".to_string(), suggest::path(&stack).into_owned()];
+            words.extend(take.as_args());
+            words.extend(["--out".to_string(), suggest::path(&target).into_owned()]);
             return Err(format!(
                 "{} cannot change a saved plan: what it does was decided when it was made\n  help: make the plan again with them: `{}`",
                 given.join(", "),
-                suggest::rayform(g, words)
+                suggest::rayform(g, words.iter().map(String::as_str))
             )
             .into());
         }
