@@ -31,8 +31,10 @@ pub enum ApplyError {
     },
     #[error("{address}: {message}")]
     Resource { address: Address, message: String },
-    #[error("the saved plan is stale: {0}; nothing was changed\n  help: run `rayform plan` again")]
+    #[error("the saved plan is stale: {0}")]
     Stale(String),
+    #[error("{address}: {what} does not exist; there is nothing to import")]
+    NothingToImport { address: Address, what: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -755,13 +757,16 @@ pub async fn import(
         .get(&kind, namespace, &want.name)
         .await
         .map_err(cluster_err(address))?
-        .ok_or_else(|| {
-            fail(format!(
-                "{} `{}` does not exist{}; there is nothing to import\n  help: `rayform apply` creates it",
+        .ok_or_else(|| ApplyError::NothingToImport {
+            address: address.clone(),
+            what: format!(
+                "{} `{}`{}",
                 want.kind,
                 want.name,
-                namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default()
-            ))
+                namespace
+                    .map(|n| format!(" in namespace {n}"))
+                    .unwrap_or_default()
+            ),
         })?;
     if let Some(other) = desired::other_stack(&live, &state.stack) {
         return Err(fail(format!(

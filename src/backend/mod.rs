@@ -35,7 +35,7 @@ pub enum BackendError {
     #[error("{0}")]
     Kubernetes(String),
     #[error(
-        "the state lock was lost: {0}\n  help: another run may have taken over the state; nothing more was written. Run `rayform plan` to see where things stand"
+        "the state lock was lost: {0}\n  help: another run may have taken over the state; nothing more was written"
     )]
     LockLost(String),
     /// The state would pass what the kubernetes backend keeps (compressed bytes).

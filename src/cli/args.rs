@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum as _};
 
 /// Plan, apply and destroy LLM serving (KubeRay RayService) on Karpenter-autoscaled Kubernetes.
 #[derive(Debug, Parser)]
@@ -21,7 +21,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)
     #[arg(long, global = true, value_name = "PATH")]
@@ -65,6 +65,141 @@ pub struct Global {
     /// (RAYFORM_LOG=FILTER picks any); secret values are never shown
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The flags above that choose the cluster and the state, as typed on
+    /// the command line: a command suggested in a help line repeats them,
+    /// so that it works on the same state when run as printed.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// The global flags that choose the cluster and the state: they mean
+/// nothing to the commands that touch neither.
+const LOCATION_FLAGS: [&str; 5] = [
+    "kubeconfig",
+    "context",
+    "state",
+    "backend",
+    "state_namespace",
+];
+
+/// The commands that read no state and reach no cluster.
+const LOCAL_COMMANDS: [&str; 5] = ["validate", "graph", "show", "completions", "man"];
+
+/// The command line's definition: [`Cli`]'s, with the location flags
+/// hidden from the help and man pages of the commands they mean nothing to.
+pub fn command() -> clap::Command {
+    built(Cli::command())
+}
+
+/// [`command`] as the man pages show it: without the `help` commands,
+/// which have no page (`--help` is on every page).
+pub fn man_pages() -> clap::Command {
+    let cmd = Cli::command()
+        .disable_help_subcommand(true)
+        .mut_subcommand("state", |state| state.disable_help_subcommand(true));
+    built(cmd)
+}
+
+fn built(mut cmd: clap::Command) -> clap::Command {
+    // Builds the subcommands, global flags included, so they can be edited.
+    cmd.build();
+    LOCAL_COMMANDS.iter().fold(cmd, |cmd, name| {
+        // `mut_args` edits in place: the built command's index of its flags stays true.
+        cmd.mut_subcommand(name, |sub| {
+            sub.mut_args(|a| {
+                let location = LOCATION_FLAGS.contains(&a.get_id().as_str());
+                a.hide(location)
+            })
+        })
+    })
+}
+
+/// Parses the command line; `args` as [`terraform_style`] leaves them.
+pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
+    cli.global.given = given_location(&matches, &cli.global);
+    Ok(cli)
+}
+
+/// `--kubeconfig`, `--context`, `--state`, `--backend` and
+/// `--state-namespace` with their values, for those typed on the command
+/// line (the environment carries the others to a command run as printed).
+fn given_location(matches: &clap::ArgMatches, g: &Global) -> Vec<String> {
+    let typed = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let values = [
+        ("kubeconfig", path(&g.kubeconfig)),
+        ("context", g.context.clone()),
+        ("state", path(&g.state)),
+        (
+            "backend",
+            g.backend.map(|b| match b {
+                Backend::File => "file".to_string(),
+                Backend::Kubernetes => "kubernetes".to_string(),
+            }),
+        ),
+        ("state_namespace", g.state_namespace.clone()),
+    ];
+    values
+        .into_iter()
+        .filter(|(id, _)| typed(id))
+        .filter_map(|(id, value)| Some([format!("--{}", id.replace('_', "-")), value?]))
+        .flatten()
+        .collect()
+}
+
+/// Terraform's single-dash long flags (`-auto-approve`, `-out=x.plan`) as
+/// clap's double-dash ones, for the hands of Terraform users. An argument is
+/// rewritten only where a flag may stand, and only when it names a long flag
+/// of the command it is given to; the values of flags and everything after
+/// `--` are left as they are.
+pub fn terraform_style(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut cmd = command();
+    let mut args = args.into_iter();
+    let mut rewritten: Vec<std::ffi::OsString> = args.next().into_iter().collect();
+    while let Some(arg) = args.next() {
+        let text = arg.to_str().unwrap_or_default();
+        if text == "--" {
+            rewritten.push(arg);
+            rewritten.extend(args.by_ref());
+            break;
+        }
+        if let Some(sub) = cmd.find_subcommand(text) {
+            cmd = sub.clone();
+            rewritten.push(arg);
+            continue;
+        }
+        match long_flag(&cmd, text) {
+            Some((flag, value_follows)) => {
+                rewritten.push(flag.into());
+                if value_follows {
+                    rewritten.extend(args.next());
+                }
+            }
+            None => rewritten.push(arg),
+        }
+    }
+    rewritten
+}
+
+/// `text` as `--name` or `--name=value` when it names a long flag of `cmd`
+/// with one dash or two, and whether the next argument is the flag's value.
+fn long_flag(cmd: &clap::Command, text: &str) -> Option<(String, bool)> {
+    let long = text
+        .strip_prefix("--")
+        .or_else(|| text.strip_prefix('-').filter(|name| name.len() > 1))?;
+    let (name, value) = long
+        .split_once('=')
+        .map_or((long, None), |(name, value)| (name, Some(value)));
+    let flag = cmd.get_arguments().find(|a| a.get_long() == Some(name))?;
+    Some(match value {
+        Some(value) => (format!("--{name}={value}"), false),
+        None => (format!("--{name}"), flag.get_action().takes_values()),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -148,7 +283,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read or edit the state: list, show, rm, pull, push
+    /// Read or edit the state: list, show, mv, rm, pull, push
     #[command(subcommand)]
     State(StateCommand),
     /// Check, before a first apply, whether the stack can work on this cluster
@@ -183,8 +318,11 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page, in roff (e.g. `rayform man > rayform.1`)
-    Man,
+    /// Print a man page, in roff (e.g. `rayform man > rayform.1`, `rayform man plan > rayform-plan.1`)
+    Man {
+        /// The command whose page to print, e.g. `plan` or `state push` (default: rayform's own)
+        command: Vec<String>,
+    },
     /// Break the state lock of a run that died
     ForceUnlock {
         /// The stack file (TOML)
@@ -264,6 +402,15 @@ pub enum StateCommand {
         /// e.g. rayservice.mistral-7b, nodepool.default
         address: String,
     },
+    /// Record an object under another address, e.g. after renaming it in the stack (the cluster is not touched)
+    Mv {
+        /// The stack file (TOML)
+        stack: PathBuf,
+        /// The address the state records it under now, e.g. rayservice.old-name
+        from: String,
+        /// The address to record it under, e.g. rayservice.new-name
+        to: String,
+    },
     /// Stop managing objects without deleting them (they stay in the cluster)
     Rm {
         /// The stack file (TOML)
@@ -281,7 +428,7 @@ pub enum StateCommand {
     Push {
         /// The stack file (TOML)
         stack: PathBuf,
-        /// The state file to store
+        /// The state file to store, or `-` to read it from standard input
         file: PathBuf,
         /// Replace a state of another lineage or a newer serial
         #[arg(long)]
@@ -350,12 +497,29 @@ impl Take {
         }
         given
     }
+
+    /// These flags as arguments that give them again.
+    pub fn as_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(which) = self.server_dry_run
+            && let Some(value) = which.to_possible_value()
+        {
+            args.extend(["--server-dry-run".to_string(), value.get_name().to_string()]);
+        }
+        if self.force_conflicts {
+            args.push("--force-conflicts".to_string());
+        }
+        for address in &self.adopt {
+            args.extend(["--adopt".to_string(), address.clone()]);
+        }
+        args
+    }
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// How many independent resources to work on at once
-    #[arg(long, default_value_t = 10)]
+    /// How many independent resources to work on at once (at least 1)
+    #[arg(long, default_value_t = 10, value_parser = parse_parallelism)]
     pub parallelism: usize,
     /// How long a delete may wait for finalizers
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -368,7 +532,84 @@ fn parse_endpoint(s: &str) -> Result<String, String> {
     rayform::stack::endpoint(s)
 }
 
+fn parse_parallelism(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 would work on nothing; give 1 or more".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a count (e.g. 1, 10)")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     rayform::util::parse_duration(s)
         .ok_or_else(|| format!("`{s}` is not a duration (e.g. 90s, 5m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(args: &[&str]) -> Vec<String> {
+        let args = std::iter::once("rayform").chain(args.iter().copied());
+        terraform_style(args.map(std::ffi::OsString::from))
+            .into_iter()
+            .skip(1)
+            .map(|a| a.into_string().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn terraform_flags_become_long_flags_of_their_command() {
+        assert_eq!(
+            rewritten(&[
+                "plan",
+                "s.toml",
+                "-out=x.plan",
+                "-detailed-exitcode",
+                "-no-color"
+            ]),
+            [
+                "plan",
+                "s.toml",
+                "--out=x.plan",
+                "--detailed-exitcode",
+                "--no-color"
+            ]
+        );
+        assert_eq!(
+            rewritten(&["state", "push", "s.toml", "-", "-force"]),
+            ["state", "push", "s.toml", "-", "--force"]
+        );
+    }
+
+    #[test]
+    fn values_short_flags_unknown_flags_and_what_follows_a_double_dash_are_left_alone() {
+        assert_eq!(
+            rewritten(&[
+                "-vv",
+                "plan",
+                "s.toml",
+                "--context",
+                "-json",
+                "-lock-timeout=5s"
+            ]),
+            [
+                "-vv",
+                "plan",
+                "s.toml",
+                "--context",
+                "-json",
+                "-lock-timeout=5s"
+            ]
+        );
+        assert_eq!(
+            rewritten(&["plan", "-out", "-destroy", "--", "-json"]),
+            ["plan", "--out", "-destroy", "--", "-json"]
+        );
+        // `-auto-approve` is apply's, not plan's.
+        assert_eq!(
+            rewritten(&["plan", "s.toml", "-auto-approve"]),
+            ["plan", "s.toml", "-auto-approve"]
+        );
+    }
 }

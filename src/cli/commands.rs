@@ -30,10 +30,10 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
         // values by fingerprints under the state's key: without a state there
         // is nothing durable to check against, and plan never writes one.
         return Err(format!(
-            "the stack `{}` has no state yet at {}, and a saved plan is checked against its state\n  help: create the state once with `rayform init {}`, then plan again with --out {}",
+            "the stack `{}` has no state yet at {}, and a saved plan is checked against its state\n  help: create the state once with `{}`, then plan again with --out {}",
             s.name,
             s.state,
-            stack.display(),
+            suggest::rayform(g, ["init", &suggest::path(&stack)]),
             path.display()
         )
         .into());
@@ -91,6 +91,7 @@ pub(super) async fn apply(
     } = args;
     let how = Execution {
         run: &run,
+        global: g,
         wait: !no_wait,
         endpoint,
         stop,
@@ -98,11 +99,14 @@ pub(super) async fn apply(
     if is_plan_file(&target) {
         let given = take.given();
         if !given.is_empty() {
+            let stack = read_plan(&target)?.stack_file;
+            let mut words = vec!["plan".to_string(), suggest::path(&stack).into_owned()];
+            words.extend(take.as_args());
+            words.extend(["--out".to_string(), suggest::path(&target).into_owned()]);
             return Err(format!(
-                "{} cannot change a saved plan: what it does was decided when it was made\n  help: make the plan again with them: rayform plan STACK {} --out {}",
+                "{} cannot change a saved plan: what it does was decided when it was made\n  help: make the plan again with them: `{}`",
                 given.join(", "),
-                given.join(" ... "),
-                target.display()
+                suggest::rayform(g, words.iter().map(String::as_str))
             )
             .into());
         }
@@ -212,6 +216,7 @@ pub(super) async fn destroy(
     }
     let how = Execution {
         run: &run,
+        global: g,
         wait: false,
         endpoint: None,
         stop,

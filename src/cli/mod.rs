@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod output;
 mod state_cmd;
+mod suggest;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, IsTerminal as _};
@@ -12,10 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{CommandFactory as _, Parser as _};
-
 use rayform::apply::{self, ApplyOptions, Event, SecretValues, Stop};
-use rayform::backend::{Backend, Lock};
+use rayform::backend::{Backend, BackendError, Lock};
 use rayform::cluster::{Cluster, ConnectOptions};
 use rayform::desired::{self, Secrets};
 use rayform::graph::Graph;
@@ -23,7 +22,7 @@ use rayform::observe::{self, Mode, ObserveOptions};
 use rayform::plan::{self, Plan, PlanOptions};
 use rayform::stack::StateLocation;
 use rayform::stack::{self, Address, ResourceSpec, Stack};
-use rayform::state::State;
+use rayform::state::{State, StateError};
 
 use args::{Cli, Command, Global, RunArgs, Take};
 use output::Out;
@@ -32,7 +31,7 @@ use output::Out;
 type Error = Box<dyn std::error::Error>;
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match args::parse(args::terraform_style(std::env::args_os())) {
         Ok(cli) => cli,
         // Exit 2 means "changes present" to `plan --detailed-exitcode`
         // users, so a usage error exits 1, as Terraform's do; --help and
@@ -47,7 +46,7 @@ pub fn main() -> ExitCode {
     } else {
         cli.global.color
     };
-    let out = Out::new(color, cli.global.verbose);
+    let out = Out::new(color);
     if let Err(e) = output::init_logs(cli.global.verbose, out.color_err()) {
         out.error(&e);
         return ExitCode::from(1);
@@ -94,7 +93,14 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {
-            out.error(&with_snippet(e.as_ref()));
+            // A stack with several errors: each with its own source line.
+            match e.downcast_ref::<stack::StackError>() {
+                Some(e) => e
+                    .each()
+                    .into_iter()
+                    .for_each(|e| out.error(&with_snippet(e))),
+                None => out.error(&with_snippet(e.as_ref())),
+            }
             ExitCode::from(1)
         }
         Err((name, code, finished)) => {
@@ -194,16 +200,11 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
         Command::Doctor { stack, json } => doctor(stack.as_deref(), json, g, out).await,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "rayform", &mut buf);
+            clap_complete::generate(shell, &mut args::command(), "rayform", &mut buf);
             out.raw(&String::from_utf8_lossy(&buf));
             Ok(0)
         }
-        Command::Man => {
-            let mut buf = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
-            out.raw(&String::from_utf8_lossy(&buf));
-            Ok(0)
-        }
+        Command::Man { command } => man(&command, out),
         Command::ForceUnlock { stack, lock_id } => {
             let s = load(&stack, g)?;
             let info = backend_for(&s.state, g, out)
@@ -214,6 +215,24 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
             Ok(0)
         }
     }
+}
+
+/// `rayform man [COMMAND…]`: rayform's page, or the page of one of its
+/// commands, which the main page names as `rayform-plan(1)` and so on.
+fn man(words: &[String], out: &Out) -> Result<u8, Error> {
+    let mut page = args::man_pages();
+    for (i, word) in words.iter().enumerate() {
+        page = page.find_subcommand(word).cloned().ok_or_else(|| {
+            format!(
+                "`{}` is not a rayform command\n  help: `rayform --help` lists them",
+                words[..=i].join(" ")
+            )
+        })?;
+    }
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(page).render(&mut buf)?;
+    out.raw(&String::from_utf8_lossy(&buf));
+    Ok(0)
 }
 
 /// `rayform import`: records one existing object in the state, under the lock.
@@ -250,7 +269,16 @@ async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8
         })
         .flatten()
         .collect();
-    let entry = apply::import(&cluster, &address, want, &secret_keys, &state).await?;
+    let entry = apply::import(&cluster, &address, want, &secret_keys, &state)
+        .await
+        .map_err(|e| match e {
+            apply::ApplyError::NothingToImport { .. } => format!(
+                "{e}\n  help: `{}` creates it",
+                suggest::rayform(g, ["apply", &suggest::path(stack)])
+            )
+            .into(),
+            e => Error::from(e),
+        })?;
     let uid = entry.uid.clone().unwrap_or_default();
     state.released.remove(&address);
     state.resources.insert(address.clone(), entry);
@@ -258,7 +286,10 @@ async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8
         state.cluster = Some(cluster.id.clone());
     }
     backend.save(&mut state, held(&lock)?).await?;
-    out.line(&format!("Imported {address} (uid {uid}). Run `rayform plan` to see what apply would change to match the stack."));
+    out.line(&format!(
+        "Imported {address} (uid {uid}). Run `{}` to see what apply would change to match the stack.",
+        suggest::rayform(g, ["plan", &suggest::path(stack)])
+    ));
     Ok(0)
 }
 
@@ -295,7 +326,7 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
     let lock = if nothing_to_lock {
         None
     } else {
-        Some(backend.lock(operation).await?)
+        Some(lock(&backend, operation, path, g).await?)
     };
     let (state, new) = load_state(&backend, &stack).await?;
     check_cluster(&state, &cluster)?;
@@ -312,6 +343,19 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
 
 fn load(path: &Path, g: &Global) -> Result<Stack, Error> {
     Ok(stack::load(path, &g.state_override())?)
+}
+
+/// Takes the state lock; when another run holds it, says how to break it
+/// should that run have died.
+async fn lock(backend: &Backend, operation: &str, stack: &Path, g: &Global) -> Result<Lock, Error> {
+    backend.lock(operation).await.map_err(|e| match e {
+        BackendError::State(StateError::Locked(holder)) => format!(
+            "state is locked by {holder}\n  help: wait for that run to finish; if it died, run `{}`",
+            suggest::rayform(g, ["force-unlock", &suggest::path(stack), &holder.id])
+        )
+        .into(),
+        e => e.into(),
+    })
 }
 
 /// The backend at `location`; connects to the cluster only if the state is kept there.
@@ -544,6 +588,7 @@ async fn confirm(auto_approve: bool, verb: &str, out: &Out, stop: &Stop) -> Resu
 /// How a plan is carried out: apply's and destroy's flags, and the request to stop.
 struct Execution<'a> {
     run: &'a RunArgs,
+    global: &'a Global,
     wait: bool,
     endpoint: Option<String>,
     stop: &'a Stop,
@@ -569,7 +614,14 @@ async fn execute(
     };
     out.line("");
     let (_state, result) = apply::apply(cluster, plan, state, store, secrets, options).await;
-    let report = result?;
+    let report = result.map_err(|e| match e {
+        apply::ApplyError::Backend(BackendError::LockLost(_)) => format!(
+            "{e}\n  help: `{}` shows where things stand",
+            suggest::rayform(how.global, ["plan", &suggest::path(&plan.stack_file)])
+        )
+        .into(),
+        e => Error::from(e),
+    })?;
     let s = plan.summary();
     if plan.destroy {
         out.line(&format!(
@@ -645,14 +697,20 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         Some(path) => StateLocation::File { path: path.clone() },
         None => plan.state.clone(),
     };
+    let stack_default = load(&plan.stack_file, g).ok().map(|s| s.state);
+    let g = &suggest::at(g, stack_default.as_ref(), &location);
+    let how = Execution { global: g, ..how };
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&location, Some(&cluster))?;
-    let lock = backend.lock("apply").await?;
+    let lock = lock(&backend, "apply", &plan.stack_file, g).await?;
+    let stack = suggest::path(&plan.stack_file);
+    let plan_again = suggest::rayform(g, ["plan", &stack, "--out", &suggest::path(path)]);
     // `plan --out` needs a state (made by `init`), so a missing one was removed since.
     let Some(state) = backend.load().await? else {
         return Err(format!(
-            "the state {} was made from is gone from {location}\n  help: run `rayform init` and `rayform plan --out` again",
-            path.display()
+            "the state {} was made from is gone from {location}\n  help: create it again with `{}`, then make the plan again with `{plan_again}`",
+            path.display(),
+            suggest::rayform(g, ["init", &stack]),
         )
         .into());
     };
@@ -674,7 +732,15 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     } else {
         SecretValues::new()
     };
-    apply::check_fresh(&cluster, &plan, &state, &secrets).await?;
+    apply::check_fresh(&cluster, &plan, &state, &secrets)
+        .await
+        .map_err(|e| match e {
+            apply::ApplyError::Stale(why) => format!(
+                "the saved plan is stale: {why}; nothing was changed\n  help: make it again with `{plan_again}`, and review it before applying it"
+            )
+            .into(),
+            e => Error::from(e),
+        })?;
     backend.check_size(&state, &plan)?;
     out.raw(&plan::render_text(&plan, out.render_options()));
     execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await

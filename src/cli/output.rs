@@ -13,14 +13,13 @@ use super::args::ColorWhen;
 pub struct Out {
     color_out: bool,
     color_err: bool,
-    verbose: u8,
 }
 
 impl Out {
     /// Colour as the conventions say (no-color.org, bixense.com/clicolors):
     /// an explicit `--color` wins; in `auto`, a non-empty NO_COLOR turns it
     /// off, a CLICOLOR_FORCE other than 0 on, else a terminal decides.
-    pub fn new(when: ColorWhen, verbose: u8) -> Out {
+    pub fn new(when: ColorWhen) -> Out {
         let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
         let on = |terminal: bool| match when {
             ColorWhen::Always => true,
@@ -31,7 +30,6 @@ impl Out {
         Out {
             color_out: on(std::io::stdout().is_terminal()),
             color_err: on(std::io::stderr().is_terminal()),
-            verbose,
         }
     }
 
@@ -82,10 +80,9 @@ impl Out {
         let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
     }
 
+    /// A debug event, shown with `-v` in the same format as the library's.
     pub fn debug(&self, message: &str) {
-        if self.verbose > 0 {
-            let _ = writeln!(std::io::stderr().lock(), "debug: {message}");
-        }
+        tracing::debug!(target: "rayform::cli", "{message}");
     }
 }
 

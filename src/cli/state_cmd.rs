@@ -1,7 +1,7 @@
-//! `rayform init` and `rayform state list|show|rm|pull|push|restore`: what
-//! Terraform users reach for to create, see and correct what rayform tracks,
-//! to move a state between backends, and to go back to the backup kept
-//! before the last write, without touching anything else in the cluster.
+//! `rayform init` and `rayform state list|show|mv|rm|pull|push|restore`:
+//! what Terraform users reach for to create, see and correct what rayform
+//! tracks, to move a state between backends, and to go back to the backup
+//! kept before the last write, without touching anything else in the cluster.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,7 +12,7 @@ use rayform::state::{self, ResourceState, State};
 
 use super::args::{Global, StateCommand};
 use super::output::Out;
-use super::{Error, backend_for, load};
+use super::{Error, backend_for, load, lock, suggest};
 
 pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
     match command {
@@ -24,22 +24,23 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
         }
         StateCommand::Show { stack, address } => {
             let state = read(stack, g, out).await?;
-            let address = parse(address)?;
+            let address = parse(address, stack, g)?;
             let Some(recorded) = state.resources.get(&address) else {
-                return Err(state::StateError::NotTracked(vec![address.to_string()]).into());
+                let e = state::StateError::NotTracked(vec![address.to_string()]);
+                return Err(listed(e, stack, g));
             };
             out.raw(&describe(&address, recorded));
         }
         StateCommand::Rm { stack, addresses } => {
             let s = load(stack, g)?;
             let backend = backend_for(&s.state, g, out).await?;
-            let lock = backend.lock("state rm").await?;
+            let lock = lock(&backend, "state rm", stack, g).await?;
             let mut state = existing(&backend, &s).await?;
             let addresses = addresses
                 .iter()
-                .map(|a| parse(a))
+                .map(|a| parse(a, stack, g))
                 .collect::<Result<Vec<_>, _>>()?;
-            let removed = state.forget(&addresses)?;
+            let removed = state.forget(&addresses).map_err(|e| listed(e, stack, g))?;
             backend.save(&mut state, &lock).await?;
             for (address, recorded) in &removed {
                 out.line(&format!("Removed {address}: the object stays in the cluster, and rayform no longer manages it."));
@@ -52,6 +53,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
                 removed.len()
             ));
         }
+        StateCommand::Mv { stack, from, to } => mv(stack, from, to, g, out).await?,
         StateCommand::Pull { stack } => {
             let state = read(stack, g, out).await?;
             out.raw(&(serde_json::to_string_pretty(&state)? + "\n"));
@@ -67,7 +69,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
 pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
     let s = load(stack, g)?;
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = backend.lock("init").await?;
+    let lock = lock(&backend, "init", stack, g).await?;
     if let Some(current) = backend.load().await? {
         if current.stack != s.name {
             return Err(format!(
@@ -95,15 +97,19 @@ pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
 /// (unless forced) what would lose track of objects: another stack's state,
 /// another lineage, or an older serial than the one stored.
 async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> Result<(), Error> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let text = read_input(file)?;
+    let file = if file == Path::new("-") {
+        "standard input".to_string()
+    } else {
+        file.display().to_string()
+    };
     let mut pushed = state::store::decode(&text).map_err(|e| match e {
         state::store::Decoded::Corrupt(m) => {
-            format!("{} is not a rayform state: {m}", file.display())
+            format!("{} is not a rayform state: {m}", file)
         }
         state::store::Decoded::Version(v) => format!(
             "{} has state format_version {v}; this rayform reads {}",
-            file.display(),
+            file,
             state::FORMAT_VERSION
         ),
     })?;
@@ -111,14 +117,12 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
     if pushed.stack != s.name {
         return Err(format!(
             "{} is the state of stack `{}`, not `{}`",
-            file.display(),
-            pushed.stack,
-            s.name
+            file, pushed.stack, s.name
         )
         .into());
     }
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = backend.lock("state push").await?;
+    let lock = lock(&backend, "state push", stack, g).await?;
     let current = match backend.load().await {
         Ok(current) => current,
         // A state that does not read is what a forced push replaces.
@@ -130,17 +134,17 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
     };
     if let Some(current) = current {
         if current.lineage != pushed.lineage && !force {
-            return Err(format!("the state at {} has lineage {}, {} has {}: they are not the same state\n  help: pass --force to replace it anyway", s.state, current.lineage, file.display(), pushed.lineage).into());
+            return Err(format!("the state at {} has lineage {}, {} has {}: they are not the same state\n  help: pass --force to replace it anyway", s.state, current.lineage, file, pushed.lineage).into());
         }
         if current.serial > pushed.serial && !force {
-            return Err(format!("the state at {} has serial {}, newer than {} in {}\n  help: pull it again, or pass --force to replace it anyway", s.state, current.serial, pushed.serial, file.display()).into());
+            return Err(format!("the state at {} has serial {}, newer than {} in {}\n  help: pull it again, or pass --force to replace it anyway", s.state, current.serial, pushed.serial, file).into());
         }
         pushed.serial = pushed.serial.max(current.serial);
     }
     backend.save(&mut pushed, &lock).await?;
     out.line(&format!(
         "Pushed {} ({} resources, serial {}) to {}.",
-        file.display(),
+        file,
         pushed.resources.len(),
         pushed.serial,
         s.state
@@ -188,10 +192,55 @@ async fn existing(backend: &Backend, s: &Stack) -> Result<State, Error> {
     })
 }
 
-fn parse(address: &str) -> Result<Address, Error> {
+fn parse(address: &str, stack: &Path, g: &Global) -> Result<Address, Error> {
     Address::parse(address).ok_or_else(|| {
-        format!("`{address}` is not an address\n  help: addresses look like rayservice.mistral-7b or nodepool.default (see `rayform state list`)").into()
+        format!("`{address}` is not an address\n  help: addresses look like rayservice.mistral-7b or nodepool.default (see `{}`)", list_command(stack, g)).into()
     })
+}
+
+/// A state error, with where to see what the state tracks when it is about
+/// an address it does not.
+fn listed(e: state::StateError, stack: &Path, g: &Global) -> Error {
+    match e {
+        state::StateError::NotTracked(_) => format!(
+            "{e}\n  help: `{}` shows what it tracks",
+            list_command(stack, g)
+        )
+        .into(),
+        e => e.into(),
+    }
+}
+
+fn list_command(stack: &Path, g: &Global) -> String {
+    suggest::rayform(g, ["state", "list", &suggest::path(stack)])
+}
+
+/// `rayform state mv`: the entry of `from` recorded under `to`, as
+/// Terraform's `state mv` after a rename; the object itself is not touched,
+/// and the next plan shows what the stack wants of it under its new address.
+async fn mv(stack: &Path, from: &str, to: &str, g: &Global, out: &Out) -> Result<(), Error> {
+    let s = load(stack, g)?;
+    let (from, to) = (parse(from, stack, g)?, parse(to, stack, g)?);
+    let backend = backend_for(&s.state, g, out).await?;
+    let lock = lock(&backend, "state mv", stack, g).await?;
+    let mut state = existing(&backend, &s).await?;
+    state.rename(&from, &to).map_err(|e| listed(e, stack, g))?;
+    backend.save(&mut state, &lock).await?;
+    out.line(&format!(
+        "Moved {from} to {to}: the state records the object under its new address; the cluster was not touched."
+    ));
+    Ok(())
+}
+
+/// The text of `file`, or of standard input for `-` (as `terraform state push -`).
+fn read_input(file: &Path) -> Result<String, Error> {
+    if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .map_err(|e| format!("cannot read the state from standard input: {e}"))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()).into())
 }
 
 /// What the state records for one address; secret data is only ever fingerprints there.

@@ -8,7 +8,7 @@
 mod error;
 mod inspect;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -389,21 +389,14 @@ impl Cluster {
 /// `$KUBECONFIG` or `~/.kube/config`, else, inside a pod (a CI job in the
 /// cluster), the pod's service account. Returns the context used, if any.
 async fn config(options: &ConnectOptions) -> Result<(Config, Option<String>), ClusterError> {
-    let kubeconfig = match &options.kubeconfig {
-        Some(path) => Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
-            message: format!("cannot read {}: {e}", path.display()),
-        })?,
-        None => match Kubeconfig::read() {
-            Ok(k) => k,
-            Err(e) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-                return in_cluster(options, &e.to_string());
+    let kubeconfig = match read_kubeconfig(options.kubeconfig.as_deref())? {
+        Kubeconfigs::Read(k) => *k,
+        Kubeconfigs::None(tried) => {
+            if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+                return in_cluster(options, &tried);
             }
-            Err(e) => {
-                return Err(ClusterError::Kubeconfig {
-                    message: format!("no usable kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
-                });
-            }
-        },
+            return Err(ClusterError::Kubeconfig { message: tried });
+        }
     };
     let context = options
         .context
@@ -427,6 +420,73 @@ async fn config(options: &ConnectOptions) -> Result<(Config, Option<String>), Cl
             message: e.to_string(),
         })?;
     Ok((config, context))
+}
+
+/// What the kubeconfig files kubectl would read hold.
+enum Kubeconfigs {
+    Read(Box<Kubeconfig>),
+    /// None of them exists: which were tried.
+    None(String),
+}
+
+/// The kubeconfig as kubectl reads it: the `--kubeconfig` file alone when
+/// given; else the files `$KUBECONFIG` lists that exist, merged (the first
+/// to set a key wins), those that do not skipped; else `~/.kube/config`.
+fn read_kubeconfig(explicit: Option<&Path>) -> Result<Kubeconfigs, ClusterError> {
+    if let Some(path) = explicit {
+        return read_kubeconfig_file(path).map(|k| Kubeconfigs::Read(Box::new(k)));
+    }
+    let listed: Vec<PathBuf> = std::env::var_os("KUBECONFIG")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    let listed: Vec<PathBuf> = listed
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    let (candidates, tried) = if listed.is_empty() {
+        let default = std::env::home_dir()
+            .map(|h| h.join(".kube").join("config"))
+            .into_iter()
+            .collect::<Vec<_>>();
+        let tried = match default.first() {
+            Some(p) => format!("{} does not exist (and KUBECONFIG is not set)", p.display()),
+            None => "KUBECONFIG is not set and there is no home directory".to_string(),
+        };
+        (default, tried)
+    } else {
+        let names: Vec<String> = listed.iter().map(|p| p.display().to_string()).collect();
+        let tried = format!(
+            "none of the files KUBECONFIG lists exists (tried {})",
+            names.join(", ")
+        );
+        (listed, tried)
+    };
+    let mut merged: Option<Kubeconfig> = None;
+    for path in candidates.iter().filter(|p| p.exists()) {
+        let next = read_kubeconfig_file(path)?;
+        merged = Some(match merged {
+            None => next,
+            Some(first) => first.merge(next).map_err(|e| ClusterError::Kubeconfig {
+                message: format!(
+                    "cannot merge {} into the files before it: {e}",
+                    path.display()
+                ),
+            })?,
+        });
+    }
+    Ok(merged.map_or(Kubeconfigs::None(tried), |k| Kubeconfigs::Read(Box::new(k))))
+}
+
+fn read_kubeconfig_file(path: &Path) -> Result<Kubeconfig, ClusterError> {
+    Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+        message: match e {
+            // Its own message quotes the path twice over.
+            kube::config::KubeconfigError::ReadConfig(io, _) => {
+                format!("cannot read {}: {io}", path.display())
+            }
+            e => format!("cannot read {}: {e}", path.display()),
+        },
+    })
 }
 
 /// The pod's service account, when there is no kubeconfig but a pod's environment.

@@ -114,7 +114,12 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
     for w in &plan.warnings {
         let _ = writeln!(out, "\n{} {w}", p.yellow("Warning:"));
     }
-    for e in &plan.errors {
+    // A change's error is shown under it already: once is enough.
+    let shown: Vec<String> = visible
+        .iter()
+        .filter_map(|c| Some(format!("{}: {}", c.address, c.error()?)))
+        .collect();
+    for e in plan.errors.iter().filter(|e| !shown.contains(e)) {
         let _ = writeln!(out, "\n{} {e}", p.red("Error:"));
     }
     let s = plan.summary();

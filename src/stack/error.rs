@@ -19,13 +19,18 @@ pub enum StackError {
         message: String,
         help: Option<String>,
     },
+    /// Several of the errors above, in the order of the file.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<StackError>),
 }
 
 impl StackError {
+    /// Where the (first) error is.
     pub fn location(&self) -> Option<&Location> {
         match self {
             StackError::Invalid { location, .. } => Some(location),
             StackError::Read { .. } => None,
+            StackError::Several(all) => all.first().and_then(StackError::location),
         }
     }
 
@@ -33,6 +38,25 @@ impl StackError {
         match self {
             StackError::Invalid { field, .. } => Some(field),
             StackError::Read { .. } => None,
+            StackError::Several(all) => all.first().and_then(StackError::field),
+        }
+    }
+
+    /// Each error on its own, in the order of the file.
+    pub fn each(&self) -> Vec<&StackError> {
+        match self {
+            StackError::Several(all) => all.iter().collect(),
+            e => vec![e],
+        }
+    }
+
+    /// `errors` as one error, in the order of the file; `Ok` if there are none.
+    pub(crate) fn all(mut errors: Vec<StackError>) -> Result<(), StackError> {
+        errors.sort_by_key(|e| e.location().map(|l| (l.line, l.column)));
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(StackError::Several(errors)),
         }
     }
 }

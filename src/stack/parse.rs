@@ -298,34 +298,34 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
     let dir = src.file.parent().unwrap_or(Path::new(".")).to_path_buf();
     let state = state_location(src, &header, &dir, &name, &namespace, state_override)?;
 
+    // Each resource is checked on its own, so one run reports them all.
     let mut resources = Vec::new();
+    let mut errors = Vec::new();
     for (type_key, type_val) in doc.get_ref().iter() {
         let type_name = type_key.get_ref().as_ref();
         let Some(kind) = ResourceType::parse(type_name) else {
             continue;
         };
-        let group = as_table(src, type_val, type_name, type_key.span())?;
-        for (name_key, body) in group.table.iter() {
-            let name = name_key.get_ref().to_string();
-            let path = format!("{type_name}.{name}");
-            if !matches!(body.get_ref(), DeValue::Table(_)) {
-                return Err(src.error_help(
-                    &name_key.span(),
-                    &path,
-                    format!("`{name}` is a value, but [{type_name}] holds named tables"),
-                    format!(
-                        "name the {type_name}: [{type_name}.default] with {name} = ... under it"
-                    ),
-                ));
+        let group = match as_table(src, type_val, type_name, type_key.span()) {
+            Ok(group) => group,
+            Err(e) => {
+                errors.push(e);
+                continue;
             }
-            check_name(src, kind, &name, &name_key.span(), &path)?;
-            let table = as_table(src, body, &path, name_key.span())?;
-            let location = src.location(name_key.span().start);
-            resources.push(super::resource::resource(
-                src, &dir, kind, name, &table, &namespace, location,
-            )?);
+        };
+        for (name_key, body) in group.table.iter() {
+            let declared = Declared {
+                kind,
+                name_key,
+                body,
+            };
+            match declared.resource(src, &dir, &namespace) {
+                Ok(r) => resources.push(r),
+                Err(e) => errors.push(e),
+            }
         }
     }
+    StackError::all(errors)?;
     resources.sort_by_key(|r| r.location.line);
 
     let stack = Stack {
@@ -337,6 +337,39 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
     };
     cross_check(&stack)?;
     Ok(stack)
+}
+
+/// One `[<type>.<name>]` table of the stack.
+struct Declared<'a, 'de> {
+    kind: ResourceType,
+    name_key: &'a Spanned<std::borrow::Cow<'de, str>>,
+    body: &'a Spanned<DeValue<'de>>,
+}
+
+impl Declared<'_, '_> {
+    fn resource(
+        &self,
+        src: &Source<'_>,
+        dir: &Path,
+        namespace: &str,
+    ) -> Result<Resource, StackError> {
+        let (kind, name_key, body) = (self.kind, self.name_key, self.body);
+        let type_name = kind.as_str();
+        let name = name_key.get_ref().to_string();
+        let path = format!("{type_name}.{name}");
+        if !matches!(body.get_ref(), DeValue::Table(_)) {
+            return Err(src.error_help(
+                &name_key.span(),
+                &path,
+                format!("`{name}` is a value, but [{type_name}] holds named tables"),
+                format!("name the {type_name}: [{type_name}.default] with {name} = ... under it"),
+            ));
+        }
+        check_name(src, kind, &name, &name_key.span(), &path)?;
+        let table = as_table(src, body, &path, name_key.span())?;
+        let location = src.location(name_key.span().start);
+        super::resource::resource(src, dir, kind, name, &table, namespace, location)
+    }
 }
 
 /// Gives the object the resource's name and the stack's namespace, and

@@ -36,7 +36,7 @@ pub enum StateError {
         path: std::path::PathBuf,
         found: u32,
     },
-    #[error("state is locked by {0}\n  help: wait for that run to finish; if it died, run `rayform force-unlock {id}`", id = .0.id)]
+    #[error("state is locked by {0}")]
     Locked(Box<lock::LockInfo>),
     #[error("lock ID `{given}` does not match the current lock `{actual}`")]
     WrongLockId { given: String, actual: String },
@@ -44,8 +44,14 @@ pub enum StateError {
     HolderAlive(Box<lock::LockInfo>),
     #[error("no lock is held on {}", path.display())]
     NotLocked { path: std::path::PathBuf },
-    #[error("the state does not track {}\n  help: `rayform state list` shows what it tracks", .0.join(", "))]
+    #[error("the state does not track {}", .0.join(", "))]
     NotTracked(Vec<String>),
+    #[error("the state already tracks {0}")]
+    AlreadyTracked(String),
+    #[error(
+        "{from} and {to} are resources of different types; an entry can only move to another name of its type"
+    )]
+    OtherType { from: String, to: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +100,26 @@ impl State {
             }
         }
         Ok(removed)
+    }
+
+    /// Records what `from` tracks under `to` instead (after a rename in
+    /// the stack), refusing to overwrite an entry or to change its type.
+    pub fn rename(&mut self, from: &Address, to: &Address) -> Result<(), StateError> {
+        if from.kind != to.kind {
+            return Err(StateError::OtherType {
+                from: from.to_string(),
+                to: to.to_string(),
+            });
+        }
+        if self.resources.contains_key(to) {
+            return Err(StateError::AlreadyTracked(to.to_string()));
+        }
+        let recorded = self
+            .resources
+            .remove(from)
+            .ok_or_else(|| StateError::NotTracked(vec![from.to_string()]))?;
+        self.resources.insert(to.clone(), recorded);
+        Ok(())
     }
 
     /// Whether `live` is an object let go with `state rm` (by uid: a new object

@@ -102,6 +102,13 @@ async fn logs_follow_rayform_log_and_the_verbosity_flags() {
     let verbose = env.rayform(&["-v", "plan", &stack]).ok();
     verbose.stderr_has("rayform::observe");
     verbose.stderr_has("observed");
+    // One format: the command line's own events are timestamped as the library's.
+    verbose.stderr_has("connected to");
+    assert!(
+        verbose.stderr.lines().all(|l| !l.starts_with("debug:")),
+        "{}",
+        verbose.stderr
+    );
     assert!(
         !verbose.stderr.contains("kube_client"),
         "-v is rayform's own events"

@@ -561,7 +561,8 @@ async fn refresh_only_records_what_is_live_and_changes_nothing() {
             ns = env.ns
         ),
     );
-    env.rayform(&["apply", "refreshonly.toml", "--auto-approve"]).ok();
+    env.rayform(&["apply", "refreshonly.toml", "--auto-approve"])
+        .ok();
     env.merge_as(
         "someone",
         "v1",
@@ -578,13 +579,20 @@ async fn refresh_only_records_what_is_live_and_changes_nothing() {
         .await
         .unwrap();
 
-    let plan = env.rayform(&["plan", "refreshonly.toml", "--refresh-only"]).ok();
+    let plan = env
+        .rayform(&["plan", "refreshonly.toml", "--refresh-only"])
+        .ok();
     plan.stdout_has("changed outside rayform: recorded as it is now");
     plan.stdout_has("manifest.gone will be removed from state");
     assert!(!plan.stdout.contains("will be updated"), "{}", plan.stdout);
     assert!(!plan.stdout.contains("will be created"), "{}", plan.stdout);
-    env.rayform(&["apply", "refreshonly.toml", "--refresh-only", "--auto-approve"])
-        .ok();
+    env.rayform(&[
+        "apply",
+        "refreshonly.toml",
+        "--refresh-only",
+        "--auto-approve",
+    ])
+    .ok();
     let kept = env
         .get("v1", "ConfigMap", Some(&env.ns), "kept")
         .await
@@ -1632,6 +1640,8 @@ async fn a_run_whose_lease_is_taken_over_stops_without_writing_the_state() {
     assert!(started.elapsed() < Duration::from_secs(20));
     run.stderr_has("the state lock was lost");
     assert_eq!(serial().await, before, "no state written after the loss");
+    // Its help line runs as printed (the intruder holds the lock meanwhile).
+    crate::cli::run_suggested(&env, &run).stderr_has("state is locked by");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 
 mod support;
 
+mod cli;
 mod cluster;
 mod doctor;
 mod engine;

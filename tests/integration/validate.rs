@@ -493,11 +493,18 @@ fn a_usage_error_exits_1_and_help_and_version_exit_0() {
         &["plan", "x.toml", "--no-such-flag"],
         &["no-such-command"],
         &["apply", "x.toml", "--parallelism", "many"],
+        &["apply", "x.toml", "--parallelism", "0"],
+        &["destroy", "x.toml", "-parallelism=0"],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?} says why");
     }
+    let zero = run(&["apply", "x.toml", "--parallelism", "0"]);
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("0 would work on nothing"),
+        "--parallelism 0 is refused before anything is read"
+    );
     for args in [&["--help"][..], &["--version"], &["plan", "--help"]] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
@@ -517,6 +524,7 @@ fn a_saved_plan_refuses_flags_it_cannot_honour_and_a_bad_endpoint_is_refused_up_
             .output()
             .expect("run rayform")
     };
+    // What the plan was made for is read first: the help line names its stack.
     let out = run(&[
         "apply",
         "saved.plan",
@@ -527,7 +535,7 @@ fn a_saved_plan_refuses_flags_it_cannot_honour_and_a_bad_endpoint_is_refused_up_
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--force-conflicts, --adopt cannot change a saved plan"),
+        stderr.contains("saved.plan is not a rayform plan"),
         "{stderr}"
     );
     for bad in ["localhost:8000", "ftp://host:1", "not a url"] {
@@ -591,6 +599,113 @@ fn completions_and_a_man_page_are_printed_for_the_asking() {
         man.contains("Exit codes"),
         "the man page carries the exit codes"
     );
+}
+
+/// Every page a man page names (`rayform-plan(1)`, `rayform-state-push(1)`)
+/// is one `rayform man` prints.
+#[test]
+fn every_man_page_named_can_be_printed() {
+    let man = |words: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rayform"))
+            .arg("man")
+            .args(words)
+            .output()
+            .expect("run rayform");
+        assert_eq!(out.status.code(), Some(0), "man {words:?}");
+        String::from_utf8_lossy(&out.stdout).replace("\\-", "-")
+    };
+    let mut pages = vec![Vec::<String>::new()];
+    let mut seen = 0;
+    while let Some(words) = pages.pop() {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let page = man(&words);
+        let name = ["rayform"]
+            .iter()
+            .chain(&words)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("-");
+        assert!(page.contains(&format!(".TH {name} 1")), "{name}:\n{page}");
+        for line in page.lines() {
+            if let Some(named) = line
+                .strip_prefix(&format!("{name}-"))
+                .and_then(|l| l.strip_suffix("(1)"))
+            {
+                let mut sub: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+                sub.push(named.to_string());
+                pages.push(sub);
+            }
+        }
+        seen += 1;
+    }
+    assert!(
+        seen > 15,
+        "the commands and the state commands have pages: {seen}"
+    );
+}
+
+/// The flags that choose the cluster and the state are not offered where
+/// they mean nothing.
+#[test]
+fn location_flags_are_offered_only_where_they_mean_something() {
+    let help = |words: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rayform"))
+            .args(words)
+            .arg("--help")
+            .output()
+            .expect("run rayform");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for local in [
+        &["man"][..],
+        &["completions"],
+        &["show"],
+        &["validate"],
+        &["graph"],
+    ] {
+        let text = help(local);
+        for flag in ["--kubeconfig", "--context", "--state", "--backend"] {
+            assert!(
+                !text.contains(flag),
+                "`rayform {local:?} --help` offers {flag}:\n{text}"
+            );
+        }
+    }
+    for remote in [&["plan"][..], &["state", "push"], &["doctor"]] {
+        assert!(help(remote).contains("--kubeconfig"), "{remote:?}");
+    }
+}
+
+/// All the errors of a stack, each at its place, in the order of the file.
+#[test]
+fn validate_reports_every_error_in_the_order_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.toml");
+    std::fs::write(
+        &path,
+        "[stack]\nname = \"demo\"\n\n[secret.hf-token.data]\nTOKEN = \"hf_literal\"\n\n[nodepool.default]\nempty_ttl = \"ten minutes\"\n\n[secret.other.data]\nX = \"literal\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = validate(&path);
+    assert_eq!(code, 1, "{stderr}");
+    let at: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("Error: "))
+        .map(|l| l.split(": ").next().unwrap_or_default())
+        .collect();
+    let file = path.display();
+    assert_eq!(
+        at,
+        [
+            format!("{file}:5:9"),
+            format!("{file}:8:13"),
+            format!("{file}:11:5")
+        ],
+        "{stderr}"
+    );
+    for line in ["5 | TOKEN", "8 | empty_ttl", "11 | X"] {
+        assert!(stderr.contains(line), "each error shows its line: {stderr}");
+    }
 }
 
 #[test]
@@ -798,6 +913,7 @@ fn every_argument_and_flag_says_what_it_is_for() {
         &["show"],
         &["state", "list"],
         &["state", "show"],
+        &["state", "mv"],
         &["state", "rm"],
         &["state", "pull"],
         &["state", "push"],
