@@ -714,6 +714,9 @@ on_both_backends!(a_running_apply_holds_the_lock_until_it_ends_or_dies);
 async fn a_held_lock_makes_a_second_run_fail_at_once_naming_the_holder() {
     let env = Env::new(Profile::V1, "lock").await;
     let stack = env.mission_stack("lock");
+    // A plan of a stack with no state yet takes no lock (it has nothing to
+    // protect and writes nothing); with a state, it waits for no one.
+    env.rayform(&["init", &stack]).ok();
     let held =
         rayform::state::lock::StateLock::acquire(&env.path("state/lock.json"), "apply").unwrap();
     let started = std::time::Instant::now();
