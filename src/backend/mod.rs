@@ -15,6 +15,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::stack::StateLocation;
 use crate::state::journal::{Change, Journal};
 use crate::state::lock::{LockInfo, StateLock};
+use crate::state::store::Loaded;
 use crate::state::{State, StateError, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +71,12 @@ impl Backend {
         }
     }
 
-    pub async fn load(&self) -> Result<Option<State>, BackendError> {
+    /// The state, with what of a killed run's journal could not be read
+    /// (the caller says so: the library prints nothing).
+    pub async fn load(&self) -> Result<Option<Loaded>, BackendError> {
         match self {
             Backend::File(path) => Ok(store::load(path)?),
-            Backend::Kubernetes(b) => b.load().await,
+            Backend::Kubernetes(b) => Ok(b.load().await?.map(|state| Loaded { state, cut: None })),
         }
     }
 

@@ -253,7 +253,7 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&stack.state, Some(&cluster))?;
     let lock = backend.lock(operation).await?;
-    let (state, new) = load_state(&backend, &stack).await?;
+    let (state, new) = load_state(&backend, &stack, out).await?;
     check_cluster(&state, &cluster)?;
     Ok(Opened {
         stack,
@@ -279,8 +279,19 @@ async fn backend_for(location: &StateLocation, g: &Global, out: &Out) -> Result<
     Ok(Backend::open(location, cluster.as_ref())?)
 }
 
-async fn load_state(backend: &Backend, s: &Stack) -> Result<(State, bool), Error> {
-    match backend.load().await? {
+/// The state kept by `backend`, saying what of a killed run's journal was
+/// damaged and left out.
+async fn read_state(backend: &Backend, out: &Out) -> Result<Option<State>, Error> {
+    Ok(backend.load().await?.map(|loaded| {
+        if let Some(cut) = &loaded.cut {
+            out.warn(&cut.to_string());
+        }
+        loaded.state
+    }))
+}
+
+async fn load_state(backend: &Backend, s: &Stack, out: &Out) -> Result<(State, bool), Error> {
+    match read_state(backend, out).await? {
         Some(st) if st.stack != s.name => Err(format!(
             "the state at {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state (--state, or `state` in [stack])",
             s.state, st.stack, s.name
@@ -520,7 +531,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     let backend = Backend::open(&location, Some(&cluster))?;
     let lock = backend.lock("apply").await?;
     // `plan --out` needs a state (made by `init`), so a missing one was removed since.
-    let Some(state) = backend.load().await? else {
+    let Some(state) = read_state(&backend, out).await? else {
         return Err(format!(
             "the state {} was made from is gone from {location}\n  help: run `rayform init` and `rayform plan --out` again",
             path.display()

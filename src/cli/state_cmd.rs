@@ -11,7 +11,7 @@ use rayform::state::{self, ResourceState, State};
 
 use super::args::{Global, StateCommand};
 use super::output::Out;
-use super::{Error, backend_for, load};
+use super::{Error, backend_for, load, read_state};
 
 pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
     match command {
@@ -33,7 +33,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
             let s = load(stack, g)?;
             let backend = backend_for(&s.state, g, out).await?;
             let lock = backend.lock("state rm").await?;
-            let mut state = existing(&backend, &s).await?;
+            let mut state = existing(&backend, &s, out).await?;
             let addresses = addresses
                 .iter()
                 .map(|a| parse(a))
@@ -66,7 +66,7 @@ pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
     let s = load(stack, g)?;
     let backend = backend_for(&s.state, g, out).await?;
     let lock = backend.lock("init").await?;
-    if let Some(current) = backend.load().await? {
+    if let Some(current) = read_state(&backend, out).await? {
         if current.stack != s.name {
             return Err(format!(
                 "the state at {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state (--state, or `state` in [stack])",
@@ -117,7 +117,7 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
     }
     let backend = backend_for(&s.state, g, out).await?;
     let lock = backend.lock("state push").await?;
-    if let Some(current) = backend.load().await? {
+    if let Some(current) = read_state(&backend, out).await? {
         if current.lineage != pushed.lineage && !force {
             return Err(format!("the state at {} has lineage {}, {} has {}: they are not the same state\n  help: pass --force to replace it anyway", s.state, current.lineage, file.display(), pushed.lineage).into());
         }
@@ -139,11 +139,11 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
 
 async fn read(stack: &Path, g: &Global, out: &Out) -> Result<State, Error> {
     let s = load(stack, g)?;
-    existing(&backend_for(&s.state, g, out).await?, &s).await
+    existing(&backend_for(&s.state, g, out).await?, &s, out).await
 }
 
-async fn existing(backend: &Backend, s: &Stack) -> Result<State, Error> {
-    backend.load().await?.ok_or_else(|| {
+async fn existing(backend: &Backend, s: &Stack, out: &Out) -> Result<State, Error> {
+    read_state(backend, out).await?.ok_or_else(|| {
         format!(
             "no state at {}: nothing has been applied with this stack yet",
             s.state

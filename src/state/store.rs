@@ -12,7 +12,15 @@ use std::path::Path;
 
 use super::{FORMAT_VERSION, State, StateError};
 
-pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+/// A state as read, with the part of its journal that could not be read.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: State,
+    /// Where a killed run's journal was damaged; nothing after it was loaded.
+    pub cut: Option<super::journal::Cut>,
+}
+
+pub fn load(path: &Path) -> Result<Option<Loaded>, StateError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -34,8 +42,11 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             found,
         },
     })?;
-    super::journal::replay(path, &mut state)?;
-    Ok(Some(state))
+    let replay = super::journal::replay(path, &mut state)?;
+    Ok(Some(Loaded {
+        state,
+        cut: replay.cut,
+    }))
 }
 
 /// Why a text is not a state this rayform reads.
@@ -60,6 +71,11 @@ pub fn decode(text: &str) -> Result<State, Decoded> {
         return Err(Decoded::Version(u32::try_from(found).unwrap_or(u32::MAX)));
     }
     serde_json::from_str(text).map_err(|e| Decoded::Corrupt(e.to_string()))
+}
+
+/// Makes the entries of `dir` (a file created or renamed there) durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Writes `state` with its serial bumped.
@@ -91,9 +107,7 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
     tmp.as_file().sync_all().map_err(|e| io("sync", e))?;
     tmp.persist(path).map_err(|e| io("replace", e.error))?;
     // The rename is durable only once the directory entry is.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    sync_dir(dir).map_err(|e| io("sync the directory of", e))?;
     // What a journal added is in this file now.
     super::journal::remove(path);
     Ok(())
