@@ -407,11 +407,23 @@ pub mod wire {
         fn try_from(mut r: Record) -> Result<Change, String> {
             let address = r.address.take().ok_or("a change without an address")?;
             let action = r.action.ok_or_else(|| format!("{address}: no action"))?;
-            let missing = |what: &str| {
-                let name = serde_json::to_value(action).unwrap_or_default();
-                let name = name.as_str().unwrap_or_default();
-                format!("{address}: a {name} change without {what}")
-            };
+            let name = serde_json::to_value(action).unwrap_or_default();
+            let name = name.as_str().unwrap_or_default().to_string();
+            let missing = |what: &str| format!("{address}: a {name} change without {what}");
+            // Apply edits these as objects (secret values go into the body,
+            // a precondition into the patch): anything else is refused here,
+            // before a single request.
+            let bent = [
+                ("body", r.body.as_ref()),
+                ("patch", r.patch.as_ref().map(|p| &p.merge)),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.is_some_and(|v| !v.is_object()));
+            if let Some((what, _)) = bent {
+                return Err(format!(
+                    "{address}: a {name} change whose {what} is not an object"
+                ));
+            }
             let op = match (action, r.error.take()) {
                 (action, Some(error)) => Op::Refused(Refusal {
                     action,
@@ -593,5 +605,27 @@ mod tests {
         );
         let wait = json!({"address": "wait.serving", "action": "wait"});
         assert!(serde_json::from_value::<Change>(wait).is_err());
+    }
+
+    #[test]
+    fn a_saved_body_or_patch_that_is_not_an_object_is_refused() {
+        for bad in [json!(5), json!("text"), json!([1]), json!(true)] {
+            let mut create = serde_json::to_value(change(Op::Create(write()))).unwrap();
+            create["body"] = bad.clone();
+            let err = serde_json::from_value::<Change>(create).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("secret.hf-token: a create change whose body is not an object"),
+                "{bad}: {err}"
+            );
+            let mut patch = serde_json::to_value(change(Op::Patch(edit()))).unwrap();
+            patch["patch"]["merge"] = bad.clone();
+            let err = serde_json::from_value::<Change>(patch).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("a patch change whose patch is not an object"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

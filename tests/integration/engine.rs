@@ -1094,6 +1094,50 @@ async fn a_saved_plan_missing_what_a_change_needs_is_refused_whole() {
 }
 
 #[tokio::test]
+async fn a_saved_plan_whose_body_is_not_an_object_is_refused_before_anything_is_sent() {
+    let env = Env::new(Profile::V1, "shapeplan").await;
+    let stack = env.mission_stack("shapeplan");
+    env.rayform(&["init", &stack]).ok();
+    env.rayform(&["plan", &stack, "--out", "whole.plan"]).ok();
+    let whole: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("whole.plan")).unwrap()).unwrap();
+    for (address, field, bad) in [
+        ("secret.hf-token", "body", json!(5)),
+        ("rayservice.mistral-7b", "body", json!("a string")),
+        ("rayservice.mistral-7b", "body", json!([1, 2])),
+    ] {
+        let mut plan = whole.clone();
+        let change = plan["changes"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["address"] == address)
+            .expect("the change is in the plan");
+        change[field] = bad.clone();
+        env.write("bent.plan", &plan.to_string());
+        let refused = env.rayform(&["apply", "bent.plan", "--no-wait"]).code(1);
+        refused.stderr_has("is not a rayform plan");
+        refused.stderr_has(&format!(
+            "{address}: a create change whose {field} is not an object"
+        ));
+        assert!(
+            !refused.stderr.contains("panicked") && !refused.stderr.contains("Patching"),
+            "{field} = {bad}: {}",
+            refused.stderr
+        );
+    }
+    for (api, kind, name) in [
+        ("v1", "Secret", "hf-token"),
+        ("ray.io/v1", "RayService", "mistral-7b"),
+    ] {
+        assert!(
+            env.get(api, kind, Some(&env.ns), name).await.is_none(),
+            "{kind} was not created"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_plan_with_errors_is_not_saved() {
     let env = Env::new(Profile::V1, "errplan").await;
     let stack = env.mission_stack("errplan");
