@@ -298,7 +298,7 @@ async fn load_state(backend: &Backend, s: &Stack, out: &Out) -> Result<(State, b
         )
         .into()),
         Some(st) => Ok((st, false)),
-        None => Ok((State::new(&s.name), true)),
+        None => Ok((State::new(&s.name)?, true)),
     }
 }
 

@@ -80,7 +80,7 @@ pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
         ));
         return Ok(0);
     }
-    let mut state = State::new(&s.name);
+    let mut state = State::new(&s.name)?;
     backend.save(&mut state, &lock).await?;
     out.line(&format!(
         "Created the state of stack `{}` at {} (lineage {}).",

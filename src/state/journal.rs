@@ -449,7 +449,7 @@ mod tests {
     fn a_killed_runs_journal_is_replayed_up_to_its_last_whole_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
-        let mut state = State::new("s");
+        let mut state = State::new("s").unwrap();
         let journal = Journal::begin(&path, &mut state).unwrap();
         journal.append(&put("a")).unwrap();
         journal.append(&put("b")).unwrap();
@@ -483,7 +483,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         let a = Address::new(ResourceType::Manifest, "a");
-        let mut state = State::new("s");
+        let mut state = State::new("s").unwrap();
         state.resources.insert(a.clone(), *entry("a"));
         let journal = Journal::begin(&path, &mut state).unwrap();
         journal
@@ -528,7 +528,7 @@ mod tests {
     }
 
     fn begin(dir: &Path, disk: &Arc<Disk>) -> Result<Journal, StateError> {
-        let mut state = State::new("s");
+        let mut state = State::new("s").unwrap();
         Journal::begin_with(&dir.join("s.json"), &mut state, Box::new(Arc::clone(disk)))
     }
 
@@ -601,7 +601,7 @@ mod tests {
 
     /// A journal of lines `a`..`e` with line `bad` (1-based, header is 1) replaced.
     fn damaged(path: &Path, bad: usize, with: &[u8]) {
-        let mut state = State::new("s");
+        let mut state = State::new("s").unwrap();
         let journal = Journal::begin(path, &mut state).unwrap();
         for name in ["a", "b", "c", "d", "e"] {
             journal.append(&put(name)).unwrap();

@@ -46,6 +46,8 @@ pub enum StateError {
     NotLocked { path: std::path::PathBuf },
     #[error("the state does not track {}\n  help: `rayform state list` shows what it tracks", .0.join(", "))]
     NotTracked(Vec<String>),
+    #[error(transparent)]
+    Random(#[from] crate::util::NoRandom),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,17 +107,17 @@ impl State {
         uid.is_some() && self.released.get(address).map(String::as_str) == uid
     }
 
-    pub fn new(stack: &str) -> State {
-        State {
+    pub fn new(stack: &str) -> Result<State, StateError> {
+        Ok(State {
             format_version: FORMAT_VERSION,
-            lineage: crate::util::random_hex(16),
+            lineage: crate::util::random_hex(16)?,
             serial: 0,
             stack: stack.to_string(),
             cluster: None,
-            fingerprint_key: crate::util::random_hex(32),
+            fingerprint_key: crate::util::random_hex(32)?,
             resources: BTreeMap::new(),
             released: BTreeMap::new(),
-        }
+        })
     }
 }
 

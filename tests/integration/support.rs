@@ -236,7 +236,7 @@ impl Env {
         test: &str,
     ) -> Env {
         let client = client(&kubeconfig, None).await;
-        let suffix = &rayform::util::random_hex(3);
+        let suffix = &rayform::util::random_hex(3).unwrap();
         let base: String = test
             .chars()
             .filter(|c| c.is_ascii_alphanumeric())
@@ -252,7 +252,7 @@ impl Env {
             pool: format!("{base}-{suffix}"),
             class: format!("{base}-{suffix}"),
             ns: ns.clone(),
-            token: format!("{TOKEN_PREFIX}{}", rayform::util::random_hex(12)),
+            token: format!("{TOKEN_PREFIX}{}", rayform::util::random_hex(12).unwrap()),
             client,
         };
         env.apply_as("test-setup", "v1", "Namespace", None, &ns, json!({}))
