@@ -49,7 +49,7 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
     }
     match save {
         Some(path) if plan.errors.is_empty() => {
-            save_plan(&plan, &path)?;
+            save_plan(&plan, &path, out)?;
             if !json {
                 out.line(&format!(
                     "\nSaved the plan to {}. To apply exactly this plan: rayform apply {}",
@@ -135,7 +135,7 @@ pub(super) async fn apply(
         if plan.has_changes() && !confirm(auto_approve, "apply", out)? {
             return Ok(1);
         }
-        let secrets = read_secrets(&s)?;
+        let secrets = read_secrets(&s, out)?;
         execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
     }
 }

@@ -48,7 +48,7 @@ pub fn main() -> ExitCode {
         cli.global.color
     };
     let out = Out::new(color, cli.global.verbose);
-    if let Err(e) = output::init_logs(cli.global.verbose, out.color_err()) {
+    if let Err(e) = output::init_logs(cli.global.verbose, out.color_err(), out.masks()) {
         out.error(&e);
         return ExitCode::from(1);
     }
@@ -366,6 +366,8 @@ async fn make_plan(
         Secrets::Require
     };
     let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
+    // Before the first request: a refusal may quote a value, in a log line too.
+    out.masks().add(&desired::redactor(&desired));
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
     let world = observe::observe(
         cluster,
@@ -401,16 +403,18 @@ async fn make_plan(
     ))
 }
 
-fn read_secrets(s: &Stack) -> Result<SecretValues, Error> {
+/// The stack's secret values, masked from here on in all that is printed.
+fn read_secrets(s: &Stack, out: &Out) -> Result<SecretValues, Error> {
     let mut values = SecretValues::new();
+    let mut masks = rayform::secret::Redactor::new();
     for r in &s.resources {
         if let ResourceSpec::Secret(spec) = &r.spec {
-            values.insert(
-                r.address.clone(),
-                rayform::secret::read(&r.address, &spec.data)?,
-            );
+            let read = rayform::secret::read(&r.address, &spec.data)?;
+            masks.add(read.values().map(rayform::secret::SecretValue::expose));
+            values.insert(r.address.clone(), read);
         }
     }
+    out.masks().add(&masks);
     Ok(values)
 }
 
@@ -509,8 +513,10 @@ fn is_plan_file(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'))
 }
 
-fn save_plan(plan: &Plan, path: &PathBuf) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(plan)?;
+/// Writes `plan` (fingerprints, never values; masked all the same, as
+/// everything rayform writes out).
+fn save_plan(plan: &Plan, path: &PathBuf, out: &Out) -> Result<(), Error> {
+    let text = out.masks().redact(&serde_json::to_string_pretty(plan)?);
     let mut tmp = tempfile::NamedTempFile::new_in(
         path.parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -553,7 +559,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         .filter_map(plan::Change::write)
         .any(|w| !w.payload.secret_fingerprints.is_empty())
     {
-        read_secrets(&load(&plan.stack_file, g)?)?
+        read_secrets(&load(&plan.stack_file, g)?, out)?
     } else {
         SecretValues::new()
     };

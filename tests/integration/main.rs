@@ -13,4 +13,5 @@ mod doctor;
 mod engine;
 mod karpenter;
 mod readiness;
+mod redaction;
 mod validate;

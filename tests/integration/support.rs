@@ -109,7 +109,7 @@ pub async fn client(kubeconfig: &Path, context: Option<&str>) -> Client {
     Client::try_from(config).expect("client")
 }
 
-fn resource(api_version: &str, kind: &str) -> ApiResource {
+pub fn resource(api_version: &str, kind: &str) -> ApiResource {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let plural = match kind {
         "NodePool" => "nodepools",
@@ -125,6 +125,8 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
         "Role" => "roles",
         "RoleBinding" => "rolebindings",
         "Lease" => "leases",
+        "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding" => "validatingadmissionpolicybindings",
         other => panic!("no plural for {other}"),
     };
     ApiResource {
