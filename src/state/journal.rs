@@ -3,15 +3,16 @@
 //!
 //! Rewriting the whole state after every resource costs O(N²) bytes and two
 //! fsyncs a resource; at a thousand objects that was most of an apply. A
-//! journal line is a few hundred bytes, appended; lines are synced to disk
-//! together every [`SYNC_EVERY`] (group commit).
+//! journal line is a few hundred bytes, appended; a flusher thread syncs
+//! the lines written in each [`SYNC_EVERY`] together (group commit).
 //! At the end the state is written whole once and the journal removed.
 //!
 //! A killed run leaves the state as it was when the run began plus its
 //! journal: [`replay`] (called by [`super::store::load`]) puts the two back
 //! together, so every later reader sees what really happened. The journal
 //! names the state it continues (lineage and serial): once the state has been
-//! written whole again, an old journal no longer matches and is ignored.
+//! written whole again, an old journal no longer matches and is ignored. A
+//! damaged line stops the replay there (see [`Cut`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -348,7 +349,7 @@ impl std::fmt::Display for Cut {
         }
         write!(
             f,
-            "\n  help: the next plan finds what those lines recorded in the cluster, by the lineage its objects carry"
+            "\n  help: the next plan finds the objects those lines recorded in the cluster (they carry this state's lineage)"
         )
     }
 }

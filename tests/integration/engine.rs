@@ -864,6 +864,36 @@ async fn forgetting_what_is_already_gone_is_saved_even_with_nothing_else_to_do()
 }
 
 #[tokio::test]
+async fn a_journal_damaged_in_the_middle_is_read_up_to_the_damage_and_said_so() {
+    let env = Env::new(Profile::V1, "tornjournal").await;
+    let stack = env.mission_stack("tornjournal");
+    env.rayform(&["init", &stack]).ok();
+    let state = env.state("tornjournal");
+    // What a killed run leaves, with its third line damaged (a power cut
+    // can leave a block of another file, or of zeroes, inside a file).
+    let put = |name: &str| {
+        json!({"put": {"address": format!("manifest.{name}"), "entry": {
+            "api_version": "v1", "kind": "ConfigMap", "name": name,
+            "namespace": env.ns, "desired_fingerprint": "sha256:d",
+            "live_fingerprint": "sha256:l",
+        }}})
+        .to_string()
+    };
+    let header = json!({"journal": 1, "lineage": state["lineage"], "serial": state["serial"]});
+    let lines = [header.to_string(), put("a"), "\0\0\0\0".into(), put("c")];
+    env.write("state/tornjournal.json.journal", &(lines.join("\n") + "\n"));
+
+    let list = env.rayform(&["state", "list", &stack]).ok();
+    assert_eq!(
+        list.stdout, "manifest.a\n",
+        "nothing past the damage is loaded"
+    );
+    list.stderr_has("Warning: journal ");
+    list.stderr_has("tornjournal.json.journal is damaged at line 3");
+    list.stderr_has("the 1 line(s) after it were not read");
+}
+
+#[tokio::test]
 async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_cluster() {
     let env = Env::new(Profile::V1, "statecmd").await;
     let stack = env.mission_stack("statecmd");
