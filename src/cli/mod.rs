@@ -366,8 +366,13 @@ async fn make_plan(
         Secrets::Require
     };
     let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
-    // Before the first request: a refusal may quote a value, in a log line too.
+    // Before the first request: a refusal may quote a value, in a log line
+    // too. Destroy needs no value, but masks those it can read all the same
+    // (a policy on DELETE sees the Secret's data).
     out.masks().add(&desired::redactor(&desired));
+    if destroy {
+        let _ = read_secrets(s, out);
+    }
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
     let world = observe::observe(
         cluster,
@@ -403,18 +408,19 @@ async fn make_plan(
     ))
 }
 
-/// The stack's secret values, masked from here on in all that is printed.
+/// The stack's secret values, masked from here on in all that is printed
+/// (those read before one that cannot be read, too).
 fn read_secrets(s: &Stack, out: &Out) -> Result<SecretValues, Error> {
     let mut values = SecretValues::new();
-    let mut masks = rayform::secret::Redactor::new();
     for r in &s.resources {
         if let ResourceSpec::Secret(spec) = &r.spec {
             let read = rayform::secret::read(&r.address, &spec.data)?;
+            let mut masks = rayform::secret::Redactor::new();
             masks.add(read.values().map(rayform::secret::SecretValue::expose));
+            out.masks().add(&masks);
             values.insert(r.address.clone(), read);
         }
     }
-    out.masks().add(&masks);
     Ok(values)
 }
 

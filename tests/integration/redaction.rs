@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use serde_json::json;
 
 use crate::support::{Env, Profile, Run, resource};
@@ -64,12 +64,24 @@ fn assert_masked(token: &str, what: &str, run: &Run) {
     );
 }
 
+/// What the policy refuses: a Secret written, or one deleted.
+#[derive(Clone, Copy, PartialEq)]
+enum Refuses {
+    Writes,
+    Deletes,
+}
+
 /// A ValidatingAdmissionPolicy on the test's namespace that refuses every
-/// Secret, quoting its decoded token in the refusal. Kubernetes' CEL has no
+/// Secret written or deleted, quoting its decoded token in the refusal
+/// (from the object sent, or for a delete the object as it was). Kubernetes' CEL has no
 /// base64 decoder (cel-go's encoders are not in its environment, and a
 /// Secret's `data` reaches CEL as the base64 text), so the policy decodes
 /// it by hand: four characters to 24 bits to three printable ASCII bytes.
-async fn quoting_policy(env: &Env) {
+async fn quoting_policy(env: &Env, refuses: Refuses) {
+    let (operations, object) = match refuses {
+        Refuses::Writes => (json!(["CREATE", "UPDATE"]), "object"),
+        Refuses::Deletes => (json!(["DELETE"]), "oldObject"),
+    };
     // ' ' to '~', as a CEL string literal: the byte b is at b - 32.
     let mut printable = String::from("'");
     for c in (32u8..127).map(char::from) {
@@ -87,10 +99,10 @@ async fn quoting_policy(env: &Env) {
             "failurePolicy": "Fail",
             "matchConstraints": {"resourceRules": [{
                 "apiGroups": [""], "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["secrets"],
+                "operations": operations, "resources": ["secrets"],
             }]},
             "variables": [
-                {"name": "d", "expression": "object.data.HUGGING_FACE_HUB_TOKEN"},
+                {"name": "d", "expression": format!("{object}.data.HUGGING_FACE_HUB_TOKEN")},
                 {"name": "alphabet", "expression":
                     "'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'"},
                 {"name": "printable", "expression": printable},
@@ -136,22 +148,35 @@ async fn quoting_policy(env: &Env) {
         .unwrap();
     }
     // The API server takes the policy up within a few seconds: probe with a
-    // dry-run Secret until it is refused.
+    // dry run until it refuses.
     let secrets: Api<DynamicObject> =
         Api::namespaced_with(env.client.clone(), &env.ns, &resource("v1", "Secret"));
-    let probe: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"},
-        "data": {"HUGGING_FACE_HUB_TOKEN": "cHJvYmUx"},
-    }))
-    .unwrap();
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
     let started = std::time::Instant::now();
     loop {
-        match secrets.create(&dry_run, &probe).await {
-            Err(kube::Error::Api(s)) if s.message.contains("the token probe1 is") => return,
+        let refused = match refuses {
+            Refuses::Writes => secrets
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..PostParams::default()
+                    },
+                    &probe(),
+                )
+                .await
+                .err(),
+            Refuses::Deletes => secrets
+                .delete(
+                    "probe",
+                    &DeleteParams {
+                        dry_run: true,
+                        ..DeleteParams::default()
+                    },
+                )
+                .await
+                .err(),
+        };
+        match refused {
+            Some(kube::Error::Api(s)) if s.message.contains("the token probe1 is") => return,
             other => assert!(
                 started.elapsed() < std::time::Duration::from_secs(60),
                 "the policy never took effect: {other:?}"
@@ -159,6 +184,15 @@ async fn quoting_policy(env: &Env) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// A Secret whose token is `probe1`.
+fn probe() -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"},
+        "data": {"HUGGING_FACE_HUB_TOKEN": "cHJvYmUx"},
+    }))
+    .unwrap()
 }
 
 async fn cleanup(env: &Env) {
@@ -178,7 +212,7 @@ async fn cleanup(env: &Env) {
 async fn a_policy_message_quoting_the_token_is_masked_in_every_form_at_every_verbosity() {
     let env = Env::new(Profile::V1, "redact").await;
     let stack = env.mission_stack("redact");
-    quoting_policy(&env).await;
+    quoting_policy(&env, Refuses::Writes).await;
     let token = awkward_token(&env);
     let run = |args: &[&str]| {
         let mut cmd = env.command(args);
@@ -223,5 +257,37 @@ async fn a_policy_message_quoting_the_token_is_masked_in_every_form_at_every_ver
         stderr: String::new(),
     };
     assert_masked(&token, "the state directory", &written);
+    cleanup(&env).await;
+}
+
+#[tokio::test]
+async fn a_policy_refusing_a_delete_with_the_token_is_masked_in_destroy() {
+    let env = Env::new(Profile::V1, "redactdel").await;
+    let stack = env.mission_stack("redactdel");
+    let token = awkward_token(&env);
+    let run = |args: &[&str]| {
+        let mut cmd = env.command(args);
+        cmd.env("HUGGING_FACE_HUB_TOKEN", &token)
+            .env("RAYFORM_LOG", "trace");
+        Run::from(cmd.output().expect("run rayform"))
+    };
+    run(&["apply", &stack, "--auto-approve", "--no-wait"]).ok();
+    let secrets: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &env.ns, &resource("v1", "Secret"));
+    secrets
+        .create(&PostParams::default(), &probe())
+        .await
+        .unwrap();
+    quoting_policy(&env, Refuses::Deletes).await;
+
+    // Destroy needs no secret value, yet masks those the stack declares.
+    let destroy = run(&["destroy", &stack, "--auto-approve", "-vv"]).code(1);
+    assert_masked(&token, "destroy -vv", &destroy);
+    destroy.stderr_has("the token (sensitive value) is not allowed here");
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_some()
+    );
     cleanup(&env).await;
 }
