@@ -168,6 +168,22 @@ pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Resul
     Ok(())
 }
 
+/// Refuses a saved plan whose secret values changed (or went) since it was
+/// made, before anything is sent rather than at the Secret's turn.
+pub fn check_secrets(plan: &Plan, secrets: &SecretValues, key: &str) -> Result<(), ApplyError> {
+    for c in &plan.changes {
+        let Some(w) = c.write() else { continue };
+        DesiredObject::from_masked(
+            &w.payload.body,
+            &w.payload.secret_fingerprints,
+            secrets.get(&c.address),
+            key,
+        )
+        .map_err(|m| ApplyError::Stale(format!("{}: {m}", c.address)))?;
+    }
+    Ok(())
+}
+
 struct Shared {
     cluster: Cluster,
     /// The stack's namespace, where its RayServices live.

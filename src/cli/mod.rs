@@ -503,6 +503,8 @@ fn read_plan(path: &Path) -> Result<Plan, Error> {
         .map_err(|e| format!("cannot read plan file {}: {e}", path.display()))?;
     let plan: Plan = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
+    plan.check_saved()
+        .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
     if plan.format_version != plan::FORMAT_VERSION {
         return Err(format!(
             "{} has plan format {}; this rayform reads {}",
@@ -569,6 +571,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     } else {
         SecretValues::new()
     };
+    apply::check_secrets(&plan, &secrets, &state.fingerprint_key)?;
     out.raw(&plan::render_text(&plan, out.render_options()));
     execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
 }

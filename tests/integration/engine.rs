@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Backend, Env, OwnCluster, Profile, Running, assert_no_token};
+use crate::support::{Backend, Env, OwnCluster, Profile, Run, Running, assert_no_token};
 
 /// Runs an engine test once per state backend: both must behave alike.
 macro_rules! on_both_backends {
@@ -1124,18 +1124,53 @@ async fn a_saved_plan_missing_what_a_change_needs_is_refused_whole() {
 }
 
 #[tokio::test]
-async fn a_saved_plan_whose_body_is_not_an_object_is_refused_before_anything_is_sent() {
+async fn a_saved_plan_that_does_not_hold_together_is_refused_before_anything_is_sent() {
     let env = Env::new(Profile::V1, "shapeplan").await;
     let stack = env.mission_stack("shapeplan");
     env.rayform(&["init", &stack]).ok();
     env.rayform(&["plan", &stack, "--out", "whole.plan"]).ok();
     let whole: Value =
         serde_json::from_str(&std::fs::read_to_string(env.path("whole.plan")).unwrap()).unwrap();
-    for (address, field, bad) in [
-        ("secret.hf-token", "body", json!(5)),
-        ("rayservice.mistral-7b", "body", json!("a string")),
-        ("rayservice.mistral-7b", "body", json!([1, 2])),
-    ] {
+    let rayservice = "rayservice.mistral-7b";
+    let bent: [(&str, &str, Value, &str); 6] = [
+        (
+            "secret.hf-token",
+            "/body",
+            json!(5),
+            "secret.hf-token: a create change whose body is not an object",
+        ),
+        (
+            rayservice,
+            "/body",
+            json!("a string"),
+            "a create change whose body is not an object",
+        ),
+        (
+            rayservice,
+            "/body",
+            json!([1, 2]),
+            "a create change whose body is not an object",
+        ),
+        (
+            rayservice,
+            "/body/metadata/name",
+            json!("another"),
+            "rayservice.mistral-7b: a create change whose body is not the ray.io/v1 RayService `mistral-7b` it names",
+        ),
+        (
+            rayservice,
+            "/depends_on",
+            json!(["manifest.nowhere"]),
+            "depends on manifest.nowhere, which is not another change of the plan",
+        ),
+        (
+            "secret.hf-token",
+            "/depends_on",
+            json!([rayservice]),
+            "depend on each other in a cycle",
+        ),
+    ];
+    for (address, pointer, bad, said) in bent {
         let mut plan = whole.clone();
         let change = plan["changes"]
             .as_array_mut()
@@ -1143,19 +1178,31 @@ async fn a_saved_plan_whose_body_is_not_an_object_is_refused_before_anything_is_
             .iter_mut()
             .find(|c| c["address"] == address)
             .expect("the change is in the plan");
-        change[field] = bad.clone();
+        *change.pointer_mut(pointer).unwrap() = bad.clone();
         env.write("bent.plan", &plan.to_string());
         let refused = env.rayform(&["apply", "bent.plan", "--no-wait"]).code(1);
         refused.stderr_has("is not a rayform plan");
-        refused.stderr_has(&format!(
-            "{address}: a create change whose {field} is not an object"
-        ));
+        refused.stderr_has(said);
         assert!(
             !refused.stderr.contains("panicked") && !refused.stderr.contains("Patching"),
-            "{field} = {bad}: {}",
+            "{pointer} = {bad}: {}",
             refused.stderr
         );
     }
+
+    // A token changed since the plan is found before the Karpenter patches
+    // that come first, not at the Secret's turn.
+    let changed = env
+        .command(&["apply", "whole.plan", "--no-wait"])
+        .env("HUGGING_FACE_HUB_TOKEN", format!("{}-rotated", env.token))
+        .output()
+        .unwrap();
+    let changed = Run::from(changed).code(1);
+    changed.stderr_has(
+        "secret.hf-token: the value of key `HUGGING_FACE_HUB_TOKEN` changed since the plan was made",
+    );
+    assert!(!changed.stderr.contains("Patching"), "{}", changed.stderr);
+
     for (api, kind, name) in [
         ("v1", "Secret", "hf-token"),
         ("ray.io/v1", "RayService", "mistral-7b"),
@@ -1165,6 +1212,11 @@ async fn a_saved_plan_whose_body_is_not_an_object_is_refused_before_anything_is_
             "{kind} was not created"
         );
     }
+    let (pool, _) = env.karpenter_specs().await;
+    assert_eq!(
+        pool["disruption"]["consolidateAfter"], "30s",
+        "the NodePool was not patched"
+    );
 }
 
 #[tokio::test]
