@@ -112,7 +112,7 @@ impl Durability for Fsync {
 /// An open journal. Lines are synced by a flusher thread at most
 /// [`SYNC_EVERY`] after they were appended, whether or not another line
 /// follows: the last line before a readiness wait of half an hour is on
-/// disk a tenth of a second after it was written, not at the end.
+/// disk within a tenth of a second of its write, not at the end.
 pub struct Journal {
     state: PathBuf,
     path: PathBuf,
