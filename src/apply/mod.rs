@@ -31,7 +31,7 @@ pub enum ApplyError {
     },
     #[error("{address}: {message}")]
     Resource { address: Address, message: String },
-    #[error("the saved plan is stale: {0}\n  help: run `rayform plan` again")]
+    #[error("the saved plan is stale: {0}; nothing was changed\n  help: run `rayform plan` again")]
     Stale(String),
     #[error(transparent)]
     State(#[from] StateError),
@@ -122,7 +122,16 @@ fn interrupted_message(done: usize, not_done: &[Address]) -> String {
 }
 
 /// Refuses a saved plan whose state or live objects moved since it was made.
-pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Result<(), ApplyError> {
+/// Everything a saved plan pinned, checked before its first write: the
+/// state's lineage and serial, the cluster, the secret values (by their
+/// fingerprints) and the version of every object it changes. A plan is
+/// applied whole or not at all.
+pub async fn check_fresh(
+    cluster: &Cluster,
+    plan: &Plan,
+    state: &State,
+    secrets: &SecretValues,
+) -> Result<(), ApplyError> {
     if plan.state_lineage != state.lineage {
         return Err(ApplyError::Stale(format!(
             "it was made for state lineage {}, the state file now has lineage {}",
@@ -140,6 +149,16 @@ pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Resul
             "it was made for {}, this is {}",
             plan.cluster.server, cluster.id.server
         )));
+    }
+    for (c, w) in plan.changes.iter().filter_map(|c| Some((c, c.write()?))) {
+        let values = secrets.get(&c.address);
+        DesiredObject::from_masked(
+            &w.payload.body,
+            &w.payload.secret_fingerprints,
+            values,
+            &state.fingerprint_key,
+        )
+        .map_err(|m| ApplyError::Stale(format!("{}: {m}", c.address)))?;
     }
     for c in plan.changes.iter().filter(|c| c.action().is_change()) {
         let Some(kind) = cluster.kind(&c.api_version, &c.kind) else {
@@ -164,22 +183,6 @@ pub async fn check_fresh(cluster: &Cluster, plan: &Plan, state: &State) -> Resul
                 now.unwrap_or("absent")
             )));
         }
-    }
-    Ok(())
-}
-
-/// Refuses a saved plan whose secret values changed (or went) since it was
-/// made, before anything is sent rather than at the Secret's turn.
-pub fn check_secrets(plan: &Plan, secrets: &SecretValues, key: &str) -> Result<(), ApplyError> {
-    for c in &plan.changes {
-        let Some(w) = c.write() else { continue };
-        DesiredObject::from_masked(
-            &w.payload.body,
-            &w.payload.secret_fingerprints,
-            secrets.get(&c.address),
-            key,
-        )
-        .map_err(|m| ApplyError::Stale(format!("{}: {m}", c.address)))?;
     }
     Ok(())
 }
@@ -397,10 +400,23 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
             shared.say(&c.address, format!("Patched after {}", elapsed(started)));
         }
         Op::Revert(e) => {
-            shared.say(&c.address, "Reverting to the recorded original values...");
+            let released_to = c.released_to();
+            shared.say(
+                &c.address,
+                match &released_to {
+                    Some(_) => "Releasing this stack's hold...",
+                    None => "Reverting to the recorded original values...",
+                },
+            );
             merge_and_verify(shared, c, &e.patch).await?;
             shared.remove(&c.address).await?;
-            let done = format!("Reverted and verified after {}", elapsed(started));
+            let done = match released_to {
+                Some(holders) => format!(
+                    "Released after {}; stack {holders} still holds it",
+                    elapsed(started)
+                ),
+                None => format!("Reverted and verified after {}", elapsed(started)),
+            };
             shared.say(&c.address, done);
         }
         Op::Forget => shared.remove(&c.address).await?,
@@ -717,6 +733,7 @@ pub async fn import(
     cluster: &Cluster,
     address: &Address,
     want: &DesiredObject,
+    secret_keys: &[String],
     state: &State,
 ) -> Result<ResourceState, ApplyError> {
     let fail = |message: String| ApplyError::Resource {
@@ -746,6 +763,14 @@ pub async fn import(
                 namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default()
             ))
         })?;
+    if let Some(other) = desired::other_stack(&live, &state.stack) {
+        return Err(fail(format!(
+            "{} `{}` belongs to rayform stack `{other}` (label {}={other}); import takes only objects no live stack manages\n  help: pass --adopt {address} to `rayform apply` to take it from stack `{other}`",
+            want.kind,
+            want.name,
+            desired::LABEL_STACK
+        )));
+    }
     if let Some(other) = desired::other_lineage(&live, &state.lineage) {
         return Err(fail(format!(
             "{} `{}` was made by another rayform state of this stack name (lineage {other}); import it with that state, or pass --adopt {address} to apply",
@@ -753,10 +778,23 @@ pub async fn import(
         )));
     }
     desired::fingerprint_secret_data(&mut live, &state.fingerprint_key);
-    Ok(entry_as_found(
-        (&want.api_version, &want.kind, &want.name),
-        namespace,
-        &live,
-        &want.masked_body(),
-    ))
+    // A Secret's data is recorded as found (keyed fingerprints of the keys
+    // the stack declares), so the next plan compares values, not "{}".
+    let found: BTreeMap<String, String> = secret_keys
+        .iter()
+        .filter_map(|k| Some((k.clone(), live["data"][k].as_str()?.to_string())))
+        .collect();
+    let mut masked = want.masked_body();
+    if want.is_secret() {
+        masked["data"] = serde_json::to_value(&found).unwrap_or_default();
+    }
+    Ok(ResourceState {
+        secret_fingerprints: found,
+        ..entry_as_found(
+            (&want.api_version, &want.kind, &want.name),
+            namespace,
+            &live,
+            &masked,
+        )
+    })
 }

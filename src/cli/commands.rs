@@ -132,11 +132,22 @@ pub(super) async fn apply(
         if !plan.has_changes() && !state_only && !waits {
             return Ok(0);
         }
-        if plan.has_changes() && !confirm(auto_approve, "apply", out)? {
-            return Ok(1);
+        if plan.needs_approval()
+            && let Answer::Declined(code) = confirm(auto_approve, "apply", out, stop).await?
+        {
+            return Ok(code);
         }
         let secrets = read_secrets(&s, out)?;
-        execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
+        execute(
+            &cluster,
+            &plan,
+            state,
+            (&backend, held(&lock)?),
+            secrets,
+            how,
+            out,
+        )
+        .await
     }
 }
 
@@ -185,8 +196,10 @@ pub(super) async fn destroy(
     {
         return Ok(0);
     }
-    if plan.has_changes() && !confirm(auto_approve, "destroy", out)? {
-        return Ok(1);
+    if plan.needs_approval()
+        && let Answer::Declined(code) = confirm(auto_approve, "destroy", out, stop).await?
+    {
+        return Ok(code);
     }
     let how = Execution {
         run: &run,
@@ -198,7 +211,7 @@ pub(super) async fn destroy(
         &cluster,
         &plan,
         state,
-        (&backend, &lock),
+        (&backend, held(&lock)?),
         SecretValues::new(),
         how,
         out,

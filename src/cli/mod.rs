@@ -69,15 +69,21 @@ pub fn main() -> ExitCode {
         let outcome = tokio::select! {
             result = &mut run => Ok(result),
             (name, code) = interrupted() => {
-                // As Terraform: the first signal lets the changes in flight
-                // finish and be recorded; a second one stops at once.
-                out.error(&format!(
-                    "{name}: stopping once the changes in flight are done (again to stop at once)"
-                ));
+                INTERRUPTED_WITH.store(code, std::sync::atomic::Ordering::SeqCst);
                 stop.request();
-                tokio::select! {
-                    result = &mut run => Err((name, code, Some(result))),
-                    _ = interrupted() => Err((name, code, None)),
+                if ASKING.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Nothing is in flight yet: the question ends, and with it the run.
+                    Ok((&mut run).await)
+                } else {
+                    // As Terraform: the first signal lets the changes in flight
+                    // finish and be recorded; a second one stops at once.
+                    out.error(&format!(
+                        "{name}: stopping once the changes in flight are done (again to stop at once)"
+                    ));
+                    tokio::select! {
+                        result = &mut run => Err((name, code, Some(result))),
+                        _ = interrupted() => Err((name, code, None)),
+                    }
                 }
             }
         };
@@ -123,6 +129,17 @@ fn with_snippet(e: &(dyn std::error::Error + 'static)) -> String {
         (Some(s), Some((first, rest))) => format!("{first}\n{s}\n{rest}"),
         (Some(s), None) => format!("{text}\n{s}"),
         (None, _) => text,
+    }
+}
+
+/// The exit code of the signal that stopped the run (0 while none has).
+static INTERRUPTED_WITH: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The code a run stopped by a signal exits with (130 if it is not known).
+fn interrupt_code() -> u8 {
+    match INTERRUPTED_WITH.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => 130,
+        code => code,
     }
 }
 
@@ -222,14 +239,25 @@ async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8
         }
         None => return Err(format!("{address} is not in {}", s.file.display()).into()),
     };
-    let entry = apply::import(&cluster, &address, want, &state).await?;
+    // The keys a Secret declares; their values are not needed to import it.
+    let secret_keys: Vec<String> = s
+        .resources
+        .iter()
+        .filter(|r| r.address == address)
+        .filter_map(|r| match &r.spec {
+            ResourceSpec::Secret(spec) => Some(spec.data.keys().cloned().collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let entry = apply::import(&cluster, &address, want, &secret_keys, &state).await?;
     let uid = entry.uid.clone().unwrap_or_default();
     state.released.remove(&address);
     state.resources.insert(address.clone(), entry);
     if state.cluster.is_none() {
         state.cluster = Some(cluster.id.clone());
     }
-    backend.save(&mut state, &lock).await?;
+    backend.save(&mut state, held(&lock)?).await?;
     out.line(&format!("Imported {address} (uid {uid}). Run `rayform plan` to see what apply would change to match the stack."));
     Ok(0)
 }
@@ -240,11 +268,19 @@ struct Opened {
     stack: Stack,
     graph: Graph,
     backend: Backend,
-    lock: Lock,
+    /// None only for a plan of a stack whose state file does not exist:
+    /// locking it would create `state/` and a lock file, and plan writes nothing.
+    lock: Option<Lock>,
     state: State,
     /// No state existed yet.
     new: bool,
     cluster: Cluster,
+}
+
+/// The lock of a run that changes things (always taken for those).
+fn held(lock: &Option<Lock>) -> Result<&Lock, Error> {
+    lock.as_ref()
+        .ok_or_else(|| "internal: the state was opened without its lock".into())
 }
 
 async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Opened, Error> {
@@ -252,7 +288,15 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
     let graph = Graph::build(&stack)?;
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&stack.state, Some(&cluster))?;
-    let lock = backend.lock(operation).await?;
+    let nothing_to_lock = match &stack.state {
+        StateLocation::File { path } => operation == "plan" && !path.exists(),
+        StateLocation::Kubernetes { .. } => false,
+    };
+    let lock = if nothing_to_lock {
+        None
+    } else {
+        Some(backend.lock(operation).await?)
+    };
     let (state, new) = load_state(&backend, &stack, out).await?;
     check_cluster(&state, &cluster)?;
     Ok(Opened {
@@ -374,6 +418,13 @@ async fn make_plan(
         let _ = read_secrets(s, out);
     }
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
+    let mut adopt = BTreeSet::new();
+    for a in &take.adopt {
+        adopt.insert(
+            Address::parse(a)
+                .ok_or_else(|| format!("--adopt {a}: not an address like secret.hf-token"))?,
+        );
+    }
     let world = observe::observe(
         cluster,
         s,
@@ -383,6 +434,7 @@ async fn make_plan(
         &ObserveOptions {
             force,
             dry_run: take.dry_run_policy(),
+            adopt: adopt.clone(),
         },
     )
     .await?;
@@ -391,13 +443,6 @@ async fn make_plan(
         started.elapsed(),
         cluster.requests()
     ));
-    let mut adopt = BTreeSet::new();
-    for a in &take.adopt {
-        adopt.insert(
-            Address::parse(a)
-                .ok_or_else(|| format!("--adopt {a}: not an address like secret.hf-token"))?,
-        );
-    }
     let options = PlanOptions {
         destroy,
         force_conflicts: take.force_conflicts,
@@ -424,30 +469,70 @@ fn read_secrets(s: &Stack, out: &Out) -> Result<SecretValues, Error> {
     Ok(values)
 }
 
-fn confirm(auto_approve: bool, verb: &str, out: &Out) -> Result<bool, Error> {
+/// What the person at the terminal said to a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Approved,
+    /// Not approved: exit with this code (1 for an answer other than `yes`,
+    /// 130 or 143 when the question was interrupted).
+    Declined(u8),
+}
+
+/// Set while the question is on screen: a signal then cancels the run at
+/// once instead of letting changes in flight finish (there are none yet).
+static ASKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks for `yes` on the terminal, as Terraform does. The answer is read on a
+/// thread of its own so that the runtime keeps running meanwhile: a Lease
+/// lock must go on being renewed while a person reads the plan, and Ctrl-C
+/// must be noticed (`stop`) while the read blocks.
+async fn confirm(auto_approve: bool, verb: &str, out: &Out, stop: &Stop) -> Result<Answer, Error> {
     if auto_approve {
-        return Ok(true);
+        return Ok(Answer::Approved);
     }
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
+    if !std::io::stdin().is_terminal() {
         out.line(&format!("\nrayform {verb} needs confirmation, but standard input is not a terminal.\n  help: review the plan above and pass --auto-approve"));
-        return Ok(false);
+        return Ok(Answer::Declined(1));
     }
+    let question = if verb == "destroy" {
+        "Do you really want to destroy all resources?"
+    } else {
+        "Do you want to perform these actions?"
+    };
     out.line(&format!(
-        "\nDo you want to {verb} these changes?\n  Only 'yes' will be accepted to approve.\n"
+        "\n{question}\n  rayform will {verb} as shown above.\n  Only 'yes' will be accepted to approve.\n"
     ));
     out.prompt("  Enter a value: ");
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    if answer.trim() == "yes" {
-        Ok(true)
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A plain thread, not spawn_blocking: the runtime would wait for a
+    // blocked read at shutdown, and an interrupted question never returns.
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let read = std::io::stdin().lock().read_line(&mut answer);
+        let _ = tx.send(read.map(|_| answer));
+    });
+    ASKING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = tokio::select! {
+        read = rx => Some(read.map_err(|_| "the terminal closed")??),
+        () = stop.wait() => None,
+    };
+    ASKING.store(false, std::sync::atomic::Ordering::SeqCst);
+    let cancelled = if verb == "apply" {
+        "Apply cancelled."
     } else {
-        out.line(&format!(
-            "\n{} cancelled.",
-            if verb == "apply" { "Apply" } else { "Destroy" }
-        ));
-        Ok(false)
-    }
+        "Destroy cancelled."
+    };
+    Ok(match answer {
+        Some(a) if a.trim() == "yes" => Answer::Approved,
+        Some(_) => {
+            out.line(&format!("\n{cancelled}"));
+            Answer::Declined(1)
+        }
+        None => {
+            out.line(&format!("\n\n{cancelled} Nothing was changed."));
+            Answer::Declined(interrupt_code())
+        }
+    })
 }
 
 /// How a plan is carried out: apply's and destroy's flags, and the request to stop.
@@ -482,19 +567,36 @@ async fn execute(
     let s = plan.summary();
     if plan.destroy {
         out.line(&format!(
-            "\nDestroy complete! Resources: {} destroyed, {} reverted.",
-            s.destroy, s.revert
+            "\nDestroy complete! Resources: {} destroyed, {} reverted{}{}.",
+            s.destroy,
+            s.revert,
+            counted(s.release, "released"),
+            counted(s.forget, "forgotten")
         ));
     } else {
         out.line(&format!(
-            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched.",
-            s.add, s.change, s.destroy, s.patch
+            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched{}{}.",
+            s.add,
+            s.change,
+            s.destroy,
+            s.patch,
+            counted(s.release, "released"),
+            counted(s.forget, "forgotten")
         ));
         for r in &report.ready {
             out.line(&r.to_string());
         }
     }
     Ok(0)
+}
+
+/// ", N forgotten" for a summary line: said only when it happened.
+fn counted(count: usize, what: &str) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!(", {count} {what}")
+    }
 }
 
 /// A plan saved with `plan --out`, refused if another rayform wrote its format.
@@ -559,7 +661,6 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         )
         .into());
     }
-    apply::check_fresh(&cluster, &plan, &state).await?;
     // Secret values are not in the plan: read them again from where the stack says.
     let secrets = if plan
         .changes
@@ -571,7 +672,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     } else {
         SecretValues::new()
     };
-    apply::check_secrets(&plan, &secrets, &state.fingerprint_key)?;
+    apply::check_fresh(&cluster, &plan, &state, &secrets).await?;
     out.raw(&plan::render_text(&plan, out.render_options()));
     execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
 }

@@ -265,6 +265,16 @@ fn label(body: &mut Value, stack: &Stack, address: &Address, lineage: &str) {
 
 /// The lineage a live object names, when it is not `ours` (objects written
 /// before rayform recorded lineages name none, and stay claimable).
+/// The rayform stack a live object is labelled for, if it is another than
+/// `ours`: two stacks that declare the same object meet here.
+pub fn other_stack<'a>(live: &'a Value, ours: &str) -> Option<&'a str> {
+    let theirs = live
+        .pointer("/metadata/labels")?
+        .get(LABEL_STACK)?
+        .as_str()?;
+    (theirs != ours).then_some(theirs)
+}
+
 pub fn other_lineage(live: &Value, ours: &str) -> Option<String> {
     let theirs = live
         .pointer("/metadata/annotations")?

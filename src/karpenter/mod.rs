@@ -137,6 +137,10 @@ pub struct KarpenterPatch {
     pub expect: BTreeMap<String, Option<Value>>,
     /// Whether anything would change.
     pub needed: bool,
+    /// For a revert: the other stacks that still hold the object, so only
+    /// this stack's hold is released and their values stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
 }
 
 fn annotations(live: &Value) -> BTreeMap<String, String> {
@@ -220,6 +224,7 @@ pub fn patch(stack: &str, live: &Value, fields: &BTreeMap<String, Value>) -> Kar
             .collect(),
         fields: recorded,
         needed,
+        held_by: Vec::new(),
     }
 }
 
@@ -259,6 +264,12 @@ pub fn revert_forced(
     patch
 }
 
+/// Whether a field `stack` wrote now holds a value no rayform stack wrote
+/// (someone changed it since).
+pub fn changed_since_written(stack: &str, live: &Value) -> bool {
+    holders(live).contains_key(stack) && revert(stack, live, &BTreeMap::new()).is_err()
+}
+
 /// Takes back `stack`'s patch because the original values already satisfy
 /// its intent; a stack holding nothing has nothing to take back.
 pub fn withdraw(stack: &str, live: &Value) -> Result<KarpenterPatch, Vec<ChangedField>> {
@@ -268,6 +279,7 @@ pub fn withdraw(stack: &str, live: &Value) -> Result<KarpenterPatch, Vec<Changed
             fields: BTreeMap::new(),
             expect: BTreeMap::new(),
             needed: false,
+            held_by: Vec::new(),
         });
     }
     let mut patch = revert(stack, live, &BTreeMap::new())?;
@@ -347,6 +359,11 @@ fn revert_with(
         fields,
         expect,
         needed,
+        held_by: all
+            .keys()
+            .filter(|s| s.as_str() != stack)
+            .cloned()
+            .collect(),
     };
     (patch, changed)
 }

@@ -96,6 +96,9 @@ pub struct ObservedPatch {
     pub changed_outside: Vec<ChangedField>,
     /// How the intent became these fields ("already satisfied: ...").
     pub notes: Vec<String>,
+    /// A value set since this stack wrote its own that meets the intent
+    /// too, left as it is: why.
+    pub kept: Option<String>,
     /// What else changes for the user while the patch holds.
     pub warnings: Vec<String>,
 }
@@ -111,6 +114,9 @@ pub struct ObserveOptions {
     /// Destroy: overwrite Karpenter fields changed outside rayform.
     pub force: bool,
     pub dry_run: DryRun,
+    /// Objects the user allows rayform to take over (`--adopt`): dry-run
+    /// like rayform's own, so the plan shows what taking them changes.
+    pub adopt: BTreeSet<Address>,
 }
 
 /// Where the fingerprint shortcut can skip the dry run.
@@ -133,18 +139,13 @@ pub async fn observe(
 ) -> Result<World, ClusterError> {
     let served = served(cluster);
     let mut resources = BTreeMap::new();
-    // Objects, grouped so that each kind costs one LIST; Karpenter objects
-    // one by one, as each is patched on its own.
-    let mut groups: BTreeMap<(String, String), Vec<Address>> = BTreeMap::new();
+    // Objects, grouped so that each kind costs one LIST per namespace;
+    // Karpenter objects one by one, as each is patched on its own.
+    let mut groups: BTreeMap<Group, Vec<Address>> = BTreeMap::new();
     let addresses: BTreeSet<&Address> = desired.keys().chain(state.resources.keys()).collect();
     for address in addresses {
-        match route(address, desired, state, mode) {
-            Route::Object(api_version, kind) => {
-                groups
-                    .entry((api_version, kind))
-                    .or_default()
-                    .push(address.clone());
-            }
+        match route(address, desired, state, mode, &stack.namespace) {
+            Route::Object(group) => groups.entry(group).or_default().push(address.clone()),
             Route::Wait => {
                 resources.insert(address.clone(), Observed::Wait);
             }
@@ -171,10 +172,44 @@ pub async fn observe(
     })
 }
 
+/// Objects listed together: one kind, in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Group {
+    api_version: String,
+    kind: String,
+    /// Where to look if the kind is namespaced: the stack's namespace for
+    /// what it declares, the recorded one for what only the state has (so a
+    /// stack moved to another namespace still finds, and deletes, what it
+    /// left in the old one).
+    namespace: String,
+}
+
+impl Group {
+    fn wanted(o: &DesiredObject) -> Group {
+        Group {
+            api_version: o.api_version.clone(),
+            kind: o.kind.clone(),
+            namespace: o.namespace.clone(),
+        }
+    }
+
+    fn recorded(st: &ResourceState, stack_namespace: &str) -> Group {
+        Group {
+            api_version: st.api_version.clone(),
+            kind: st.kind.clone(),
+            // States from before namespaces were recorded: the stack's.
+            namespace: st
+                .namespace
+                .clone()
+                .unwrap_or_else(|| stack_namespace.to_string()),
+        }
+    }
+}
+
 /// How one address is looked at.
 enum Route<'a> {
-    /// A Kubernetes object of this apiVersion and kind, listed with its kind.
-    Object(String, String),
+    /// A Kubernetes object, listed with the others of its group.
+    Object(Group),
     Wait,
     Pool(&'a crate::stack::NodePoolIntent),
     Class(&'a crate::stack::NodeClassIntent),
@@ -191,6 +226,7 @@ fn route<'a>(
     desired: &'a BTreeMap<Address, Desired>,
     state: &'a State,
     mode: Mode,
+    stack_namespace: &str,
 ) -> Route<'a> {
     let wanted = if mode == Mode::Destroy {
         None
@@ -198,16 +234,16 @@ fn route<'a>(
         desired.get(address)
     };
     match (wanted, state.resources.get(address)) {
-        (Some(Desired::Object(o)), _) => Route::Object(o.api_version.clone(), o.kind.clone()),
+        (Some(Desired::Object(o)), _) => Route::Object(Group::wanted(o)),
         (Some(Desired::Wait(_)), _) => Route::Wait,
         (Some(Desired::NodePool(intent)), _) => Route::Pool(intent),
         (Some(Desired::NodeClass(intent)), _) => Route::Class(intent),
         (None, Some(st)) if st.patch.is_some() => Route::Revert(st),
-        (None, Some(st)) => Route::Object(st.api_version.clone(), st.kind.clone()),
+        (None, Some(st)) => Route::Object(Group::recorded(st, stack_namespace)),
         // What was written before the state write was lost still carries our
         // label or our holder annotation.
         (None, None) => match desired.get(address) {
-            Some(Desired::Object(o)) => Route::Object(o.api_version.clone(), o.kind.clone()),
+            Some(Desired::Object(o)) => Route::Object(Group::wanted(o)),
             Some(Desired::NodePool(_)) => Route::Unrecorded(ResourceType::NodePool),
             Some(Desired::NodeClass(_)) => Route::Unrecorded(ResourceType::NodeClass),
             _ => Route::Nothing,
@@ -257,7 +293,7 @@ async fn observe_patch(
 async fn observe_objects(
     cluster: &Cluster,
     stack: &Stack,
-    groups: BTreeMap<(String, String), Vec<Address>>,
+    groups: BTreeMap<Group, Vec<Address>>,
     desired: &BTreeMap<Address, Desired>,
     state: &State,
     mode: Mode,
@@ -265,9 +301,9 @@ async fn observe_objects(
 ) -> Result<(Vec<(Address, Observed)>, bool), ClusterError> {
     let mut out = Vec::new();
     let mut listed_groups = Vec::new();
-    for ((api_version, kind_name), members) in groups {
-        let Some(kind) = cluster.kind(&api_version, &kind_name) else {
-            let problem = missing_kind_message(&api_version, &kind_name);
+    for (group, members) in groups {
+        let Some(kind) = cluster.kind(&group.api_version, &group.kind) else {
+            let problem = missing_kind_message(&group.api_version, &group.kind);
             out.extend(members.into_iter().map(|a| {
                 let gone = ObservedObject {
                     problem: Some(problem.clone()),
@@ -278,42 +314,52 @@ async fn observe_objects(
             }));
             continue;
         };
-        let members = list_members(cluster, stack, &kind, members, desired, state, mode).await?;
-        listed_groups.push((kind, members));
+        let namespace = kind.namespaced.then_some(group.namespace);
+        let listed = Listing {
+            stack,
+            kind: &kind,
+            namespace: namespace.as_deref(),
+        };
+        let members = list_members(cluster, &listed, members, desired, state, mode).await?;
+        listed_groups.push((kind, namespace, members));
     }
     let may_change = listed_groups
         .iter()
-        .flat_map(|(_, members)| members)
+        .flat_map(|(_, _, members)| members)
         .filter(|m| m.may_change(state))
         .count();
     let server = options.dry_run.allows(may_change);
     let manager = stack.field_manager();
     let jobs: Vec<_> = listed_groups
         .into_iter()
-        .flat_map(|(kind, members)| {
-            let kind = std::sync::Arc::new(kind);
-            members.into_iter().map(move |m| (kind.clone(), m))
+        .flat_map(|(kind, namespace, members)| {
+            let group = std::sync::Arc::new((kind, namespace));
+            members.into_iter().map(move |m| (group.clone(), m))
         })
-        .map(|(kind, member)| {
-            let namespace = kind.namespaced.then_some(stack.namespace.as_str());
-            let context = MemberContext {
-                cluster,
-                namespace,
-                state,
-                manager: &manager,
-                dry_run: server,
-                may_change,
-            };
-            async move { observe_member(&context, &kind, member).await }
+        .map(|(group, member)| {
+            let manager = &manager;
+            async move {
+                let context = MemberContext {
+                    cluster,
+                    namespace: group.1.as_deref(),
+                    state,
+                    manager,
+                    dry_run: server,
+                    adopt: &options.adopt,
+                    may_change,
+                };
+                let (address, mut obs) = observe_member(&context, &group.0, member).await?;
+                if let (ResourceType::RayService, Some(namespace)) = (address.kind, &group.1) {
+                    obs.kuberay_version = kuberay_version(cluster, namespace, &obs).await;
+                }
+                Ok::<_, ClusterError>((address, obs))
+            }
         })
         .collect();
     // Requests for objects that may change go out side by side.
     let mut observed = futures::stream::iter(jobs).buffered(OBSERVE_PARALLELISM);
     while let Some(result) = observed.next().await {
-        let (address, mut obs) = result?;
-        if address.kind == ResourceType::RayService {
-            obs.kuberay_version = kuberay_version(cluster, &stack.namespace, &obs).await;
-        }
+        let (address, obs) = result?;
         out.push((address, Observed::Object(obs)));
     }
     Ok((out, server))
@@ -393,18 +439,29 @@ impl Member<'_> {
     }
 }
 
+/// Where one group's LIST goes.
+struct Listing<'a> {
+    stack: &'a Stack,
+    kind: &'a Kind,
+    /// None for a cluster-scoped kind.
+    namespace: Option<&'a str>,
+}
+
 /// Lists one kind: the objects carrying this stack's label, and, when many
 /// wanted objects are not among them, the whole kind in the namespace.
 async fn list_members<'a>(
     cluster: &Cluster,
-    stack: &Stack,
-    kind: &Kind,
+    listing: &Listing<'_>,
     addresses: Vec<Address>,
     desired: &'a BTreeMap<Address, Desired>,
     state: &'a State,
     mode: Mode,
 ) -> Result<Vec<Member<'a>>, ClusterError> {
-    let namespace = kind.namespaced.then_some(stack.namespace.as_str());
+    let Listing {
+        stack,
+        kind,
+        namespace,
+    } = *listing;
     let key = &state.fingerprint_key;
     let mut members: Vec<Member<'a>> = addresses
         .into_iter()
@@ -529,6 +586,7 @@ struct MemberContext<'a> {
     manager: &'a str,
     /// Dry-run what may change on the server (else diff locally).
     dry_run: bool,
+    adopt: &'a BTreeSet<Address>,
     /// How many objects may change in this plan.
     may_change: usize,
 }
@@ -579,7 +637,12 @@ async fn observe_member(
         live = fetch(cx, kind, &name).await?;
         known = true;
     }
-    if let (Some(l), Some(st), false) = (&live, st, labelled) {
+    // Relabelled for another stack (adopted by it) is not "label removed":
+    // the uid rayform recorded no longer makes the object this stack's.
+    let other_stack = live
+        .as_ref()
+        .and_then(|l| desired::other_stack(l, &state.stack));
+    if let (Some(l), Some(st), false, None) = (&live, st, labelled, other_stack) {
         let uid = l.pointer("/metadata/uid").and_then(Value::as_str);
         let unlabelled = match st.uid.as_deref() {
             None => Unlabelled::Unknown,
@@ -594,7 +657,7 @@ async fn observe_member(
         match &live {
             Some(_) if obs.owned && listed_unchanged => obs.unchanged = true,
             Some(l) if obs.owned && unchanged(st, &want, l) => obs.unchanged = true,
-            Some(_) if !obs.owned => {}
+            Some(_) if !obs.owned && !cx.adopt.contains(&address) => {}
             _ if !cx.dry_run => {
                 obs.local = true;
                 obs.note = Some(format!(
@@ -610,7 +673,8 @@ async fn observe_member(
             // someone else's, in the way. Asking only then saves a GET before
             // every create of a large stack's first plan.
             live = fetch(cx, kind, &name).await?;
-            if live.is_some() {
+            // Unless it is to be adopted, when the dry run is just what the plan shows.
+            if live.is_some() && !cx.adopt.contains(&address) {
                 obs = ObservedObject {
                     namespaced: kind.namespaced,
                     ..Default::default()
@@ -831,7 +895,7 @@ async fn observe_karpenter(
     stack: &Stack,
     address: &Address,
     (api_version, kind_name): (&str, &str),
-    wanted: impl FnOnce(&Value, &Value) -> Result<Wanted, String>,
+    wanted: impl Fn(&Value, &Value) -> Result<Wanted, String>,
 ) -> Result<ObservedPatch, ClusterError> {
     let mut out = ObservedPatch::default();
     let Some((kind, live)) =
@@ -860,9 +924,21 @@ async fn observe_karpenter(
             notes,
             warnings,
         }) => {
-            out.notes = notes;
-            out.warnings = warnings;
-            karpenter::patch(&stack.name, &live, &fields)
+            let mut patch = karpenter::patch(&stack.name, &live, &fields);
+            // Someone set a value since this stack wrote its own, and it
+            // meets the intent as well (a longer TTL, a larger disk): the
+            // floor holds, so it is kept, not "corrected" back down.
+            if let (true, Ok(Wanted::Satisfied(why))) = (
+                patch.needed && karpenter::changed_since_written(&stack.name, &live),
+                wanted(&live, &live),
+            ) {
+                out.kept = Some(format!("kept (longer than the stack asks): {why}"));
+                patch.needed = false;
+            } else {
+                out.notes = notes;
+                out.warnings = warnings;
+            }
+            patch
         }
         Ok(Wanted::Satisfied(why)) => {
             out.notes.push(format!("already satisfied: {why}"));

@@ -201,6 +201,22 @@ impl Change {
         }
     }
 
+    /// For a revert that only releases this stack's hold on a Karpenter
+    /// object: the stacks that still hold it ("a, b").
+    pub fn released_to(&self) -> Option<String> {
+        match &self.op {
+            Op::Revert(e) if !e.patch.held_by.is_empty() => Some(
+                e.patch
+                    .held_by
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            _ => None,
+        }
+    }
+
     /// The body a create or update sends.
     pub fn write(&self) -> Option<&Write> {
         match &self.op {
@@ -222,6 +238,15 @@ impl Change {
             Op::Create(w) | Op::Update { write: w, .. } => w.diff.as_deref(),
             Op::Patch(e) | Op::Revert(e) => e.diff.as_deref(),
             Op::Refused(r) => r.diff.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn diff_mut(&mut self) -> Option<&mut String> {
+        match &mut self.op {
+            Op::Create(w) | Op::Update { write: w, .. } => w.diff.as_mut(),
+            Op::Patch(e) | Op::Revert(e) => e.diff.as_mut(),
+            Op::Refused(r) => r.diff.as_mut(),
             _ => None,
         }
     }
@@ -583,6 +608,7 @@ mod tests {
 
     fn patch() -> KarpenterPatch {
         KarpenterPatch {
+            held_by: Vec::new(),
             merge: json!({"spec": {"weight": 5}}),
             fields: BTreeMap::new(),
             expect: BTreeMap::from([("/spec/weight".to_string(), Some(json!(5)))]),

@@ -65,6 +65,10 @@ pub struct Summary {
     pub destroy: usize,
     pub patch: usize,
     pub revert: usize,
+    /// Reverts that only let go of a Karpenter object another stack still holds.
+    pub release: usize,
+    /// Entries the state stops tracking; the objects (if any) stay.
+    pub forget: usize,
 }
 
 impl Plan {
@@ -76,8 +80,10 @@ impl Plan {
                 Action::Update => s.change += 1,
                 Action::Delete => s.destroy += 1,
                 Action::Patch => s.patch += 1,
+                Action::Revert if c.released_to().is_some() => s.release += 1,
                 Action::Revert => s.revert += 1,
-                Action::NoOp | Action::Wait | Action::Forget => {}
+                Action::Forget => s.forget += 1,
+                Action::NoOp | Action::Wait => {}
             }
         }
         s
@@ -85,6 +91,12 @@ impl Plan {
 
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action().is_change())
+    }
+
+    /// What a person is asked to approve: every change to the cluster, and
+    /// every entry the state will stop tracking, as its object may still run.
+    pub fn needs_approval(&self) -> bool {
+        self.has_changes() || self.changes.iter().any(|c| c.action() == Action::Forget)
     }
 
     pub fn change(&self, address: &Address) -> Option<&Change> {
@@ -160,11 +172,20 @@ pub fn build(
             options,
             &mut plan.warnings,
         );
+        // Forgetting what the state never had is nothing to do: a destroy of
+        // a stack never applied (or destroyed already) lists nothing.
+        let change = change
+            .filter(|c| c.action() != Action::Forget || state.resources.contains_key(&c.address));
         if let Some(c) = change {
             if let Some(e) = c.error() {
                 plan.errors.push(format!("{}: {e}", c.address));
             }
             plan.changes.push(c);
+        }
+    }
+    if state_new {
+        for diff in plan.changes.iter_mut().filter_map(Change::diff_mut) {
+            *diff = unknown_until_applied(diff, &state.lineage);
         }
     }
     if !options.destroy {
@@ -313,6 +334,7 @@ fn plan_patch(
     if patch.needed || patch.fields.is_empty() {
         c.reasons.extend(o.notes.iter().cloned());
     }
+    c.reasons.extend(o.kept.iter().cloned());
     if patch.needed {
         warnings.extend(o.warnings.iter().map(|w| format!("{address}: {w}")));
     }
@@ -449,7 +471,13 @@ fn plan_object(
     options: &PlanOptions,
 ) -> Option<Change> {
     let st = state.resources.get(address);
-    let mut c = object_change(address, o, rendered, st)?;
+    // What is no longer wanted is where the state recorded it, whatever the
+    // stack now says (its namespace may have been edited since).
+    let identity = match (wanted, st) {
+        (None, Some(_)) => None,
+        _ => rendered,
+    };
+    let mut c = object_change(address, o, identity, st)?;
     if let Some(problem) = &o.problem {
         return Some(unplannable(c, o, problem, wanted.is_some()));
     }
@@ -462,7 +490,7 @@ fn plan_object(
         });
     }
     let Some(Desired::Object(want)) = wanted else {
-        return Some(removed(c, o));
+        return Some(removed(c, o, &state.stack));
     };
     let mut want = want.clone();
     if !o.namespaced {
@@ -495,6 +523,27 @@ fn plan_object(
     }
     let found = Found { live, seen, st };
     Some(to_update(c, o, found, payload, options))
+}
+
+/// Without a state, its lineage and fingerprint key are made up for this
+/// plan alone: shown as they are, the lineage annotation and the secret
+/// checksums (keyed by that key) would differ on every plan. The apply makes
+/// the real ones, so the plan says so, as Terraform does.
+fn unknown_until_applied(diff: &str, lineage: &str) -> String {
+    let checksum = format!("{}: ", desired::ANNOTATION_SECRET_CHECKSUM);
+    let mut out: String = diff
+        .replace(lineage, "(known after apply)")
+        .lines()
+        .map(|line| match line.find(&checksum) {
+            Some(at) => format!("{}(known after apply)", &line[..at + checksum.len()]),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if diff.ends_with('\n') {
+        out.push('\n');
+    }
+    out
 }
 
 /// The change's identity: what it is and where; nothing to do yet.
@@ -541,17 +590,19 @@ fn unplannable(mut c: Change, o: &ObservedObject, problem: &str, wanted: bool) -
             .push(problem.lines().next().unwrap_or_default().to_string());
         return c;
     }
-    let action = if wanted {
-        Action::Create
-    } else {
-        Action::Delete
+    let action = match (wanted, &o.live) {
+        // The server refused the new version of an object that exists:
+        // an update that cannot be made, not a create.
+        (true, Some(_)) => Action::Update,
+        (true, None) => Action::Create,
+        (false, _) => Action::Delete,
     };
     c.op = Op::refused(action, problem.to_string());
     c
 }
 
 /// Removed from the stack, or destroy: delete what is ours, leave the rest.
-fn removed(mut c: Change, o: &ObservedObject) -> Change {
+fn removed(mut c: Change, o: &ObservedObject, stack: &str) -> Change {
     let Some(seen) = seen(o) else {
         c.op = Op::Forget;
         return c;
@@ -567,11 +618,18 @@ fn removed(mut c: Change, o: &ObservedObject) -> Change {
             ),
         ),
         _ => {
-            c.reasons.push(match &o.other_lineage {
-                Some(l) => {
+            let other_stack = o
+                .live
+                .as_ref()
+                .and_then(|live| desired::other_stack(live, stack));
+            c.reasons.push(match (&o.other_lineage, other_stack) {
+                (_, Some(other)) => {
+                    format!("it belongs to rayform stack `{other}` now; left alone")
+                }
+                (Some(l), None) => {
                     format!("made by another state of this stack name (lineage {l}); left alone")
                 }
-                None => "not created by rayform; left alone".into(),
+                (None, None) => "not created by rayform; left alone".into(),
             });
             Op::Forget
         }
@@ -629,6 +687,16 @@ fn not_ours(
         return None;
     }
     let (kind, name) = (&c.kind, &c.name);
+    let other_stack = o
+        .live
+        .as_ref()
+        .and_then(|live| desired::other_stack(live, &state.stack));
+    if let Some(other) = other_stack {
+        return Some(format!(
+            "{kind} `{name}` belongs to rayform stack `{other}` (label {LABEL_STACK}={other}), which declares it too\n  \
+             help: change it through stack `{other}`, rename it in one of the stacks, or pass --adopt {address} to take it from stack `{other}` (which then no longer manages it)"
+        ));
+    }
     Some(match &o.other_lineage {
         Some(l) => format!(
             "{kind} `{name}` was made by another rayform state of this stack name (lineage {l}; this state is {}), so it is not this state's to change\n  help: run with the state that made it, or pass --adopt {address} to take it over",

@@ -50,7 +50,13 @@ fn headline(c: &Change) -> Option<(&'static str, String)> {
                 ))
                 .unwrap_or_default()
         ),
-        _ => format!("{} {verb}{what}", c.address),
+        _ => match c.released_to() {
+            Some(holders) => format!(
+                "{} will be released{what}: stack {holders} still holds it, so its values stay",
+                c.address
+            ),
+            None => format!("{} {verb}{what}", c.address),
+        },
     };
     Some((sym, line))
 }
@@ -123,6 +129,14 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
     if !plan.destroy && s.revert > 0 {
         line.pop();
         let _ = write!(line, ", {} to revert.", s.revert);
+    }
+    if s.release > 0 {
+        line.pop();
+        let _ = write!(line, ", {} to release.", s.release);
+    }
+    if s.forget > 0 {
+        line.pop();
+        let _ = write!(line, ", {} to forget.", s.forget);
     }
     let _ = writeln!(out, "\n{}", p.bold(&line));
     out

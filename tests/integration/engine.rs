@@ -223,14 +223,25 @@ async fn two_stacks_share_karpenter_objects_and_the_last_one_reverts(backend: Ba
         .ok();
     assert_eq!(env.karpenter_specs().await, patched);
 
-    env.rayform(&["destroy", &a, "--auto-approve"]).ok();
+    // A's destroy only lets go: it says so, not "reverted".
+    let plan = env.rayform(&["plan", &a, "--destroy"]).ok();
+    plan.stdout_has(&format!(
+        "nodepool.{} will be released (karpenter.sh/v1 NodePool {}): stack `model-b` still holds it, so its values stay",
+        env.pool, env.pool
+    ));
+    plan.stdout_has("Plan: 2 to destroy, 0 to revert, 2 to release.");
+    let destroyed = env.rayform(&["destroy", &a, "--auto-approve"]).ok();
+    destroyed.stderr_has("still holds it");
+    destroyed.stdout_has("Resources: 2 destroyed, 0 reverted, 2 released.");
     assert_eq!(
         env.karpenter_specs().await,
         patched,
         "B still holds the patch"
     );
 
-    env.rayform(&["destroy", b, "--auto-approve"]).ok();
+    env.rayform(&["destroy", b, "--auto-approve"])
+        .ok()
+        .stdout_has("Resources: 0 destroyed, 2 reverted.");
     assert_eq!(
         env.karpenter_specs().await,
         before,
@@ -328,6 +339,144 @@ async fn a_stale_saved_plan_is_refused(backend: Backend) {
     refused.stderr_has("the state changed since the plan was made");
 }
 on_both_backends!(a_stale_saved_plan_is_refused);
+
+/// A saved plan pins the secret values it was made with (by fingerprint):
+/// another token in the environment refuses the whole plan before its first
+/// write, Karpenter patches included.
+#[tokio::test]
+async fn a_saved_plan_is_refused_whole_when_a_secret_value_changed() {
+    let env = Env::new(Profile::V1, "stalesecret").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("stalesecret");
+    env.rayform(&["init", &stack]).ok();
+    env.rayform(&["plan", &stack, "--out", "u.plan"]).ok();
+    let refused = Run::from(
+        env.command(&["apply", "u.plan", "--no-wait"])
+            .env("HUGGING_FACE_HUB_TOKEN", "hf_anotherTokenEntirely")
+            .output()
+            .unwrap(),
+    )
+    .code(1);
+    refused.stderr_has("changed since the plan was made");
+    refused.stderr_has("nothing was changed");
+    assert!(!refused.all().contains("Patched"), "{}", refused.all());
+    assert_eq!(env.karpenter_specs().await, before, "nothing was patched");
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "hf-token")
+            .await
+            .is_none()
+    );
+    // With the token it was made with, the same plan applies.
+    env.rayform(&["apply", "u.plan", "--no-wait"]).ok();
+}
+
+/// Two stacks declaring one object: the second names the stack that owns
+/// it (not "not created by rayform"), `import` refuses it naming the owner,
+/// and `--adopt` shows what taking it changes before it takes it.
+#[tokio::test]
+async fn an_object_of_another_stack_is_named_as_such_and_adopt_shows_its_diff() {
+    let env = Env::new(Profile::V1, "twostacks").await;
+    let stack = |name: &str| {
+        env.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[stack]\nname = \"{name}\"\nnamespace = \"{}\"\n\n[secret.shared.data]\nK = {{ env = \"HUGGING_FACE_HUB_TOKEN\" }}\n",
+                env.ns
+            ),
+        );
+        format!("{name}.toml")
+    };
+    let (alpha, beta) = (stack("alpha"), stack("beta"));
+    env.rayform(&["apply", &alpha, "--auto-approve"]).ok();
+
+    let refused = env.rayform(&["plan", &beta]).code(1);
+    refused.stdout_has("belongs to rayform stack `alpha`");
+    refused.stdout_has("--adopt secret.shared to take it from stack `alpha`");
+    assert!(
+        !refused.all().contains("not created by rayform"),
+        "{}",
+        refused.all()
+    );
+    env.rayform(&["import", &beta, "secret.shared"])
+        .code(1)
+        .stderr_has("belongs to rayform stack `alpha`");
+
+    let adopting = env
+        .rayform(&["plan", &beta, "--adopt", "secret.shared", "--json"])
+        .ok();
+    let plan: Value = serde_json::from_str(&adopting.stdout).expect("plan --json is JSON");
+    let change = &plan["changes"][0];
+    assert_eq!(change["address"], json!("secret.shared"), "{plan}");
+    let diff = change["diff"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no diff: {plan}"));
+    assert!(diff.contains("-    rayform.io/stack: alpha"), "{diff}");
+    assert!(diff.contains("+    rayform.io/stack: beta"), "{diff}");
+
+    env.rayform(&["apply", &beta, "--adopt", "secret.shared", "--auto-approve"])
+        .ok();
+    let secret = env
+        .get("v1", "Secret", Some(&env.ns), "shared")
+        .await
+        .unwrap();
+    assert_eq!(
+        secret["metadata"]["labels"]["rayform.io/stack"],
+        json!("beta")
+    );
+    // The stack it was taken from lets go of it, and says to whom.
+    env.rayform(&["destroy", &alpha, "--auto-approve"])
+        .ok()
+        .stdout_has("it belongs to rayform stack `beta` now; left alone");
+    assert!(
+        env.get("v1", "Secret", Some(&env.ns), "shared")
+            .await
+            .is_some()
+    );
+}
+
+/// The server refusing the new version of an object that exists is a change
+/// that cannot be made, not a create (nor "1 to add").
+#[tokio::test]
+async fn an_update_the_server_refuses_is_not_planned_as_a_create() {
+    let env = Env::new(Profile::V1, "refusedupdate").await;
+    let stack = env.mission_stack("refusedupdate");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let manifest = env.path("mistral-7b.rayservice.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("        replicas: 1", "        replicas: many"),
+    )
+    .unwrap();
+    let plan = env.rayform(&["plan", &stack]).code(1);
+    assert!(!plan.stdout.contains("will be created"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("1 to add"), "{}", plan.stdout);
+    plan.stdout_has("rayservice.mistral-7b will be updated");
+}
+
+/// A stack never applied: plan writes nothing (no `state/`, no lock file),
+/// shows the same thing every time (the lineage a first apply will make is
+/// "known after apply", not a new random one per plan), and its destroy plan
+/// is empty instead of forgetting what the state never had.
+#[tokio::test]
+async fn a_plan_without_a_state_writes_nothing_and_says_the_same_each_time() {
+    let env = Env::new(Profile::V1, "nostate").await;
+    let stack = env.mission_stack("nostate");
+    let first = env.rayform(&["plan", &stack]).ok();
+    let second = env.rayform(&["plan", &stack]).ok();
+    assert_eq!(first.stdout, second.stdout);
+    first.stdout_has("rayform.io/lineage: (known after apply)");
+    assert!(!env.path("state").exists(), "plan created state/");
+    let destroy = env.rayform(&["plan", &stack, "--destroy"]).ok();
+    assert!(
+        !destroy.stdout.contains("removed from state"),
+        "{}",
+        destroy.stdout
+    );
+    destroy.stdout_has("Plan: 0 to destroy, 0 to revert.");
+    assert!(!env.path("state").exists());
+}
 
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
 fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
@@ -697,7 +846,7 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
     assert_eq!(plan["format_version"], json!("1.1"));
     assert_eq!(
         plan["summary"],
-        json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0})
+        json!({"add": 2, "change": 0, "destroy": 0, "patch": 2, "revert": 0, "release": 0, "forget": 0})
     );
     assert_eq!(plan["has_changes"], json!(true));
     let text = env.rayform(&["plan", &stack]).ok();
@@ -858,8 +1007,17 @@ async fn forgetting_what_is_already_gone_is_saved_even_with_nothing_else_to_do()
         .unwrap();
     env.write("forgetonly.toml", &format!("{head}{}", secret("kept")));
     // A stack without a wait node: the plan holds one forget and nothing else.
+    env.rayform(&["plan", "forgetonly.toml"])
+        .ok()
+        .stdout_has("Plan: 0 to add, 0 to change, 0 to destroy, 0 to patch, 1 to forget.");
+    // Forgetting is a change a person approves: the state lets go of it.
+    env.rayform(&["apply", "forgetonly.toml"])
+        .code(1)
+        .stdout_has("needs confirmation");
+    assert!(state().contains("secret.dropped"));
     env.rayform(&["apply", "forgetonly.toml", "--auto-approve"])
-        .ok();
+        .ok()
+        .stdout_has("0 patched, 1 forgotten.");
     assert!(!state().contains("secret.dropped"), "{}", state());
 }
 
@@ -1190,19 +1348,6 @@ async fn a_saved_plan_that_does_not_hold_together_is_refused_before_anything_is_
         );
     }
 
-    // A token changed since the plan is found before the Karpenter patches
-    // that come first, not at the Secret's turn.
-    let changed = env
-        .command(&["apply", "whole.plan", "--no-wait"])
-        .env("HUGGING_FACE_HUB_TOKEN", format!("{}-rotated", env.token))
-        .output()
-        .unwrap();
-    let changed = Run::from(changed).code(1);
-    changed.stderr_has(
-        "secret.hf-token: the value of key `HUGGING_FACE_HUB_TOKEN` changed since the plan was made",
-    );
-    assert!(!changed.stderr.contains("Patching"), "{}", changed.stderr);
-
     for (api, kind, name) in [
         ("v1", "Secret", "hf-token"),
         ("ray.io/v1", "RayService", "mistral-7b"),
@@ -1285,6 +1430,55 @@ async fn moving_a_stack_to_another_namespace_is_refused_rather_than_orphaning() 
     let plan = env.rayform(&["plan", &stack]).code(1);
     plan.stdout_has(&format!("lives in namespace `{}`", env.ns));
 }
+
+/// The stack's namespace edited after an apply: destroy still finds every
+/// object where the state recorded it and deletes it, instead of looking in
+/// the new namespace, finding nothing and forgetting objects that still run.
+async fn destroy_after_a_namespace_edit_deletes_what_the_state_recorded(backend: Backend) {
+    let env = Env::on(backend, Profile::V1, "nsedit").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("nsedit");
+    let text = std::fs::read_to_string(env.path(&stack)).unwrap();
+    // The state stays where it is: only the objects' namespace moves.
+    let text = text.replace(
+        "[stack]\n",
+        &format!("[stack]\nstate_namespace = \"{}\"\n", env.ns),
+    );
+    env.write(&stack, &text);
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    env.write(
+        &stack,
+        &text.replace(
+            &format!("\nnamespace = \"{}\"", env.ns),
+            "\nnamespace = \"elsewhere\"",
+        ),
+    );
+    let plan = env.rayform(&["plan", &stack, "--destroy"]).ok();
+    plan.stdout_has("Plan: 2 to destroy, 2 to revert.");
+    let destroy = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    destroy.stdout_has("Destroy complete! Resources: 2 destroyed, 2 reverted.");
+    for (api_version, kind, name) in [
+        ("v1", "Secret", "hf-token"),
+        ("ray.io/v1", "RayService", "mistral-7b"),
+    ] {
+        assert!(
+            env.get(api_version, kind, Some(&env.ns), name)
+                .await
+                .is_none(),
+            "{kind} {name} is still running in {}",
+            env.ns
+        );
+    }
+    assert_eq!(env.karpenter_specs().await, before);
+    assert!(
+        env.state("nsedit")["resources"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+}
+on_both_backends!(destroy_after_a_namespace_edit_deletes_what_the_state_recorded);
 
 /// A no-op plan costs a LIST per kind and a GET per Karpenter object,
 /// however many resources the stack has.
@@ -1454,6 +1648,21 @@ async fn import_takes_an_existing_object_into_the_state_and_the_plan_shows_the_r
         .stdout_has(&uid);
     let plan = env.rayform(&["plan", &stack]).ok();
     plan.stdout_has("imported: rayform adds its labels");
+    // The import recorded the data as found (as keyed fingerprints): the same
+    // token is not "changed outside rayform".
+    assert!(
+        !plan.stdout.contains("changed outside rayform"),
+        "{}",
+        plan.stdout
+    );
+    let state = env.state("import");
+    let recorded = &state["resources"]["secret.hf-token"];
+    assert!(
+        recorded["secret_fingerprints"]["HUGGING_FACE_HUB_TOKEN"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("hmac-sha256:")),
+        "{recorded}"
+    );
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
     let secret = env

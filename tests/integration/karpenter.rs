@@ -69,6 +69,50 @@ async fn met_intents_are_left_alone(profile: Profile, pool: Value, disk: &str) {
     assert_eq!(env.karpenter_specs().await, before);
 }
 
+/// A longer TTL and a larger disk set with kubectl after the apply satisfy
+/// the floors too: the next plan keeps them instead of "correcting" them
+/// back down to the stack's numbers, and says why.
+async fn values_raised_since_the_apply_are_kept(profile: Profile, longer: Value) {
+    let env = Env::new(profile, &format!("raised-{}", profile.name())).await;
+    let stack = intents(&env, Some("600s"), Some("storage = \"200Gi\""));
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    merge_pool(&env, longer).await;
+    let device = env.class_spec().await["blockDeviceMappings"][0]["deviceName"].clone();
+    merge_class(
+        &env,
+        json!({"spec": {"blockDeviceMappings": [{"deviceName": device, "ebs": {"volumeSize": "300Gi", "volumeType": "gp3"}}]}}),
+    )
+    .await;
+    let raised = env.karpenter_specs().await;
+
+    let plan = env
+        .rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    plan.stdout_has(&format!("nodepool.{} has no changes", env.pool));
+    plan.stdout_has("(kept (longer than the stack asks): ");
+    plan.stdout_has("300Gi, at least 200Gi");
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    assert_eq!(env.karpenter_specs().await, raised, "nothing was lowered");
+}
+
+#[tokio::test]
+async fn a_v1_pool_and_class_raised_since_the_apply_are_kept() {
+    values_raised_since_the_apply_are_kept(
+        Profile::V1,
+        json!({"spec": {"disruption": {"consolidateAfter": "1h"}}}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_v1alpha5_provisioner_raised_since_the_apply_is_kept() {
+    values_raised_since_the_apply_are_kept(
+        Profile::V1alpha5,
+        json!({"spec": {"ttlSecondsAfterEmpty": 3600}}),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_v1_pool_keeping_empty_nodes_an_hour_is_not_shortened() {
     met_intents_are_left_alone(

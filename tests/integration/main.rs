@@ -14,4 +14,5 @@ mod engine;
 mod karpenter;
 mod readiness;
 mod redaction;
+mod terminal;
 mod validate;
