@@ -8,15 +8,24 @@
 //! finished resource cheaply (a journal line for a file; for the cluster, the
 //! Secret rewritten at most about once a second) and writes the state whole
 //! at the end. [`crate::state`] stays the plain data and the file format.
+//!
+//! Before a run first overwrites the state, each backend keeps the state as
+//! the run found it (Terraform's `.backup`): [`Backend::restore`] puts it back.
 
 pub mod kubernetes;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::cluster::{Cluster, ClusterError};
+use crate::plan::{Keep, Op, Payload, Plan};
 use crate::stack::StateLocation;
 use crate::state::journal::{Change, Journal};
 use crate::state::lock::{LockInfo, StateLock};
 use crate::state::store::Loaded;
-use crate::state::{State, StateError, store};
+use crate::state::{Applied, ResourceState, State, StateError, store};
+
+pub use kubernetes::Restored;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -30,12 +39,43 @@ pub enum BackendError {
         "the state lock was lost: {0}\n  help: another run may have taken over the state; nothing more was written. Run `rayform plan` to see where things stand"
     )]
     LockLost(String),
+    /// The state would pass what the kubernetes backend keeps (compressed bytes).
+    #[error(
+        "the state of stack `{stack}` would take {} compressed, more than the kubernetes backend keeps ({} in {} Secrets of 1 MiB)\n  help: split the stack in two (each stack has its own state), or keep this one's state in a file (--backend file)",
+        mib(*.bytes), mib(*.limit), .limit / kubernetes::stored::PART_BYTES
+    )]
+    TooLarge {
+        stack: String,
+        bytes: usize,
+        limit: usize,
+    },
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// An opened backend: where a stack's state lives.
 pub enum Backend {
-    File(std::path::PathBuf),
+    File(FileBackend),
     Kubernetes(Box<kubernetes::SecretBackend>),
+}
+
+/// The state file, and whether this run has kept its backup yet.
+pub struct FileBackend {
+    path: PathBuf,
+    backed_up: AtomicBool,
+}
+
+impl FileBackend {
+    /// Before this run's first write: the state as it found it, to
+    /// `<state>.backup`. Later writes of the same run keep that backup.
+    fn back_up(&self) -> Result<(), StateError> {
+        if !self.backed_up.swap(true, Ordering::SeqCst) {
+            store::back_up(&self.path)?;
+        }
+        Ok(())
+    }
 }
 
 /// The lock of a run, released when dropped (a file lock also goes with its
@@ -52,7 +92,10 @@ impl Backend {
         cluster: Option<&Cluster>,
     ) -> Result<Backend, BackendError> {
         match (location, cluster) {
-            (StateLocation::File { path }, _) => Ok(Backend::File(path.clone())),
+            (StateLocation::File { path }, _) => Ok(Backend::File(FileBackend {
+                path: path.clone(),
+                backed_up: AtomicBool::new(false),
+            })),
             (StateLocation::Kubernetes { namespace, stack }, Some(cluster)) => {
                 Ok(Backend::Kubernetes(Box::new(
                     kubernetes::SecretBackend::new(cluster.clone(), namespace, stack),
@@ -66,7 +109,7 @@ impl Backend {
 
     pub async fn lock(&self, operation: &str) -> Result<Lock, BackendError> {
         match self {
-            Backend::File(path) => Ok(Lock::File(StateLock::acquire(path, operation)?)),
+            Backend::File(f) => Ok(Lock::File(StateLock::acquire(&f.path, operation)?)),
             Backend::Kubernetes(b) => Ok(Lock::Lease(Box::new(b.lock(operation).await?))),
         }
     }
@@ -75,7 +118,7 @@ impl Backend {
     /// (the caller says so: the library prints nothing).
     pub async fn load(&self) -> Result<Option<Loaded>, BackendError> {
         match self {
-            Backend::File(path) => Ok(store::load(path)?),
+            Backend::File(f) => Ok(store::load(&f.path)?),
             Backend::Kubernetes(b) => Ok(b.load().await?.map(|state| Loaded { state, cut: None })),
         }
     }
@@ -83,7 +126,10 @@ impl Backend {
     /// Writes the state whole (serial bumped); the caller holds the lock.
     pub async fn save(&self, state: &mut State, lock: &Lock) -> Result<(), BackendError> {
         match (self, lock) {
-            (Backend::File(path), _) => Ok(store::save(path, state)?),
+            (Backend::File(f), _) => {
+                f.back_up()?;
+                Ok(store::save(&f.path, state)?)
+            }
             (Backend::Kubernetes(b), Lock::Lease(lease)) => b.save(state, &lease.handle()).await,
             (Backend::Kubernetes(_), Lock::File(_)) => Err(BackendError::Kubernetes(
                 "internal: the kubernetes backend was given a file lock".into(),
@@ -96,7 +142,10 @@ impl Backend {
     /// finished resource is recorded through the returned writer.
     pub async fn begin(&self, state: &mut State, lock: &Lock) -> Result<Writer, BackendError> {
         match (self, lock) {
-            (Backend::File(path), _) => Ok(Writer::File(Journal::begin(path, state)?)),
+            (Backend::File(f), _) => {
+                f.back_up()?;
+                Ok(Writer::File(Journal::begin(&f.path, state)?))
+            }
             (Backend::Kubernetes(b), Lock::Lease(lease)) => {
                 let handle = lease.handle();
                 b.save(state, &handle).await?;
@@ -114,9 +163,85 @@ impl Backend {
     /// Breaks the lock of a holder that is gone (`rayform force-unlock`).
     pub async fn force_unlock(&self, id: &str) -> Result<LockInfo, BackendError> {
         match self {
-            Backend::File(path) => Ok(crate::state::lock::force_unlock(path, id)?),
+            Backend::File(f) => Ok(crate::state::lock::force_unlock(&f.path, id)?),
             Backend::Kubernetes(b) => b.force_unlock(id).await,
         }
+    }
+
+    /// Puts back the state as it was before the last command that wrote it
+    /// (the caller holds the lock); `None` if no backup was kept.
+    pub async fn restore(&self, lock: &Lock) -> Result<Option<Restored>, BackendError> {
+        match (self, lock) {
+            (Backend::File(f), _) => Ok(store::restore(&f.path)?.map(|(from, state)| Restored {
+                from,
+                serial: state.serial,
+                resources: state.resources.len(),
+            })),
+            (Backend::Kubernetes(b), Lock::Lease(lease)) => b.restore(&lease.handle()).await,
+            (Backend::Kubernetes(_), Lock::File(_)) => Err(BackendError::Kubernetes(
+                "internal: the kubernetes backend was given a file lock".into(),
+            )),
+        }
+    }
+
+    /// Where the backup is kept, as a user finds it.
+    pub fn backup_location(&self) -> String {
+        match self {
+            Backend::File(f) => store::backup_path(&f.path).display().to_string(),
+            Backend::Kubernetes(b) => b.backup_location(),
+        }
+    }
+
+    /// Refuses, before anything is written, a plan whose state would not
+    /// fit the backend (only the kubernetes backend has a limit).
+    pub fn check_size(&self, state: &State, plan: &Plan) -> Result<(), BackendError> {
+        match self {
+            Backend::File(_) => Ok(()),
+            Backend::Kubernetes(b) => b.check_size(&projected(state, plan)),
+        }
+    }
+}
+
+/// The state as it will be once `plan` is applied, near enough to size it:
+/// each object written recorded with its body as the fields it applied.
+fn projected(state: &State, plan: &Plan) -> State {
+    let mut after = state.clone();
+    for change in &plan.changes {
+        let address = change.address.clone();
+        match &change.op {
+            Op::Create(w) | Op::Update { write: w, .. } => {
+                after
+                    .resources
+                    .insert(address, recorded(change, &w.payload));
+            }
+            Op::NoOp(Keep::Record { payload, .. }) => {
+                after.resources.insert(address, recorded(change, payload));
+            }
+            Op::Delete(_) | Op::Forget => {
+                after.resources.remove(&address);
+            }
+            // A Karpenter patch records a few fields; the rest records nothing.
+            Op::NoOp(_) | Op::Patch(_) | Op::Revert(_) | Op::Wait(_) | Op::Refused(_) => {}
+        }
+    }
+    after
+}
+
+/// What the state will record of an object written with `payload`.
+fn recorded(change: &crate::plan::Change, payload: &Payload) -> ResourceState {
+    ResourceState {
+        api_version: change.api_version.clone(),
+        kind: change.kind.clone(),
+        name: change.name.clone(),
+        namespace: change.namespace.clone(),
+        // What the server adds: a uid and a resourceVersion.
+        uid: Some("00000000-0000-0000-0000-000000000000".into()),
+        resource_version: Some("0000000000".into()),
+        desired_fingerprint: payload.desired_fingerprint.clone(),
+        live_fingerprint: payload.desired_fingerprint.clone(),
+        applied: Applied::new(&payload.body),
+        secret_fingerprints: payload.secret_fingerprints.clone(),
+        patch: None,
     }
 }
 

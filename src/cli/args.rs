@@ -284,6 +284,11 @@ pub enum StateCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Put back the state as it was before the last command that wrote it (its backup)
+    Restore {
+        /// The stack file (TOML)
+        stack: PathBuf,
+    },
 }
 
 #[derive(Debug, Args, Clone, Default)]

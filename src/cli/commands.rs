@@ -23,7 +23,7 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
         cluster,
         // Held while planning, as Terraform does: no apply moves the state meanwhile.
         lock: _lock,
-        backend: _,
+        backend,
     } = open(&stack, g, "plan", out).await?;
     if let (true, Some(path)) = (new, &save) {
         // A saved plan is checked against the state's lineage and pins secret
@@ -38,10 +38,11 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
         )
         .into());
     }
-    let plan = make_plan(
+    let mut plan = make_plan(
         &s, &graph, &state, new, &cluster, &take, destroy, false, out,
     )
     .await?;
+    check_size(&backend, &state, &mut plan);
     if json {
         out.raw(&(plan::render_json(&plan) + "\n"));
     } else {
@@ -116,7 +117,9 @@ pub(super) async fn apply(
             new,
             cluster,
         } = open(&target, g, "apply", out).await?;
-        let plan = make_plan(&s, &graph, &state, new, &cluster, &take, false, false, out).await?;
+        let mut plan =
+            make_plan(&s, &graph, &state, new, &cluster, &take, false, false, out).await?;
+        check_size(&backend, &state, &mut plan);
         out.raw(&plan::render_text(&plan, out.render_options()));
         if !plan.errors.is_empty() {
             return Err("the plan has errors; nothing was changed".into());
@@ -172,7 +175,7 @@ pub(super) async fn destroy(
         new,
         cluster,
     } = open(&stack, g, "destroy", out).await?;
-    let plan = make_plan(
+    let mut plan = make_plan(
         &s,
         &graph,
         &state,
@@ -184,6 +187,7 @@ pub(super) async fn destroy(
         out,
     )
     .await?;
+    check_size(&backend, &state, &mut plan);
     out.raw(&plan::render_text(&plan, out.render_options()));
     if !plan.errors.is_empty() {
         return Err("the destroy plan has errors; nothing was changed".into());

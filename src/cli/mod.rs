@@ -453,6 +453,14 @@ async fn make_plan(
     ))
 }
 
+/// A plan whose state would not fit where it is kept is a plan with an
+/// error: shown by `plan`, refused by apply before anything is written.
+fn check_size(backend: &Backend, state: &State, plan: &mut Plan) {
+    if let Err(e) = backend.check_size(state, plan) {
+        plan.errors.push(e.to_string());
+    }
+}
+
 /// The stack's secret values, masked from here on in all that is printed
 /// (those read before one that cannot be read, too).
 fn read_secrets(s: &Stack, out: &Out) -> Result<SecretValues, Error> {
@@ -673,6 +681,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         SecretValues::new()
     };
     apply::check_fresh(&cluster, &plan, &state, &secrets).await?;
+    backend.check_size(&state, &plan)?;
     out.raw(&plan::render_text(&plan, out.render_options()));
     execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
 }

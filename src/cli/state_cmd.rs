@@ -1,6 +1,7 @@
-//! `rayform init` and `rayform state list|show|rm|pull|push`: what Terraform
-//! users reach for to create, see and correct what rayform tracks, and to move
-//! a state between backends, without touching anything else in the cluster.
+//! `rayform init` and `rayform state list|show|rm|pull|push|restore`: what
+//! Terraform users reach for to create, see and correct what rayform tracks,
+//! to move a state between backends, and to go back to the backup kept
+//! before the last write, without touching anything else in the cluster.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -56,6 +57,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
             out.raw(&(serde_json::to_string_pretty(&state)? + "\n"));
         }
         StateCommand::Push { stack, file, force } => push(stack, file, *force, g, out).await?,
+        StateCommand::Restore { stack } => restore(stack, g, out).await?,
     }
     Ok(0)
 }
@@ -117,7 +119,16 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
     }
     let backend = backend_for(&s.state, g, out).await?;
     let lock = backend.lock("state push").await?;
-    if let Some(current) = read_state(&backend, out).await? {
+    let current = match read_state(&backend, out).await {
+        Ok(current) => current,
+        // A state that does not read is what a forced push replaces.
+        Err(e) if force => {
+            out.warn(&format!("replacing a state that does not read: {e}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(current) = current {
         if current.lineage != pushed.lineage && !force {
             return Err(format!("the state at {} has lineage {}, {} has {}: they are not the same state\n  help: pass --force to replace it anyway", s.state, current.lineage, file.display(), pushed.lineage).into());
         }
@@ -133,6 +144,31 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
         pushed.resources.len(),
         pushed.serial,
         s.state
+    ));
+    Ok(())
+}
+
+/// Puts back the backup the last command that wrote the state kept (the
+/// state as that command found it), under the lock; the backup stays.
+async fn restore(stack: &Path, g: &Global, out: &Out) -> Result<(), Error> {
+    let s = load(stack, g)?;
+    let backend = backend_for(&s.state, g, out).await?;
+    let lock = backend.lock("state restore").await?;
+    let Some(restored) = backend.restore(&lock).await? else {
+        return Err(format!(
+            "no backup of the state at {}: there is no {}\n  help: a backup is kept from the first command that overwrites a state; `rayform state push` stores a copy you kept",
+            s.state,
+            backend.backup_location()
+        )
+        .into());
+    };
+    out.line(&format!(
+        "Restored the state at {} from {}: serial {} ({} resources), stored as serial {}.",
+        s.state,
+        backend.backup_location(),
+        restored.from,
+        restored.resources,
+        restored.serial
     ));
     Ok(())
 }

@@ -11,6 +11,7 @@ mod inspect;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -335,6 +336,37 @@ impl Cluster {
             .replace(&name, &PostParams::default(), object)
             .await
             .map_err(|e| self.typed_error::<K>(e, "update", namespace, &name))
+    }
+
+    /// Deletes an object rayform keeps for itself; one already gone is fine.
+    pub async fn delete_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), ClusterError> {
+        match self
+            .typed::<K>(namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.typed_error::<K>(e, "delete", namespace, name)),
+        }
+    }
+
+    /// The metadata (not the data) of objects rayform keeps for itself
+    /// that carry a label selector.
+    pub async fn list_meta_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Vec<ObjectMeta>, ClusterError> {
+        self.typed::<K>(namespace)
+            .list_metadata(&ListParams::default().labels(selector))
+            .await
+            .map(|list| list.items.into_iter().map(|o| o.metadata).collect())
+            .map_err(|e| self.typed_error::<K>(e, "list", namespace, ""))
     }
 
     fn typed_error<K: Builtin>(

@@ -30,6 +30,9 @@ pub struct World {
     /// The Karpenter APIs the cluster serves.
     pub karpenter: Served,
     pub resources: BTreeMap<Address, Observed>,
+    /// Asked only when a RayService is to be created: why no KubeRay
+    /// operator will act on it, if none will.
+    pub kuberay_operator_missing: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,10 +168,20 @@ pub async fn observe(
         server_dry_run = server,
         "observed"
     );
+    let creates_rayservice = resources.iter().any(|(a, o)| {
+        a.kind == ResourceType::RayService
+            && matches!(o, Observed::Object(o) if o.live.is_none() && o.problem.is_none())
+    });
+    let kuberay_operator_missing = if mode == Mode::Apply && creates_rayservice {
+        crate::doctor::kuberay_operator_missing(cluster).await
+    } else {
+        None
+    };
     Ok(World {
         cluster: cluster.id.clone(),
         karpenter: served,
         resources,
+        kuberay_operator_missing,
     })
 }
 

@@ -55,6 +55,12 @@ pub fn warnings(desired: &BTreeMap<Address, Desired>, world: &World) -> Vec<Stri
         }
     }
     let mut out = fit::class_references(&pools, &classes);
+    if let (Some(missing), Some((address, _))) = (&world.kuberay_operator_missing, services.first())
+    {
+        out.push(format!(
+            "{address}: no KubeRay operator will act on it, so it would never get a RayCluster and apply would wait its whole timeout: {missing}"
+        ));
+    }
     for (address, body) in &services {
         out.extend(fit::worker_fit(address, body, &pools));
         out.extend(ignored_annotations(address, body, &world.karpenter));

@@ -198,6 +198,7 @@ pub async fn wait(
     let mut seen = Seen::default();
     let mut reported = String::new();
     let mut next_still = Duration::from_secs(10);
+    let mut operator_asked = false;
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
         let Followed { object, trouble } = watch.borrow_and_update().clone();
@@ -230,6 +231,18 @@ pub async fn wait(
             },
         };
         let elapsed = started.elapsed();
+        if !operator_asked && elapsed >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
+            // Once: nothing else moves a RayService that KubeRay has not
+            // picked up, so a missing operator would otherwise cost the
+            // whole timeout.
+            operator_asked = true;
+            if let Some(missing) = crate::doctor::kuberay_operator_missing(cluster).await {
+                return Err(ReadinessError::Failed(format!(
+                    "rayservice.{}: waiting for {phase}, but {missing}",
+                    spec.rayservice
+                )));
+            }
+        }
         if phase != reported {
             tracing::debug!(rayservice = %target.wait.rayservice, %phase, "readiness");
             progress(format!(
@@ -268,6 +281,16 @@ pub async fn wait(
             }
         }
     }
+}
+
+/// How long a RayService may sit untouched by KubeRay before rayform asks
+/// whether an operator runs at all (a healthy one acts within a second).
+const OPERATOR_GRACE: Duration = Duration::from_secs(5);
+
+/// Phases that only the KubeRay operator can end.
+fn only_the_operator_moves(phase: &str) -> bool {
+    phase.starts_with("KubeRay to name a RayCluster")
+        || phase.starts_with("KubeRay to observe the current generation")
 }
 
 /// One look at everything. `Ok` when all of it holds, else the phase waited on.

@@ -26,7 +26,7 @@ pub enum StateError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("state file {} is not valid: {message}\n  help: restore it from a backup, or move it away to start over (rayform will not adopt the objects it lists)", path.display())]
+    #[error("state file {} is not valid: {message}\n  help: `rayform state restore STACK` puts back the state as it was before the last command that wrote it ({}); or move it away to start over (rayform will not adopt the objects it lists)", path.display(), store::backup_path(path).display())]
     Corrupt {
         path: std::path::PathBuf,
         message: String,

@@ -478,6 +478,27 @@ async fn a_plan_without_a_state_writes_nothing_and_says_the_same_each_time() {
     assert!(!env.path("state").exists());
 }
 
+/// A cluster with KubeRay's CRDs but no operator: the plan warns, and the
+/// wait fails within seconds naming the cause, instead of waiting its whole
+/// timeout (30 minutes in the mission stack) for a RayCluster.
+#[tokio::test]
+async fn without_a_kuberay_operator_the_plan_warns_and_the_wait_fails_fast() {
+    let env = Env::new(Profile::V1, "nooperator").await;
+    let stack = env.mission_stack("nooperator");
+    env.rayform(&["plan", &stack])
+        .ok()
+        .stdout_has("no KubeRay operator will act on it");
+    let started = std::time::Instant::now();
+    let apply = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    apply.stderr_has("KubeRay operator: not found");
+    apply.stderr_has("help: install it");
+}
+
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
 fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
     let mut text = format!(

@@ -749,6 +749,7 @@ proptest! {
         let world = World {
             cluster: rayform::target::ClusterId { server: "https://127.0.0.1:1".into(), context: None },
             karpenter: rayform::karpenter::Served { pools: vec![PoolApi::V1], classes: vec![ClassApi::V1] },
+            kuberay_operator_missing: None,
             resources: [
                 (
                     Address::new(ResourceType::RayService, "llm"),

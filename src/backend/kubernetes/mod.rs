@@ -1,41 +1,68 @@
 //! The state in the cluster: a Secret holds it (gzip-compressed JSON, with
-//! its lineage and serial as annotations), a `coordination.k8s.io/v1` Lease
-//! ([`lease`]) is the lock.
+//! its lineage, serial and hash as annotations; past 1 MiB in parts, see
+//! [`stored`]), a `coordination.k8s.io/v1` Lease ([`lease`]) is the lock.
 //!
 //! Two writers cannot lose each other's update: every write of the Secret
 //! carries the resourceVersion this run last read or wrote, so the server
-//! refuses it if anyone wrote in between.
+//! refuses it if anyone wrote in between. A write whose answer was lost is
+//! read back: if the Secret holds exactly what this run wrote (lineage,
+//! serial and hash), the write landed and the run goes on.
+//!
+//! Before its first write, a run copies the state as it found it to
+//! `rayform-state-<stack>.backup` (`rayform state restore` puts it back).
 
 mod lease;
+pub mod stored;
 
 pub use lease::{LEASE_DURATION, LeaseHandle, LeaseLock, settle};
 
-use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::BackendError;
 use crate::cluster::{Cluster, ClusterError};
 use crate::stack::StateLocation;
 use crate::state::State;
 use crate::state::store::{Decoded, decode};
+use stored::{EncodeError, Record};
 
 /// During an apply, the Secret is rewritten at most this often (and at the end).
 const WRITE_EVERY: Duration = Duration::from_secs(1);
-
-const DATA_KEY: &str = "state.json.gz";
 
 #[derive(Clone)]
 pub struct SecretBackend {
     cluster: Cluster,
     namespace: String,
     stack: String,
-    /// The Secret's resourceVersion as this run last read or wrote it.
-    resource_version: Arc<Mutex<Option<String>>>,
+    stored: Arc<Mutex<Stored>>,
+}
+
+/// What this run knows of the Secrets it keeps the state in.
+#[derive(Default)]
+struct Stored {
+    /// The state Secret's resourceVersion as this run last read or wrote it.
+    resource_version: Option<String>,
+    /// Its record then, once read whole (`None`: no Secret, or one that
+    /// does not read, which no backup replaces a good one with).
+    record: Option<Record>,
+    /// The parts the backup names: deleting stale parts keeps them.
+    backup_parts: Vec<String>,
+    /// The backup is written (or there was nothing to back up).
+    backed_up: bool,
+    /// Parts left by a killed run were looked for.
+    swept: bool,
+}
+
+/// What `state restore` did.
+#[derive(Debug, Clone, Copy)]
+pub struct Restored {
+    /// The serial the backup held.
+    pub from: u64,
+    /// The serial the state has now.
+    pub serial: u64,
+    pub resources: usize,
 }
 
 impl SecretBackend {
@@ -44,12 +71,21 @@ impl SecretBackend {
             cluster,
             namespace: namespace.to_string(),
             stack: stack.to_string(),
-            resource_version: Arc::default(),
+            stored: Arc::default(),
         }
     }
 
     fn secret_name(&self) -> String {
         StateLocation::secret_name(&self.stack)
+    }
+
+    fn backup_name(&self) -> String {
+        format!("{}.backup", self.secret_name())
+    }
+
+    /// Where the backup is kept, as a user finds it.
+    pub fn backup_location(&self) -> String {
+        format!("Secret {}/{}", self.namespace, self.backup_name())
     }
 
     fn describe(&self) -> String {
@@ -65,118 +101,322 @@ impl SecretBackend {
                 ))
             }
             e @ ClusterError::Forbidden { .. } => BackendError::Kubernetes(format!(
-                "{e}\n  help: the kubernetes state backend needs get, create and update on secrets and leases.coordination.k8s.io in namespace `{}`; or keep the state in a file (--backend file)",
+                "{e}\n  help: the kubernetes state backend needs get, create and update on secrets and leases.coordination.k8s.io in namespace `{}` (and list and delete on secrets once a state passes 1 MiB); or keep the state in a file (--backend file)",
                 self.namespace
             )),
             other => BackendError::Cluster(other),
         }
     }
 
-    pub async fn load(&self) -> Result<Option<State>, BackendError> {
+    fn stored(&self) -> std::sync::MutexGuard<'_, Stored> {
+        self.stored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the state Secret's record, remembering its resourceVersion.
+    async fn fetch(&self) -> Result<Option<Result<Record, String>>, BackendError> {
         let found = self
             .cluster
             .get_typed::<Secret>(&self.namespace, &self.secret_name())
             .await
             .map_err(|e| self.error(e))?;
-        let Some(secret) = found else {
-            *self.rv() = None;
-            return Ok(None);
-        };
-        *self.rv() = secret.metadata.resource_version.clone();
-        let bytes = secret
-            .data
+        let mut stored = self.stored();
+        stored.resource_version = found
             .as_ref()
-            .and_then(|d| d.get(DATA_KEY))
-            .ok_or_else(|| self.corrupt(format!("it has no `{DATA_KEY}` key")))?;
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(bytes.0.as_slice())
-            .read_to_string(&mut text)
-            .map_err(|e| self.corrupt(format!("`{DATA_KEY}` is not gzip-compressed text: {e}")))?;
-        decode(&text).map(Some).map_err(|e| match e {
-            Decoded::Corrupt(message) => self.corrupt(message),
+            .and_then(|s| s.metadata.resource_version.clone());
+        stored.record = None;
+        Ok(found.as_ref().map(Record::from_secret))
+    }
+
+    pub async fn load(&self) -> Result<Option<State>, BackendError> {
+        let record = match self.fetch().await? {
+            None => return Ok(None),
+            Some(Err(message)) => return Err(self.corrupt(&self.describe(), message)),
+            Some(Ok(record)) => record,
+        };
+        let state = self.read(&record, &self.describe()).await?;
+        self.stored().record = Some(record);
+        Ok(Some(state))
+    }
+
+    /// The state a record holds, its parts fetched and checked.
+    async fn read(&self, record: &Record, what: &str) -> Result<State, BackendError> {
+        let mut parts = Vec::new();
+        for name in record.parts() {
+            let part = self
+                .cluster
+                .get_typed::<Secret>(&self.namespace, name)
+                .await
+                .map_err(|e| self.error(e))?
+                .and_then(stored::part_bytes)
+                .ok_or_else(|| self.corrupt(what, format!("its part `{name}` is missing")))?;
+            parts.push(part);
+        }
+        let text = record
+            .decode(parts)
+            .map_err(|message| self.corrupt(what, message))?;
+        decode(&text).map_err(|e| match e {
+            Decoded::Corrupt(message) => self.corrupt(what, message),
             Decoded::Version(found) => BackendError::Kubernetes(format!(
-                "{} has format_version {found}; this rayform reads {}",
-                self.describe(),
+                "{what} has format_version {found}; this rayform reads {}",
                 crate::state::FORMAT_VERSION
             )),
         })
     }
 
-    fn corrupt(&self, message: String) -> BackendError {
+    fn corrupt(&self, what: &str, message: String) -> BackendError {
         BackendError::Kubernetes(format!(
-            "{} is not a valid state: {message}\n  help: restore it (`rayform state push`) from a copy; rayform will not adopt the objects it lists",
-            self.describe()
+            "{what} is not a valid state: {message}\n  help: `rayform state restore STACK` puts back the state as it was before the last command that wrote it (Secret {}); or restore a copy with `rayform state push`. rayform will not adopt the objects it lists",
+            self.backup_name()
         ))
     }
 
-    fn rv(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.resource_version
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Whether `state` would fit; the same check every write makes.
+    pub fn check_size(&self, state: &State) -> Result<(), BackendError> {
+        stored::encode(state, &self.secret_name())
+            .map(drop)
+            .map_err(|e| self.encode_error(e))
+    }
+
+    fn encode_error(&self, e: EncodeError) -> BackendError {
+        match e {
+            EncodeError::TooLarge(too) => BackendError::TooLarge {
+                stack: self.stack.clone(),
+                bytes: too.bytes,
+                limit: too.limit,
+            },
+            other => BackendError::Kubernetes(other.to_string()),
+        }
     }
 
     /// Writes the state whole, serial bumped, if this run still holds `lease`.
     pub async fn save(&self, state: &mut State, lease: &LeaseHandle) -> Result<(), BackendError> {
         lease.check()?;
+        self.back_up().await?;
         state.serial += 1;
-        let secret = self.encode(state)?;
-        let written = if secret.metadata.resource_version.is_some() {
-            self.cluster.replace_typed(&self.namespace, &secret).await
-        } else {
-            self.cluster.create_typed(&self.namespace, &secret).await
-        };
-        match written {
-            Ok(s) => {
-                *self.rv() = s.metadata.resource_version;
-                Ok(())
-            }
-            Err(ClusterError::Conflict { .. }) => Err(BackendError::Kubernetes(format!(
-                "{} was written by someone else since this run read it; nothing was overwritten\n  help: run the command again (it reads the new state)",
-                self.describe()
-            ))),
+        let encoded =
+            stored::encode(state, &self.secret_name()).map_err(|e| self.encode_error(e))?;
+        for (name, bytes) in &encoded.parts {
+            self.write_part(name, state.serial, bytes).await?;
+        }
+        let previous = self.stored().record.clone();
+        self.write_record(&encoded.record).await?;
+        self.drop_stale(previous.as_ref(), &encoded.record).await;
+        Ok(())
+    }
+
+    /// Stores one part; a part of that name holds those bytes already (the
+    /// name carries their hash), so finding it is as good as writing it.
+    async fn write_part(&self, name: &str, serial: u64, bytes: &[u8]) -> Result<(), BackendError> {
+        let part = stored::part_secret(name, &self.namespace, &self.stack, serial, bytes);
+        match self.cluster.create_typed(&self.namespace, &part).await {
+            Ok(_) | Err(ClusterError::Conflict { .. }) => Ok(()),
             Err(e) => Err(self.error(e)),
         }
     }
 
-    fn encode(&self, state: &State) -> Result<Secret, BackendError> {
-        let json = serde_json::to_vec(state)
-            .map_err(|e| BackendError::Kubernetes(format!("cannot serialize the state: {e}")))?;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&json)
-            .and_then(|()| gz.flush())
-            .map_err(|e| BackendError::Kubernetes(format!("cannot compress the state: {e}")))?;
-        let data = gz
-            .finish()
-            .map_err(|e| BackendError::Kubernetes(format!("cannot compress the state: {e}")))?;
-        Ok(Secret {
-            metadata: ObjectMeta {
-                name: Some(self.secret_name()),
-                namespace: Some(self.namespace.clone()),
-                resource_version: self.rv().clone(),
-                labels: Some(
-                    [
-                        ("app.kubernetes.io/managed-by", "rayform".to_string()),
-                        ("rayform.io/state-of", self.stack.clone()),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
+    /// Switches the state Secret to `record`, guarded by its resourceVersion.
+    async fn write_record(&self, record: &Record) -> Result<(), BackendError> {
+        let rv = self.stored().resource_version.clone();
+        let secret = record.to_secret(
+            &self.secret_name(),
+            &self.namespace,
+            &self.stack,
+            rv.clone(),
+        );
+        let written = if rv.is_some() {
+            self.cluster.replace_typed(&self.namespace, &secret).await
+        } else {
+            self.cluster.create_typed(&self.namespace, &secret).await
+        };
+        let failure = match written {
+            Ok(s) => {
+                let mut stored = self.stored();
+                stored.resource_version = s.metadata.resource_version;
+                stored.record = Some(record.clone());
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        // The answer may have been lost after the write landed (the
+        // connection dropped), or this is the conflict of a retry of it.
+        if matches!(
+            failure,
+            ClusterError::Conflict { .. }
+                | ClusterError::Unreachable { .. }
+                | ClusterError::Api { .. }
+        ) && self.landed(record).await
+        {
+            tracing::debug!(
+                serial = record.serial,
+                "the state write landed; its answer was lost"
+            );
+            return Ok(());
+        }
+        match failure {
+            ClusterError::Conflict { .. } => Err(BackendError::Kubernetes(format!(
+                "{} was written by someone else since this run read it; nothing was overwritten\n  help: run the command again (it reads the new state)",
+                self.describe()
+            ))),
+            e => Err(self.error(e)),
+        }
+    }
+
+    /// Whether the state Secret now holds exactly `record` (then its
+    /// resourceVersion is this run's to carry on from).
+    async fn landed(&self, record: &Record) -> bool {
+        let Ok(Some(found)) = self
+            .cluster
+            .get_typed::<Secret>(&self.namespace, &self.secret_name())
+            .await
+        else {
+            return false;
+        };
+        if !Record::from_secret(&found).is_ok_and(|r| r.same_write(record)) {
+            return false;
+        }
+        let mut stored = self.stored();
+        stored.resource_version = found.metadata.resource_version;
+        stored.record = Some(record.clone());
+        true
+    }
+
+    /// Deletes the parts nothing names any more. Best effort: a part left
+    /// behind costs space, never correctness (no record names it).
+    async fn drop_stale(&self, previous: Option<&Record>, now: &Record) {
+        let keep: Vec<String> = {
+            let stored = self.stored();
+            now.parts()
+                .iter()
+                .chain(&stored.backup_parts)
+                .cloned()
+                .collect()
+        };
+        let mut stale: Vec<String> = previous.map(|p| p.parts().to_vec()).unwrap_or_default();
+        let sweep = !self.stored().swept
+            && (previous.is_some_and(|p| !p.parts().is_empty()) || !now.parts().is_empty());
+        if sweep {
+            // Once a run: the parts of a run killed before it switched the
+            // state to them. Only those of older serials, never a newer writer's.
+            self.stored().swept = true;
+            let selector = format!("{}={}", stored::PART_OF, self.stack);
+            match self
+                .cluster
+                .list_meta_typed::<Secret>(&self.namespace, &selector)
+                .await
+            {
+                Ok(parts) => stale.extend(
+                    parts
+                        .into_iter()
+                        .filter(|p| stored::part_serial(p) < now.serial)
+                        .filter_map(|p| p.name),
                 ),
-                annotations: Some(
-                    [
-                        ("rayform.io/lineage", state.lineage.clone()),
-                        ("rayform.io/serial", state.serial.to_string()),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-                ),
-                ..Default::default()
-            },
-            type_: Some("rayform.io/state".into()),
-            data: Some([(DATA_KEY.to_string(), ByteString(data))].into()),
-            ..Default::default()
-        })
+                Err(e) => tracing::warn!("cannot list the state's parts to tidy them: {e}"),
+            }
+        }
+        stale.sort();
+        stale.dedup();
+        for name in stale.iter().filter(|n| !keep.contains(n)) {
+            if let Err(e) = self
+                .cluster
+                .delete_typed::<Secret>(&self.namespace, name)
+                .await
+            {
+                tracing::warn!("cannot delete the stale state part {name}: {e}");
+            }
+        }
+    }
+
+    /// Before this run's first write: the state as it found it, copied to
+    /// the backup Secret (its parts are then kept until the next backup).
+    async fn back_up(&self) -> Result<(), BackendError> {
+        if self.stored().backed_up {
+            return Ok(());
+        }
+        let known = self.stored().record.clone();
+        let current = match known {
+            Some(r) => Some(r),
+            None => {
+                // Only a state that reads is worth keeping over the backup there.
+                let readable = self.load().await.is_ok_and(|s| s.is_some());
+                if readable {
+                    self.stored().record.clone()
+                } else {
+                    None
+                }
+            }
+        };
+        // No state, or one that does not read: the backup there is better kept.
+        if let Some(record) = current {
+            let name = self.backup_name();
+            let old = self
+                .cluster
+                .get_typed::<Secret>(&self.namespace, &name)
+                .await
+                .map_err(|e| self.error(e))?;
+            let rv = old
+                .as_ref()
+                .and_then(|s| s.metadata.resource_version.clone());
+            let secret = record.to_secret(&name, &self.namespace, &self.stack, rv.clone());
+            let written = if rv.is_some() {
+                self.cluster.replace_typed(&self.namespace, &secret).await
+            } else {
+                self.cluster.create_typed(&self.namespace, &secret).await
+            };
+            written.map_err(|e| self.error(e))?;
+            let old_parts = old
+                .as_ref()
+                .and_then(|s| Record::from_secret(s).ok())
+                .map(|r| r.parts().to_vec())
+                .unwrap_or_default();
+            self.stored().backup_parts = record.parts().to_vec();
+            for part in old_parts.iter().filter(|p| !record.parts().contains(p)) {
+                if let Err(e) = self
+                    .cluster
+                    .delete_typed::<Secret>(&self.namespace, part)
+                    .await
+                {
+                    tracing::warn!("cannot delete the old backup's part {part}: {e}");
+                }
+            }
+        }
+        self.stored().backed_up = true;
+        Ok(())
+    }
+
+    /// Puts the backup back as the state (serial above both), without
+    /// touching the backup; `None` if there is none.
+    pub async fn restore(&self, lease: &LeaseHandle) -> Result<Option<Restored>, BackendError> {
+        let what = format!("backup Secret {}/{}", self.namespace, self.backup_name());
+        let found = self
+            .cluster
+            .get_typed::<Secret>(&self.namespace, &self.backup_name())
+            .await
+            .map_err(|e| self.error(e))?;
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let record = Record::from_secret(&found).map_err(|m| self.corrupt(&what, m))?;
+        let mut state = self.read(&record, &what).await?;
+        let from = state.serial;
+        // The state there may not read at all; then its serial is unknown.
+        let current = match self.fetch().await? {
+            Some(Ok(r)) => r.serial,
+            _ => 0,
+        };
+        {
+            let mut stored = self.stored();
+            stored.backed_up = true;
+            stored.backup_parts = record.parts().to_vec();
+        }
+        state.serial = state.serial.max(current);
+        self.save(&mut state, lease).await?;
+        Ok(Some(Restored {
+            from,
+            serial: state.serial,
+            resources: state.resources.len(),
+        }))
     }
 }
 
