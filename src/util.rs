@@ -116,21 +116,28 @@ pub mod duration_serde {
     }
 }
 
-/// Random bytes as hex, for lineages, lock IDs and fingerprint keys.
-pub fn random_hex(bytes: usize) -> String {
+/// The operating system gave no random bytes.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the operating system's random source failed ({0}); rayform makes lineages, fingerprint keys and lock IDs only from it"
+)]
+pub struct NoRandom(getrandom::Error);
+
+/// Random bytes as hex, for lineages, lock IDs and fingerprint keys. With
+/// no secure source there is no fallback: a key made from the clock and the
+/// pid could be guessed, and would then check guessed tokens against the
+/// fingerprints on the cluster's objects.
+pub fn random_hex(bytes: usize) -> Result<String, NoRandom> {
+    random_hex_from(bytes, getrandom::fill)
+}
+
+fn random_hex_from(
+    bytes: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> Result<String, NoRandom> {
     let mut buf = vec![0u8; bytes];
-    // getrandom fails only where the OS has no entropy source at all; a
-    // time-based fallback still keeps IDs unique enough for lock IDs.
-    if getrandom::fill(&mut buf).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (nanos >> ((i % 16) * 8)) as u8 ^ (std::process::id() as u8);
-        }
-    }
-    hex(&buf)
+    fill(&mut buf).map_err(NoRandom)?;
+    Ok(hex(&buf))
 }
 
 /// Now, in UTC, as `2026-11-28T07:15:58Z`.
@@ -208,6 +215,20 @@ mod tests {
         let now = now_rfc3339();
         assert_eq!(now.len(), "2026-11-28T07:15:58Z".len(), "{now}");
         assert!(now.ends_with('Z') && now.as_bytes()[10] == b'T', "{now}");
+    }
+
+    #[test]
+    fn without_a_random_source_nothing_is_made_up() {
+        let failed = random_hex_from(16, |_| Err(getrandom::Error::UNSUPPORTED)).unwrap_err();
+        assert!(
+            failed
+                .to_string()
+                .starts_with("the operating system's random source failed"),
+            "{failed}"
+        );
+        let made = random_hex(16).unwrap();
+        assert_eq!(made.len(), 32);
+        assert_ne!(made, random_hex(16).unwrap());
     }
 
     #[test]

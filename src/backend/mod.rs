@@ -22,6 +22,7 @@ use crate::plan::{Keep, Op, Payload, Plan};
 use crate::stack::StateLocation;
 use crate::state::journal::{Change, Journal};
 use crate::state::lock::{LockInfo, StateLock};
+use crate::state::store::Loaded;
 use crate::state::{Applied, ResourceState, State, StateError, store};
 
 pub use kubernetes::Restored;
@@ -113,10 +114,12 @@ impl Backend {
         }
     }
 
-    pub async fn load(&self) -> Result<Option<State>, BackendError> {
+    /// The state, with what of a killed run's journal could not be read
+    /// (the caller says so: the library prints nothing).
+    pub async fn load(&self) -> Result<Option<Loaded>, BackendError> {
         match self {
             Backend::File(f) => Ok(store::load(&f.path)?),
-            Backend::Kubernetes(b) => b.load().await,
+            Backend::Kubernetes(b) => Ok(b.load().await?.map(|state| Loaded { state, cut: None })),
         }
     }
 

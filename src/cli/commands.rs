@@ -50,7 +50,7 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
     }
     match save {
         Some(path) if plan.errors.is_empty() => {
-            save_plan(&plan, &path)?;
+            save_plan(&plan, &path, out)?;
             if !json {
                 out.line(&format!(
                     "\nSaved the plan to {}. To apply exactly this plan: rayform apply {}",
@@ -145,7 +145,7 @@ pub(super) async fn apply(
         {
             return Ok(code);
         }
-        let secrets = read_secrets(&s)?;
+        let secrets = read_secrets(&s, out)?;
         execute(
             &cluster,
             &plan,

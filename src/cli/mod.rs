@@ -47,7 +47,7 @@ pub fn main() -> ExitCode {
         cli.global.color
     };
     let out = Out::new(color);
-    if let Err(e) = output::init_logs(cli.global.verbose, out.color_err()) {
+    if let Err(e) = output::init_logs(cli.global.verbose, out.color_err(), out.masks()) {
         out.error(&e);
         return ExitCode::from(1);
     }
@@ -328,7 +328,7 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
     } else {
         Some(lock(&backend, operation, path, g).await?)
     };
-    let (state, new) = load_state(&backend, &stack).await?;
+    let (state, new) = load_state(&backend, &stack, out).await?;
     check_cluster(&state, &cluster)?;
     Ok(Opened {
         stack,
@@ -367,15 +367,26 @@ async fn backend_for(location: &StateLocation, g: &Global, out: &Out) -> Result<
     Ok(Backend::open(location, cluster.as_ref())?)
 }
 
-async fn load_state(backend: &Backend, s: &Stack) -> Result<(State, bool), Error> {
-    match backend.load().await? {
+/// The state kept by `backend`, saying what of a killed run's journal was
+/// damaged and left out.
+async fn read_state(backend: &Backend, out: &Out) -> Result<Option<State>, Error> {
+    Ok(backend.load().await?.map(|loaded| {
+        if let Some(cut) = &loaded.cut {
+            out.warn(&cut.to_string());
+        }
+        loaded.state
+    }))
+}
+
+async fn load_state(backend: &Backend, s: &Stack, out: &Out) -> Result<(State, bool), Error> {
+    match read_state(backend, out).await? {
         Some(st) if st.stack != s.name => Err(format!(
             "the state at {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state (--state, or `state` in [stack])",
             s.state, st.stack, s.name
         )
         .into()),
         Some(st) => Ok((st, false)),
-        None => Ok((State::new(&s.name), true)),
+        None => Ok((State::new(&s.name)?, true)),
     }
 }
 
@@ -443,6 +454,13 @@ async fn make_plan(
         Secrets::Require
     };
     let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
+    // Before the first request: a refusal may quote a value, in a log line
+    // too. Destroy needs no value, but masks those it can read all the same
+    // (a policy on DELETE sees the Secret's data).
+    out.masks().add(&desired::redactor(&desired));
+    if destroy {
+        let _ = read_secrets(s, out);
+    }
     let mode = if destroy { Mode::Destroy } else { Mode::Apply };
     let adopt = addresses("--adopt", &take.adopt)?;
     let targets = addresses("--target", &take.targets)?;
@@ -506,14 +524,17 @@ fn addresses(flag: &str, given: &[String]) -> Result<BTreeSet<Address>, Error> {
         .collect()
 }
 
-fn read_secrets(s: &Stack) -> Result<SecretValues, Error> {
+/// The stack's secret values, masked from here on in all that is printed
+/// (those read before one that cannot be read, too).
+fn read_secrets(s: &Stack, out: &Out) -> Result<SecretValues, Error> {
     let mut values = SecretValues::new();
     for r in &s.resources {
         if let ResourceSpec::Secret(spec) = &r.spec {
-            values.insert(
-                r.address.clone(),
-                rayform::secret::read(&r.address, &spec.data)?,
-            );
+            let read = rayform::secret::read(&r.address, &spec.data)?;
+            let mut masks = rayform::secret::Redactor::new();
+            masks.add(read.values().map(rayform::secret::SecretValue::expose));
+            out.masks().add(&masks);
+            values.insert(r.address.clone(), read);
         }
     }
     Ok(values)
@@ -663,6 +684,8 @@ fn read_plan(path: &Path) -> Result<Plan, Error> {
         .map_err(|e| format!("cannot read plan file {}: {e}", path.display()))?;
     let plan: Plan = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
+    plan.check_saved()
+        .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
     if plan.format_version != plan::FORMAT_VERSION {
         return Err(format!(
             "{} has plan format {}; this rayform reads {}",
@@ -679,8 +702,10 @@ fn is_plan_file(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'))
 }
 
-fn save_plan(plan: &Plan, path: &PathBuf) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(plan)?;
+/// Writes `plan` (fingerprints, never values; masked all the same, as
+/// everything rayform writes out).
+fn save_plan(plan: &Plan, path: &PathBuf, out: &Out) -> Result<(), Error> {
+    let text = out.masks().redact(&serde_json::to_string_pretty(plan)?);
     let mut tmp = tempfile::NamedTempFile::new_in(
         path.parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -706,7 +731,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     let stack = suggest::path(&plan.stack_file);
     let plan_again = suggest::rayform(g, ["plan", &stack, "--out", &suggest::path(path)]);
     // `plan --out` needs a state (made by `init`), so a missing one was removed since.
-    let Some(state) = backend.load().await? else {
+    let Some(state) = read_state(&backend, out).await? else {
         return Err(format!(
             "the state {} was made from is gone from {location}\n  help: create it again with `{}`, then make the plan again with `{plan_again}`",
             path.display(),
@@ -728,7 +753,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
         .filter_map(plan::Change::write)
         .any(|w| !w.payload.secret_fingerprints.is_empty())
     {
-        read_secrets(&load(&plan.stack_file, g)?)?
+        read_secrets(&load(&plan.stack_file, g)?, out)?
     } else {
         SecretValues::new()
     };

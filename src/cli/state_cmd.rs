@@ -12,7 +12,7 @@ use rayform::state::{self, ResourceState, State};
 
 use super::args::{Global, StateCommand};
 use super::output::Out;
-use super::{Error, backend_for, load, lock, suggest};
+use super::{Error, backend_for, load, lock, read_state, suggest};
 
 pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Error> {
     match command {
@@ -35,7 +35,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
             let s = load(stack, g)?;
             let backend = backend_for(&s.state, g, out).await?;
             let lock = lock(&backend, "state rm", stack, g).await?;
-            let mut state = existing(&backend, &s).await?;
+            let mut state = existing(&backend, &s, out).await?;
             let addresses = addresses
                 .iter()
                 .map(|a| parse(a, stack, g))
@@ -70,7 +70,7 @@ pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
     let s = load(stack, g)?;
     let backend = backend_for(&s.state, g, out).await?;
     let lock = lock(&backend, "init", stack, g).await?;
-    if let Some(current) = backend.load().await? {
+    if let Some(current) = read_state(&backend, out).await? {
         if current.stack != s.name {
             return Err(format!(
                 "the state at {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state (--state, or `state` in [stack])",
@@ -84,7 +84,7 @@ pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
         ));
         return Ok(0);
     }
-    let mut state = State::new(&s.name);
+    let mut state = State::new(&s.name)?;
     backend.save(&mut state, &lock).await?;
     out.line(&format!(
         "Created the state of stack `{}` at {} (lineage {}).",
@@ -123,14 +123,14 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
     }
     let backend = backend_for(&s.state, g, out).await?;
     let lock = lock(&backend, "state push", stack, g).await?;
-    let current = match backend.load().await {
+    let current = match read_state(&backend, out).await {
         Ok(current) => current,
         // A state that does not read is what a forced push replaces.
         Err(e) if force => {
             out.warn(&format!("replacing a state that does not read: {e}"));
             None
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     if let Some(current) = current {
         if current.lineage != pushed.lineage && !force {
@@ -179,11 +179,11 @@ async fn restore(stack: &Path, g: &Global, out: &Out) -> Result<(), Error> {
 
 async fn read(stack: &Path, g: &Global, out: &Out) -> Result<State, Error> {
     let s = load(stack, g)?;
-    existing(&backend_for(&s.state, g, out).await?, &s).await
+    existing(&backend_for(&s.state, g, out).await?, &s, out).await
 }
 
-async fn existing(backend: &Backend, s: &Stack) -> Result<State, Error> {
-    backend.load().await?.ok_or_else(|| {
+async fn existing(backend: &Backend, s: &Stack, out: &Out) -> Result<State, Error> {
+    read_state(backend, out).await?.ok_or_else(|| {
         format!(
             "no state at {}: nothing has been applied with this stack yet",
             s.state
@@ -223,7 +223,7 @@ async fn mv(stack: &Path, from: &str, to: &str, g: &Global, out: &Out) -> Result
     let (from, to) = (parse(from, stack, g)?, parse(to, stack, g)?);
     let backend = backend_for(&s.state, g, out).await?;
     let lock = lock(&backend, "state mv", stack, g).await?;
-    let mut state = existing(&backend, &s).await?;
+    let mut state = existing(&backend, &s, out).await?;
     state.rename(&from, &to).map_err(|e| listed(e, stack, g))?;
     backend.save(&mut state, &lock).await?;
     out.line(&format!(

@@ -80,6 +80,15 @@ pub(super) fn classify(
     let (verb, resource) = (verb.to_string(), resource.to_string());
     match e {
         kube::Error::Api(s) => {
+            // kube's own log of this response is silenced (it holds the
+            // whole body); this one carries what rayform shows, masked by
+            // the CLI like everything it prints.
+            tracing::debug!(
+                code = s.code,
+                reason = s.reason,
+                message = s.message,
+                "the API server refused: {verb} {resource}{name}"
+            );
             let message = s.message.clone();
             match s.code {
                 401 => ClusterError::Unauthorized {

@@ -353,21 +353,48 @@ pub fn fingerprint_secret_data(object: &mut Value, key: &str) {
     }
 }
 
-/// Replaces every `data` value of a Secret body (as sent) found in `message`.
+/// Replaces every value of a Secret body (as sent) found in `message`, in
+/// any of the forms [`secret::Redactor`] knows.
 pub fn redact_body(message: &str, body: &Value) -> String {
-    let mut out = message.to_string();
-    if body["kind"] == "Secret"
-        && let Some(data) = body["data"].as_object()
-    {
-        for v in data
-            .values()
-            .filter_map(Value::as_str)
-            .filter(|v| !v.is_empty())
-        {
-            out = out.replace(v, "(sensitive value)");
+    let mut redactor = secret::Redactor::new();
+    add_values(&mut redactor, body);
+    redactor.redact(message).into_owned()
+}
+
+/// A redactor for every secret value of a rendered stack: what the CLI
+/// masks in all it prints, logs included.
+pub fn redactor(desired: &BTreeMap<Address, Desired>) -> secret::Redactor {
+    let mut redactor = secret::Redactor::new();
+    for d in desired.values() {
+        if let Desired::Object(o) = d {
+            add_values(&mut redactor, &o.body);
         }
     }
-    out
+    redactor
+}
+
+/// The values of a Secret body: `data` as it decodes, `stringData` as it is.
+fn add_values(redactor: &mut secret::Redactor, body: &Value) {
+    if body["kind"] != "Secret" {
+        return;
+    }
+    let engine = base64::engine::general_purpose::STANDARD;
+    let strings = |field: &str| -> Vec<String> {
+        body[field]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let data = strings("data");
+    let decoded: Vec<Vec<u8>> = data.iter().filter_map(|v| engine.decode(v).ok()).collect();
+    let string_data = strings("stringData");
+    redactor.add(decoded.iter().map(Vec::as_slice));
+    redactor.add(string_data.iter().map(String::as_bytes));
 }
 
 /// Fingerprints of a live Secret's data, decoding the base64 the API returns.

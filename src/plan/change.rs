@@ -432,11 +432,36 @@ pub mod wire {
         fn try_from(mut r: Record) -> Result<Change, String> {
             let address = r.address.take().ok_or("a change without an address")?;
             let action = r.action.ok_or_else(|| format!("{address}: no action"))?;
-            let missing = |what: &str| {
-                let name = serde_json::to_value(action).unwrap_or_default();
-                let name = name.as_str().unwrap_or_default();
-                format!("{address}: a {name} change without {what}")
-            };
+            let name = serde_json::to_value(action).unwrap_or_default();
+            let name = name.as_str().unwrap_or_default().to_string();
+            let missing = |what: &str| format!("{address}: a {name} change without {what}");
+            // Apply edits these as objects (secret values go into the body,
+            // a precondition into the patch): anything else is refused here,
+            // before a single request.
+            let bent = [
+                ("body", r.body.as_ref()),
+                ("patch", r.patch.as_ref().map(|p| &p.merge)),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.is_some_and(|v| !v.is_object()));
+            if let Some((what, _)) = bent {
+                return Err(format!(
+                    "{address}: a {name} change whose {what} is not an object"
+                ));
+            }
+            if let Some(body) = &r.body {
+                let says = |field: &str| body.pointer(field).and_then(Value::as_str);
+                let (api_version, kind) = (says("/apiVersion"), says("/kind"));
+                let object = says("/metadata/name");
+                if (api_version, kind, object)
+                    != (Some(&*r.api_version), Some(&*r.kind), Some(&*r.name))
+                {
+                    return Err(format!(
+                        "{address}: a {name} change whose body is not the {} {} `{}` it names",
+                        r.api_version, r.kind, r.name
+                    ));
+                }
+            }
             let op = match (action, r.error.take()) {
                 (action, Some(error)) => Op::Refused(Refusal {
                     action,
@@ -498,6 +523,60 @@ pub mod wire {
     }
 }
 
+/// What reading a saved plan checks beyond each change's own shape: one
+/// change per address, and dependencies that name other changes of the
+/// plan without coming back round. Apply would otherwise carry out the
+/// changes that depend on nothing and then stop, part way through.
+pub fn check_links(changes: &[Change]) -> Result<(), String> {
+    let mut waiting: BTreeMap<&Address, usize> = BTreeMap::new();
+    for c in changes {
+        if waiting.insert(&c.address, c.depends_on.len()).is_some() {
+            return Err(format!("{}: two changes for one address", c.address));
+        }
+    }
+    let mut dependents: BTreeMap<&Address, Vec<&Address>> = BTreeMap::new();
+    for c in changes {
+        for d in &c.depends_on {
+            if !waiting.contains_key(d) || d == &c.address {
+                return Err(format!(
+                    "{}: depends on {d}, which is not another change of the plan",
+                    c.address
+                ));
+            }
+            dependents.entry(d).or_default().push(&c.address);
+        }
+    }
+    // Kahn's algorithm: what is never ready waits on a cycle.
+    let mut ready: Vec<&Address> = waiting
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(a, _)| *a)
+        .collect();
+    while let Some(done) = ready.pop() {
+        for d in dependents.get(done).into_iter().flatten() {
+            if let Some(n) = waiting.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    ready.push(d);
+                }
+            }
+        }
+    }
+    let stuck: Vec<String> = waiting
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(a, _)| a.to_string())
+        .collect();
+    if stuck.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} depend on each other in a cycle",
+            stuck.join(", ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,7 +590,10 @@ mod tests {
 
     fn payload() -> Payload {
         Payload {
-            body: json!({"kind": "Secret", "data": {"t": "sha256:ab"}}),
+            body: json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token"},
+                "data": {"t": "sha256:ab"},
+            }),
             secret_fingerprints: BTreeMap::from([("t".to_string(), "sha256:ab".to_string())]),
             desired_fingerprint: "sha256:cd".into(),
         }
@@ -619,5 +701,116 @@ mod tests {
         );
         let wait = json!({"address": "wait.serving", "action": "wait"});
         assert!(serde_json::from_value::<Change>(wait).is_err());
+    }
+
+    #[test]
+    fn a_saved_body_or_patch_that_is_not_an_object_is_refused() {
+        for bad in [json!(5), json!("text"), json!([1]), json!(true)] {
+            let mut create = serde_json::to_value(change(Op::Create(write()))).unwrap();
+            create["body"] = bad.clone();
+            let err = serde_json::from_value::<Change>(create).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("secret.hf-token: a create change whose body is not an object"),
+                "{bad}: {err}"
+            );
+            let mut patch = serde_json::to_value(change(Op::Patch(edit()))).unwrap();
+            patch["patch"]["merge"] = bad.clone();
+            let err = serde_json::from_value::<Change>(patch).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("a patch change whose patch is not an object"),
+                "{bad}: {err}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod links {
+    use super::*;
+    use crate::stack::ResourceType;
+
+    fn change(name: &str, after: &[&str]) -> Change {
+        let mut c = Change::new(
+            &Address::new(ResourceType::Manifest, name),
+            ("v1", "ConfigMap", name),
+            Op::Forget,
+        );
+        c.depends_on = after
+            .iter()
+            .map(|a| Address::new(ResourceType::Manifest, *a))
+            .collect();
+        c
+    }
+
+    #[test]
+    fn a_saved_body_that_is_another_object_is_refused() {
+        let mut saved = serde_json::to_value(Change {
+            op: Op::Create(Write::new(
+                Payload {
+                    body: serde_json::json!({
+                        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"},
+                    }),
+                    secret_fingerprints: BTreeMap::new(),
+                    desired_fingerprint: "sha256:d".into(),
+                },
+                None,
+                false,
+            )),
+            ..change("a", &[])
+        })
+        .unwrap();
+        assert!(serde_json::from_value::<Change>(saved.clone()).is_ok());
+        for (pointer, other) in [("/metadata/name", "b"), ("/kind", "Secret")] {
+            let mut bent = saved.clone();
+            *bent.pointer_mut(&format!("/body{pointer}")).unwrap() = other.into();
+            let err = serde_json::from_value::<Change>(bent).unwrap_err();
+            assert!(
+                err.to_string().contains(
+                    "manifest.a: a create change whose body is not the v1 ConfigMap `a` it names"
+                ),
+                "{err}"
+            );
+        }
+        saved["body"]["metadata"] = serde_json::json!({});
+        assert!(serde_json::from_value::<Change>(saved).is_err());
+    }
+
+    #[test]
+    fn dependencies_name_other_changes_of_the_plan_without_a_cycle() {
+        let whole = [
+            change("a", &[]),
+            change("b", &["a"]),
+            change("c", &["a", "b"]),
+        ];
+        assert_eq!(check_links(&whole), Ok(()));
+        let refused = [
+            (
+                vec![change("a", &[]), change("b", &["nope"])],
+                "manifest.b: depends on manifest.nope, which is not another change of the plan",
+            ),
+            (
+                vec![change("a", &["a"])],
+                "manifest.a: depends on manifest.a, which is not another change",
+            ),
+            (
+                vec![change("a", &[]), change("a", &[])],
+                "manifest.a: two changes for one address",
+            ),
+            (
+                vec![
+                    change("a", &["c"]),
+                    change("b", &["a"]),
+                    change("c", &["b"]),
+                    change("d", &[]),
+                ],
+                "manifest.a, manifest.b, manifest.c depend on each other in a cycle",
+            ),
+        ];
+        for (changes, said) in refused {
+            let err = check_links(&changes).unwrap_err();
+            assert!(err.contains(said), "{err}");
+        }
     }
 }

@@ -103,6 +103,13 @@ impl Plan {
     pub fn change(&self, address: &Address) -> Option<&Change> {
         self.changes.iter().find(|c| &c.address == address)
     }
+
+    /// Refuses a saved plan whose changes do not hold together (see
+    /// [`change::check_links`]); each change's own shape was checked as it
+    /// was read.
+    pub fn check_saved(&self) -> Result<(), String> {
+        change::check_links(&self.changes)
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -35,9 +35,9 @@ impl std::fmt::Display for LockInfo {
 
 impl LockInfo {
     /// This process, about to hold a lock for `operation`.
-    pub fn new(operation: &str) -> LockInfo {
-        LockInfo {
-            id: crate::util::random_hex(8),
+    pub fn new(operation: &str) -> Result<LockInfo, StateError> {
+        Ok(LockInfo {
+            id: crate::util::random_hex(8)?,
             user: std::env::var("USER")
                 .or_else(|_| std::env::var("LOGNAME"))
                 .unwrap_or_else(|_| unknown()),
@@ -45,7 +45,7 @@ impl LockInfo {
             host: hostname(),
             operation: operation.to_string(),
             since: crate::util::now_rfc3339(),
-        }
+        })
     }
 
     /// A holder whose record cannot be read.
@@ -99,7 +99,7 @@ impl StateLock {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io("lock", e)),
         }
-        let info = LockInfo::new(operation);
+        let info = LockInfo::new(operation)?;
         let text = serde_json::to_string(&info).map_err(|e| io("write", e.into()))?;
         file.set_len(0).map_err(|e| io("write", e))?;
         file.write_all(text.as_bytes())

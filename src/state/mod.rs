@@ -52,6 +52,8 @@ pub enum StateError {
         "{from} and {to} are resources of different types; an entry can only move to another name of its type"
     )]
     OtherType { from: String, to: String },
+    #[error(transparent)]
+    Random(#[from] crate::util::NoRandom),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,17 +133,17 @@ impl State {
         uid.is_some() && self.released.get(address).map(String::as_str) == uid
     }
 
-    pub fn new(stack: &str) -> State {
-        State {
+    pub fn new(stack: &str) -> Result<State, StateError> {
+        Ok(State {
             format_version: FORMAT_VERSION,
-            lineage: crate::util::random_hex(16),
+            lineage: crate::util::random_hex(16)?,
             serial: 0,
             stack: stack.to_string(),
             cluster: None,
-            fingerprint_key: crate::util::random_hex(32),
+            fingerprint_key: crate::util::random_hex(32)?,
             resources: BTreeMap::new(),
             released: BTreeMap::new(),
-        }
+        })
     }
 }
 

@@ -16,12 +16,23 @@ use std::path::{Path, PathBuf};
 
 use super::{FORMAT_VERSION, State, StateError};
 
-pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+/// A state as read, with the part of its journal that could not be read.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: State,
+    /// Where a killed run's journal was damaged; nothing after it was loaded.
+    pub cut: Option<super::journal::Cut>,
+}
+
+pub fn load(path: &Path) -> Result<Option<Loaded>, StateError> {
     let Some(mut state) = read(path)? else {
         return Ok(None);
     };
-    super::journal::replay(path, &mut state)?;
-    Ok(Some(state))
+    let replay = super::journal::replay(path, &mut state)?;
+    Ok(Some(Loaded {
+        state,
+        cut: replay.cut,
+    }))
 }
 
 /// Why a text is not a state this rayform reads.
@@ -48,6 +59,11 @@ pub fn decode(text: &str) -> Result<State, Decoded> {
     serde_json::from_str(text).map_err(|e| Decoded::Corrupt(e.to_string()))
 }
 
+/// Makes the entries of `dir` (a file created or renamed there) durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
 /// Writes `state` with its serial bumped.
 pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
     state.serial += 1;
@@ -69,7 +85,7 @@ pub fn backup_path(path: &Path) -> PathBuf {
 /// there is the better one to keep. Returns whether a backup was written.
 pub fn back_up(path: &Path) -> Result<bool, StateError> {
     match load(path) {
-        Ok(Some(state)) => write(&backup_path(path), &state).map(|()| true),
+        Ok(Some(loaded)) => write(&backup_path(path), &loaded.state).map(|()| true),
         Ok(None) | Err(StateError::Corrupt { .. } | StateError::Version { .. }) => Ok(false),
         Err(e) => Err(e),
     }
@@ -149,8 +165,6 @@ fn write(path: &Path, state: &State) -> Result<(), StateError> {
     tmp.as_file().sync_all().map_err(|e| io("sync", e))?;
     tmp.persist(path).map_err(|e| io("replace", e.error))?;
     // The rename is durable only once the directory entry is.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    sync_dir(dir).map_err(|e| io("sync the directory of", e))?;
     Ok(())
 }

@@ -1164,6 +1164,36 @@ async fn forgetting_what_is_already_gone_is_saved_even_with_nothing_else_to_do()
 }
 
 #[tokio::test]
+async fn a_journal_damaged_in_the_middle_is_read_up_to_the_damage_and_said_so() {
+    let env = Env::new(Profile::V1, "tornjournal").await;
+    let stack = env.mission_stack("tornjournal");
+    env.rayform(&["init", &stack]).ok();
+    let state = env.state("tornjournal");
+    // What a killed run leaves, with its third line damaged (a power cut
+    // can leave a block of another file, or of zeroes, inside a file).
+    let put = |name: &str| {
+        json!({"put": {"address": format!("manifest.{name}"), "entry": {
+            "api_version": "v1", "kind": "ConfigMap", "name": name,
+            "namespace": env.ns, "desired_fingerprint": "sha256:d",
+            "live_fingerprint": "sha256:l",
+        }}})
+        .to_string()
+    };
+    let header = json!({"journal": 1, "lineage": state["lineage"], "serial": state["serial"]});
+    let lines = [header.to_string(), put("a"), "\0\0\0\0".into(), put("c")];
+    env.write("state/tornjournal.json.journal", &(lines.join("\n") + "\n"));
+
+    let list = env.rayform(&["state", "list", &stack]).ok();
+    assert_eq!(
+        list.stdout, "manifest.a\n",
+        "nothing past the damage is loaded"
+    );
+    list.stderr_has("Warning: journal ");
+    list.stderr_has("tornjournal.json.journal is damaged at line 3");
+    list.stderr_has("the 1 line(s) after it were not read");
+}
+
+#[tokio::test]
 async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_cluster() {
     let env = Env::new(Profile::V1, "statecmd").await;
     let stack = env.mission_stack("statecmd");
@@ -1391,6 +1421,89 @@ async fn a_saved_plan_missing_what_a_change_needs_is_refused_whole() {
         .code(1)
         .stderr_has("the state whole.plan was made from is gone");
     assert!(!env.path("state/partplan.json").exists());
+}
+
+#[tokio::test]
+async fn a_saved_plan_that_does_not_hold_together_is_refused_before_anything_is_sent() {
+    let env = Env::new(Profile::V1, "shapeplan").await;
+    let stack = env.mission_stack("shapeplan");
+    env.rayform(&["init", &stack]).ok();
+    env.rayform(&["plan", &stack, "--out", "whole.plan"]).ok();
+    let whole: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("whole.plan")).unwrap()).unwrap();
+    let rayservice = "rayservice.mistral-7b";
+    let bent: [(&str, &str, Value, &str); 6] = [
+        (
+            "secret.hf-token",
+            "/body",
+            json!(5),
+            "secret.hf-token: a create change whose body is not an object",
+        ),
+        (
+            rayservice,
+            "/body",
+            json!("a string"),
+            "a create change whose body is not an object",
+        ),
+        (
+            rayservice,
+            "/body",
+            json!([1, 2]),
+            "a create change whose body is not an object",
+        ),
+        (
+            rayservice,
+            "/body/metadata/name",
+            json!("another"),
+            "rayservice.mistral-7b: a create change whose body is not the ray.io/v1 RayService `mistral-7b` it names",
+        ),
+        (
+            rayservice,
+            "/depends_on",
+            json!(["manifest.nowhere"]),
+            "depends on manifest.nowhere, which is not another change of the plan",
+        ),
+        (
+            "secret.hf-token",
+            "/depends_on",
+            json!([rayservice]),
+            "depend on each other in a cycle",
+        ),
+    ];
+    for (address, pointer, bad, said) in bent {
+        let mut plan = whole.clone();
+        let change = plan["changes"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["address"] == address)
+            .expect("the change is in the plan");
+        *change.pointer_mut(pointer).unwrap() = bad.clone();
+        env.write("bent.plan", &plan.to_string());
+        let refused = env.rayform(&["apply", "bent.plan", "--no-wait"]).code(1);
+        refused.stderr_has("is not a rayform plan");
+        refused.stderr_has(said);
+        assert!(
+            !refused.stderr.contains("panicked") && !refused.stderr.contains("Patching"),
+            "{pointer} = {bad}: {}",
+            refused.stderr
+        );
+    }
+
+    for (api, kind, name) in [
+        ("v1", "Secret", "hf-token"),
+        ("ray.io/v1", "RayService", "mistral-7b"),
+    ] {
+        assert!(
+            env.get(api, kind, Some(&env.ns), name).await.is_none(),
+            "{kind} was not created"
+        );
+    }
+    let (pool, _) = env.karpenter_specs().await;
+    assert_eq!(
+        pool["disruption"]["consolidateAfter"], "30s",
+        "the NodePool was not patched"
+    );
 }
 
 #[tokio::test]

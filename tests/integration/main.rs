@@ -15,6 +15,7 @@ mod engine;
 mod fault_proxy;
 mod karpenter;
 mod readiness;
+mod redaction;
 mod state_store;
 mod terminal;
 mod validate;

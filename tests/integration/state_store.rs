@@ -68,19 +68,19 @@ async fn rayform(env: &Env, kubeconfig: &std::path::Path, args: &[&str]) -> Run 
 fn entry(ns: &str, i: usize) -> ResourceState {
     let name = format!("cm{i}");
     let applied = json!({
-        "data": { "index": i.to_string(), "checksum": rayform::util::random_hex(32) },
+        "data": { "index": i.to_string(), "checksum": rayform::util::random_hex(32).unwrap() },
         "metadata": {
             "annotations": { "rayform.io/lineage": "2e042052b8b2cf6d929c0c436f801ad0" },
             "labels": { "app.kubernetes.io/managed-by": "rayform", "rayform.io/stack": "big" },
         },
     });
-    let fingerprint = format!("sha256:{}", rayform::util::random_hex(32));
+    let fingerprint = format!("sha256:{}", rayform::util::random_hex(32).unwrap());
     ResourceState {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
         name,
         namespace: Some(ns.into()),
-        uid: Some(rayform::util::random_hex(16)),
+        uid: Some(rayform::util::random_hex(16).unwrap()),
         resource_version: Some((100_000 + i).to_string()),
         desired_fingerprint: fingerprint.clone(),
         live_fingerprint: fingerprint,
@@ -127,7 +127,7 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
         namespace: env.ns.clone(),
         stack: "big".into(),
     };
-    let mut state = State::new("big");
+    let mut state = State::new("big").unwrap();
     for i in 0..10_000 {
         state.resources.insert(
             Address::new(ResourceType::Manifest, format!("cm{i}")),
@@ -153,7 +153,8 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
         .load()
         .await
         .expect("load")
-        .expect("a state");
+        .expect("a state")
+        .state;
     let read = started.elapsed();
     eprintln!(
         "10 000 resources, {} KiB compressed: written in {first:?} as {} parts, read in {read:?}",
@@ -192,7 +193,7 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
     // and deletes the orphan.
     let next = StateBackend::open(&location, Some(&cluster)).expect("open");
     let lock = next.lock("test").await.expect("lock");
-    let mut found = next.load().await.expect("load").expect("a state");
+    let mut found = next.load().await.expect("load").expect("a state").state;
     found
         .resources
         .remove(&Address::new(ResourceType::Manifest, "cm1"));
@@ -209,7 +210,7 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
         .expect("a backup");
     assert_eq!(restored.from, state.serial);
     assert_eq!(restored.resources, 9_999);
-    let back = next.load().await.expect("load").expect("a state");
+    let back = next.load().await.expect("load").expect("a state").state;
     assert_eq!(json(&back)["resources"], json(&state)["resources"]);
     drop(lock);
     rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;

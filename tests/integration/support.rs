@@ -109,7 +109,7 @@ pub async fn client(kubeconfig: &Path, context: Option<&str>) -> Client {
     Client::try_from(config).expect("client")
 }
 
-fn resource(api_version: &str, kind: &str) -> ApiResource {
+pub fn resource(api_version: &str, kind: &str) -> ApiResource {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let plural = match kind {
         "NodePool" => "nodepools",
@@ -125,6 +125,8 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
         "Role" => "roles",
         "RoleBinding" => "rolebindings",
         "Lease" => "leases",
+        "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding" => "validatingadmissionpolicybindings",
         other => panic!("no plural for {other}"),
     };
     ApiResource {
@@ -236,7 +238,7 @@ impl Env {
         test: &str,
     ) -> Env {
         let client = client(&kubeconfig, None).await;
-        let suffix = &rayform::util::random_hex(3);
+        let suffix = &rayform::util::random_hex(3).unwrap();
         let base: String = test
             .chars()
             .filter(|c| c.is_ascii_alphanumeric())
@@ -252,7 +254,7 @@ impl Env {
             pool: format!("{base}-{suffix}"),
             class: format!("{base}-{suffix}"),
             ns: ns.clone(),
-            token: format!("{TOKEN_PREFIX}{}", rayform::util::random_hex(12)),
+            token: format!("{TOKEN_PREFIX}{}", rayform::util::random_hex(12).unwrap()),
             client,
         };
         env.apply_as("test-setup", "v1", "Namespace", None, &ns, json!({}))

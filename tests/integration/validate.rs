@@ -859,7 +859,7 @@ proptest! {
             return Ok(());
         };
         let graph = rayform::graph::Graph::build(&stack).unwrap();
-        let state = rayform::state::State::new("shapes");
+        let state = rayform::state::State::new("shapes").unwrap();
         let desired = rayform::desired::render(&stack, "key", &state.lineage, rayform::desired::Secrets::Skip).unwrap();
         let world = World {
             cluster: rayform::target::ClusterId { server: "https://127.0.0.1:1".into(), context: None },

@@ -32,7 +32,7 @@ impl super::SecretBackend {
 
     /// Takes the Lease, or names who holds it.
     pub async fn lock(&self, operation: &str) -> Result<LeaseLock, BackendError> {
-        let info = LockInfo::new(operation);
+        let info = LockInfo::new(operation)?;
         let name = self.lease_name();
         let found = self
             .cluster

@@ -271,12 +271,12 @@ mod tests {
     use super::*;
 
     fn state_of(n: usize) -> State {
-        let mut state = State::new("big");
+        let mut state = State::new("big").unwrap();
         for i in 0..n {
             // Random text compresses no better than the hashes a state holds.
             state.released.insert(
                 crate::stack::Address::new(crate::stack::ResourceType::Manifest, format!("cm{i}")),
-                crate::util::random_hex(32),
+                crate::util::random_hex(32).unwrap(),
             );
         }
         state
