@@ -536,7 +536,7 @@ async fn apply_object(shared: &Shared, c: &Change, w: &Write) -> Result<(), Appl
     )
     .map_err(|m| ApplyError::Resource {
         address: c.address.clone(),
-        message: format!("{m}; run `rayform plan` again"),
+        message: format!("{m}\n  help: make the plan again: `rayform plan STACK`"),
     })?;
     let live = shared
         .cluster
@@ -770,7 +770,7 @@ pub async fn import(
         })?;
     if let Some(other) = desired::other_stack(&live, &state.stack) {
         return Err(fail(format!(
-            "{} `{}` belongs to rayform stack `{other}` (label {}={other}); import takes only objects no live stack manages\n  help: pass --adopt {address} to `rayform apply` to take it from stack `{other}`",
+            "{} `{}` belongs to rayform stack `{other}` (label {}={other}); import takes only objects no live stack manages\n  help: to take it from stack `{other}`, `rayform plan STACK --adopt {address}` shows what that changes",
             want.kind,
             want.name,
             desired::LABEL_STACK
@@ -778,7 +778,7 @@ pub async fn import(
     }
     if let Some(other) = desired::other_lineage(&live, &state.lineage) {
         return Err(fail(format!(
-            "{} `{}` was made by another rayform state of this stack name (lineage {other}); import it with that state, or pass --adopt {address} to apply",
+            "{} `{}` was made by another rayform state of this stack name (lineage {other}); import it with that state\n  help: or take it over: `rayform plan STACK --adopt {address}` shows what that changes",
             want.kind, want.name
         )));
     }

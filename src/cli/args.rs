@@ -388,6 +388,40 @@ pub struct DestroyArgs {
     pub run: RunArgs,
 }
 
+impl Command {
+    /// The stack file the command works on, for the help lines of its errors.
+    pub fn stack_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Validate { stack }
+            | Command::Graph { stack, .. }
+            | Command::Init { stack }
+            | Command::Import { stack, .. }
+            | Command::ForceUnlock { stack, .. } => Some(stack),
+            Command::Plan(args) => Some(&args.stack),
+            // `apply FILE`: its help lines come from the saved plan's own stack.
+            Command::Apply(args) => Some(args.target.as_path()).filter(|t| !super::is_plan_file(t)),
+            Command::Destroy(args) => Some(&args.stack),
+            Command::Doctor { stack, .. } => stack.as_deref(),
+            Command::State(command) => Some(command.stack_file()),
+            Command::Show { .. } | Command::Completions { .. } | Command::Man { .. } => None,
+        }
+    }
+}
+
+impl StateCommand {
+    fn stack_file(&self) -> &std::path::Path {
+        match self {
+            StateCommand::List { stack }
+            | StateCommand::Show { stack, .. }
+            | StateCommand::Mv { stack, .. }
+            | StateCommand::Rm { stack, .. }
+            | StateCommand::Pull { stack }
+            | StateCommand::Push { stack, .. }
+            | StateCommand::Restore { stack } => stack,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
     /// List the addresses the state tracks, one per line

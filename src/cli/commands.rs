@@ -46,7 +46,7 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
     if json {
         out.raw(&(plan::render_json(&plan) + "\n"));
     } else {
-        out.raw(&plan::render_text(&plan, out.render_options()));
+        out.raw(&plan_text(&plan, out, g));
     }
     match save {
         Some(path) if plan.errors.is_empty() => {
@@ -124,7 +124,7 @@ pub(super) async fn apply(
         let mut plan =
             make_plan(&s, &graph, &state, new, &cluster, &take, false, false, out).await?;
         check_size(&backend, &state, &mut plan);
-        out.raw(&plan::render_text(&plan, out.render_options()));
+        out.raw(&plan_text(&plan, out, g));
         if !plan.errors.is_empty() {
             return Err("the plan has errors; nothing was changed".into());
         }
@@ -197,7 +197,7 @@ pub(super) async fn destroy(
     )
     .await?;
     check_size(&backend, &state, &mut plan);
-    out.raw(&plan::render_text(&plan, out.render_options()));
+    out.raw(&plan_text(&plan, out, g));
     if !plan.errors.is_empty() {
         return Err("the destroy plan has errors; nothing was changed".into());
     }

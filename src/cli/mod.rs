@@ -62,6 +62,12 @@ pub fn main() -> ExitCode {
         }
     };
     let stop = Stop::default();
+    // For the help lines of an error: the stack file and flags of this run.
+    let (stack_file, global) = (
+        cli.command.stack_file().map(Path::to_path_buf),
+        cli.global.clone(),
+    );
+    let explain = |text: String| suggest::fill_stack(&text, stack_file.as_deref(), &global);
     let outcome = runtime.block_on(async {
         let run = run(cli, &out, &stop);
         tokio::pin!(run);
@@ -99,13 +105,13 @@ pub fn main() -> ExitCode {
                     .each()
                     .into_iter()
                     .for_each(|e| out.error(&with_snippet(e))),
-                None => out.error(&with_snippet(e.as_ref())),
+                None => out.error(&explain(with_snippet(e.as_ref()))),
             }
             ExitCode::from(1)
         }
         Err((name, code, finished)) => {
             out.error(&match finished {
-                Some(Err(e)) => format!("interrupted by {name}: {e}"),
+                Some(Err(e)) => explain(format!("interrupted by {name}: {e}")),
                 Some(Ok(_)) => format!("interrupted by {name}, after the run had done its work"),
                 // Dropping the run released the state lock; every state write
                 // before this point was complete (an atomic rename, a journal
@@ -192,7 +198,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
             if json {
                 out.raw(&(plan::render_json(&plan) + "\n"));
             } else {
-                out.raw(&plan::render_text(&plan, out.render_options()));
+                out.raw(&plan_text(&plan, out, g));
             }
             Ok(0)
         }
@@ -469,8 +475,7 @@ async fn make_plan(
         .find(|a| s.get(a).is_none() && !state.resources.contains_key(a))
     {
         return Err(format!(
-            "--target {unknown}: no such resource in {} or its state\n  help: `rayform state list {}` and the stack file list the addresses",
-            s.file.display(),
+            "--target {unknown}: no such resource in {} or its state\n  help: the stack file and `rayform state list STACK` list the addresses",
             s.file.display()
         )
         .into());
@@ -511,6 +516,13 @@ fn check_size(backend: &Backend, state: &State, plan: &mut Plan) {
     if let Err(e) = backend.check_size(state, plan) {
         plan.errors.push(e.to_string());
     }
+}
+
+/// A plan as the terminal shows it; the commands in its help lines name
+/// the stack it was made from.
+fn plan_text(plan: &Plan, out: &Out, g: &Global) -> String {
+    let text = plan::render_text(plan, out.render_options());
+    suggest::fill_stack(&text, Some(&plan.stack_file), g)
 }
 
 /// The addresses given to a flag, each checked for shape.
@@ -767,6 +779,6 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
             e => Error::from(e),
         })?;
     backend.check_size(&state, &plan)?;
-    out.raw(&plan::render_text(&plan, out.render_options()));
+    out.raw(&plan_text(&plan, out, g));
     execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
 }

@@ -157,10 +157,10 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
 async fn restore(stack: &Path, g: &Global, out: &Out) -> Result<(), Error> {
     let s = load(stack, g)?;
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = backend.lock("state restore").await?;
+    let lock = lock(&backend, "state restore", stack, g).await?;
     let Some(restored) = backend.restore(&lock).await? else {
         return Err(format!(
-            "no backup of the state at {}: there is no {}\n  help: a backup is kept from the first command that overwrites a state; `rayform state push` stores a copy you kept",
+            "no backup of the state at {}: there is no {}\n  help: a backup is kept from the first command that overwrites a state; state push stores a copy you kept (see `rayform state push --help`)",
             s.state,
             backend.backup_location()
         )

@@ -20,6 +20,34 @@ pub fn rayform<'a>(g: &'a Global, words: impl IntoIterator<Item = &'a str>) -> S
         .join(" ")
 }
 
+/// The library cannot know which stack file a run was given, so its help
+/// lines name it `STACK`: in every backticked `rayform …` command of `text`,
+/// the word `STACK` becomes `stack` (with this run's location flags), so the
+/// line runs as printed. Without a stack file the text is left as it is.
+pub fn fill_stack(text: &str, stack: Option<&Path>, g: &Global) -> String {
+    let Some(stack) = stack else {
+        return text.to_string();
+    };
+    let stack = path(stack);
+    let mut out = String::new();
+    let mut parts = text.split('`');
+    // Odd-numbered parts are inside backticks.
+    for (i, part) in parts.by_ref().enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        let words: Vec<&str> = part.split_whitespace().collect();
+        match words.split_first() {
+            Some((&"rayform", rest)) if i % 2 == 1 && rest.contains(&"STACK") => {
+                let filled = rest.iter().map(|w| if *w == "STACK" { &*stack } else { w });
+                out.push_str(&rayform(g, filled));
+            }
+            _ => out.push_str(part),
+        }
+    }
+    out
+}
+
 /// `g` for the commands suggested about a state at `location`: with the
 /// flags that choose it when the stack's own settings (`stack_default`)
 /// would choose another, as for a plan made with `--state` and applied

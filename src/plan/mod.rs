@@ -710,16 +710,16 @@ fn not_ours(
     if let Some(other) = other_stack {
         return Some(format!(
             "{kind} `{name}` belongs to rayform stack `{other}` (label {LABEL_STACK}={other}), which declares it too\n  \
-             help: change it through stack `{other}`, rename it in one of the stacks, or pass --adopt {address} to take it from stack `{other}` (which then no longer manages it)"
+             help: change it through stack `{other}`, rename it in one of the stacks, or take it from stack `{other}` (which then no longer manages it): `rayform plan STACK --adopt {address}` shows what that changes"
         ));
     }
     Some(match &o.other_lineage {
         Some(l) => format!(
-            "{kind} `{name}` was made by another rayform state of this stack name (lineage {l}; this state is {}), so it is not this state's to change\n  help: run with the state that made it, or pass --adopt {address} to take it over",
+            "{kind} `{name}` was made by another rayform state of this stack name (lineage {l}; this state is {}), so it is not this state's to change\n  help: run with the state that made it, or take it over: `rayform plan STACK --adopt {address}` shows what that changes",
             state.lineage
         ),
         None => format!(
-            "{kind} `{name}` already exists and was not created by rayform\n  help: rayform will not take it over unless told to: pass --adopt {address}"
+            "{kind} `{name}` already exists and was not created by rayform\n  help: rayform will not take it over unless told to: `rayform plan STACK --adopt {address}` shows what taking it changes"
         ),
     })
 }

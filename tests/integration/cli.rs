@@ -130,6 +130,37 @@ async fn every_help_line_names_a_command_that_runs_as_printed() {
     stale.stderr_has("the saved plan is stale");
     run_suggested(&env, &stale).ok();
 
+    // Help lines the library writes name the stack as STACK; the command
+    // line fills it in. An object the stack did not create: plan with --adopt.
+    env.apply_as(
+        "someone",
+        "v1",
+        "ConfigMap",
+        Some(&env.ns),
+        "theirs",
+        serde_json::json!({"data": {"k": "v"}}),
+    )
+    .await;
+    let text = std::fs::read_to_string(env.path(&stack)).unwrap();
+    env.write(
+        &stack,
+        &format!("{text}\n[manifest.theirs]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ k = \"v\" }} }}\n"),
+    );
+    let not_ours = env.rayform(&["plan", &stack]).code(1);
+    not_ours.stdout_has("was not created by rayform");
+    run_suggested(&env, &not_ours)
+        .ok()
+        .stdout_has("adopting an object rayform did not create");
+    env.write(&stack, &text);
+
+    // An unknown --target: list what the state tracks.
+    let unknown = env
+        .rayform(&["plan", &stack, "--target", "secret.nope"])
+        .code(1);
+    run_suggested(&env, &unknown)
+        .ok()
+        .stdout_has("secret.hf-token");
+
     // Addresses the state does not track, or that are not addresses: list them.
     for args in [
         &["state", "show", &stack, "secret.nope"][..],
@@ -167,6 +198,15 @@ async fn every_help_line_names_a_command_that_runs_as_printed() {
     // As after kill -9: the OS lock is gone, the record stays.
     std::fs::write(env.path("other/s.json.lock"), &record).unwrap();
     run_suggested(&env, &locked).ok().stdout_has("is broken");
+
+    // A state file that does not read: restore the backup.
+    let state_file = env.path("state/helplines.json");
+    std::fs::write(&state_file, "{ not json").unwrap();
+    let corrupt = env.rayform(&["plan", &stack]).code(1);
+    corrupt.stderr_has("is not valid");
+    run_suggested(&env, &corrupt).ok().stdout_has("Restored");
+    // The state reads again (as it was before the import, the last write).
+    env.rayform(&["state", "list", &stack]).ok();
 }
 
 /// A plan made with `--state` and applied without it: the commands its

@@ -167,7 +167,7 @@ impl SecretBackend {
 
     fn corrupt(&self, what: &str, message: String) -> BackendError {
         BackendError::Kubernetes(format!(
-            "{what} is not a valid state: {message}\n  help: `rayform state restore STACK` puts back the state as it was before the last command that wrote it (Secret {}); or restore a copy with `rayform state push`. rayform will not adopt the objects it lists",
+            "{what} is not a valid state: {message}\n  help: `rayform state restore STACK` puts back the state as it was before the last command that wrote it (Secret {}), or state push stores a copy you kept. rayform will not adopt the objects it lists",
             self.backup_name()
         ))
     }
