@@ -26,10 +26,14 @@ pub enum BackendError {
     #[error("{0}")]
     Kubernetes(String),
     #[error(
-        "the state lock was lost: {0}\n  help: another run may have taken over the state; nothing more was written. Run `rayform plan` to see where things stand"
+        "the state lock was lost: {0}\n  help: from that moment this run wrote nothing more, neither objects nor state; what it finished before is recorded. Run the same command again: it waits for the Lease, or takes it over, and finishes the rest"
     )]
     LockLost(String),
 }
+
+/// How a backend tells the user why it is waiting (a held Lease it
+/// watches before taking it over): one line each time.
+pub type Notice<'a> = &'a (dyn Fn(&str) + Sync);
 
 /// An opened backend: where a stack's state lives.
 pub enum Backend {
@@ -63,10 +67,10 @@ impl Backend {
         }
     }
 
-    pub async fn lock(&self, operation: &str) -> Result<Lock, BackendError> {
+    pub async fn lock(&self, operation: &str, notice: Notice<'_>) -> Result<Lock, BackendError> {
         match self {
             Backend::File(path) => Ok(Lock::File(StateLock::acquire(path, operation)?)),
-            Backend::Kubernetes(b) => Ok(Lock::Lease(Box::new(b.lock(operation).await?))),
+            Backend::Kubernetes(b) => Ok(Lock::Lease(Box::new(b.lock(operation, notice).await?))),
         }
     }
 
@@ -109,10 +113,14 @@ impl Backend {
     }
 
     /// Breaks the lock of a holder that is gone (`rayform force-unlock`).
-    pub async fn force_unlock(&self, id: &str) -> Result<LockInfo, BackendError> {
+    pub async fn force_unlock(
+        &self,
+        id: &str,
+        notice: Notice<'_>,
+    ) -> Result<LockInfo, BackendError> {
         match self {
             Backend::File(path) => Ok(crate::state::lock::force_unlock(path, id)?),
-            Backend::Kubernetes(b) => b.force_unlock(id).await,
+            Backend::Kubernetes(b) => b.force_unlock(id, notice).await,
         }
     }
 }
@@ -129,6 +137,16 @@ impl Writer {
         match self {
             Writer::File(journal) => Ok(journal.append(change)?),
             Writer::Kubernetes(batched) => batched.record(state).await,
+        }
+    }
+
+    /// Fails once this run's lock is lost (a file lock never is): called
+    /// before every write to the cluster, so a run that may no longer hold
+    /// the lock changes nothing more.
+    pub fn check(&self) -> Result<(), BackendError> {
+        match self {
+            Writer::File(_) => Ok(()),
+            Writer::Kubernetes(batched) => batched.check(),
         }
     }
 

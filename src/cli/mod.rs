@@ -191,7 +191,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
             let s = load(&stack, g)?;
             let info = backend_for(&s.state, g, out)
                 .await?
-                .force_unlock(&lock_id)
+                .force_unlock(&lock_id, &|m| out.note(m))
                 .await?;
             out.line(&format!("Lock {} (held by {}) is broken. The next run will repair what that run left half done.", info.id, info.operation));
             Ok(0)
@@ -252,7 +252,7 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
     let graph = Graph::build(&stack)?;
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&stack.state, Some(&cluster))?;
-    let lock = backend.lock(operation).await?;
+    let lock = backend.lock(operation, &|m| out.note(m)).await?;
     let (state, new) = load_state(&backend, &stack).await?;
     check_cluster(&state, &cluster)?;
     Ok(Opened {
@@ -518,7 +518,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     };
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&location, Some(&cluster))?;
-    let lock = backend.lock("apply").await?;
+    let lock = backend.lock("apply", &|m| out.note(m)).await?;
     // `plan --out` needs a state (made by `init`), so a missing one was removed since.
     let Some(state) = backend.load().await? else {
         return Err(format!(

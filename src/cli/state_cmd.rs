@@ -32,7 +32,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
         StateCommand::Rm { stack, addresses } => {
             let s = load(stack, g)?;
             let backend = backend_for(&s.state, g, out).await?;
-            let lock = backend.lock("state rm").await?;
+            let lock = backend.lock("state rm", &|m| out.note(m)).await?;
             let mut state = existing(&backend, &s).await?;
             let addresses = addresses
                 .iter()
@@ -65,7 +65,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
 pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
     let s = load(stack, g)?;
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = backend.lock("init").await?;
+    let lock = backend.lock("init", &|m| out.note(m)).await?;
     if let Some(current) = backend.load().await? {
         if current.stack != s.name {
             return Err(format!(
@@ -116,7 +116,7 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
         .into());
     }
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = backend.lock("state push").await?;
+    let lock = backend.lock("state push", &|m| out.note(m)).await?;
     if let Some(current) = backend.load().await? {
         if current.lineage != pushed.lineage && !force {
             return Err(format!("the state at {} has lineage {}, {} has {}: they are not the same state\n  help: pass --force to replace it anyway", s.state, current.lineage, file.display(), pushed.lineage).into());

@@ -8,7 +8,7 @@
 
 mod lease;
 
-pub use lease::{LEASE_DURATION, LeaseHandle, LeaseLock, settle};
+pub use lease::{LEASE_DURATION, LeaseHandle, LeaseLock, RENEW_DEADLINE, settle};
 
 use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex};
@@ -210,6 +210,10 @@ impl Batched {
 
     pub async fn finish(&self, state: &mut State) -> Result<(), BackendError> {
         self.backend.save(state, &self.lease).await
+    }
+
+    pub fn check(&self) -> Result<(), BackendError> {
+        self.lease.check()
     }
 
     pub async fn lost(&self) -> BackendError {
