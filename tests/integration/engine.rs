@@ -330,7 +330,7 @@ async fn a_stale_saved_plan_is_refused(backend: Backend) {
 on_both_backends!(a_stale_saved_plan_is_refused);
 
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
-fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
+pub fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
     let mut text = format!(
         "[stack]\nname = \"{stack_name}\"\nnamespace = \"{}\"\n",
         env.ns

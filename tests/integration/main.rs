@@ -12,5 +12,6 @@ mod cluster;
 mod doctor;
 mod engine;
 mod karpenter;
+mod lock;
 mod readiness;
 mod validate;

@@ -77,7 +77,7 @@ impl super::SecretBackend {
                         match watch.look(&current) {
                             Look::Alive => return Err(StateError::Locked(Box::new(held)).into()),
                             Look::First => notice(&format!(
-                                "The state is locked by {held}. Watching its Lease: if it is not renewed within {}s, that run is gone and this one takes over.",
+                                "The state lock is held by {held}. Watching its Lease: if it is not renewed within {}s, that run is gone and this one takes over.",
                                 LEASE_DURATION.as_secs()
                             )),
                             Look::Unchanged => {}
