@@ -146,8 +146,12 @@ fn writes(requests: &[Value]) -> Vec<String> {
         })
         .map(|e| {
             format!(
-                "{} {} {}",
-                e["verb"], e["objectRef"]["resource"], e["responseStatus"]["code"]
+                "{} {} {} {} ({})",
+                e["verb"],
+                e["objectRef"]["resource"],
+                e["objectRef"]["name"],
+                e["responseStatus"]["code"],
+                e["userAgent"]
             )
         })
         .collect()
@@ -193,11 +197,13 @@ async fn a_holder_frozen_past_its_lease_writes_nothing_after_the_takeover() {
     assert_eq!(env.count("v1", "ConfigMap").await, COUNT);
 }
 
-/// The API server stops answering for 20 s (longer than the Lease) while a
-/// holder is mid-apply; its renewal, sent before, lands only when the server
-/// comes back. Counted from when it was sent, that renewal is long past the
-/// renew deadline: the holder must not take its late answer as 15 s more of
-/// lock, since a run that saw the Lease before the pause may take it now.
+/// A destroy whose first delete a finalizer holds (so it sits in a watch,
+/// writing nothing), then the API server stops answering for 20 s, longer
+/// than the Lease. The renewal the holder sent meanwhile is answered only
+/// when the server comes back; counted from that answer it would look
+/// fresh, but anyone who saw the Lease before the pause may take it now.
+/// Counted from when it was sent, it is long past the renew deadline: the
+/// holder deletes nothing more once the finalizer goes.
 #[tokio::test]
 async fn a_renewal_answered_after_the_lease_expired_does_not_extend_it() {
     let own = OwnCluster::up(Profile::V1);
@@ -208,11 +214,41 @@ async fn a_renewal_answered_after_the_lease_expired_does_not_extend_it() {
         "late",
     )
     .await;
-    let stack = many_config_maps(&env, "late", COUNT);
-    let holder = env.spawn_apply(&stack, "1");
+    let configmap = |data: &str| {
+        format!("{{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ index = \"{data}\" }} }}")
+    };
+    let mut text = format!("[stack]\nname = \"late\"\nnamespace = \"{}\"\n", env.ns);
+    let others: Vec<String> = (0..40).map(|i| format!("\"manifest.cm{i}\"")).collect();
+    // Destroyed first: everything else waits for it.
+    text.push_str(&format!(
+        "\n[manifest.held]\nobject = {}\ndepends_on = [{}]\n",
+        configmap("held"),
+        others.join(", ")
+    ));
+    for i in 0..40 {
+        text.push_str(&format!(
+            "\n[manifest.cm{i}]\nobject = {}\n",
+            configmap(&i.to_string())
+        ));
+    }
+    env.write("late.toml", &text);
+    env.rayform(&["apply", "late.toml", "--auto-approve"]).ok();
+    let finalizers = |list: Value| json!({"metadata": {"finalizers": list}});
+    let held =
+        |body: Value| env.merge_as("someone", "v1", "ConfigMap", Some(&env.ns), "held", body);
+    held(finalizers(json!(["test.rayform.io/hold"]))).await;
+
+    let holder = Running::spawn(env.command(&[
+        "destroy",
+        "late.toml",
+        "--auto-approve",
+        "--parallelism",
+        "1",
+    ]));
     holder
-        .until("manifest.cm10: Created", Duration::from_secs(60))
+        .until("manifest.held: Destroying...", Duration::from_secs(30))
         .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let apiserver = std::fs::read_to_string(own.dir.join("apiserver.pid"))
         .expect("the API server's pid")
         .trim()
@@ -229,27 +265,26 @@ async fn a_renewal_answered_after_the_lease_expired_does_not_extend_it() {
     signal("CONT");
     // What was on the wire during the pause is answered now.
     tokio::time::sleep(Duration::from_secs(2)).await;
-
     let mark = env.audit_mark();
-    let takeover = env.rayform_once_unlocked(&["plan", &stack], Duration::from_secs(60));
+    held(finalizers(Value::Null)).await;
+    let takeover = env.rayform_once_unlocked(&["plan", "late.toml"], Duration::from_secs(60));
     assert_eq!(takeover.code, 0, "{}", takeover.all());
     let late = holder.finish().code(1);
     late.stderr_has("the state lock was lost");
+    // Besides the Lease (the plan's), the finalizer's removal is the only write.
     let after = env.requests_since(mark).await;
     assert_eq!(
         writes(&after)
             .into_iter()
-            .filter(|w| !w.contains("leases"))
+            .filter(|w| !w.contains("leases") && !w.starts_with(r#""patch" "configmaps" "held""#))
             .collect::<Vec<_>>(),
         Vec::<String>::new(),
-        "the run whose renewal came late wrote objects or state after it"
+        "the run whose renewal came late deleted objects or wrote the state after it"
     );
 
-    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+    env.rayform(&["destroy", "late.toml", "--auto-approve"])
         .ok();
-    env.rayform(&["plan", &stack, "--detailed-exitcode"])
-        .code(0);
-    assert_eq!(env.count("v1", "ConfigMap").await, COUNT);
+    assert_eq!(env.count("v1", "ConfigMap").await, 0);
 }
 
 /// Someone else writes the Lease while it is held (a label, as a policy
