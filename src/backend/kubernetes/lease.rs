@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -66,7 +66,7 @@ impl super::SecretBackend {
         let mut watch = Watch::default();
         loop {
             let found = self.get_lease().await?;
-            let sent = Instant::now();
+            let sent = Moment::now();
             let written = match found {
                 None => {
                     let fresh = lease_for(&name, &self.namespace, &info, None, 0);
@@ -291,6 +291,29 @@ fn clear(lease: &mut Lease) {
     }
 }
 
+/// A moment on both of this machine's clocks. The monotonic one stands still
+/// while the machine sleeps (a laptop closed mid-apply), the wall clock does
+/// not; a holder goes by whichever says more time has passed.
+#[derive(Clone, Copy)]
+struct Moment {
+    monotonic: Instant,
+    wall: SystemTime,
+}
+
+impl Moment {
+    fn now() -> Moment {
+        Moment {
+            monotonic: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        let wall = self.wall.elapsed().unwrap_or_default();
+        self.monotonic.elapsed().max(wall)
+    }
+}
+
 /// A held Lease, renewed in the background until released or lost.
 pub struct LeaseLock {
     cluster: Cluster,
@@ -308,14 +331,14 @@ struct Renewal {
     /// When the last successful renewal (or the taking) was sent. The server
     /// stored it after this, so nobody watching can take over before this +
     /// [`LEASE_DURATION`]; from the response, a slow one would eat the margin.
-    renewed: Mutex<Instant>,
+    renewed: Mutex<Moment>,
     /// Why the lease is no longer ours, once it is not: for good.
     lost: Mutex<Option<String>>,
     released: AtomicBool,
 }
 
 impl Renewal {
-    fn new(name: String, id: String, lease: Lease, sent: Instant) -> Renewal {
+    fn new(name: String, id: String, lease: Lease, sent: Moment) -> Renewal {
         Renewal {
             name,
             id,
@@ -452,7 +475,7 @@ async fn renew(cluster: Cluster, namespace: String, shared: Arc<Renewal>) {
         if shared.released.load(Ordering::SeqCst) || shared.check().is_err() {
             return;
         }
-        let sent = Instant::now();
+        let sent = Moment::now();
         let left = RENEW_DEADLINE.saturating_sub(guard(&shared.renewed).elapsed());
         match tokio::time::timeout(left, renew_once(&cluster, &namespace, &shared)).await {
             Ok(Ok(renewed)) => {
