@@ -62,48 +62,20 @@ impl super::SecretBackend {
         notice: Notice<'_>,
     ) -> Result<LeaseLock, BackendError> {
         let info = LockInfo::new(operation);
-        let name = self.lease_name();
         let mut watch = Watch::default();
         loop {
             let found = self.get_lease().await?;
+            if let Some(current) = &found
+                && let Some(held) = holder(current)
+                && !watch.may_take(current, held, notice)?
+            {
+                tokio::time::sleep(LOOK_EVERY).await;
+                continue;
+            }
             let sent = Moment::now();
-            let written = match found {
-                None => {
-                    let fresh = lease_for(&name, &self.namespace, &info, None, 0);
-                    self.cluster.create_typed(&self.namespace, &fresh).await
-                }
-                Some(current) => {
-                    if let Some(held) = holder(&current) {
-                        match watch.look(&current) {
-                            Look::Alive => return Err(StateError::Locked(Box::new(held)).into()),
-                            Look::First => notice(&format!(
-                                "The state lock is held by {held}. Watching its Lease: if it is not renewed within {}s, that run is gone and this one takes over.",
-                                LEASE_DURATION.as_secs()
-                            )),
-                            Look::Unchanged => {}
-                        }
-                        if !watch.expired() {
-                            tokio::time::sleep(LOOK_EVERY).await;
-                            continue;
-                        }
-                        notice(&format!(
-                            "Taking over the state lock: the Lease of {held} was not renewed for {}s.",
-                            LEASE_DURATION.as_secs()
-                        ));
-                    }
-                    let taken = lease_for(
-                        &name,
-                        &self.namespace,
-                        &info,
-                        current.metadata.resource_version.clone(),
-                        transitions(&current) + 1,
-                    );
-                    self.cluster.replace_typed(&self.namespace, &taken).await
-                }
-            };
-            match written {
+            match self.take(&info, found).await {
                 Ok(lease) => {
-                    let renewal = Renewal::new(name, info.id, lease, sent);
+                    let renewal = Renewal::new(self.lease_name(), info.id, lease, sent);
                     return Ok(LeaseLock::start(
                         self.cluster.clone(),
                         self.namespace.clone(),
@@ -114,6 +86,28 @@ impl super::SecretBackend {
                 // next look names them (they are alive, having just written).
                 Err(ClusterError::Conflict { .. }) => watch.raced(),
                 Err(e) => return Err(self.error(e)),
+            }
+        }
+    }
+
+    /// Writes the Lease as ours: created, or over `found` (whose
+    /// resourceVersion makes the write fail if anyone wrote it since).
+    async fn take(&self, info: &LockInfo, found: Option<Lease>) -> Result<Lease, ClusterError> {
+        let name = self.lease_name();
+        match found {
+            None => {
+                let fresh = lease_for(&name, &self.namespace, info, None, 0);
+                self.cluster.create_typed(&self.namespace, &fresh).await
+            }
+            Some(current) => {
+                let taken = lease_for(
+                    &name,
+                    &self.namespace,
+                    info,
+                    current.metadata.resource_version.clone(),
+                    transitions(&current) + 1,
+                );
+                self.cluster.replace_typed(&self.namespace, &taken).await
             }
         }
     }
@@ -196,6 +190,32 @@ impl Watch {
                 Look::First
             }
         }
+    }
+
+    /// Whether a Lease that names `held` may be taken over now; refused if
+    /// it changed since first seen; `false` to look again later.
+    fn may_take(
+        &mut self,
+        lease: &Lease,
+        held: LockInfo,
+        notice: Notice<'_>,
+    ) -> Result<bool, BackendError> {
+        match self.look(lease) {
+            Look::Alive => return Err(StateError::Locked(Box::new(held)).into()),
+            Look::First => notice(&format!(
+                "The state lock is held by {held}. Watching its Lease: if it is not renewed within {}s, that run is gone and this one takes over.",
+                LEASE_DURATION.as_secs()
+            )),
+            Look::Unchanged => {}
+        }
+        if !self.expired() {
+            return Ok(false);
+        }
+        notice(&format!(
+            "Taking over the state lock: the Lease of {held} was not renewed for {}s.",
+            LEASE_DURATION.as_secs()
+        ));
+        Ok(true)
     }
 
     fn expired(&self) -> bool {
@@ -530,4 +550,57 @@ async fn renew_once(cluster: &Cluster, namespace: &str, shared: &Renewal) -> Res
         .replace_typed(namespace, &renewed(current))
         .await
         .map_err(|_| Renew::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(version: &str, holder: &str, recorded: &LockInfo) -> Lease {
+        let mut lease = lease_for("l", "ns", recorded, Some(version.into()), 0);
+        if let Some(spec) = &mut lease.spec {
+            spec.holder_identity = Some(holder.into());
+        }
+        lease
+    }
+
+    #[test]
+    fn a_lease_is_alive_once_it_changes_whatever_its_timestamps_say() {
+        let info = LockInfo::new("apply");
+        let mut watch = Watch::default();
+        assert!(matches!(
+            watch.look(&held("1", &info.id, &info)),
+            Look::First
+        ));
+        assert!(matches!(
+            watch.look(&held("1", &info.id, &info)),
+            Look::Unchanged
+        ));
+        assert!(!watch.expired());
+        assert!(matches!(
+            watch.look(&held("2", &info.id, &info)),
+            Look::Alive
+        ));
+    }
+
+    #[test]
+    fn losing_a_race_to_take_the_lease_means_its_winner_is_alive() {
+        let info = LockInfo::new("apply");
+        let mut watch = Watch::default();
+        watch.raced();
+        assert!(matches!(
+            watch.look(&held("1", &info.id, &info)),
+            Look::Alive
+        ));
+    }
+
+    #[test]
+    fn a_holder_set_by_hand_is_not_named_by_the_record_left_beside_it() {
+        let info = LockInfo::new("apply");
+        let by_hand = holder(&held("1", "intruder", &info)).expect("a holder");
+        assert_eq!(by_hand.id, "intruder");
+        assert_eq!(by_hand.pid, 0);
+        assert_eq!(holder(&held("1", &info.id, &info)), Some(info));
+        assert_eq!(holder(&held("1", "", &LockInfo::new("plan"))), None);
+    }
 }
