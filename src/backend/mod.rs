@@ -26,7 +26,7 @@ pub enum BackendError {
     #[error("{0}")]
     Kubernetes(String),
     #[error(
-        "the state lock was lost: {0}\n  help: from that moment this run wrote nothing more, neither objects nor state; the next run finds what it wrote before. Run the same command again: it waits for the Lease, or takes it over, and finishes the rest"
+        "the state lock was lost: {0}\n  help: from that moment this run wrote nothing more, neither objects nor state; the next run finds what it wrote before. Run the same command again (once a run that took over is done) to finish the rest"
     )]
     LockLost(String),
 }
