@@ -240,10 +240,18 @@ pub async fn apply(
         (Ok(_), Err(e)) => Err(e.into()),
         (Err(e), Ok(())) => Err(e),
         // A lost lock fails every write alike: say it once.
-        (Err(e @ ApplyError::Backend(BackendError::LockLost(_))), Err(_)) => Err(e),
+        (Err(e), Err(BackendError::LockLost(_))) if says_lock_lost(&e) => Err(e),
         (Err(e), Err(f)) => Err(ApplyError::Several(vec![e, f.into()])),
     };
     (state, result)
+}
+
+fn says_lock_lost(e: &ApplyError) -> bool {
+    match e {
+        ApplyError::Backend(BackendError::LockLost(_)) => true,
+        ApplyError::Several(all) => all.iter().any(says_lock_lost),
+        _ => false,
+    }
 }
 
 /// Runs the plan's changes, each once its dependencies are done.
@@ -286,6 +294,8 @@ async fn walk(
                 report.ready.extend(ready);
                 done.insert(address);
             }
+            // A lost lock fails every task in flight alike: say it once.
+            Ok((_, Err(e))) if says_lock_lost(&e) && failures.iter().any(says_lock_lost) => {}
             Ok((_, Err(e))) => failures.push(e),
             Err(join) => failures.push(ApplyError::Resource {
                 address: Address::new(crate::stack::ResourceType::Manifest, "internal"),
@@ -357,6 +367,14 @@ impl Shared {
             address: address.clone(),
         })
         .await
+    }
+
+    /// Refuses a write to the cluster once the lock may be someone else's:
+    /// checked before each write, not only when recording it, so a run that
+    /// lost its lock (stopped past its renew deadline, say) writes no object
+    /// after the one in flight.
+    fn still_locked(&self) -> Result<(), ApplyError> {
+        Ok(self.writer.check()?)
     }
 
     async fn key(&self) -> String {
@@ -538,6 +556,7 @@ async fn apply_object(shared: &Shared, c: &Change, w: &Write) -> Result<(), Appl
         address: c.address.clone(),
         message: format!("{m}\n  help: make the plan again: `rayform plan STACK`"),
     })?;
+    shared.still_locked()?;
     let live = shared
         .cluster
         .apply(
@@ -590,6 +609,7 @@ async fn refresh(shared: &Shared, c: &Change, payload: &Payload) -> Result<(), A
 async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let ns = c.namespace.as_deref();
+    shared.still_locked()?;
     shared
         .cluster
         .delete(&kind, ns, &c.name, seen.uid.as_deref())
@@ -619,6 +639,8 @@ async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyErr
                 not_done: vec![c.address.clone()],
             });
         }
+        // The delete was sent; whoever holds the lock now sees how it ends.
+        shared.still_locked()?;
         if started.elapsed() >= shared.options.delete_timeout {
             return Err(still_there(shared, c, &kind, started).await);
         }
@@ -683,6 +705,7 @@ async fn merge_and_verify(
     p: &karpenter::KarpenterPatch,
 ) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
+    shared.still_locked()?;
     let result = shared
         .cluster
         .merge_patch(&kind, &c.name, &p.merge, &shared.manager, false)

@@ -36,7 +36,7 @@ pub enum BackendError {
     #[error("{0}")]
     Kubernetes(String),
     #[error(
-        "the state lock was lost: {0}\n  help: another run may have taken over the state; nothing more was written"
+        "the state lock was lost: {0}\n  help: from that moment this run wrote nothing more, neither objects nor state; the next run finds what it wrote before"
     )]
     LockLost(String),
     /// The state would pass what the kubernetes backend keeps (compressed bytes).
@@ -54,6 +54,10 @@ pub enum BackendError {
 fn mib(bytes: usize) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
+
+/// How a backend tells the user why it is waiting (a held Lease it
+/// watches before taking it over): one line each time.
+pub type Notice<'a> = &'a (dyn Fn(&str) + Sync);
 
 /// An opened backend: where a stack's state lives.
 pub enum Backend {
@@ -107,10 +111,10 @@ impl Backend {
         }
     }
 
-    pub async fn lock(&self, operation: &str) -> Result<Lock, BackendError> {
+    pub async fn lock(&self, operation: &str, notice: Notice<'_>) -> Result<Lock, BackendError> {
         match self {
             Backend::File(f) => Ok(Lock::File(StateLock::acquire(&f.path, operation)?)),
-            Backend::Kubernetes(b) => Ok(Lock::Lease(Box::new(b.lock(operation).await?))),
+            Backend::Kubernetes(b) => Ok(Lock::Lease(Box::new(b.lock(operation, notice).await?))),
         }
     }
 
@@ -161,10 +165,14 @@ impl Backend {
     }
 
     /// Breaks the lock of a holder that is gone (`rayform force-unlock`).
-    pub async fn force_unlock(&self, id: &str) -> Result<LockInfo, BackendError> {
+    pub async fn force_unlock(
+        &self,
+        id: &str,
+        notice: Notice<'_>,
+    ) -> Result<LockInfo, BackendError> {
         match self {
             Backend::File(f) => Ok(crate::state::lock::force_unlock(&f.path, id)?),
-            Backend::Kubernetes(b) => b.force_unlock(id).await,
+            Backend::Kubernetes(b) => b.force_unlock(id, notice).await,
         }
     }
 
@@ -257,6 +265,16 @@ impl Writer {
         match self {
             Writer::File(journal) => Ok(journal.append(change)?),
             Writer::Kubernetes(batched) => batched.record(state).await,
+        }
+    }
+
+    /// Fails once this run's lock is lost (a file lock never is): called
+    /// before every write to the cluster, so a run that may no longer hold
+    /// the lock changes nothing more.
+    pub fn check(&self) -> Result<(), BackendError> {
+        match self {
+            Writer::File(_) => Ok(()),
+            Writer::Kubernetes(batched) => batched.check(),
         }
     }
 

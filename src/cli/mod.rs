@@ -215,7 +215,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
             let s = load(&stack, g)?;
             let info = backend_for(&s.state, g, out)
                 .await?
-                .force_unlock(&lock_id)
+                .force_unlock(&lock_id, &|m| out.note(m))
                 .await?;
             out.line(&format!("Lock {} (held by {}) is broken. The next run will repair what that run left half done.", info.id, info.operation));
             Ok(0)
@@ -332,7 +332,7 @@ async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Ope
     let lock = if nothing_to_lock {
         None
     } else {
-        Some(lock(&backend, operation, path, g).await?)
+        Some(lock(&backend, operation, path, g, out).await?)
     };
     let (state, new) = load_state(&backend, &stack, out).await?;
     check_cluster(&state, &cluster)?;
@@ -353,8 +353,15 @@ fn load(path: &Path, g: &Global) -> Result<Stack, Error> {
 
 /// Takes the state lock; when another run holds it, says how to break it
 /// should that run have died.
-async fn lock(backend: &Backend, operation: &str, stack: &Path, g: &Global) -> Result<Lock, Error> {
-    backend.lock(operation).await.map_err(|e| match e {
+async fn lock(
+    backend: &Backend,
+    operation: &str,
+    stack: &Path,
+    g: &Global,
+    out: &Out,
+) -> Result<Lock, Error> {
+    let notice = |m: &str| out.note(m);
+    backend.lock(operation, &notice).await.map_err(|e| match e {
         BackendError::State(StateError::Locked(holder)) => format!(
             "state is locked by {holder}\n  help: wait for that run to finish; if it died, run `{}`",
             suggest::rayform(g, ["force-unlock", &suggest::path(stack), &holder.id])
@@ -739,7 +746,7 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     let how = Execution { global: g, ..how };
     let cluster = connect(g, out).await?;
     let backend = Backend::open(&location, Some(&cluster))?;
-    let lock = lock(&backend, "apply", &plan.stack_file, g).await?;
+    let lock = lock(&backend, "apply", &plan.stack_file, g, out).await?;
     let stack = suggest::path(&plan.stack_file);
     let plan_again = suggest::rayform(g, ["plan", &stack, "--out", &suggest::path(path)]);
     // `plan --out` needs a state (made by `init`), so a missing one was removed since.

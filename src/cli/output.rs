@@ -101,6 +101,11 @@ impl Out {
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
 
+    /// A line on stderr about why the run waits (a held Lease it watches).
+    pub fn note(&self, message: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{message}");
+    }
+
     pub fn error(&self, message: &str) {
         self.labelled(AnsiColor::Red, "Error:", message);
     }

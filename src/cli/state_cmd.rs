@@ -34,7 +34,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
         StateCommand::Rm { stack, addresses } => {
             let s = load(stack, g)?;
             let backend = backend_for(&s.state, g, out).await?;
-            let lock = lock(&backend, "state rm", stack, g).await?;
+            let lock = lock(&backend, "state rm", stack, g, out).await?;
             let mut state = existing(&backend, &s, out).await?;
             let addresses = addresses
                 .iter()
@@ -69,7 +69,7 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
 pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
     let s = load(stack, g)?;
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "init", stack, g).await?;
+    let lock = lock(&backend, "init", stack, g, out).await?;
     if let Some(current) = read_state(&backend, out).await? {
         if current.stack != s.name {
             return Err(format!(
@@ -122,7 +122,7 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
         .into());
     }
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "state push", stack, g).await?;
+    let lock = lock(&backend, "state push", stack, g, out).await?;
     let current = match read_state(&backend, out).await {
         Ok(current) => current,
         // A state that does not read is what a forced push replaces.
@@ -157,7 +157,7 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
 async fn restore(stack: &Path, g: &Global, out: &Out) -> Result<(), Error> {
     let s = load(stack, g)?;
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "state restore", stack, g).await?;
+    let lock = lock(&backend, "state restore", stack, g, out).await?;
     let Some(restored) = backend.restore(&lock).await? else {
         return Err(format!(
             "no backup of the state at {}: there is no {}\n  help: a backup is kept from the first command that overwrites a state; state push stores a copy you kept (see `rayform state push --help`)",
@@ -222,7 +222,7 @@ async fn mv(stack: &Path, from: &str, to: &str, g: &Global, out: &Out) -> Result
     let s = load(stack, g)?;
     let (from, to) = (parse(from, stack, g)?, parse(to, stack, g)?);
     let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "state mv", stack, g).await?;
+    let lock = lock(&backend, "state mv", stack, g, out).await?;
     let mut state = existing(&backend, &s, out).await?;
     state.rename(&from, &to).map_err(|e| listed(e, stack, g))?;
     backend.save(&mut state, &lock).await?;

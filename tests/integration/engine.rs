@@ -620,7 +620,7 @@ async fn refresh_only_records_what_is_live_and_changes_nothing() {
 }
 
 /// Many ConfigMaps, so a kill can land with some of them done and not others.
-fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
+pub fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
     let mut text = format!(
         "[stack]\nname = \"{stack_name}\"\nnamespace = \"{}\"\n",
         env.ns

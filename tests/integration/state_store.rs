@@ -138,7 +138,7 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
 
     // One run writes it twice, as an apply does.
     let run = StateBackend::open(&location, Some(&cluster)).expect("open");
-    let lock = run.lock("test").await.expect("lock");
+    let lock = run.lock("test", &|_| {}).await.expect("lock");
     let started = Instant::now();
     run.save(&mut state, &lock).await.expect("a first write");
     let first = started.elapsed();
@@ -192,7 +192,7 @@ async fn a_state_of_ten_thousand_resources_round_trips_through_the_kubernetes_ba
     // The next run keeps the state it found as its backup, parts and all,
     // and deletes the orphan.
     let next = StateBackend::open(&location, Some(&cluster)).expect("open");
-    let lock = next.lock("test").await.expect("lock");
+    let lock = next.lock("test", &|_| {}).await.expect("lock");
     let mut found = next.load().await.expect("load").expect("a state").state;
     found
         .resources

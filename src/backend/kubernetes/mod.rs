@@ -14,7 +14,7 @@
 mod lease;
 pub mod stored;
 
-pub use lease::{LEASE_DURATION, LeaseHandle, LeaseLock, settle};
+pub use lease::{LEASE_DURATION, LeaseHandle, LeaseLock, RENEW_DEADLINE, settle};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -450,6 +450,10 @@ impl Batched {
 
     pub async fn finish(&self, state: &mut State) -> Result<(), BackendError> {
         self.backend.save(state, &self.lease).await
+    }
+
+    pub fn check(&self) -> Result<(), BackendError> {
+        self.lease.check()
     }
 
     pub async fn lost(&self) -> BackendError {
