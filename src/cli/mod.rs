@@ -69,8 +69,9 @@ pub fn main() -> ExitCode {
     );
     let explain = |text: String| suggest::fill_stack(&text, stack_file.as_deref(), &global);
     let outcome = runtime.block_on(async {
-        let run = run(cli, &out, &stop);
-        tokio::pin!(run);
+        // Boxed so it can be dropped before the Leases are settled below: a
+        // run stopped by a second signal gives its lock back when dropped.
+        let mut run = Box::pin(run(cli, &out, &stop));
         let outcome = tokio::select! {
             result = &mut run => Ok(result),
             (name, code) = interrupted() => {
@@ -92,7 +93,8 @@ pub fn main() -> ExitCode {
                 }
             }
         };
-        // The run is over (or dropped): a Lease it held is being given up.
+        // The run is over (or stopped): a Lease it held is being given up.
+        drop(run);
         rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;
         outcome
     });

@@ -420,7 +420,7 @@ async fn every_overwrite_of_the_state_keeps_a_backup_that_state_restore_puts_bac
     env.rayform(&["plan", &stack])
         .code(1)
         .stderr_has("valid")
-        .stderr_has("help: `rayform state restore STACK`");
+        .stderr_has(&format!("help: `rayform state restore {stack}`"));
     // A forced push replaces a state that does not read, and keeps no
     // backup of it: the one there is better.
     env.rayform(&["state", "push", &stack, &file.to_string_lossy(), "--force"])
