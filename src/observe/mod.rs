@@ -97,7 +97,7 @@ pub struct ObservedPatch {
     pub gone: bool,
     /// For a revert: fields changed since rayform wrote them.
     pub changed_outside: Vec<ChangedField>,
-    /// How the intent became these fields ("already satisfied: ...").
+    /// How the intent became these fields ("kept …, already satisfied: ...").
     pub notes: Vec<String>,
     /// A value set since this stack wrote its own that meets the intent
     /// too, left as it is: why.
@@ -945,7 +945,9 @@ async fn observe_karpenter(
                 patch.needed && karpenter::changed_since_written(&stack.name, &live),
                 wanted(&live, &live),
             ) {
-                out.kept = Some(format!("kept (longer than the stack asks): {why}"));
+                out.kept = Some(format!(
+                    "kept (longer than the stack asks), set since the apply: {why}"
+                ));
                 patch.needed = false;
             } else {
                 out.notes = notes;
@@ -954,7 +956,9 @@ async fn observe_karpenter(
             patch
         }
         Ok(Wanted::Satisfied(why)) => {
-            out.notes.push(format!("already satisfied: {why}"));
+            out.notes.push(format!(
+                "kept (longer than the stack asks), already satisfied: {why}"
+            ));
             match karpenter::withdraw(&stack.name, &live) {
                 Ok(patch) => patch,
                 Err(changed) => {

@@ -6,24 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Backend, Env, OwnCluster, Profile, Run, Running, assert_no_token};
-
-/// Runs an engine test once per state backend: both must behave alike.
-macro_rules! on_both_backends {
-    ($test:ident) => {
-        mod $test {
-            #[tokio::test]
-            async fn file() {
-                super::$test(crate::support::Backend::File).await;
-            }
-
-            #[tokio::test]
-            async fn kubernetes() {
-                super::$test(crate::support::Backend::Kubernetes).await;
-            }
-        }
-    };
-}
+use crate::support::{
+    Backend, Env, OwnCluster, Profile, Run, Running, assert_no_token, on_both_backends,
+};
 
 async fn mission_round_trip(profile: Profile, backend: Backend) {
     let env = Env::on(backend, profile, &format!("mission-{}", profile.name())).await;

@@ -48,9 +48,9 @@ async fn met_intents_are_left_alone(profile: Profile, pool: Value, disk: &str) {
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
     plan.stdout_has(&format!("nodepool.{} has no changes", env.pool));
-    plan.stdout_has("(already satisfied: ");
+    plan.stdout_has("(kept (longer than the stack asks), already satisfied: ");
     plan.stdout_has(&format!(
-        "(already satisfied: /dev/xvda is {disk}, at least 200Gi)"
+        "already satisfied: /dev/xvda is {disk}, at least 200Gi)"
     ));
     plan.stdout_has("Plan: 0 to add, 0 to change, 0 to destroy, 0 to patch.");
 
@@ -89,7 +89,7 @@ async fn values_raised_since_the_apply_are_kept(profile: Profile, longer: Value)
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
     plan.stdout_has(&format!("nodepool.{} has no changes", env.pool));
-    plan.stdout_has("(kept (longer than the stack asks): ");
+    plan.stdout_has("(kept (longer than the stack asks), set since the apply: ");
     plan.stdout_has("300Gi, at least 200Gi");
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     assert_eq!(env.karpenter_specs().await, raised, "nothing was lowered");

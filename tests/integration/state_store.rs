@@ -12,24 +12,7 @@ use rayform::state::{Applied, ResourceState, State};
 use serde_json::{Value, json};
 
 use crate::fault_proxy::{Drop, FaultProxy};
-use crate::support::{Backend, Env, OwnCluster, Profile, Run, Running};
-
-/// Runs a test once per state backend: both keep backups alike.
-macro_rules! on_both_backends {
-    ($test:ident) => {
-        mod $test {
-            #[tokio::test]
-            async fn file() {
-                super::$test(crate::support::Backend::File).await;
-            }
-
-            #[tokio::test]
-            async fn kubernetes() {
-                super::$test(crate::support::Backend::Kubernetes).await;
-            }
-        }
-    };
-}
+use crate::support::{Backend, Env, OwnCluster, Profile, Run, Running, on_both_backends};
 
 /// A stack of `count` ConfigMaps, each holding `bytes` of random text.
 fn config_maps(env: &Env, stack_name: &str, count: usize, bytes: usize) -> String {

@@ -12,6 +12,24 @@ use kube::discovery::ApiResource;
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
+/// Runs a test once per state backend: both must behave alike.
+macro_rules! on_both_backends {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test]
+            async fn file() {
+                super::$test(crate::support::Backend::File).await;
+            }
+
+            #[tokio::test]
+            async fn kubernetes() {
+                super::$test(crate::support::Backend::Kubernetes).await;
+            }
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
 pub const TOKEN_PREFIX: &str = "hf_rayformTEST";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Backend, Env, Profile, repo};
+use crate::support::{Backend, Env, Profile, on_both_backends, repo};
 
 /// What a person saw, and how the command ended.
 struct Session {
@@ -113,17 +113,7 @@ async fn ctrl_c_at_the_prompt_cancels_at_once(backend: Backend) {
     }
 }
 
-mod ctrl_c_at_the_prompt_cancels_at_once {
-    #[tokio::test]
-    async fn file() {
-        super::ctrl_c_at_the_prompt_cancels_at_once(crate::support::Backend::File).await;
-    }
-
-    #[tokio::test]
-    async fn kubernetes() {
-        super::ctrl_c_at_the_prompt_cancels_at_once(crate::support::Backend::Kubernetes).await;
-    }
-}
+on_both_backends!(ctrl_c_at_the_prompt_cancels_at_once);
 
 /// Anything but `yes` declines: exit 1, nothing written.
 #[tokio::test]

@@ -10,9 +10,10 @@ the cluster, and with a server dry run of every change; kubectl's is
 Also measured: the peak resident memory of `rayform plan` of the created stack,
 and crash safety: KILLS times (default 20; KILLS_K8S times with the kubernetes
 backend, default 5, each waiting out the killed run's Lease) an apply of
-KILL_OBJECTS ConfigMaps (default 400) is killed with SIGKILL at a random moment,
-then applied again; converged means the next plan finds nothing to do, every
-object exists and the state records each one.
+KILL_OBJECTS ConfigMaps (default 400) is killed with SIGKILL at a random
+moment after its first object is created, then applied again; converged
+means the next plan finds nothing to do, every object exists and the state
+records each one.
 """
 
 import json
@@ -89,9 +90,20 @@ def kill_and_converge(k, backend):
     write_stack(name, ns, n)
     env = dict(os.environ, RAYFORM_BACKEND=backend)
     cmd = [rayform, "apply", f"{name}.toml", "--auto-approve", "--no-wait"]
-    p = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.uniform(0.05, 0.9))
-    p.send_signal(signal.SIGKILL)
+    # The kill lands at a random moment after the first object is created,
+    # within about the time the rest takes (a millisecond an object), so it
+    # falls mid-apply whatever the size, not during the plan before it.
+    progress = os.path.join(work, f"{name}.progress")
+    with open(progress, "w") as err:
+        p = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        started = time.monotonic()
+        while p.poll() is None and time.monotonic() - started < 60:
+            with open(progress) as seen:
+                if ": Created" in seen.read():
+                    break
+            time.sleep(0.01)
+        time.sleep(random.uniform(0, 0.001 * n))
+        p.send_signal(signal.SIGKILL)
     p.wait()
     landed = count_config_maps(ns)
     deadline = time.monotonic() + 60
