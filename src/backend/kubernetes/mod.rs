@@ -55,6 +55,18 @@ struct Stored {
     swept: bool,
 }
 
+/// Compressing, or unpacking and parsing, a large state takes long enough
+/// (seconds for 10 000 objects on a loaded machine) to starve the Lease's
+/// renewals on the command line's single-threaded runtime, and so to lose
+/// the lock: that work runs on the blocking pool instead.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackendError::Kubernetes(format!("internal: encoding the state failed: {e}")))
+}
+
 /// What `state restore` did.
 #[derive(Debug, Clone, Copy)]
 pub struct Restored {
@@ -153,10 +165,11 @@ impl SecretBackend {
                 .ok_or_else(|| self.corrupt(what, format!("its part `{name}` is missing")))?;
             parts.push(part);
         }
-        let text = record
-            .decode(parts)
-            .map_err(|message| self.corrupt(what, message))?;
-        decode(&text).map_err(|e| match e {
+        let record = record.clone();
+        let decoded =
+            off_the_runtime(move || record.decode(parts).map(|text| decode(&text))).await?;
+        let decoded = decoded.map_err(|message| self.corrupt(what, message))?;
+        decoded.map_err(|e| match e {
             Decoded::Corrupt(message) => self.corrupt(what, message),
             Decoded::Version(found) => BackendError::Kubernetes(format!(
                 "{what} has format_version {found}; this rayform reads {}",
@@ -195,8 +208,10 @@ impl SecretBackend {
         lease.check()?;
         self.back_up().await?;
         state.serial += 1;
-        let encoded =
-            stored::encode(state, &self.secret_name()).map_err(|e| self.encode_error(e))?;
+        let (snapshot, base) = (state.clone(), self.secret_name());
+        let encoded = off_the_runtime(move || stored::encode(&snapshot, &base))
+            .await?
+            .map_err(|e| self.encode_error(e))?;
         for (name, bytes) in &encoded.parts {
             self.write_part(name, state.serial, bytes).await?;
         }
