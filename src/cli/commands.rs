@@ -15,17 +15,10 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
         destroy,
         take,
     } = args;
-    let Opened {
-        stack: s,
-        graph,
-        state,
-        new,
-        cluster,
-        // Held while planning, as Terraform does: no apply moves the state meanwhile.
-        lock: _lock,
-        backend,
-    } = open(&stack, g, "plan", out).await?;
-    if let (true, Some(path)) = (new, &save) {
+    // Held while planning, as Terraform does: no apply moves the state meanwhile.
+    let opened = open(&stack, g, "plan", out).await?;
+    let s = &opened.stack;
+    if let (true, Some(path)) = (opened.new, &save) {
         // A saved plan is checked against the state's lineage and pins secret
         // values by fingerprints under the state's key: without a state there
         // is nothing durable to check against, and plan never writes one.
@@ -38,11 +31,12 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
         )
         .into());
     }
-    let mut plan = make_plan(
-        &s, &graph, &state, new, &cluster, &take, destroy, false, out,
-    )
-    .await?;
-    check_size(&backend, &state, &mut plan);
+    let intent = if destroy {
+        Intent::Destroy { force: false }
+    } else {
+        Intent::Apply
+    };
+    let plan = opened.plan(&take, intent, out).await?;
     if json {
         out.raw(&(plan::render_json(&plan) + "\n"));
     } else {
@@ -112,18 +106,16 @@ pub(super) async fn apply(
         }
         apply_saved(&target, g, how, out).await
     } else {
+        let opened = open(&target, g, "apply", out).await?;
+        let plan = opened.plan(&take, Intent::Apply, out).await?;
         let Opened {
             stack: s,
-            graph,
             backend,
             lock,
             state,
-            new,
             cluster,
-        } = open(&target, g, "apply", out).await?;
-        let mut plan =
-            make_plan(&s, &graph, &state, new, &cluster, &take, false, false, out).await?;
-        check_size(&backend, &state, &mut plan);
+            ..
+        } = opened;
         out.raw(&plan_text(&plan, out, g));
         if !plan.errors.is_empty() {
             return Err("the plan has errors; nothing was changed".into());
@@ -172,31 +164,19 @@ pub(super) async fn destroy(
         targets,
         run,
     } = args;
+    let opened = open(&stack, g, "destroy", out).await?;
+    let take = Take {
+        targets,
+        ..Take::default()
+    };
+    let plan = opened.plan(&take, Intent::Destroy { force }, out).await?;
     let Opened {
-        stack: s,
-        graph,
         backend,
         lock,
         state,
-        new,
         cluster,
-    } = open(&stack, g, "destroy", out).await?;
-    let mut plan = make_plan(
-        &s,
-        &graph,
-        &state,
-        new,
-        &cluster,
-        &Take {
-            targets,
-            ..Take::default()
-        },
-        true,
-        force,
-        out,
-    )
-    .await?;
-    check_size(&backend, &state, &mut plan);
+        ..
+    } = opened;
     out.raw(&plan_text(&plan, out, g));
     if !plan.errors.is_empty() {
         return Err("the destroy plan has errors; nothing was changed".into());

@@ -450,73 +450,70 @@ fn check_cluster(state: &State, cluster: &Cluster) -> Result<(), Error> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn make_plan(
-    s: &Stack,
-    graph: &Graph,
-    state: &State,
-    new: bool,
-    cluster: &Cluster,
-    take: &Take,
-    destroy: bool,
-    force: bool,
-    out: &Out,
-) -> Result<Plan, Error> {
-    let started = std::time::Instant::now();
-    let secrets = if destroy {
-        Secrets::Skip
-    } else {
-        Secrets::Require
-    };
-    let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
-    // Before the first request: a refusal may quote a value, in a log line
-    // too. Destroy needs no value, but masks those it can read all the same
-    // (a policy on DELETE sees the Secret's data).
-    out.masks().add(&desired::redactor(&desired));
-    if destroy {
-        let _ = read_secrets(s, out);
-    }
-    let mode = if destroy { Mode::Destroy } else { Mode::Apply };
-    let adopt = addresses("--adopt", &take.adopt)?;
-    let targets = addresses("--target", &take.targets)?;
-    if let Some(unknown) = targets
-        .iter()
-        .find(|a| s.get(a).is_none() && !state.resources.contains_key(a))
-    {
-        return Err(format!(
-            "--target {unknown}: no such resource in {} or its state\n  help: the stack file and `rayform state list STACK` list the addresses",
-            s.file.display()
-        )
-        .into());
-    }
-    let world = observe::observe(
-        cluster,
-        s,
-        &desired,
-        state,
-        mode,
-        &ObserveOptions {
+/// What a plan is for: the stack's wishes, or taking it all down (`force`:
+/// over Karpenter fields changed outside rayform).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Apply,
+    Destroy { force: bool },
+}
+
+impl Opened {
+    /// The plan for `intent` with the flags in `take`: rendered, observed,
+    /// built, and checked against what the state's backend can keep.
+    async fn plan(&self, take: &Take, intent: Intent, out: &Out) -> Result<Plan, Error> {
+        let (s, state, cluster) = (&self.stack, &self.state, &self.cluster);
+        let started = std::time::Instant::now();
+        let (mode, force) = match intent {
+            Intent::Apply => (Mode::Apply, false),
+            Intent::Destroy { force } => (Mode::Destroy, force),
+        };
+        let secrets = match mode {
+            Mode::Apply => Secrets::Require,
+            Mode::Destroy => Secrets::Skip,
+        };
+        let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
+        // Before the first request: a refusal may quote a value, in a log line
+        // too. Destroy needs no value, but masks those it can read all the same
+        // (a policy on DELETE sees the Secret's data).
+        out.masks().add(&desired::redactor(&desired));
+        if mode == Mode::Destroy {
+            let _ = read_secrets(s, out);
+        }
+        let adopt = addresses("--adopt", &take.adopt)?;
+        let targets = addresses("--target", &take.targets)?;
+        if let Some(unknown) = targets
+            .iter()
+            .find(|a| s.get(a).is_none() && !state.resources.contains_key(a))
+        {
+            return Err(format!(
+                "--target {unknown}: no such resource in {} or its state\n  help: the stack file and `rayform state list STACK` list the addresses",
+                s.file.display()
+            )
+            .into());
+        }
+        let observing = ObserveOptions {
             force,
             dry_run: take.dry_run_policy(),
             adopt: adopt.clone(),
-        },
-    )
-    .await?;
-    out.debug(&format!(
-        "observed the cluster in {:?} with {} API requests (after discovery)",
-        started.elapsed(),
-        cluster.requests()
-    ));
-    let options = PlanOptions {
-        destroy,
-        force_conflicts: take.force_conflicts,
-        adopt,
-        targets,
-        refresh_only: take.refresh_only,
-    };
-    Ok(plan::build(
-        s, graph, &desired, state, new, &world, &options,
-    ))
+        };
+        let world = observe::observe(cluster, s, &desired, state, mode, &observing).await?;
+        out.debug(&format!(
+            "observed the cluster in {:?} with {} API requests (after discovery)",
+            started.elapsed(),
+            cluster.requests()
+        ));
+        let options = PlanOptions {
+            destroy: mode == Mode::Destroy,
+            force_conflicts: take.force_conflicts,
+            adopt,
+            targets,
+            refresh_only: take.refresh_only,
+        };
+        let mut plan = plan::build(s, &self.graph, &desired, state, self.new, &world, &options);
+        check_size(&self.backend, state, &mut plan);
+        Ok(plan)
+    }
 }
 
 /// A plan whose state would not fit where it is kept is a plan with an
