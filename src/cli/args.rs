@@ -114,9 +114,11 @@ fn built(mut cmd: clap::Command) -> clap::Command {
     })
 }
 
-/// Parses the command line; `args` as [`terraform_style`] leaves them.
-pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+/// Parses the command line, Terraform's single-dash flags included.
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    // Built once (it is most of the start-up): for the rewrite and the parse.
     let mut cmd = command();
+    let args = terraform_style(&cmd, args);
     let matches = cmd.try_get_matches_from_mut(args)?;
     let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))?;
     cli.global.given = given_location(&matches, &cli.global);
@@ -155,10 +157,11 @@ fn given_location(matches: &clap::ArgMatches, g: &Global) -> Vec<String> {
 /// rewritten only where a flag may stand, and only when it names a long flag
 /// of the command it is given to; the values of flags and everything after
 /// `--` are left as they are.
-pub fn terraform_style(
+fn terraform_style(
+    root: &clap::Command,
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
-    let mut cmd = command();
+    let mut cmd = root;
     let mut args = args.into_iter();
     let mut rewritten: Vec<std::ffi::OsString> = args.next().into_iter().collect();
     while let Some(arg) = args.next() {
@@ -169,11 +172,11 @@ pub fn terraform_style(
             break;
         }
         if let Some(sub) = cmd.find_subcommand(text) {
-            cmd = sub.clone();
+            cmd = sub;
             rewritten.push(arg);
             continue;
         }
-        match long_flag(&cmd, text) {
+        match long_flag(cmd, text) {
             Some((flag, value_follows)) => {
                 rewritten.push(flag.into());
                 if value_follows {
@@ -585,7 +588,7 @@ mod tests {
 
     fn rewritten(args: &[&str]) -> Vec<String> {
         let args = std::iter::once("rayform").chain(args.iter().copied());
-        terraform_style(args.map(std::ffi::OsString::from))
+        terraform_style(&command(), args.map(std::ffi::OsString::from))
             .into_iter()
             .skip(1)
             .map(|a| a.into_string().unwrap_or_default())

@@ -31,7 +31,7 @@ use output::Out;
 type Error = Box<dyn std::error::Error>;
 
 pub fn main() -> ExitCode {
-    let cli = match args::parse(args::terraform_style(std::env::args_os())) {
+    let cli = match args::parse(std::env::args_os()) {
         Ok(cli) => cli,
         // Exit 2 means "changes present" to `plan --detailed-exitcode`
         // users, so a usage error exits 1, as Terraform's do; --help and

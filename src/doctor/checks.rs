@@ -47,27 +47,36 @@ pub fn kuberay_crds(cluster: &Cluster) -> Check {
 }
 
 pub async fn kuberay_operator(cluster: &Cluster) -> Check {
+    match kuberay_operator_running(cluster).await {
+        Ok(Running { found, image_tag }) => {
+            // Only a running operator is worth the LIST of every RayCluster.
+            let built_by = kuberay_version(cluster).await;
+            let version = version_note(image_tag.or(built_by));
+            Check::ok("KubeRay operator", format!("{found}; {version}"))
+        }
+        Err(fail) => fail,
+    }
+}
+
+/// A KubeRay operator seen running: where, and its image's tag if known.
+pub struct Running {
+    found: String,
+    image_tag: Option<String>,
+}
+
+/// Whether a KubeRay operator runs (its Deployment, else the leader Lease
+/// it holds when run another way), or the failed check that says why not.
+/// Two requests at most: plan and the readiness wait ask it too.
+pub async fn kuberay_operator_running(cluster: &Cluster) -> Result<Running, Check> {
     let subject = "KubeRay operator";
-    let built_by = kuberay_version(cluster).await;
     if let Some(deployment) = operator_deployment(cluster).await {
         let name = qualified(&deployment);
         let ready = deployment
             .pointer("/status/readyReplicas")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let image = deployment
-            .pointer("/spec/template/spec/containers/0/image")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let tag = image.rsplit_once(':').map(|(_, t)| t.to_string());
-        let version = version_note(tag.or(built_by));
-        return if ready > 0 {
-            Check::ok(
-                subject,
-                format!("Deployment {name} ({image}) has {ready} ready; {version}"),
-            )
-        } else {
-            Check::fail(
+        if ready == 0 {
+            return Err(Check::fail(
                 subject,
                 format!("Deployment {name} has no ready replica"),
                 format!(
@@ -75,27 +84,34 @@ pub async fn kuberay_operator(cluster: &Cluster) -> Check {
                     namespace_of(&deployment),
                     name.rsplit('/').next().unwrap_or_default()
                 ),
-            )
-        };
+            ));
+        }
+        let image = deployment
+            .pointer("/spec/template/spec/containers/0/image")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return Ok(Running {
+            found: format!("Deployment {name} ({image}) has {ready} ready"),
+            image_tag: image.rsplit_once(':').map(|(_, t)| t.to_string()),
+        });
     }
-    let version = version_note(built_by);
     match operator_lease(cluster).await {
-        Some((lease, age)) if age <= 60 => Check::ok(
-            subject,
-            format!("running: it holds Lease {lease}, renewed {age}s ago; {version}"),
-        ),
-        Some((lease, age)) => Check::fail(
+        Some((lease, age)) if age <= 60 => Ok(Running {
+            found: format!("running: it holds Lease {lease}, renewed {age}s ago"),
+            image_tag: None,
+        }),
+        Some((lease, age)) => Err(Check::fail(
             subject,
             format!("its Lease {lease} was last renewed {age}s ago: no operator is running"),
             "start the KubeRay operator again, or read its logs",
-        ),
-        None => Check::fail(
+        )),
+        None => Err(Check::fail(
             subject,
             format!(
                 "not found: no Deployment labelled {OPERATOR_LABEL} and no {OPERATOR_LEASE} Lease"
             ),
             "install it (Helm chart kuberay-operator); without it a RayService never gets a RayCluster",
-        ),
+        )),
     }
 }
 

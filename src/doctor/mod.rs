@@ -135,8 +135,8 @@ impl Report {
 /// Plan warns with it before a RayService is created, and the readiness wait
 /// fails with it instead of waiting its whole timeout for a RayCluster.
 pub async fn kuberay_operator_missing(cluster: &Cluster) -> Option<String> {
-    let check = checks::kuberay_operator(cluster).await;
-    (check.status == Status::Fail).then(|| match &check.help {
+    let check = checks::kuberay_operator_running(cluster).await.err()?;
+    Some(match &check.help {
         Some(help) => format!("{}: {}\n  help: {help}", check.subject, check.message),
         None => format!("{}: {}", check.subject, check.message),
     })

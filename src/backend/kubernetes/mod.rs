@@ -234,18 +234,8 @@ impl SecretBackend {
     /// Switches the state Secret to `record`, guarded by its resourceVersion.
     async fn write_record(&self, record: &Record) -> Result<(), BackendError> {
         let rv = self.stored().resource_version.clone();
-        let secret = record.to_secret(
-            &self.secret_name(),
-            &self.namespace,
-            &self.stack,
-            rv.clone(),
-        );
-        let written = if rv.is_some() {
-            self.cluster.replace_typed(&self.namespace, &secret).await
-        } else {
-            self.cluster.create_typed(&self.namespace, &secret).await
-        };
-        let failure = match written {
+        let secret = record.to_secret(&self.secret_name(), &self.namespace, &self.stack, rv);
+        let failure = match self.put(&secret).await {
             Ok(s) => {
                 let mut stored = self.stored();
                 stored.resource_version = s.metadata.resource_version;
@@ -275,6 +265,16 @@ impl SecretBackend {
                 self.describe()
             ))),
             e => Err(self.error(e)),
+        }
+    }
+
+    /// Writes a Secret over the version it carries, or creates it when it
+    /// carries none: the server refuses either if someone wrote in between.
+    async fn put(&self, secret: &Secret) -> Result<Secret, ClusterError> {
+        if secret.metadata.resource_version.is_some() {
+            self.cluster.replace_typed(&self.namespace, secret).await
+        } else {
+            self.cluster.create_typed(&self.namespace, secret).await
         }
     }
 
@@ -373,13 +373,8 @@ impl SecretBackend {
             let rv = old
                 .as_ref()
                 .and_then(|s| s.metadata.resource_version.clone());
-            let secret = record.to_secret(&name, &self.namespace, &self.stack, rv.clone());
-            let written = if rv.is_some() {
-                self.cluster.replace_typed(&self.namespace, &secret).await
-            } else {
-                self.cluster.create_typed(&self.namespace, &secret).await
-            };
-            written.map_err(|e| self.error(e))?;
+            let secret = record.to_secret(&name, &self.namespace, &self.stack, rv);
+            self.put(&secret).await.map_err(|e| self.error(e))?;
             let old_parts = old
                 .as_ref()
                 .and_then(|s| Record::from_secret(s).ok())
