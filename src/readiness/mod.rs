@@ -11,8 +11,10 @@
 //! signal is necessary, none is sufficient, and every request has its own
 //! deadline.
 
+mod below;
 mod deployed;
 mod http;
+pub mod pods;
 pub mod routes;
 pub mod status;
 mod target;
@@ -109,6 +111,8 @@ struct Seen {
     serve_apps: Option<String>,
     routes: Option<String>,
     probe: Option<String>,
+    /// One line a pod of the clusters KubeRay named, from the last look below it.
+    pods: Vec<String>,
 }
 
 impl Seen {
@@ -160,6 +164,9 @@ impl Seen {
             or(&self.routes, "not asked yet")
         ));
         lines.push(format!("  probe: {}", or(&self.probe, "not sent yet")));
+        for pod in &self.pods {
+            lines.push(format!("  {pod}"));
+        }
         lines.join("\n")
     }
 }
@@ -199,6 +206,7 @@ pub async fn wait(
     let mut reported = String::new();
     let mut next_still = Duration::from_secs(10);
     let mut operator_asked = false;
+    let mut below = below::Below::default();
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
         let Followed { object, trouble } = watch.borrow_and_update().clone();
@@ -231,6 +239,19 @@ pub async fn wait(
             },
         };
         let elapsed = started.elapsed();
+        if let Some(service) = &seen.service {
+            let changed = below.look(cluster, namespace, service).await;
+            seen.pods = below.lines();
+            for line in changed {
+                progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
+            }
+            if let Some(stuck) = below.stuck() {
+                return Err(ReadinessError::Failed(format!(
+                    "rayservice.{}: {}\n  help: {}",
+                    spec.rayservice, stuck.cause, stuck.help
+                )));
+            }
+        }
         if !operator_asked && elapsed >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
             // Once: nothing else moves a RayService that KubeRay has not
             // picked up, so a missing operator would otherwise cost the
