@@ -129,10 +129,19 @@ fn unscheduled(pod: &Pod, events: &[&Event], nodeclaims: &[Value]) -> Stage {
                 .clone()
                 .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
         });
+    // Karpenter's word counts only while it is its last: a nomination after
+    // a refusal means it found a way after all.
+    let refused = latest_of(
+        events,
+        &["FailedScheduling", "Nominated"],
+        Some("karpenter"),
+    )
+    .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    .and_then(|e| e.message.clone());
     match why {
         Some(why) => Stage::Unschedulable {
             why,
-            karpenter: latest(events, "FailedScheduling", Some("karpenter")),
+            karpenter: refused,
         },
         None => Stage::Starting {
             reason: "waiting for the scheduler".into(),
@@ -280,12 +289,20 @@ fn last_termination(c: &ContainerStatus) -> String {
 
 /// The message of the newest event with this reason (from this component).
 fn latest(events: &[&Event], reason: &str, component: Option<&str>) -> Option<String> {
+    latest_of(events, &[reason], component).and_then(|e| e.message.clone())
+}
+
+fn latest_of<'e>(
+    events: &[&'e Event],
+    reasons: &[&str],
+    component: Option<&str>,
+) -> Option<&'e Event> {
     events
         .iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
+        .copied()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| reasons.contains(&r)))
         .filter(|e| component.is_none_or(|c| reported_by(e) == c))
         .max_by_key(|e| when(e))
-        .and_then(|e| e.message.clone())
 }
 
 fn reported_by(e: &Event) -> &str {
@@ -490,6 +507,19 @@ mod tests {
             "pod w (worker group gpu) cannot be scheduled, and Karpenter cannot launch a node for it: \
              Failed to schedule pod, incompatible with nodepool \"default\""
         );
+    }
+
+    #[test]
+    fn a_refusal_karpenter_took_back_with_a_nomination_is_not_a_verdict() {
+        let refused = event("FailedScheduling", "karpenter", "no instance type", "05");
+        let nominated = event(
+            "Nominated",
+            "karpenter",
+            "Pod should schedule on: nodeclaim/gone",
+            "07",
+        );
+        let a = account(&unscheduled_worker(), &[&refused, &nominated], &[]);
+        assert_eq!(a.stuck(), None, "{a}");
     }
 
     #[test]
