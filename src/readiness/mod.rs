@@ -43,11 +43,13 @@ const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ReadinessError {
     #[error("{0}")]
     Failed(String),
-    #[error("rayservice.{rayservice} did not serve {path} within {}; last seen:\n{last}", format_duration(*timeout))]
+    #[error("rayservice.{rayservice} did not serve {path} within {}; held up by: {held_up_by}\nlast seen:\n{last}", format_duration(*timeout))]
     Timeout {
         rayservice: String,
         path: String,
         timeout: Duration,
+        /// The link of the chain the wait was on when time ran out.
+        held_up_by: String,
         last: String,
     },
 }
@@ -207,6 +209,7 @@ pub async fn wait(
     let mut next_still = Duration::from_secs(10);
     let mut operator_asked = false;
     let mut below = below::Below::default();
+    let mut connections = http::Connections::default();
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
         let Followed { object, trouble } = watch.borrow_and_update().clone();
@@ -216,7 +219,7 @@ pub async fn wait(
             None => None,
         };
         seen.service = object.as_ref().map(status::read);
-        let phase = match check(cluster, namespace, target, &mut seen).await {
+        let phase = match check(cluster, &mut connections, namespace, target, &mut seen).await {
             Ok((route, app, endpoint)) => {
                 return Ok(Ready {
                     rayservice: spec.rayservice.clone(),
@@ -283,6 +286,7 @@ pub async fn wait(
                 rayservice: spec.rayservice.clone(),
                 path: spec.path.clone(),
                 timeout: spec.timeout,
+                held_up_by: reported.clone(),
                 last: seen.describe(),
             });
         }
@@ -317,6 +321,7 @@ fn only_the_operator_moves(phase: &str) -> bool {
 /// One look at everything. `Ok` when all of it holds, else the phase waited on.
 async fn check(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     namespace: &str,
     target: &Target,
     seen: &mut Seen,
@@ -350,13 +355,13 @@ async fn check(
     });
     // 2. Serve on that head runs the stack's config, not the previous one.
     if !target.apps.is_empty() {
-        serve_runs_the_config(cluster, namespace, &head, target, seen).await?;
+        serve_runs_the_config(cluster, connections, namespace, &head, target, seen).await?;
     }
     // 3. The route table.
-    let (route, app) = route_for(cluster, &endpoint, &spec.path, seen).await?;
+    let (route, app) = route_for(cluster, connections, &endpoint, &spec.path, seen).await?;
     // 4. A real request.
     if let Some(probe) = &target.probe {
-        probe_answers(cluster, &endpoint, probe, &route, seen).await?;
+        probe_answers(cluster, connections, &endpoint, probe, &route, seen).await?;
     }
     // 5. All of it for the current generation, on the cluster that serves.
     if let Some(w) = service.waiting_for() {
@@ -408,6 +413,7 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
 
 async fn serve_runs_the_config(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     namespace: &str,
     head: &HeadPod,
     target: &Target,
@@ -419,16 +425,14 @@ async fn serve_runs_the_config(
         serve_port: target.serve_port,
         dashboard_port: head.dashboard_port,
     };
-    let answer = http::send(
-        cluster,
-        &dashboard,
-        http::Port::Dashboard,
-        "GET",
-        "/api/serve/applications/",
-        None,
-        LOOK_TIMEOUT,
-    )
-    .await;
+    let answer = connections
+        .send(
+            cluster,
+            &dashboard,
+            http::Port::Dashboard,
+            http::Ask::get("/api/serve/applications/", LOOK_TIMEOUT),
+        )
+        .await;
     let body = match answer {
         Err(e) => {
             seen.serve_apps = Some(e.clone());
@@ -459,20 +463,19 @@ async fn serve_runs_the_config(
 
 async fn route_for(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     endpoint: &Endpoint,
     path: &str,
     seen: &mut Seen,
 ) -> Result<(String, String), NotYet> {
-    let answer = http::send(
-        cluster,
-        endpoint,
-        http::Port::Serve,
-        "GET",
-        "/-/routes",
-        None,
-        LOOK_TIMEOUT,
-    )
-    .await;
+    let answer = connections
+        .send(
+            cluster,
+            endpoint,
+            http::Port::Serve,
+            http::Ask::get("/-/routes", LOOK_TIMEOUT),
+        )
+        .await;
     let routes: std::collections::BTreeMap<String, String> = match answer {
         Err(e) => {
             seen.routes = Some(e.clone());
@@ -499,6 +502,7 @@ async fn route_for(
 
 async fn probe_answers(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     endpoint: &Endpoint,
     probe: &ProbeRequest,
     route: &str,
@@ -506,16 +510,19 @@ async fn probe_answers(
 ) -> Result<(), NotYet> {
     let p = &probe.request;
     let what = format!("{} {}", p.method, p.path);
-    let answer = http::send(
-        cluster,
-        endpoint,
-        http::Port::Serve,
-        &p.method,
-        &p.path,
-        p.body.as_deref(),
-        p.timeout,
-    )
-    .await;
+    let answer = connections
+        .send(
+            cluster,
+            endpoint,
+            http::Port::Serve,
+            http::Ask {
+                method: &p.method,
+                path: &p.path,
+                body: p.body.as_deref(),
+                timeout: p.timeout,
+            },
+        )
+        .await;
     let a = match answer {
         Err(e) => {
             seen.probe = Some(format!("{what}: {e}"));
