@@ -36,6 +36,9 @@ const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 /// After this long, look at Serve at most every `PATIENT_INTERVAL`.
 const PATIENT_AFTER: Duration = Duration::from_secs(60);
 const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the wait asks the API server about what lies below its phase:
+/// pods change on the scale of seconds, and the loop may run every 100 ms.
+const EVERY_LOOK: Duration = Duration::from_secs(1);
 /// Deadline of one request to the route table or the dashboard.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -204,6 +207,10 @@ pub async fn wait(
     })?;
     let mut watch = cluster.watch(&kind, Some(namespace), &spec.rayservice);
     let started = Instant::now();
+    // Event times have whole seconds; one second back keeps KubeRay's first
+    // word on this spec, which may come before the wait starts.
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    let mut asked_kuberay = None::<Instant>;
     let mut seen = Seen::default();
     let mut reported = String::new();
     let mut next_still = Duration::from_secs(10);
@@ -252,6 +259,18 @@ pub async fn wait(
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: {}\n  help: {}",
                     spec.rayservice, stuck.cause, stuck.help
+                )));
+            }
+        }
+        if only_the_operator_moves(&phase)
+            && asked_kuberay.is_none_or(|t| t.elapsed() >= EVERY_LOOK)
+        {
+            asked_kuberay = Some(Instant::now());
+            if let Some(refusal) = below::refused(cluster, namespace, &spec.rayservice, since).await
+            {
+                return Err(ReadinessError::Failed(format!(
+                    "rayservice.{}: KubeRay refused the spec: {refusal}\n  help: fix the RayService manifest; `kubectl describe rayservice {}` shows KubeRay's events",
+                    spec.rayservice, spec.rayservice
                 )));
             }
         }

@@ -314,7 +314,7 @@ fn reported_by(e: &Event) -> &str {
 }
 
 /// Events carry one of three timestamps, depending on who wrote them and how.
-fn when(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
+pub(super) fn when(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
     e.last_timestamp
         .as_ref()
         .map(|t| t.0)

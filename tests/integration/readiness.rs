@@ -593,3 +593,26 @@ async fn a_head_in_a_crash_loop_fails_the_wait_with_its_last_exit() {
         run.stderr
     );
 }
+
+/// KubeRay v1.5 writes no status for a spec it rejects, only an Event; the
+/// wait reads it instead of waiting for a generation KubeRay will never observe.
+#[tokio::test]
+async fn a_spec_kuberay_refuses_fails_the_wait_with_kuberay_s_words() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-refused").await;
+    let echo = Echo {
+        strategy: Some("Sometimes"),
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"10m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let took = started.elapsed();
+    run.stderr_has("rayservice.echo: KubeRay refused the spec: The RayService spec is invalid");
+    run.stderr_has("Spec.UpgradeStrategy.Type value Sometimes is invalid");
+    assert!(
+        took < Duration::from_secs(30),
+        "the wait took {took:?}:\n{}",
+        run.stderr
+    );
+}
