@@ -616,3 +616,21 @@ async fn a_spec_kuberay_refuses_fails_the_wait_with_kuberay_s_words() {
         run.stderr
     );
 }
+
+/// Ray Serve 2.60 retries a replica that failed to start (up to three times a
+/// replica) and reports DEPLOY_FAILED only once it gives up: a start that fails
+/// once is waited through, and the wait says it is a retry.
+#[tokio::test]
+async fn a_serve_app_that_fails_once_and_recovers_is_waited_through() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-retry").await;
+    let echo = Echo {
+        args: "{model: echo-r, init_delay_s: 3, fail_first: 1}",
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"4m\"");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    run.stderr_has("A replica failed to start with exception. Retrying");
+    run.stderr_has("RuntimeError: echo_app: start 1 of the first 1 fails on purpose (fail_first)");
+    assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-r");
+}
