@@ -369,6 +369,10 @@ pub struct ApplyArgs {
     /// Skip the readiness wait
     #[arg(long)]
     pub no_wait: bool,
+    /// Wait until the timeout even when the cause of a wait will not go away by itself
+    /// (an image that cannot be pulled, a crash loop, a spec KubeRay refuses, a failed deploy)
+    #[arg(long, conflicts_with = "no_wait")]
+    pub keep_waiting: bool,
     /// Readiness endpoint (http://host:port of the Serve proxy), overriding the stack
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub endpoint: Option<String>,

@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use rayform::apply::{self, ApplyOptions, Event, SecretValues, Stop};
+use rayform::apply::{self, ApplyOptions, Event, Readiness, SecretValues, Stop};
 use rayform::backend::{Backend, BackendError, Lock};
 use rayform::cluster::{Cluster, ConnectOptions};
 use rayform::desired::{self, Secrets};
 use rayform::graph::Graph;
 use rayform::observe::{self, Mode, ObserveOptions};
 use rayform::plan::{self, Plan, PlanOptions};
+use rayform::readiness::OnStuck;
 use rayform::stack::StateLocation;
 use rayform::stack::{self, Address, ResourceSpec, Stack};
 use rayform::state::{State, StateError};
@@ -628,7 +629,7 @@ async fn confirm(auto_approve: bool, verb: &str, out: &Out, stop: &Stop) -> Resu
 struct Execution<'a> {
     run: &'a RunArgs,
     global: &'a Global,
-    wait: bool,
+    wait: Readiness,
     endpoint: Option<String>,
     stop: &'a Stop,
 }

@@ -57,6 +57,16 @@ pub enum ReadinessError {
     },
 }
 
+/// What the wait does about a cause that will not go away by itself (an
+/// image that cannot be pulled, a crash loop, a spec KubeRay refuses, a
+/// failed deploy): say so and stop, or say so and wait on for someone to fix
+/// it by hand (`apply --keep-waiting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStuck {
+    Fail,
+    KeepWaiting,
+}
+
 /// Where the service answered, and how to reach it.
 #[derive(Debug, Clone)]
 pub struct Ready {
@@ -196,6 +206,7 @@ pub async fn wait(
     cluster: &Cluster,
     namespace: &str,
     target: &Target,
+    on_stuck: OnStuck,
     progress: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Ready, ReadinessError> {
     let spec = &target.wait;
@@ -237,12 +248,13 @@ pub async fn wait(
                     endpoint,
                 });
             }
-            Err(NotYet::Failed(message)) => {
+            Err(NotYet::Failed(message)) if on_stuck == OnStuck::Fail => {
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: {message}",
                     spec.rayservice
                 )));
             }
+            Err(NotYet::Failed(message)) => format!("a fix for: {message}"),
             Err(NotYet::Waiting(phase)) => match &seen.watch {
                 Some(w) => format!("{phase}; watch: {w}"),
                 None => phase,
@@ -255,7 +267,7 @@ pub async fn wait(
             for line in changed {
                 progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
             }
-            if let Some(stuck) = below.stuck() {
+            if let Some(stuck) = below.stuck().filter(|_| on_stuck == OnStuck::Fail) {
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: {}\n  help: {}",
                     spec.rayservice, stuck.cause, stuck.help
@@ -266,8 +278,11 @@ pub async fn wait(
             && asked_kuberay.is_none_or(|t| t.elapsed() >= EVERY_LOOK)
         {
             asked_kuberay = Some(Instant::now());
-            if let Some(refusal) = below::refused(cluster, namespace, &spec.rayservice, since).await
-            {
+            let refusal = match on_stuck {
+                OnStuck::Fail => below::refused(cluster, namespace, &spec.rayservice, since).await,
+                OnStuck::KeepWaiting => None,
+            };
+            if let Some(refusal) = refusal {
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: KubeRay refused the spec: {refusal}\n  help: fix the RayService manifest; `kubectl describe rayservice {}` shows KubeRay's events",
                     spec.rayservice, spec.rayservice

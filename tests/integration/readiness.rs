@@ -568,6 +568,14 @@ async fn an_image_the_node_cannot_pull_fails_the_wait_naming_the_image() {
         "the wait took {took:?}, not a minute after the back-off:\n{}",
         run.stderr
     );
+
+    // Asked to wait anyway, it waits out its timeout and says what held it up.
+    let stack = echo.stack(&env, "timeout = \"20s\"");
+    let run = env
+        .rayform(&["apply", &stack, "--auto-approve", "--keep-waiting"])
+        .code(1);
+    run.stderr_has("did not serve /v1/chat/completions within 20s; held up by: a running head pod of RayCluster");
+    run.stderr_has("backing off pulling image registry.example/no-such/ray:2.60.0");
 }
 
 /// A head whose `ray start` exits at once crashes again after each of the
