@@ -186,6 +186,8 @@ func (c *ctrState) runOnce() (code int32, ok bool) {
 		}
 		return 0, false
 	}
+	c.event(v1.EventTypeNormal, "Created", "Container created")
+	c.event(v1.EventTypeNormal, "Started", "Container started")
 	pr.changed()
 	<-inst.done
 	pr.mu.Lock()

@@ -67,7 +67,7 @@ pod_ip() { k get pod "$1" -o jsonpath='{.status.podIP}'; }
 ready() { [ "$(k get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 # events POD — "TYPE REASON COMPONENT HOST MESSAGE" per event, as kubectl describe lists them
 events() {
-  k get events --field-selector involvedObject.name="$1" --sort-by=.firstTimestamp \
+  k get events --field-selector involvedObject.name="$1" \
     -o jsonpath='{range .items[*]}{.type} {.reason} {.source.component} {.source.host} {.message}{"\n"}{end}'
 }
 has_event() { events "$1" | grep -qF -- "$2"; }
@@ -195,6 +195,7 @@ for p in pulla pullb; do
     bad "$p: event Pulled: '$msg'"
   fi
 done
+check "pulla: events Created, Started after the pull" sh -c "kubectl get events --field-selector involvedObject.name=pulla -o jsonpath='{.items[*].reason}' | grep -q 'Pulling Pulled Created Started'"
 sleeper_pod pullc python:slow | k apply -f - >/dev/null
 t0=$(now_ms)
 if waitfor 10 running pullc; then ms=$(($(now_ms) - t0)); [ $ms -lt 2500 ] && ok "second image user on the node Running after $ms ms" || bad "cached image: Running after $ms ms"; else bad "pullc Running"; fi
