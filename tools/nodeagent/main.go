@@ -68,7 +68,7 @@ func runCmd(args []string) error {
 	fs.StringVar(&pullRate, "pull-rate", "0", "how fast images are pulled, e.g. 2GB/s; 0: at once")
 	fs.Var(&sizes, "image-size", "PREFIX=SIZE: images whose reference (repository:tag) starts with PREFIX are SIZE big, e.g. rayproject/ray-llm=11GB; the longest prefix wins (repeatable)")
 	fs.StringVar(&defaultSize, "default-image-size", "0", "size of an image no --image-size matches")
-	fs.DurationVar(&cfg.pulls.backoff, "pull-backoff", defaultPullBackoff, "back-off after a failed pull, doubled each time up to 30 times this (the kubelet: 10s, up to 300s)")
+	pullBackoff := fs.Duration("pull-backoff", defaultPullBackoff, "back-off after a failed pull, doubled each time up to 30 times this (the kubelet: 10s, up to 300s)")
 	fs.Parse(args)
 	if cfg.kubeconfig == "" || cfg.nodeName == "" || cfg.port == 0 || cfg.tlsCert == "" || cfg.tlsKey == "" || cfg.stateDir == "" {
 		fmt.Fprint(os.Stderr, usage)
@@ -88,23 +88,8 @@ func runCmd(args []string) error {
 		cfg.extraEnv = append(cfg.extraEnv, s)
 	}
 	var err error
-	if cfg.pulls.bytesPerSec, err = parseRate(pullRate); err != nil {
+	if cfg.pulls, err = parsePullFlags(pullRate, defaultSize, sizes, *pullBackoff); err != nil {
 		return err
-	}
-	size, err := parseBytes(defaultSize)
-	if err != nil {
-		return fmt.Errorf("--default-image-size: %w", err)
-	}
-	cfg.pulls.defaultSize = int64(size)
-	for _, s := range sizes {
-		rule, err := parseSizeRule(s)
-		if err != nil {
-			return err
-		}
-		cfg.pulls.sizes = append(cfg.pulls.sizes, rule)
-	}
-	if cfg.pulls.backoff <= 0 {
-		return fmt.Errorf("--pull-backoff %s: want a positive duration", cfg.pulls.backoff)
 	}
 	return runAgent(cfg)
 }

@@ -63,6 +63,33 @@ func (c pullConfig) pullTime(size int64) time.Duration {
 	return time.Duration(float64(size) / c.bytesPerSec * float64(time.Second))
 }
 
+// parsePullFlags reads `nodeagent run`'s --pull-rate, --default-image-size,
+// --image-size and --pull-backoff.
+func parsePullFlags(rate, defaultSize string, sizes []string, backoff time.Duration) (pullConfig, error) {
+	var cfg pullConfig
+	var err error
+	if cfg.bytesPerSec, err = parseRate(rate); err != nil {
+		return cfg, err
+	}
+	size, err := parseBytes(defaultSize)
+	if err != nil {
+		return cfg, fmt.Errorf("--default-image-size: %w", err)
+	}
+	cfg.defaultSize = int64(size)
+	for _, s := range sizes {
+		rule, err := parseSizeRule(s)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.sizes = append(cfg.sizes, rule)
+	}
+	if backoff <= 0 {
+		return cfg, fmt.Errorf("--pull-backoff %s: want a positive duration", backoff)
+	}
+	cfg.backoff = backoff
+	return cfg, nil
+}
+
 // byteUnits: decimal as registries and `docker images` print sizes, binary as
 // Kubernetes quantities are often written.
 var byteUnits = map[string]float64{

@@ -155,3 +155,25 @@ func TestPullBackOffDoublesUpToItsCap(t *testing.T) {
 		t.Error("a new image inherits the old one's back-off")
 	}
 }
+
+func TestPullFlagsThatMeanNothingAreRefused(t *testing.T) {
+	cfg, err := parsePullFlags("2GB/s", "1GB", []string{"rayproject/ray-llm=11GB"}, 10*time.Second)
+	if err != nil || cfg.bytesPerSec != 2e9 || cfg.defaultSize != 1e9 || len(cfg.sizes) != 1 || cfg.maxBackoff() != 300*time.Second {
+		t.Fatalf("parsePullFlags = %+v, %v", cfg, err)
+	}
+	for _, bad := range []struct {
+		rate, size string
+		sizes      []string
+		backoff    time.Duration
+	}{
+		{"fast", "0", nil, time.Second},
+		{"1GB/s", "big", nil, time.Second},
+		{"1GB/s", "0", []string{"rayproject/ray-llm"}, time.Second},
+		{"1GB/s", "0", []string{"=11GB"}, time.Second},
+		{"1GB/s", "0", nil, 0},
+	} {
+		if _, err := parsePullFlags(bad.rate, bad.size, bad.sizes, bad.backoff); err == nil {
+			t.Errorf("parsePullFlags accepted %+v", bad)
+		}
+	}
+}
