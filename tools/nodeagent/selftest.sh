@@ -71,6 +71,9 @@ events() {
     -o jsonpath='{range .items[*]}{.type} {.reason} {.source.component} {.source.host} {.message}{"\n"}{end}'
 }
 has_event() { events "$1" | grep -qF -- "$2"; }
+# event POD TEXT — the event shows up: the kubelet, like the agent, writes events
+# in the background, seconds late on a busy API server
+event() { waitfor 15 has_event "$@"; }
 waiting_reason() { k get pod "$1" -o jsonpath='{.status.phase} {.status.containerStatuses[0].state.waiting.reason}'; }
 running() { [ "$(k get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
 sleeper_pod() { # sleeper_pod NAME IMAGE [POLICY]
@@ -179,7 +182,7 @@ echo "== image pulls"
 { sleeper_pod pulla python:slow; sleeper_pod pullb python:slow; } | k apply -f - >/dev/null
 t0=$(now_ms)
 check "pulling: Pending, Waiting/ContainerCreating" waitfor 3 sh -c "[ \"\$(kubectl get pod pulla -o jsonpath='{.status.phase} {.status.containerStatuses[0].state.waiting.reason}')\" = 'Pending ContainerCreating' ]"
-check "pulling: event Pulling from kubelet on $node" waitfor 3 has_event pulla "Normal Pulling kubelet $node Pulling image \"python:slow\""
+check "pulling: event Pulling from kubelet on $node" event pulla "Normal Pulling kubelet $node Pulling image \"python:slow\""
 # started_after POD — seconds from the pod's creation to its container's start (whole
 # seconds, as the API server keeps them), whatever the checks above waited for
 started_after() {
@@ -198,6 +201,7 @@ else
   bad "slow pulls finish"
 fi
 for p in pulla pullb; do
+  event $p " Pulled " || true
   msg=$(events $p | grep " Pulled " || true)
   took=$(sed -n 's/.*Successfully pulled image "python:slow" in \([0-9.]*\)s (\1s including waiting)\. Image size: 5000000000 bytes\./\1/p' <<<"$msg")
   if [ -n "$took" ] && python3 -c "import sys; sys.exit(0 if $slow_gb - 0.1 <= $took <= $slow_gb + 0.6 else 1)"; then
@@ -206,14 +210,14 @@ for p in pulla pullb; do
     bad "$p: event Pulled: '$msg'"
   fi
 done
-check "pulla: events Created, Started after the pull" sh -c "kubectl get events --field-selector involvedObject.name=pulla -o jsonpath='{.items[*].reason}' | grep -q 'Pulling Pulled Created Started'"
+check "pulla: events Created, Started after the pull" waitfor 15 sh -c "kubectl get events --field-selector involvedObject.name=pulla -o jsonpath='{.items[*].reason}' | grep -q 'Pulling Pulled Created Started'"
 sleeper_pod pullc python:slow | k apply -f - >/dev/null
 t0=$(now_ms)
 if waitfor 10 running pullc; then ms=$(($(now_ms) - t0)); [ $ms -lt 2500 ] && ok "second image user on the node Running after $ms ms" || bad "cached image: Running after $ms ms"; else bad "pullc Running"; fi
-check "cached image: event 'already present on machine'" has_event pullc "Normal Pulled kubelet $node Container image \"python:slow\" already present on machine"
+check "cached image: event 'already present on machine'" event pullc "Normal Pulled kubelet $node Container image \"python:slow\" already present on machine"
 check "cached image: no Pulling event" sh -c "! kubectl get events --field-selector involvedObject.name=pullc,reason=Pulling -o name | grep -q ."
 sleeper_pod pulld python:huge | k apply -f - >/dev/null
-waitfor 5 has_event pulld "Pulling image" || bad "pulld pulling"
+event pulld "Pulling image" || bad "pulld pulling"
 t0=$(now_ms)
 k delete pod pulld --wait=true --timeout=30s >/dev/null
 ms=$(($(now_ms) - t0))
@@ -221,7 +225,7 @@ ms=$(($(now_ms) - t0))
 check "agent log: stopped while pulling" grep -q "stopped while pulling python:huge.*pod=default/pulld" "$work/agent.log"
 sleeper_pod never python:never Never | k apply -f - >/dev/null
 check "pull policy Never: ErrImageNeverPull" waitfor 10 sh -c "kubectl get pod never -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}' | grep -qx ErrImageNeverPull"
-check "pull policy Never: event" has_event never "Warning ErrImageNeverPull kubelet $node Container image \"python:never\" is not present with pull policy of Never"
+check "pull policy Never: event" event never "Warning ErrImageNeverPull kubelet $node Container image \"python:never\" is not present with pull policy of Never"
 
 echo "== failures"
 k apply -f - >/dev/null <<YAML
@@ -266,12 +270,13 @@ for e in "Normal Pulling kubelet $node Pulling image \"$bad_image\"" \
   "Warning Failed kubelet $node Error: ErrImagePull" \
   "Normal BackOff kubelet $node Back-off pulling image \"$bad_image\"" \
   "Warning Failed kubelet $node Error: ImagePullBackOff"; do
-  check "unknown image: event $e" has_event noimage "$e"
+  check "unknown image: event $e" event noimage "$e"
 done
-# Base 1 s, doubled after each failure: tries at about 0, 1, 3, 7 s, so after 7 s never more than 4.
+# Base 1 s, doubled after each failure: tries at about 0, 1, 3, 7, 15 s (without the
+# back-off, one a second). An event's count may lag a try.
 sleep 5
 tries=$(k get events --field-selector involvedObject.name=noimage,reason=Pulling -o jsonpath='{.items[0].count}' 2>/dev/null || true)
-[ "${tries:-0}" -ge 3 ] && [ "${tries:-0}" -le 4 ] && ok "unknown image: $tries pulls tried, backing off" || bad "unknown image: ${tries:-0} pulls tried"
+[ "${tries:-0}" -ge 2 ] && [ "${tries:-0}" -le 5 ] && ok "unknown image: $tries pulls tried, backing off" || bad "unknown image: ${tries:-0} pulls tried"
 k set image pod/noimage c=python:3.11 >/dev/null
 t0=$(now_ms)
 if waitfor 10 running noimage; then ok "image fixed: Running after $(($(now_ms) - t0)) ms"; else bad "image fixed: Running"; k get pod noimage -o yaml; fi
