@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/record"
 )
 
 type agentConfig struct {
@@ -22,6 +23,7 @@ type agentConfig struct {
 	port                                            int
 	images                                          []imageRule
 	extraEnv                                        []string
+	pulls                                           pullConfig
 }
 
 type provider struct {
@@ -31,6 +33,9 @@ type provider struct {
 	secrets    corev1listers.SecretLister
 	configMaps corev1listers.ConfigMapLister
 	node       *v1.Node // allocatable backs resourceFieldRef limits that are unset
+	images     *imageStore
+	eventsOut  record.EventBroadcaster
+	events     record.EventRecorder
 
 	mu   sync.Mutex
 	pods map[string]*podRT
@@ -45,7 +50,9 @@ type provider struct {
 }
 
 func newProvider(cfg agentConfig, nw *network, client kubernetes.Interface) *provider {
+	eventsOut, events := newKubeletEvents(client, cfg.nodeName)
 	return &provider{cfg: cfg, nw: nw, client: client, pods: map[string]*podRT{},
+		images: newImageStore(cfg.pulls, cfg.images), eventsOut: eventsOut, events: events,
 		dirty: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
@@ -232,4 +239,5 @@ func (p *provider) shutdown() {
 		}()
 	}
 	wg.Wait()
+	p.eventsOut.Shutdown()
 }
