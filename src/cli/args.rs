@@ -273,6 +273,24 @@ pub enum Command {
         rayform apply stacks/mistral-7b.toml --auto-approve --no-wait\n  \
         rayform apply reviewed.plan                                # exactly what was reviewed")]
     Apply(ApplyArgs),
+    /// Whether each wait's RayService serves now, and if not, what it is waiting on
+    #[command(
+        after_help = "Exit status: 0 when every wait's RayService serves, 2 when one does not, 1 on error.\n\n\
+        Examples:\n  \
+        rayform status stacks/mistral-7b.toml\n  \
+        rayform status stacks/mistral-7b.toml --watch     # a line each time something changes\n  \
+        rayform status stacks/mistral-7b.toml --json"
+    )]
+    Status {
+        /// The stack file (TOML)
+        stack: PathBuf,
+        /// Look again every 2 s and print what changed, until interrupted
+        #[arg(long)]
+        watch: bool,
+        /// One JSON object per wait (per look, with --watch), one per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete what the stack created and revert its Karpenter patches
     #[command(after_help = "Examples:\n  \
         rayform destroy stacks/mistral-7b.toml\n  \
@@ -403,6 +421,7 @@ impl Command {
             | Command::Graph { stack, .. }
             | Command::Init { stack }
             | Command::Import { stack, .. }
+            | Command::Status { stack, .. }
             | Command::ForceUnlock { stack, .. } => Some(stack),
             Command::Plan(args) => Some(&args.stack),
             // `apply FILE`: its help lines come from the saved plan's own stack.

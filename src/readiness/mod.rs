@@ -14,6 +14,7 @@
 mod below;
 mod deployed;
 mod http;
+mod look;
 pub mod pods;
 pub mod routes;
 pub mod status;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use look::{Look, Serving, look};
 pub use target::{ProbeRequest, Target};
 
 use crate::cluster::{Cluster, Followed, WatchTrouble};
