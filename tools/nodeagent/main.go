@@ -1,7 +1,8 @@
 // Command nodeagent stands in for a kubelet plus container runtime on a test
 // machine that has neither: it registers a Node, runs the pods bound to it as
 // local processes in their own network namespaces, and serves the kubelet API
-// (logs, exec, port-forward) so the API server can reach them.
+// (logs, exec, port-forward) so the API server can reach them. It can also be
+// the kubelet of Nodes another program creates (Karpenter's kwok provider).
 package main
 
 import (
@@ -19,7 +20,8 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 const usage = `usage:
   nodeagent run --kubeconfig FILE --node-name NAME --port PORT --tls-cert FILE --tls-key FILE \
-     --state-dir DIR [--image PREFIX=BINDIR]... [--env KEY=VALUE]...
+     --state-dir DIR [--image PREFIX=BINDIR]... [--env KEY=VALUE]... \
+     [--serve-provider-id-prefix PREFIX]
   nodeagent cleanup --state-dir DIR
 `
 
@@ -63,6 +65,8 @@ func runCmd(args []string) error {
 	fs.StringVar(&cfg.stateDir, "state-dir", "", "directory for pod dirs, logs and network records")
 	fs.Var(&images, "image", "PREFIX=BINDIR: run images whose repository starts with PREFIX with BINDIR first on PATH (repeatable)")
 	fs.Var(&envs, "env", "KEY=VALUE added to every container's environment (repeatable)")
+	fs.StringVar(&cfg.serveProviderIDPrefix, "serve-provider-id-prefix", "",
+		"also be the kubelet of every Node whose spec.providerID starts with PREFIX (Karpenter's kwok provider: kwok://), for as long as it exists")
 	fs.Parse(args)
 	if cfg.kubeconfig == "" || cfg.nodeName == "" || cfg.port == 0 || cfg.tlsCert == "" || cfg.tlsKey == "" || cfg.stateDir == "" {
 		fmt.Fprint(os.Stderr, usage)

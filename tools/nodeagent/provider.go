@@ -18,10 +18,13 @@ import (
 )
 
 type agentConfig struct {
+	// nodeName is the agent's own node; each served node's provider gets a
+	// copy that names the node it serves.
 	kubeconfig, nodeName, tlsCert, tlsKey, stateDir string
 	port                                            int
 	images                                          []imageRule
 	extraEnv                                        []string
+	serveProviderIDPrefix                           string // "" serves no other node
 }
 
 type provider struct {
