@@ -14,7 +14,11 @@
 # through its own kubelet port; the agent lets go of it once it is deleted
 # (and does not bring it back), stops pods left on it, and leaves it in place
 # when the agent stops. With SELFTEST_RAY=1 (and target/py from scripts/pyenv)
-# it also runs a Ray head with KubeRay's probe.
+# it also runs a Ray head with KubeRay's probe. With SELFTEST_KARPENTER=1 it
+# then brings up `scripts/testcluster up --nodes` (real Karpenter, and the
+# agent built from these sources by build.sh): a pending pod asking for a GPU
+# gets a Karpenter node and runs on it; deleted, its empty node is removed
+# and let go of.
 #   NODEAGENT=path/to/nodeagent tools/nodeagent/selftest.sh
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -386,6 +390,7 @@ echo "== kill -9 + cleanup"
 k delete pod sleeper --force --grace-period=0 >/dev/null 2>&1 || true
 start_agent
 waitfor 60 k get node $node || bad "node re-registered"
+N=$(sed -n 's/^rfbr//p' "$state/net/bridge") # another agent may have freed a lower one meanwhile
 t0=$(now_ms)
 if waitfor 30 ours '[s]leep 1003'; then ok "served node's pod running again $(($(now_ms) - t0)) ms after the restart"; else bad "served node's pod restarted"; fi
 k apply -f - >/dev/null <<YAML
@@ -411,6 +416,44 @@ if ip -o link show type bridge | grep -q 'rfbr'; then
   ok "blackhole kept: another agent's bridge exists"
 else
   check "cleanup: blackhole route removed" sh -c "! ip route show type blackhole | grep -q 198.18.0.0/15"
+fi
+
+if [ "${SELFTEST_KARPENTER:-0}" = 1 ]; then
+  echo "== real Karpenter: a GPU pod gets a node, the empty node goes"
+  "$repo/scripts/testcluster" down "$TESTCLUSTER_DIR" >/dev/null 2>&1 || true
+  eval "$("$repo/scripts/testcluster" up --profile v1 --nodes --watch-pid $$)"
+  N=$(grep -o 'pod network 198.18.[0-9]*' "$TESTCLUSTER_DIR/nodeagent.log" | head -1 | cut -d. -f3)
+  k create namespace karp >/dev/null
+  t0=$(now_ms)
+  k -n karp apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: gpu}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: c
+    image: rayproject/ray:2.60.0
+    command: [sh, -c, 'echo "on a Karpenter node"; exec python3 -m http.server 8080']
+    resources: {requests: {cpu: "1", memory: 1Gi}, limits: {nvidia.com/gpu: "1"}}
+YAML
+  if waitfor 90 sh -c "kubectl -n karp get pod gpu -o jsonpath='{.status.phase}' | grep -qx Running"; then
+    ok "pending GPU pod Running $(($(now_ms) - t0)) ms after it was created"
+  else
+    bad "GPU pod Running"; k -n karp get pod gpu -o yaml | tail -30
+  fi
+  kn=$(k -n karp get pod gpu -o jsonpath='{.spec.nodeName}')
+  check "on a kwok node with a GPU ($kn)" sh -c "kubectl get node '$kn' -o jsonpath='{.spec.providerID} {.status.allocatable.nvidia\.com/gpu}' | grep -qx 'kwok://$kn 1'"
+  check "Karpenter: NodeClaim Initialized" sh -c "kubectl get nodeclaims -o jsonpath='{.items[*].status.conditions[?(@.type==\"Initialized\")].status}' | grep -qx True"
+  check "logs through the node's kubelet port" sh -c "kubectl -n karp logs gpu | grep -q 'on a Karpenter node'"
+  t0=$(now_ms)
+  k -n karp delete pod gpu >/dev/null
+  if waitfor 120 sh -c "! kubectl get node '$kn'"; then ok "empty node removed by Karpenter $(($(now_ms) - t0)) ms after the pod was deleted"; else bad "empty node removed"; fi
+  check "agent let go of it" waitfor 10 grep -q "stopped serving node $kn" "$TESTCLUSTER_DIR/nodeagent.log"
+  check "its lease is gone" sh -c "! kubectl -n kube-node-lease get lease '$kn'"
+  check "no pod namespace/veth left" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep ': rfv${N}-')\" ]"
+  "$repo/scripts/testcluster" down "$TESTCLUSTER_DIR" >/dev/null 2>&1
+  check "down: no bridge left" sh -c "! ip link show rfbr$N"
 fi
 
 echo
