@@ -353,6 +353,22 @@ echo "     deleted in $(($(now_ms) - t0)) ms"
 check "no pod namespace/veth left" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep ': rfv${N}-')\" ]"
 check "no pod process left" none_of_ours '[h]ttp.server 8080'
 check "bridge still there while running" ip link show "$bridge"
+# A kubelet deletes the pod object once its containers are gone, not when the
+# grace period runs out: Karpenter's drain waits for exactly that.
+k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: quick}
+spec:
+  nodeName: $node
+  terminationGracePeriodSeconds: 30
+  containers: [{name: c, image: python, command: [python3, -m, http.server, "8081"]}]
+YAML
+waitfor 30 sh -c "kubectl get pod quick -o jsonpath='{.status.phase}' | grep -qx Running" || bad "quick running"
+t0=$(now_ms)
+k delete pod quick --wait=true --timeout=60s >/dev/null
+ms=$(($(now_ms) - t0))
+[ $ms -lt 10000 ] && ok "pod that stops on SIGTERM gone in $ms ms (grace 30 s)" || bad "pod that stops on SIGTERM took $ms ms (grace 30 s)"
 
 echo "== SIGTERM"
 k apply -f - >/dev/null <<YAML
