@@ -69,16 +69,14 @@ k() { kubectl --request-timeout=20s "$@"; }
 pod_ip() { k get pod "$1" -o jsonpath='{.status.podIP}'; }
 ready() { [ "$(k get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 eth0_tx() { ip -s -j link show eth0 | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["stats64"]["tx"]["packets"])'; }
-# ours PATTERN: pids matching PATTERN that run in this agent's pods (their
-# TMPDIR names its bridge): another selftest may run the same commands at once.
-ours() {
-  local pid found=1
-  for pid in $(pgrep -f "$1"); do
-    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q "^TMPDIR=/tmp/rayform-rf${N}-" && echo "$pid" && found=0
-  done
-  return $found
+# procs PATTERN — PIDs matching PATTERN that run in this agent's pod dirs (other
+# agents may run on the machine at the same time)
+procs() {
+  local p
+  for p in $(pgrep -f "$1"); do [[ $(readlink "/proc/$p/cwd" 2>/dev/null) != "$state"/* ]] || echo "$p"; done
 }
-none_of_ours() { ! ours "$1"; }
+no_procs() { [ -z "$(procs "$1")" ]; }
+has_procs() { [ -n "$(procs "$1")" ]; }
 # What the agent creates: namespaces rf<N>-*, veths rfv<N>-*, bridge rfbr<N>.
 leftovers() { { ip netns list | grep "^rf${N}-" || true; ip -o link | grep -E ": (rfv${N}-|rfbr${N}[:@])" || true; }; }
 
@@ -312,7 +310,7 @@ waitfor 30 sh -c "kubectl get pod stranded -o jsonpath='{.status.phase}' | grep 
 k patch node $kn2 --type=json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
 t0=$(now_ms)
 k delete node $kn2 >/dev/null
-if waitfor 20 none_of_ours '[s]leep 1002'; then ok "its pod's processes stopped $(($(now_ms) - t0)) ms after the delete"; else bad "stranded pod stopped"; fi
+if waitfor 20 no_procs '[s]leep 1002'; then ok "its pod's processes stopped $(($(now_ms) - t0)) ms after the delete"; else bad "stranded pod stopped"; fi
 k delete pod stranded --force --grace-period=0 >/dev/null 2>&1 || true
 
 if [ "${SELFTEST_RAY:-0}" = 1 ] && [ -x "$repo/target/py/bin/ray" ]; then
@@ -351,7 +349,7 @@ t0=$(now_ms)
 k delete pod web noimage nocmd crash job --wait=true --timeout=60s >/dev/null
 echo "     deleted in $(($(now_ms) - t0)) ms"
 check "no pod namespace/veth left" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep ': rfv${N}-')\" ]"
-check "no pod process left" none_of_ours '[h]ttp.server 8080'
+check "no pod process left" no_procs '[h]ttp.server 8080'
 check "bridge still there while running" ip link show "$bridge"
 # A kubelet deletes the pod object once its containers are gone, not when the
 # grace period runs out: Karpenter's drain waits for exactly that.
@@ -398,9 +396,9 @@ wait $agent_pid && ok "agent exited 0 on SIGTERM after $(($(now_ms) - t0)) ms" |
 agent_pid=
 check "node deleted" sh -c "! kubectl get node $node"
 check "nothing left after SIGTERM" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep -E ': (rfv${N}-|rfbr${N}:)')\" ]"
-check "no sleeper process left" none_of_ours '[s]leep 1000'
+check "no sleeper process left" no_procs '[s]leep 1000'
 check "served node left in place" k get node $kn3
-check "its pod's processes stopped" none_of_ours '[s]leep 1003'
+check "its pod's processes stopped" no_procs '[s]leep 1003'
 
 echo "== kill -9 + cleanup"
 k delete pod sleeper --force --grace-period=0 >/dev/null 2>&1 || true
@@ -408,7 +406,7 @@ start_agent
 waitfor 60 k get node $node || bad "node re-registered"
 N=$(sed -n 's/^rfbr//p' "$state/net/bridge") # another agent may have freed a lower one meanwhile
 t0=$(now_ms)
-if waitfor 30 ours '[s]leep 1003'; then ok "served node's pod running again $(($(now_ms) - t0)) ms after the restart"; else bad "served node's pod restarted"; fi
+if waitfor 30 has_procs '[s]leep 1003'; then ok "served node's pod running again $(($(now_ms) - t0)) ms after the restart"; else bad "served node's pod restarted"; fi
 k apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod
@@ -421,13 +419,13 @@ waitfor 30 sh -c "kubectl get pod orphan -o jsonpath='{.status.phase}' | grep -q
 kill -9 $agent_pid
 wait $agent_pid 2>/dev/null || true
 agent_pid=
-check "orphan process survives kill -9" ours '[s]leep 1001'
-check "served node's pod survives kill -9" ours '[s]leep 1003'
+check "orphan process survives kill -9" has_procs '[s]leep 1001'
+check "served node's pod survives kill -9" has_procs '[s]leep 1003'
 "$agent" cleanup --state-dir "$state"
 check "cleanup: no namespace/veth/bridge" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep -E ': (rfv${N}-|rfbr${N}:)')\" ]"
 sleep 0.5
-check "cleanup: orphan process killed" none_of_ours '[s]leep 1001'
-check "cleanup: served node's pod killed" none_of_ours '[s]leep 1003'
+check "cleanup: orphan process killed" no_procs '[s]leep 1001'
+check "cleanup: served node's pod killed" no_procs '[s]leep 1003'
 if ip -o link show type bridge | grep -q 'rfbr'; then
   ok "blackhole kept: another agent's bridge exists"
 else
