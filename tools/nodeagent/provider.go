@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/record"
 )
 
 type agentConfig struct {
@@ -26,6 +27,7 @@ type agentConfig struct {
 	images                                          []imageRule
 	extraEnv                                        []string
 	serveProviderIDPrefix                           string // "" serves no other node
+	pulls                                           pullConfig
 }
 
 type provider struct {
@@ -35,6 +37,9 @@ type provider struct {
 	secrets    corev1listers.SecretLister
 	configMaps corev1listers.ConfigMapLister
 	node       *v1.Node // allocatable backs resourceFieldRef limits that are unset
+	images     *imageStore
+	eventsOut  record.EventBroadcaster
+	events     record.EventRecorder
 
 	mu   sync.Mutex
 	pods map[string]*podRT
@@ -49,7 +54,9 @@ type provider struct {
 }
 
 func newProvider(cfg agentConfig, nw *network, client kubernetes.Interface) *provider {
+	eventsOut, events := newKubeletEvents(client, cfg.nodeName)
 	return &provider{cfg: cfg, nw: nw, client: client, pods: map[string]*podRT{},
+		images: newImageStore(cfg.pulls, cfg.images), eventsOut: eventsOut, events: events,
 		dirty: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
@@ -253,4 +260,5 @@ func (p *provider) shutdown() {
 		}()
 	}
 	wg.Wait()
+	p.eventsOut.Shutdown()
 }

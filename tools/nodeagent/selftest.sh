@@ -5,8 +5,12 @@
 # `python3 -m http.server` gets an IP, env from a Secret and status.podIP,
 # turns Ready through exec + httpGet probes; kubectl logs / exec /
 # port-forward work (refused ports surface as errors); a pod's UDP "connect"
-# to 8.8.8.8 yields its pod IP while eth0 sends nothing; an unknown image
-# waits in ImagePullBackOff; deleting pods leaves no process, namespace or
+# to 8.8.8.8 yields its pod IP while eth0 sends nothing; image pulls take
+# their size over the pull rate (Waiting/ContainerCreating meanwhile, the
+# kubelet's Pulling/Pulled events), are shared by the pods waiting for them,
+# cached on the node, and abandoned by a pod deleted mid-pull; an unknown image
+# goes ErrImagePull then ImagePullBackOff with the kubelet's events and runs
+# once its image is fixed; deleting pods leaves no process, namespace or
 # veth; SIGTERM stops the agent cleanly; kill -9 + `nodeagent cleanup` leaves
 # no namespace, veth, bridge or blackhole route. A Node made by hand as
 # Karpenter's kwok provider makes them is served too: Ready, untainted, its
@@ -48,6 +52,7 @@ work=$(mktemp -d /tmp/nodeagent-selftest.XXXXXX)
 state=$work/state
 port=$((20000 + RANDOM % 20000))
 node=selftest-node
+slow_gb=5 # python:slow* pulls take this many seconds (at --pull-rate 1GB/s)
 agent_pid=
 finish() {
   [ -z "$agent_pid" ] || kill -9 "$agent_pid" 2>/dev/null || true
@@ -62,13 +67,29 @@ start_agent() {
     --tls-cert "$TESTCLUSTER_DIR/pki/kubelet.crt" --tls-key "$TESTCLUSTER_DIR/pki/kubelet.key" \
     --state-dir "$state" --image python=/usr/bin --image busybox=/usr/bin \
     --image rayproject/ray="$repo/target/py/bin" --env RAYFORM_SELFTEST=1 \
-    --serve-provider-id-prefix kwok:// >>"$work/agent.log" 2>&1 &
+    --serve-provider-id-prefix kwok:// \
+    --pull-rate 1GB/s --image-size python:slow=${slow_gb}GB --image-size python:huge=600GB \
+    --pull-backoff 1s >>"$work/agent.log" 2>&1 &
   agent_pid=$!
 }
 k() { kubectl --request-timeout=20s "$@"; }
 pod_ip() { k get pod "$1" -o jsonpath='{.status.podIP}'; }
 ready() { [ "$(k get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
-eth0_tx() { ip -s -j link show eth0 | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["stats64"]["tx"]["packets"])'; }
+# events POD — "TYPE REASON COMPONENT HOST MESSAGE" per event, as kubectl describe lists them
+events() {
+  k get events --field-selector involvedObject.name="$1" \
+    -o jsonpath='{range .items[*]}{.type} {.reason} {.source.component} {.source.host} {.message}{"\n"}{end}'
+}
+has_event() { events "$1" | grep -qF -- "$2"; }
+# event POD TEXT — the event shows up: the kubelet, like the agent, writes events
+# in the background, seconds late on a busy API server
+event() { waitfor 15 has_event "$@"; }
+waiting_reason() { k get pod "$1" -o jsonpath='{.status.phase} {.status.containerStatuses[0].state.waiting.reason}'; }
+running() { [ "$(k get pod "$1" -o jsonpath='{.status.phase}')" = Running ]; }
+sleeper_pod() { # sleeper_pod NAME IMAGE [POLICY]
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: %s}\nspec:\n  nodeName: %s\n  terminationGracePeriodSeconds: 1\n  containers: [{name: c, image: "%s", imagePullPolicy: %s, command: [sleep, "600"]}]\n---\n' \
+    "$1" "$node" "$2" "${3:-IfNotPresent}"
+}
 # procs PATTERN — PIDs matching PATTERN that run in this agent's pod dirs (other
 # agents may run on the machine at the same time)
 procs() {
@@ -77,6 +98,7 @@ procs() {
 }
 no_procs() { [ -z "$(procs "$1")" ]; }
 has_procs() { [ -n "$(procs "$1")" ]; }
+eth0_tx() { ip -s -j link show eth0 | python3 -c 'import json,sys;print(json.load(sys.stdin)[0]["stats64"]["tx"]["packets"])'; }
 # What the agent creates: namespaces rf<N>-*, veths rfv<N>-*, bridge rfbr<N>.
 leftovers() { { ip netns list | grep "^rf${N}-" || true; ip -o link | grep -E ": (rfv${N}-|rfbr${N}[:@])" || true; }; }
 
@@ -166,6 +188,55 @@ kill $pf_pid 2>/dev/null || true; wait $pf_pid 2>/dev/null || true
 pf_pid=
 if grep -qi "refused" "$work/pf2.log"; then ok "refused port surfaces as error"; else bad "refused port surfaces as error"; cat "$work/pf2.log"; fi
 
+echo "== image pulls"
+{ sleeper_pod pulla python:slow; sleeper_pod pullb python:slow; } | k apply -f - >/dev/null
+t0=$(now_ms)
+check "pulling: Pending, Waiting/ContainerCreating" waitfor 3 sh -c "[ \"\$(kubectl get pod pulla -o jsonpath='{.status.phase} {.status.containerStatuses[0].state.waiting.reason}')\" = 'Pending ContainerCreating' ]"
+check "pulling: event Pulling from kubelet on $node" event pulla "Normal Pulling kubelet $node Pulling image \"python:slow\""
+# started_after POD — seconds from the pod's creation to its container's start (whole
+# seconds, as the API server keeps them), whatever the checks above waited for
+started_after() {
+  k get pod "$1" -o jsonpath='{.metadata.creationTimestamp} {.status.containerStatuses[0].state.running.startedAt}' |
+    python3 -c 'import sys,datetime as d; a,b=(d.datetime.fromisoformat(x.replace("Z","+00:00")) for x in sys.stdin.read().split()); print(int((b-a).total_seconds()))'
+}
+if waitfor 20 running pulla && waitfor 5 running pullb; then
+  ms=$(($(now_ms) - t0))
+  sa=$(started_after pulla) sb=$(started_after pullb)
+  if [ "$sa" -ge $((slow_gb - 1)) ] && [ "$sa" -le $((slow_gb + 1)) ] && [ "$sb" -ge $((slow_gb - 1)) ] && [ "$sb" -le $((slow_gb + 1)) ]; then
+    ok "two pods sharing one ${slow_gb} s pull both started ${sa} s, ${sb} s after creation (both Running $ms ms after apply)"
+  else
+    bad "shared pull: started ${sa} s, ${sb} s after creation"
+  fi
+else
+  bad "slow pulls finish"
+fi
+for p in pulla pullb; do
+  event $p " Pulled " || true
+  msg=$(events $p | grep " Pulled " || true)
+  took=$(sed -n 's/.*Successfully pulled image "python:slow" in \([0-9.]*\)s (\1s including waiting)\. Image size: 5000000000 bytes\./\1/p' <<<"$msg")
+  if [ -n "$took" ] && python3 -c "import sys; sys.exit(0 if $slow_gb - 0.1 <= $took <= $slow_gb + 0.6 else 1)"; then
+    ok "$p: event Pulled \"Successfully pulled image … in ${took}s\" (configured ${slow_gb}s)"
+  else
+    bad "$p: event Pulled: '$msg'"
+  fi
+done
+check "pulla: events Created, Started after the pull" waitfor 15 sh -c "kubectl get events --field-selector involvedObject.name=pulla -o jsonpath='{.items[*].reason}' | grep -q 'Pulling Pulled Created Started'"
+sleeper_pod pullc python:slow | k apply -f - >/dev/null
+t0=$(now_ms)
+if waitfor 10 running pullc; then ms=$(($(now_ms) - t0)); [ $ms -lt 2500 ] && ok "second image user on the node Running after $ms ms" || bad "cached image: Running after $ms ms"; else bad "pullc Running"; fi
+check "cached image: event 'already present on machine'" event pullc "Normal Pulled kubelet $node Container image \"python:slow\" already present on machine"
+check "cached image: no Pulling event" sh -c "! kubectl get events --field-selector involvedObject.name=pullc,reason=Pulling -o name | grep -q ."
+sleeper_pod pulld python:huge | k apply -f - >/dev/null
+event pulld "Pulling image" || bad "pulld pulling"
+t0=$(now_ms)
+k delete pod pulld --wait=true --timeout=30s >/dev/null
+ms=$(($(now_ms) - t0))
+[ $ms -lt 5000 ] && ok "pod deleted mid-pull gone after $ms ms" || bad "pod deleted mid-pull took $ms ms"
+check "agent log: stopped while pulling" grep -q "stopped while pulling python:huge.*pod=default/pulld" "$work/agent.log"
+sleeper_pod never python:never Never | k apply -f - >/dev/null
+check "pull policy Never: ErrImageNeverPull" waitfor 10 sh -c "kubectl get pod never -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}' | grep -qx ErrImageNeverPull"
+check "pull policy Never: event" event never "Warning ErrImageNeverPull kubelet $node Container image \"python:never\" is not present with pull policy of Never"
+
 echo "== failures"
 k apply -f - >/dev/null <<YAML
 apiVersion: v1
@@ -173,7 +244,8 @@ kind: Pod
 metadata: {name: noimage}
 spec:
   nodeName: $node
-  containers: [{name: c, image: "registry.example/unknown/thing:1", command: ["true"]}]
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: "registry.example/unknown/thing:1", command: [sleep, "600"]}]
 ---
 apiVersion: v1
 kind: Pod
@@ -199,9 +271,25 @@ spec:
   initContainers: [{name: init, image: "busybox", command: [sh, -c, "echo init > /dev/null"]}]
   containers: [{name: c, image: "python:3.11", command: [sh, -c, "exit 0"]}]
 YAML
-check "unknown image: ImagePullBackOff" waitfor 20 sh -c "kubectl get pod noimage -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}' | grep -qx ImagePullBackOff"
-check "unknown image: message names flags" sh -c "kubectl get pod noimage -o jsonpath='{.status.containerStatuses[0].state.waiting.message}' | grep -q 'no local runtime.*--image python=/usr/bin'"
-check "unknown image: Pending" sh -c "kubectl get pod noimage -o jsonpath='{.status.phase}' | grep -qx Pending"
+bad_image=registry.example/unknown/thing:1
+check "unknown image: Pending, ErrImagePull" waitfor 10 sh -c "[ \"\$(kubectl get pod noimage -o jsonpath='{.status.phase} {.status.containerStatuses[0].state.waiting.reason}')\" = 'Pending ErrImagePull' ]"
+check "unknown image: then Pending, ImagePullBackOff" waitfor 20 sh -c "[ \"\$(kubectl get pod noimage -o jsonpath='{.status.phase} {.status.containerStatuses[0].state.waiting.reason}')\" = 'Pending ImagePullBackOff' ]"
+check "unknown image: back-off message names the image and the flags" sh -c "kubectl get pod noimage -o jsonpath='{.status.containerStatuses[0].state.waiting.message}' | grep -q '^Back-off pulling image \"$bad_image\": ErrImagePull: .*no local runtime.*--image python=/usr/bin'"
+for e in "Normal Pulling kubelet $node Pulling image \"$bad_image\"" \
+  "Warning Failed kubelet $node Failed to pull image \"$bad_image\": the node agent has no local runtime" \
+  "Warning Failed kubelet $node Error: ErrImagePull" \
+  "Normal BackOff kubelet $node Back-off pulling image \"$bad_image\"" \
+  "Warning Failed kubelet $node Error: ImagePullBackOff"; do
+  check "unknown image: event $e" event noimage "$e"
+done
+# Base 1 s, doubled after each failure: tries at about 0, 1, 3, 7, 15 s (without the
+# back-off, one a second). An event's count may lag a try.
+sleep 5
+tries=$(k get events --field-selector involvedObject.name=noimage,reason=Pulling -o jsonpath='{.items[0].count}' 2>/dev/null || true)
+[ "${tries:-0}" -ge 2 ] && [ "${tries:-0}" -le 5 ] && ok "unknown image: $tries pulls tried, backing off" || bad "unknown image: ${tries:-0} pulls tried"
+k set image pod/noimage c=python:3.11 >/dev/null
+t0=$(now_ms)
+if waitfor 10 running noimage; then ok "image fixed: Running after $(($(now_ms) - t0)) ms"; else bad "image fixed: Running"; k get pod noimage -o yaml; fi
 check "no command: pod Failed with reason" waitfor 20 sh -c "kubectl get pod nocmd -o jsonpath='{.status.phase} {.status.reason}' | grep -qx 'Failed ContainerCommandRequired'"
 check "crash: restarted with CrashLoopBackOff" waitfor 30 sh -c "kubectl get pod crash -o jsonpath='{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].lastState.terminated.exitCode}' | grep -qx '1 CrashLoopBackOff 7'"
 check "job: init then Succeeded" waitfor 20 sh -c "kubectl get pod job -o jsonpath='{.status.phase} {.status.initContainerStatuses[0].state.terminated.reason}' | grep -qx 'Succeeded Completed'"
@@ -346,7 +434,7 @@ fi
 echo "== agent memory: $(ps -o rss= -p $agent_pid) KiB RSS"
 echo "== delete"
 t0=$(now_ms)
-k delete pod web noimage nocmd crash job --wait=true --timeout=60s >/dev/null
+k delete pod web noimage nocmd crash job pulla pullb pullc never --wait=true --timeout=60s >/dev/null
 echo "     deleted in $(($(now_ms) - t0)) ms"
 check "no pod namespace/veth left" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep ': rfv${N}-')\" ]"
 check "no pod process left" no_procs '[h]ttp.server 8080'
