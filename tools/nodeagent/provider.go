@@ -12,6 +12,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
@@ -19,10 +20,13 @@ import (
 )
 
 type agentConfig struct {
+	// nodeName is the agent's own node; each served node's provider gets a
+	// copy that names the node it serves.
 	kubeconfig, nodeName, tlsCert, tlsKey, stateDir string
 	port                                            int
 	images                                          []imageRule
 	extraEnv                                        []string
+	serveProviderIDPrefix                           string // "" serves no other node
 	pulls                                           pullConfig
 }
 
@@ -107,8 +111,25 @@ func (p *provider) DeletePod(ctx context.Context, pod *v1.Pod) error {
 	} else if pod.Spec.TerminationGracePeriodSeconds != nil {
 		grace = *pod.Spec.TerminationGracePeriodSeconds
 	}
-	go pr.terminate(time.Duration(grace)*time.Second, true)
+	go func() {
+		pr.terminate(time.Duration(grace)*time.Second, true)
+		p.deleteStopped(pod)
+	}()
 	return nil
+}
+
+// deleteStopped removes the pod object once its containers are gone, as a
+// kubelet does. virtual-kubelet alone would wait out the whole grace period,
+// and a drain (Karpenter's) waits for the object, not the processes.
+func (p *provider) deleteStopped(pod *v1.Pod) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts := metav1.NewDeleteOptions(0)
+	opts.Preconditions = metav1.NewUIDPreconditions(string(pod.UID))
+	err := p.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, *opts)
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		log.G(ctx).Warnf("deleting stopped pod %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
 }
 
 func (p *provider) forget(pr *podRT) {
