@@ -17,6 +17,7 @@ pub struct Look {
     pub path: String,
     /// The model answers must come from, when the stack names one.
     pub model: Option<String>,
+    #[serde(flatten)]
     pub serving: Serving,
     /// One line a pod of the RayService's clusters.
     pub pods: Vec<String>,

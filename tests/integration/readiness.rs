@@ -194,6 +194,17 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
         "{pod_line}"
     );
     assert_eq!(chat(&head_ip(&env).await, 8123)["model"], "echo-a");
+
+    // `status` says the same, on demand.
+    let status = env.rayform(&["status", &stack]).ok();
+    status.stdout_has(&format!(
+        "rayservice.echo ({}): serving /v1/chat/completions (route prefix / → application `llm`, model echo-a, ready since ",
+        env.ns
+    ));
+    let json = env.rayform(&["status", &stack, "--json"]).ok();
+    let look: Value = serde_json::from_str(json.stdout.trim()).expect("one JSON object");
+    assert_eq!(look["serving"], "yes");
+    assert_eq!(look["route"], "/");
 }
 
 #[tokio::test]
@@ -576,6 +587,14 @@ async fn an_image_the_node_cannot_pull_fails_the_wait_naming_the_image() {
         .code(1);
     run.stderr_has("did not serve /v1/chat/completions within 20s; held up by: a running head pod of RayCluster");
     run.stderr_has("backing off pulling image registry.example/no-such/ray:2.60.0");
+
+    let status = env.rayform(&["status", &stack]).code(2);
+    status.stdout_has("rayservice.echo");
+    status.stdout_has(
+        "not serving /v1/chat/completions; waiting for a running head pod of RayCluster",
+    );
+    status.stdout_has("stuck: pod ");
+    status.stdout_has("cannot pull image registry.example/no-such/ray:2.60.0");
 }
 
 /// A head whose `ray start` exits at once crashes again after each of the
