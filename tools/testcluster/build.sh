@@ -4,7 +4,8 @@
 #
 #   build.sh          kube-apiserver + etcd (tools/testcluster/go.mod); prints their directory
 #   build.sh nodes    also what runs pods: kube-scheduler + kube-controller-manager (same module),
-#                     the KubeRay operator (tools/kuberay/go.mod) and the node agent
+#                     the KubeRay operator (tools/kuberay/go.mod), Karpenter with its kwok
+#                     cloud provider (tools/karpenter/go.mod) and the node agent
 #                     (tools/nodeagent); prints `NAME=PATH` lines, one per program
 #
 # Each set lands in a directory named by the hash of what it is built from and
@@ -22,6 +23,7 @@ heavy_lock=${RAYFORM_BUILD_LOCK:-/tmp/rayform-heavy-build.lock}
 k8s_version=v1.37.2
 k8s_minor=37
 kuberay_version=v1.5.0
+karpenter_version=v1.14.1
 
 # Without these, /version reports v0.0.0-master, which confuses clients' skew checks.
 k8s_ldflags() {
@@ -84,6 +86,11 @@ build_kuberay() {
 	gobuild "$tools/kuberay" "$1/kuberay-operator" github.com/ray-project/kuberay/ray-operator -ldflags="-s -w"
 }
 
+build_karpenter() {
+	echo "testcluster: building Karpenter $karpenter_version with its kwok cloud provider (first run only)" >&2
+	gobuild "$tools/karpenter" "$1/karpenter-kwok" sigs.k8s.io/karpenter/kwok -ldflags="-s -w"
+}
+
 build_nodeagent() {
 	echo "testcluster: building the node agent" >&2
 	gobuild "$tools/nodeagent" "$1/nodeagent" . -ldflags="-s -w"
@@ -99,6 +106,7 @@ nodes)
 	controllers=$(publish testcluster "$(hash_of "$here/go.sum")-nodes" build_node_controllers \
 		kube-scheduler kube-controller-manager)
 	kuberay=$(publish kuberay "$(hash_of "$tools/kuberay/go.sum")" build_kuberay kuberay-operator)
+	karpenter=$(publish karpenter "$(hash_of "$tools/karpenter/go.sum")" build_karpenter karpenter-kwok)
 	mapfile -t agent_src < <(find "$tools/nodeagent" -name '*.go' -o -name go.sum | sort)
 	agent=$(publish nodeagent "$(hash_of "${agent_src[@]}")" \
 		build_nodeagent nodeagent)
@@ -107,6 +115,7 @@ nodes)
 	echo "kube-scheduler=$controllers/kube-scheduler"
 	echo "kube-controller-manager=$controllers/kube-controller-manager"
 	echo "kuberay-operator=$kuberay/kuberay-operator"
+	echo "karpenter-kwok=$karpenter/karpenter-kwok"
 	echo "nodeagent=$agent/nodeagent"
 	;;
 *)
