@@ -114,7 +114,10 @@ fn node_pool(api: PoolApi, ttl: Duration, original: &Value) -> Result<Wanted, St
 /// So the policy is not the floor's business: only `consolidateAfter` is
 /// raised, and underutilised nodes keep being consolidated, later.
 fn v1_pool(ttl: Duration, original: &Value) -> Result<Wanted, String> {
-    if original.pointer("/spec/replicas").is_some_and(|r| !r.is_null()) {
+    if original
+        .pointer("/spec/replicas")
+        .is_some_and(|r| !r.is_null())
+    {
         return Ok(Wanted::Satisfied(
             "the NodePool is static (spec.replicas), and Karpenter removes no node of a static pool for being empty"
                 .into(),
