@@ -146,18 +146,23 @@ fn gpu_limit_short(
         .join(", ");
     Some(match need.serving {
         Some(serving) => format!(
-            "{address}: {named}, and this change is a zero-downtime upgrade: the new RayCluster's {} GPUs come on top of the {serving} the serving cluster keeps until promotion, {} at once; Karpenter launches no node past the limit, so the new cluster's GPU workers stay Pending and the upgrade stalls
-               help: raise the limit to at least {}, or change the RayService with upgradeStrategy None and accept downtime",
-            need.total - serving,
+            "{address}: {named}, and this change is a zero-downtime upgrade: the new RayCluster's {} on top of the {serving} the serving cluster keeps until promotion, {} at once; Karpenter launches no node past the limit, so the new cluster's GPU workers stay Pending and the upgrade stalls\n  \
+             help: raise the limit to at least {}, or change the RayService with upgradeStrategy None and accept downtime",
+            gpus(need.total - serving),
             need.total,
             need.total
         ),
         None => format!(
-            "{address}: {named}, and its RayCluster asks for {} GPUs; Karpenter launches no node past the limit, so some GPU workers stay Pending
-               help: raise the limit to at least {}, or ask for fewer workers",
-            need.total, need.total
+            "{address}: {named}, and its RayCluster asks for {}; Karpenter launches no node past the limit, so some GPU workers stay Pending\n  \
+             help: raise the limit to at least {}, or ask for fewer workers",
+            gpus(need.total),
+            need.total
         ),
     })
+}
+
+fn gpus(n: u64) -> String {
+    format!("{n} GPU{}", if n == 1 { "" } else { "s" })
 }
 
 /// Pod annotations the Karpenter release these APIs belong to ignores.

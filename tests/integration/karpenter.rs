@@ -505,3 +505,45 @@ async fn a_token_rotation_is_planned_as_a_second_gpu_cluster() {
         "{said}"
     );
 }
+
+/// KubeRay's zero-downtime upgrade runs a second RayCluster beside the
+/// serving one, and Karpenter launches no node past a pool's limit: a pool
+/// limited to the GPUs of one cluster stalls the upgrade.
+#[tokio::test]
+async fn a_gpu_limit_a_zero_downtime_upgrade_would_exceed_is_warned_about() {
+    let env = Env::new(Profile::V1, "upgrade-limit").await;
+    let gpu_pool = |limit: &str| {
+        json!({"spec": {"template": {"spec": {
+            "requirements": [{"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["g"]}]}},
+            "limits": {"nvidia.com/gpu": limit}}})
+    };
+    merge_pool(&env, gpu_pool("1")).await;
+    let stack = env.mission_stack("upgrade");
+    let first = env.rayform(&["plan", &stack]).ok();
+    assert!(
+        !first.stdout.contains("has limits nvidia.com/gpu"),
+        "one cluster fits the limit: {}",
+        first.stdout
+    );
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let rotated = |env: &Env| {
+        let out = env
+            .command(&["plan", &stack])
+            .env("HUGGING_FACE_HUB_TOKEN", format!("{}-rotated", env.token))
+            .output()
+            .expect("run rayform");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let said = rotated(&env);
+    assert!(
+        said.contains(&format!(
+            "NodePool `{}` has limits nvidia.com/gpu 1, and this change is a zero-downtime upgrade: the new RayCluster's 1 GPU on top of the 1 the serving cluster keeps until promotion, 2 at once",
+            env.pool
+        )) && said.contains("the upgrade stalls"),
+        "{said}"
+    );
+    merge_pool(&env, gpu_pool("2")).await;
+    let said = rotated(&env);
+    assert!(!said.contains("the upgrade stalls"), "{said}");
+}
