@@ -686,6 +686,25 @@ impl Cluster {
         self.list(&kind, Some(namespace), selector).await
     }
 
+    /// Events about one object of a namespace (`involvedObject.name`), as
+    /// controllers record why they did not act on it.
+    pub async fn events_about(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Value>, ClusterError> {
+        let kind = Kind {
+            resource: ApiResource::erase::<k8s_openapi::api::core::v1::Event>(&()),
+            namespaced: true,
+        };
+        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+        self.api(&kind, Some(namespace))
+            .list(&params)
+            .await
+            .map(|l| l.items.into_iter().map(to_json).collect())
+            .map_err(|e| self.error(e, "list", &kind, ""))
+    }
+
     /// Opens a stream to `port` of a pod, with the error the node reports
     /// for it (a refused connection arrives there, not on the stream).
     pub async fn port_forward(

@@ -14,6 +14,7 @@
 mod deployed;
 mod http;
 pub mod routes;
+mod stalled;
 pub mod status;
 mod target;
 
@@ -34,6 +35,9 @@ const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 /// After this long, look at Serve at most every `PATIENT_INTERVAL`.
 const PATIENT_AFTER: Duration = Duration::from_secs(60);
 const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often to ask why a RayCluster being brought up has Pending pods
+/// (Karpenter decides within seconds; its events are a list away).
+const STALL_LOOK_EVERY: Duration = Duration::from_secs(10);
 /// Deadline of one request to the route table or the dashboard.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -109,6 +113,8 @@ struct Seen {
     serve_apps: Option<String>,
     routes: Option<String>,
     probe: Option<String>,
+    /// Why the RayCluster being brought up has a pod no node takes.
+    stalled: Option<String>,
 }
 
 impl Seen {
@@ -160,6 +166,9 @@ impl Seen {
             or(&self.routes, "not asked yet")
         ));
         lines.push(format!("  probe: {}", or(&self.probe, "not sent yet")));
+        if let Some(stalled) = &self.stalled {
+            lines.push(format!("  stalled: {stalled}"));
+        }
         lines.join("\n")
     }
 }
@@ -199,6 +208,7 @@ pub async fn wait(
     let mut reported = String::new();
     let mut next_still = Duration::from_secs(10);
     let mut operator_asked = false;
+    let mut next_stall_look = STALL_LOOK_EVERY;
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
         let Followed { object, trouble } = watch.borrow_and_update().clone();
@@ -231,6 +241,18 @@ pub async fn wait(
             },
         };
         let elapsed = started.elapsed();
+        if elapsed >= next_stall_look {
+            next_stall_look = elapsed + STALL_LOOK_EVERY;
+            let pending = seen.service.as_ref().and_then(|s| s.pending.clone());
+            seen.stalled = match pending {
+                Some(raycluster) => stalled::why(cluster, namespace, &raycluster).await,
+                None => None,
+            };
+        }
+        let phase = match &seen.stalled {
+            Some(stalled) => format!("{phase}; {stalled}"),
+            None => phase,
+        };
         if !operator_asked && elapsed >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
             // Once: nothing else moves a RayService that KubeRay has not
             // picked up, so a missing operator would otherwise cost the

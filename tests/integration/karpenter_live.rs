@@ -412,3 +412,52 @@ async fn karpenter_keeps_an_emptied_node_the_stacks_ttl_and_after_destroy_its_ow
     eprintln!("restored pool (consolidateAfter 5s): emptied node gone after {original:?}");
     remove_pool(&env).await;
 }
+
+/// Karpenter launches no node past a pool's `nvidia.com/gpu` limit and says
+/// so in a `FailedScheduling` event on the pod ("all available instance
+/// types exceed limits for nodepool"): the plan warns first, and the wait,
+/// which KubeRay's status alone leaves at "RayCluster … to be the active
+/// cluster", names the pool limit while it waits and in its timeout.
+#[tokio::test]
+async fn a_cluster_karpenter_will_not_launch_past_a_pool_limit_shows_in_the_wait() {
+    let env = live_pool(
+        "live-stalled",
+        pool_with(&["g"], json!([]), json!({"nvidia.com/gpu": "0"})),
+    )
+    .await;
+    let worker = worker_template(&env, false, "1");
+    let service = json!({
+        "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "llm"},
+        "spec": {"serveConfigV2": "applications: []", "rayClusterConfig": {
+            "rayVersion": "2.60.0",
+            // No node takes the head: this test is about the GPU worker, and
+            // needs no Ray process.
+            "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {
+                "nodeSelector": {"rayform.io/test-no-such-node": "true"},
+                "containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}}},
+            "workerGroupSpecs": [{"groupName": "gpu-group", "replicas": 1, "minReplicas": 0,
+                "maxReplicas": 1, "rayStartParams": {}, "template": worker}]}}});
+    env.write("llm.rayservice.yaml", &service.to_string());
+    let stack = format!(
+        "[stack]\nname = \"stalled\"\nnamespace = \"{}\"\n\n[nodepool.{}]\nempty_ttl = \"600s\"\n\n\
+         [rayservice.llm]\nmanifest = \"llm.rayservice.yaml\"\n\n\
+         [wait.chat]\nrayservice = \"llm\"\ntimeout = \"35s\"\n",
+        env.ns, env.pool
+    );
+    env.write("stalled.toml", &stack);
+    env.rayform(&["plan", "stalled.toml"])
+        .ok()
+        .stdout_has("its limits allow 0 nvidia.com/gpu in all, and one worker pod needs 1");
+    let run = env
+        .rayform(&["apply", "stalled.toml", "--auto-approve"])
+        .code(1);
+    let said = format!(
+        "is Pending, and Karpenter launches no node for it: all available instance types exceed limits for nodepool (NodePool={})",
+        env.pool
+    );
+    run.stderr_has(&said);
+    run.stderr_has("  stalled: pod ");
+    env.rayform(&["destroy", "stalled.toml", "--auto-approve"])
+        .ok();
+    remove_pool(&env).await;
+}
