@@ -355,6 +355,20 @@ impl Cluster {
         }
     }
 
+    /// Built-in objects in a namespace, whole, that match the list parameters
+    /// (label and field selectors); the readiness wait reads pods and Events so.
+    pub async fn list_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        params: &ListParams,
+    ) -> Result<Vec<K>, ClusterError> {
+        self.typed::<K>(namespace)
+            .list(params)
+            .await
+            .map(|list| list.items)
+            .map_err(|e| self.typed_error::<K>(e, "list", namespace, ""))
+    }
+
     /// The metadata (not the data) of objects rayform keeps for itself
     /// that carry a label selector.
     pub async fn list_meta_typed<K: Builtin>(
@@ -684,25 +698,6 @@ impl Cluster {
             namespaced: true,
         };
         self.list(&kind, Some(namespace), selector).await
-    }
-
-    /// Events about one object of a namespace (`involvedObject.name`), as
-    /// controllers record why they did not act on it.
-    pub async fn events_about(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Vec<Value>, ClusterError> {
-        let kind = Kind {
-            resource: ApiResource::erase::<k8s_openapi::api::core::v1::Event>(&()),
-            namespaced: true,
-        };
-        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
-        self.api(&kind, Some(namespace))
-            .list(&params)
-            .await
-            .map(|l| l.items.into_iter().map(to_json).collect())
-            .map_err(|e| self.error(e, "list", &kind, ""))
     }
 
     /// Opens a stream to `port` of a pod, with the error the node reports

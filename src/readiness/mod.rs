@@ -11,10 +11,11 @@
 //! signal is necessary, none is sufficient, and every request has its own
 //! deadline.
 
+mod below;
 mod deployed;
 mod http;
+pub mod pods;
 pub mod routes;
-mod stalled;
 pub mod status;
 mod target;
 
@@ -35,9 +36,6 @@ const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 /// After this long, look at Serve at most every `PATIENT_INTERVAL`.
 const PATIENT_AFTER: Duration = Duration::from_secs(60);
 const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
-/// How often to ask why a RayCluster being brought up has Pending pods
-/// (Karpenter decides within seconds; its events are a list away).
-const STALL_LOOK_EVERY: Duration = Duration::from_secs(10);
 /// Deadline of one request to the route table or the dashboard.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -113,8 +111,8 @@ struct Seen {
     serve_apps: Option<String>,
     routes: Option<String>,
     probe: Option<String>,
-    /// Why the RayCluster being brought up has a pod no node takes.
-    stalled: Option<String>,
+    /// One line a pod of the clusters KubeRay named, from the last look below it.
+    pods: Vec<String>,
 }
 
 impl Seen {
@@ -166,8 +164,8 @@ impl Seen {
             or(&self.routes, "not asked yet")
         ));
         lines.push(format!("  probe: {}", or(&self.probe, "not sent yet")));
-        if let Some(stalled) = &self.stalled {
-            lines.push(format!("  stalled: {stalled}"));
+        for pod in &self.pods {
+            lines.push(format!("  {pod}"));
         }
         lines.join("\n")
     }
@@ -208,7 +206,7 @@ pub async fn wait(
     let mut reported = String::new();
     let mut next_still = Duration::from_secs(10);
     let mut operator_asked = false;
-    let mut next_stall_look = STALL_LOOK_EVERY;
+    let mut below = below::Below::default();
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
         let Followed { object, trouble } = watch.borrow_and_update().clone();
@@ -241,18 +239,19 @@ pub async fn wait(
             },
         };
         let elapsed = started.elapsed();
-        if elapsed >= next_stall_look {
-            next_stall_look = elapsed + STALL_LOOK_EVERY;
-            let pending = seen.service.as_ref().and_then(|s| s.pending.clone());
-            seen.stalled = match pending {
-                Some(raycluster) => stalled::why(cluster, namespace, &raycluster).await,
-                None => None,
-            };
+        if let Some(service) = &seen.service {
+            let changed = below.look(cluster, namespace, service).await;
+            seen.pods = below.lines();
+            for line in changed {
+                progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
+            }
+            if let Some(stuck) = below.stuck() {
+                return Err(ReadinessError::Failed(format!(
+                    "rayservice.{}: {}\n  help: {}",
+                    spec.rayservice, stuck.cause, stuck.help
+                )));
+            }
         }
-        let phase = match &seen.stalled {
-            Some(stalled) => format!("{phase}; {stalled}"),
-            None => phase,
-        };
         if !operator_asked && elapsed >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
             // Once: nothing else moves a RayService that KubeRay has not
             // picked up, so a missing operator would otherwise cost the

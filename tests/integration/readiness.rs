@@ -17,6 +17,10 @@ struct Echo<'a> {
     marker: &'a str,
     /// `maxReplicas` of a CPU worker group that starts no pods.
     workers_max: Option<u8>,
+    /// The head container's image.
+    image: &'a str,
+    /// The head's `rayStartParams`, as a YAML flow map.
+    head_params: &'a str,
     /// `spec.upgradeStrategy.type`.
     strategy: Option<&'a str>,
 }
@@ -29,6 +33,8 @@ impl Default for Echo<'_> {
             serve_port: 8000,
             marker: "one",
             workers_max: None,
+            image: "rayproject/ray:2.60.0",
+            head_params: "{}",
             strategy: None,
         }
     }
@@ -71,12 +77,12 @@ spec:
   rayClusterConfig:
     rayVersion: "2.60.0"
     headGroupSpec:
-      rayStartParams: {{}}
+      rayStartParams: {head_params}
       template:
         spec:
           containers:
             - name: ray-head
-              image: rayproject/ray:2.60.0
+              image: {image}
               ports:
                 - {{containerPort: 8265, name: dashboard}}
                 - {{containerPort: {port}, name: serve}}
@@ -87,6 +93,8 @@ spec:
             args = self.args,
             port = self.serve_port,
             marker = self.marker,
+            image = self.image,
+            head_params = self.head_params,
         )
     }
 
@@ -536,4 +544,52 @@ async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
     let run = apply.finish().code(1);
     run.stderr_has("endpoint: pod/llm-q7x2k-head-8fz9w:8000 (port-forward)");
     assert!(!run.stderr.contains("decoy"), "{}", run.stderr);
+}
+
+/// The kubelet backs off pulling an image it cannot get; nothing will change
+/// that without a new spec, so the wait says so instead of sitting out its
+/// timeout.
+#[tokio::test]
+async fn an_image_the_node_cannot_pull_fails_the_wait_naming_the_image() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-image").await;
+    let echo = Echo {
+        image: "registry.example/no-such/ray:2.60.0",
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"10m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let took = started.elapsed();
+    run.stderr_has("cannot pull image registry.example/no-such/ray:2.60.0");
+    run.stderr_has("help: check the image name and tag");
+    assert!(
+        took < Duration::from_secs(90),
+        "the wait took {took:?}, not a minute after the back-off:\n{}",
+        run.stderr
+    );
+}
+
+/// A head whose `ray start` exits at once crashes again after each of the
+/// kubelet's back-offs; the third crash ends the wait with its exit, where
+/// KubeRay's status only ever says the cluster is not ready.
+#[tokio::test]
+async fn a_head_in_a_crash_loop_fails_the_wait_with_its_last_exit() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-crash").await;
+    let echo = Echo {
+        head_params: "{no-such-flag: '1'}",
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"10m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let took = started.elapsed();
+    run.stderr_has("(head): container ray-head keeps crashing (2 restarts; last: exit code ");
+    run.stderr_has("help: read its log with `kubectl logs --previous`");
+    assert!(
+        took < Duration::from_secs(150),
+        "the wait took {took:?}:\n{}",
+        run.stderr
+    );
 }

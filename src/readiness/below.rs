@@ -1,0 +1,120 @@
+//! Fetches what `pods` reads: the pods of the RayClusters KubeRay's status
+//! names, the Events about them and the NodeClaims Karpenter nominated them
+//! to. Kept apart so the reading stays pure and the wait loop stays short.
+//!
+//! The look is best effort: a user who may not list Events or NodeClaims
+//! still gets the wait, with less said about why it takes long.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::ListParams;
+use serde_json::Value;
+
+use super::pods::{self, PodAccount, Stuck};
+use super::status::Service;
+use crate::cluster::Cluster;
+
+/// Pods change on the scale of seconds; the wait loop may run every 100 ms.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// The last look below KubeRay, kept between looks to report only changes.
+#[derive(Default)]
+pub struct Below {
+    last: Option<Instant>,
+    accounts: Vec<PodAccount>,
+    said: BTreeMap<String, String>,
+}
+
+impl Below {
+    /// Looks again if it is time; returns the lines that changed since the
+    /// last look, in pod order.
+    pub async fn look(
+        &mut self,
+        cluster: &Cluster,
+        namespace: &str,
+        service: &Service,
+    ) -> Vec<String> {
+        if self.last.is_some_and(|t| t.elapsed() < EVERY) {
+            return Vec::new();
+        }
+        self.last = Some(Instant::now());
+        let clusters: Vec<&str> = [service.pending.as_deref(), service.active.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if clusters.is_empty() {
+            return Vec::new();
+        }
+        let Some(accounts) = fetch(cluster, namespace, &clusters).await else {
+            return Vec::new();
+        };
+        self.accounts = accounts;
+        let mut changed = Vec::new();
+        for a in &self.accounts {
+            let line = a.to_string();
+            if self.said.get(&a.pod) != Some(&line) {
+                self.said.insert(a.pod.clone(), line.clone());
+                changed.push(line);
+            }
+        }
+        changed
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.accounts.iter().map(ToString::to_string).collect()
+    }
+
+    /// The first pod that will not get anywhere without a change.
+    pub fn stuck(&self) -> Option<Stuck> {
+        self.accounts.iter().find_map(PodAccount::stuck)
+    }
+}
+
+async fn fetch(cluster: &Cluster, namespace: &str, clusters: &[&str]) -> Option<Vec<PodAccount>> {
+    let selector = format!("ray.io/cluster in ({})", clusters.join(","));
+    let mut found: Vec<Pod> = cluster
+        .list_typed(namespace, &ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let events: Vec<Event> = cluster
+        .list_typed(
+            namespace,
+            &ListParams::default().fields("involvedObject.kind=Pod"),
+        )
+        .await
+        .unwrap_or_default();
+    // Only a pod without a node can be waiting for one Karpenter launches.
+    let unbound = found
+        .iter()
+        .any(|p| p.spec.as_ref().is_none_or(|s| s.node_name.is_none()));
+    let nodeclaims = if unbound {
+        nodeclaims(cluster).await
+    } else {
+        Vec::new()
+    };
+    Some(
+        found
+            .iter()
+            .map(|pod| {
+                let about: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| {
+                        e.involved_object.uid.is_some() && e.involved_object.uid == pod.metadata.uid
+                    })
+                    .collect();
+                pods::account(pod, &about, &nodeclaims)
+            })
+            .collect(),
+    )
+}
+
+/// Karpenter's NodeClaims, where the cluster runs Karpenter v1.
+async fn nodeclaims(cluster: &Cluster) -> Vec<Value> {
+    let Some(kind) = cluster.kind("karpenter.sh/v1", "NodeClaim") else {
+        return Vec::new();
+    };
+    cluster.list(&kind, None, "").await.unwrap_or_default()
+}
