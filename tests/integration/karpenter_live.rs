@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use crate::support::{Env, Profile, resource};
 
 const KWOK_CLASS: (&str, &str) = ("karpenter.kwok.sh/v1alpha1", "KWOKNodeClass");
-const NODE_CLAIM: (&str, &str) = ("karpenter.sh/v1", "NodeClaim");
 
 /// A test's pool, made live: it launches from a KWOKNodeClass of the
 /// test's own (the EC2NodeClass copy stays for what rayform patches).
@@ -96,15 +95,15 @@ fn worker_template(env: &Env, tolerate_gpu_taint: bool, cpu: &str) -> Value {
 
 /// A stack patching the test's pool, with a RayService whose GPU worker
 /// group has `template`; only planned.
-fn stack_with_worker(env: &Env, template: &Value) -> String {
+fn stack_with_worker(env: &Env, template: &Value, replicas: u64) -> String {
     let service = json!({
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "llm"},
         "spec": {"serveConfigV2": "applications: []", "rayClusterConfig": {
             "rayVersion": "2.60.0",
             "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
                 {"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}}},
-            "workerGroupSpecs": [{"groupName": "gpu-group", "replicas": 1, "minReplicas": 0,
-                "maxReplicas": 1, "rayStartParams": {}, "template": template}]}}});
+            "workerGroupSpecs": [{"groupName": "gpu-group", "replicas": replicas, "minReplicas": 0,
+                "maxReplicas": replicas, "rayStartParams": {}, "template": template}]}}});
     env.write("llm.rayservice.yaml", &service.to_string());
     let text = format!(
         "[stack]\nname = \"fit\"\nnamespace = \"{}\"\n\n[nodepool.{}]\nempty_ttl = \"600s\"\n\n[rayservice.llm]\nmanifest = \"llm.rayservice.yaml\"\n",
@@ -123,43 +122,48 @@ enum Decision {
 
 /// Creates a pod from `template` and waits for Karpenter's decision on it.
 async fn karpenter_decides(env: &Env, name: &str, template: &Value) -> Decision {
+    create_pod(env, name, template).await;
+    decision(env, name).await
+}
+
+async fn create_pod(env: &Env, name: &str, template: &Value) {
     let mut pod = template.clone();
     pod["metadata"] = json!({"name": name, "labels": {"app": "gpu-worker"}});
     env.apply_as("test", "v1", "Pod", Some(&env.ns), name, pod)
         .await;
-    let claims: Api<DynamicObject> =
-        Api::all_with(env.client.clone(), &resource(NODE_CLAIM.0, NODE_CLAIM.1));
+}
+
+/// Karpenter's word on a pod, from its events: `Nominated` ("Pod should
+/// schedule on: nodeclaim/…") when it launches a node for it,
+/// `FailedScheduling` when it will not.
+async fn decision(env: &Env, pod: &str) -> Decision {
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
-    let by_pool = ListParams::default().labels(&format!("karpenter.sh/nodepool={}", env.pool));
-    let about_pod = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let about_pod = ListParams::default().fields(&format!("involvedObject.name={pod}"));
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
-        if let Some(claim) = claims.list(&by_pool).await.expect("list").items.first() {
-            let instance = claim
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("node.kubernetes.io/instance-type"))
-                .cloned()
-                .unwrap_or_default();
-            return Decision::Launched(instance);
-        }
-        let refusal = events
+        let from_karpenter: Vec<Event> = events
             .list(&about_pod)
             .await
             .expect("list events")
             .items
             .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("FailedScheduling")
-                    && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("karpenter")
-            });
-        if let Some(event) = refusal {
-            return Decision::Refused(event.message.unwrap_or_default());
+            .filter(|e| e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("karpenter"))
+            .collect();
+        let said = |reason: &str| {
+            from_karpenter
+                .iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| e.message.clone().unwrap_or_default())
+        };
+        if let Some(message) = said("Nominated") {
+            return Decision::Launched(message);
+        }
+        if let Some(message) = said("FailedScheduling") {
+            return Decision::Refused(message);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    panic!("Karpenter neither launched a node for pod {name} nor said why not within 60 s");
+    panic!("Karpenter neither launched a node for pod {pod} nor said why not within 60 s");
 }
 
 const CANNOT: &str = "no pool of the stack can launch worker group `gpu-group`";
@@ -175,7 +179,7 @@ async fn plan_agrees_with_karpenter(
 ) {
     let env = live_pool(test, pool).await;
     let template = worker_template(&env, tolerate_gpu_taint, cpu);
-    let stack = stack_with_worker(&env, &template);
+    let stack = stack_with_worker(&env, &template, 1);
     let plan = env.rayform(&["plan", &stack]).ok();
     let decision = karpenter_decides(&env, "gpu-worker", &template).await;
     remove_pool(&env).await;
@@ -318,6 +322,39 @@ async fn karpenter_launches_a_gpu_worker_within_a_four_cpu_limit() {
         None,
     )
     .await;
+}
+
+/// Karpenter subtracts each node it launches from what the pool's limits
+/// leave: of two one-GPU workers under a one-GPU limit, one gets a node and
+/// the other is refused; the plan says the RayCluster's GPUs exceed it.
+#[tokio::test]
+async fn karpenter_launches_only_as_many_gpu_workers_as_the_pool_limit_holds() {
+    let env = live_pool(
+        "live-limit-total",
+        pool_with(&["g"], json!([]), json!({"nvidia.com/gpu": "1"})),
+    )
+    .await;
+    let template = worker_template(&env, false, "1");
+    let stack = stack_with_worker(&env, &template, 2);
+    let plan = env.rayform(&["plan", &stack]).ok();
+    for pod in ["worker-a", "worker-b"] {
+        create_pod(&env, pod, &template).await;
+    }
+    let mut decisions = vec![
+        decision(&env, "worker-a").await,
+        decision(&env, "worker-b").await,
+    ];
+    remove_pool(&env).await;
+    decisions.sort_by_key(|d| matches!(d, Decision::Refused(_)));
+    assert!(
+        matches!(&decisions[..], [Decision::Launched(_), Decision::Refused(why)] if why.contains("exceed limits for nodepool")),
+        "{decisions:?}"
+    );
+    assert!(!plan.stdout.contains(CANNOT), "{}", plan.stdout);
+    plan.stdout_has(&format!(
+        "NodePool `{}` has limits nvidia.com/gpu 1, and its RayCluster asks for 2 GPUs; Karpenter launches no node past the limit, so some GPU workers stay Pending",
+        env.pool
+    ));
 }
 
 /// A node for a pod that then goes: Karpenter's emptiness method removes it
