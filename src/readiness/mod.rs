@@ -245,7 +245,7 @@ pub async fn wait(
             for line in changed {
                 progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
             }
-            if let Some(stuck) = below.stuck() {
+            if let Some(stuck) = below.stuck(service) {
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: {}\n  help: {}",
                     spec.rayservice, stuck.cause, stuck.help
