@@ -88,7 +88,9 @@ fn worker_template(env: &Env, tolerate_gpu_taint: bool, cpu: &str) -> Value {
     json!({"spec": {
         "nodeSelector": {"karpenter.sh/nodepool": env.pool},
         "tolerations": tolerations,
+        // The node agent runs it as a process where a node serves it.
         "containers": [{"name": "ray-worker", "image": "rayproject/ray:2.60.0",
+            "command": ["sh", "-c", "exec sleep 3600"],
             "resources": {"requests": {"cpu": cpu, "memory": "4Gi", "nvidia.com/gpu": "1"},
                           "limits": {"cpu": cpu, "memory": "4Gi", "nvidia.com/gpu": "1"}}}]}})
 }
@@ -407,9 +409,10 @@ async fn gone_after(env: &Env, node: &str, since: Instant, limit: Duration) -> D
 }
 
 /// The TTL intent on a pool removing empty nodes after 5 s: Karpenter keeps
-/// an emptied node until the stack's 60 s have passed (consolidateAfter, under
-/// the pool's own WhenEmptyOrUnderutilized), and after destroy removes the
-/// next emptied node after the pool's own 5 s again.
+/// an emptied node until the stack's 90 s have passed (consolidateAfter, under
+/// the pool's own WhenEmptyOrUnderutilized: the emptiness method waits for the
+/// NodeClaim's Consolidatable condition), and after destroy removes the next
+/// emptied node after the pool's own 5 s again.
 #[tokio::test]
 async fn karpenter_keeps_an_emptied_node_the_stacks_ttl_and_after_destroy_its_own_consolidate_after()
  {
@@ -423,29 +426,31 @@ async fn karpenter_keeps_an_emptied_node_the_stacks_ttl_and_after_destroy_its_ow
     .await;
     let before = env.pool_spec().await;
     let stack = format!(
-        "[stack]\nname = \"ttl\"\nnamespace = \"{}\"\n\n[nodepool.{}]\nempty_ttl = \"60s\"\n",
+        "[stack]\nname = \"ttl\"\nnamespace = \"{}\"\n\n[nodepool.{}]\nempty_ttl = \"90s\"\n",
         env.ns, env.pool
     );
     env.write("ttl.toml", &stack);
     env.rayform(&["apply", "ttl.toml", "--auto-approve"]).ok();
     assert_eq!(
         env.pool_spec().await["disruption"]["consolidateAfter"],
-        json!("60s")
+        json!("90s")
     );
 
     let (node, emptied) = empty_node(&env, "kept").await;
-    tokio::time::sleep(Duration::from_secs(50).saturating_sub(emptied.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(80).saturating_sub(emptied.elapsed())).await;
     assert!(
         node_exists(&env, &node).await,
-        "Karpenter removed the emptied node before the stack's 60 s TTL"
+        "Karpenter removed the emptied node before the stack's 90 s TTL"
     );
-    let patched = gone_after(&env, &node, emptied, Duration::from_secs(150)).await;
-    eprintln!("patched pool (consolidateAfter 60s): emptied node gone after {patched:?}");
+    let patched = gone_after(&env, &node, emptied, Duration::from_secs(180)).await;
+    eprintln!("patched pool (consolidateAfter 90s): emptied node gone after {patched:?}");
 
     env.rayform(&["destroy", "ttl.toml", "--auto-approve"]).ok();
     assert_eq!(env.pool_spec().await, before, "destroy restores the pool");
     let (node, emptied) = empty_node(&env, "removed").await;
-    let original = gone_after(&env, &node, emptied, Duration::from_secs(45)).await;
+    // Well before the 80 s the patched pool kept its node: the pool's own
+    // 5 s, Karpenter's 15 s validation, and its disruption loop.
+    let original = gone_after(&env, &node, emptied, Duration::from_secs(70)).await;
     eprintln!("restored pool (consolidateAfter 5s): emptied node gone after {original:?}");
     remove_pool(&env).await;
 }
@@ -501,5 +506,80 @@ async fn a_cluster_karpenter_will_not_launch_past_a_pool_limit_shows_in_the_wait
     ));
     env.rayform(&["destroy", "stalled.toml", "--auto-approve"])
         .ok();
+    remove_pool(&env).await;
+}
+
+/// Applies a TTL stack over `pool` and checks that rayform leaves the pool
+/// as it is, saying why; returns the pool's node emptied after that.
+async fn left_alone_and_emptied(env: &Env, ttl: &str, why: &str) -> (String, Instant) {
+    let before = env.pool_spec().await;
+    let stack = format!(
+        "[stack]\nname = \"kept\"\nnamespace = \"{}\"\n\n[nodepool.{}]\nempty_ttl = \"{ttl}\"\n",
+        env.ns, env.pool
+    );
+    env.write("kept.toml", &stack);
+    env.rayform(&["plan", "kept.toml"])
+        .ok()
+        .stdout_has(&format!("already satisfied: {why}"));
+    env.rayform(&["apply", "kept.toml", "--auto-approve"]).ok();
+    assert_eq!(env.pool_spec().await, before, "rayform wrote nothing");
+    empty_node(env, "worker").await
+}
+
+/// Karpenter v1 waits `consolidateAfter` before removing an empty node under
+/// WhenEmptyOrUnderutilized too: a pool with 60 s already keeps empty nodes
+/// the stack's 60 s, and rayform does not switch its policy.
+#[tokio::test]
+async fn karpenter_keeps_an_empty_node_of_a_when_empty_or_underutilized_pool_its_consolidate_after()
+{
+    let env = live_pool(
+        "live-kept-policy",
+        json!({"spec": {
+            "template": {"spec": {"requirements": requirements(&["g"])}},
+            "disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "60s",
+                "budgets": [{"nodes": "100%"}]}}}),
+    )
+    .await;
+    let (node, emptied) = left_alone_and_emptied(
+        &env,
+        "60s",
+        "consolidateAfter 60s is at least 1m, and Karpenter v1 waits that long",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(50).saturating_sub(emptied.elapsed())).await;
+    assert!(
+        node_exists(&env, &node).await,
+        "Karpenter removed the emptied node before consolidateAfter"
+    );
+    let gone = gone_after(&env, &node, emptied, Duration::from_secs(150)).await;
+    eprintln!("WhenEmptyOrUnderutilized, consolidateAfter 60s: emptied node gone after {gone:?}");
+    remove_pool(&env).await;
+}
+
+/// A budget of zero nodes for reason Empty stops Karpenter's emptiness
+/// method: the pool removes empty nodes after 5 s by its consolidateAfter,
+/// yet keeps this one, and rayform writes nothing.
+#[tokio::test]
+async fn karpenter_keeps_an_empty_node_a_budget_allows_no_empty_disruption_for() {
+    let env = live_pool(
+        "live-kept-budget",
+        json!({"spec": {
+            "template": {"spec": {"requirements": requirements(&["g"])}},
+            "disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "5s",
+                "budgets": [{"nodes": "100%"}, {"nodes": "0", "reasons": ["Empty"]}]}}}),
+    )
+    .await;
+    let (node, emptied) = left_alone_and_emptied(
+        &env,
+        "60s",
+        "its disruption budget nodes 0 for Empty allows no empty node to be removed",
+    )
+    .await;
+    // Past the 42 s this pool's 5 s takes without the budget (measured).
+    tokio::time::sleep(Duration::from_secs(75).saturating_sub(emptied.elapsed())).await;
+    assert!(
+        node_exists(&env, &node).await,
+        "Karpenter removed an empty node its budget allows no Empty disruption for"
+    );
     remove_pool(&env).await;
 }
