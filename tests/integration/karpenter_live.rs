@@ -18,9 +18,51 @@ use crate::support::{Env, Profile, resource};
 
 const KWOK_CLASS: (&str, &str) = ("karpenter.kwok.sh/v1alpha1", "KWOKNodeClass");
 
+/// A test's environment whose pool Karpenter acts on. Dropped, it deletes
+/// the pool and its class, passed or failed: Karpenter's finalizers then
+/// terminate the nodes it launched for the test.
+struct Live(Env);
+
+impl std::ops::Deref for Live {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.0
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let (kubeconfig, pool, class) = (
+            self.kubeconfig.clone(),
+            self.pool.clone(),
+            self.class.clone(),
+        );
+        let (pool_api, pool_kind) = self.profile.pool();
+        // As Env's own drop: a thread with a runtime and a client of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let client = crate::support::client(&kubeconfig, None).await;
+                for (api, kind, name) in [
+                    (pool_api, pool_kind, &pool),
+                    (KWOK_CLASS.0, KWOK_CLASS.1, &class),
+                ] {
+                    let objects: Api<DynamicObject> =
+                        Api::all_with(client.clone(), &resource(api, kind));
+                    let _ = objects.delete(name, &DeleteParams::default()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// A test's pool, made live: it launches from a KWOKNodeClass of the
 /// test's own (the EC2NodeClass copy stays for what rayform patches).
-async fn live_pool(test: &str, spec: Value) -> Env {
+async fn live_pool(test: &str, spec: Value) -> Live {
     let env = Env::new(Profile::Nodes, test).await;
     env.apply_as(
         "test-setup",
@@ -35,7 +77,7 @@ async fn live_pool(test: &str, spec: Value) -> Env {
     env.merge_as("someone", api, kind, None, &env.pool, spec)
         .await;
     settled(&env).await;
-    env
+    Live(env)
 }
 
 /// Waits until Karpenter has taken the pool in (condition Ready) and stopped
@@ -65,17 +107,6 @@ async fn settled(env: &Env) {
         last = version;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-}
-
-/// Removes what Karpenter launched for the test: the pool's NodeClaims go
-/// with it (Karpenter's finalizer terminates their nodes).
-async fn remove_pool(env: &Env) {
-    let (api, kind) = env.profile.pool();
-    let pools: Api<DynamicObject> = Api::all_with(env.client.clone(), &resource(api, kind));
-    let _ = pools.delete(&env.pool, &DeleteParams::default()).await;
-    let classes: Api<DynamicObject> =
-        Api::all_with(env.client.clone(), &resource(KWOK_CLASS.0, KWOK_CLASS.1));
-    let _ = classes.delete(&env.class, &DeleteParams::default()).await;
 }
 
 /// The GPU worker group's pod template: one GPU, selecting the test's pool.
@@ -184,7 +215,6 @@ async fn plan_agrees_with_karpenter(
     let stack = stack_with_worker(&env, &template, 1);
     let plan = env.rayform(&["plan", &stack]).ok();
     let decision = karpenter_decides(&env, "gpu-worker", &template).await;
-    remove_pool(&env).await;
     match (warning, &decision) {
         (Some(why), Decision::Refused(_)) => {
             plan.stdout_has(CANNOT);
@@ -346,7 +376,6 @@ async fn karpenter_launches_only_as_many_gpu_workers_as_the_pool_limit_holds() {
         decision(&env, "worker-a").await,
         decision(&env, "worker-b").await,
     ];
-    remove_pool(&env).await;
     decisions.sort_by_key(|d| matches!(d, Decision::Refused(_)));
     assert!(
         matches!(&decisions[..], [Decision::Launched(_), Decision::Refused(why)] if why.contains("exceed limits for nodepool")),
@@ -452,7 +481,6 @@ async fn karpenter_keeps_an_emptied_node_the_stacks_ttl_and_after_destroy_its_ow
     // 5 s, Karpenter's 15 s validation, and its disruption loop.
     let original = gone_after(&env, &node, emptied, Duration::from_secs(70)).await;
     eprintln!("restored pool (consolidateAfter 5s): emptied node gone after {original:?}");
-    remove_pool(&env).await;
 }
 
 /// Karpenter launches no node past a pool's `nvidia.com/gpu` limit and says
@@ -506,7 +534,6 @@ async fn a_cluster_karpenter_will_not_launch_past_a_pool_limit_shows_in_the_wait
     ));
     env.rayform(&["destroy", "stalled.toml", "--auto-approve"])
         .ok();
-    remove_pool(&env).await;
 }
 
 /// Applies a TTL stack over `pool` and checks that rayform leaves the pool
@@ -553,7 +580,6 @@ async fn karpenter_keeps_an_empty_node_of_a_when_empty_or_underutilized_pool_its
     );
     let gone = gone_after(&env, &node, emptied, Duration::from_secs(150)).await;
     eprintln!("WhenEmptyOrUnderutilized, consolidateAfter 60s: emptied node gone after {gone:?}");
-    remove_pool(&env).await;
 }
 
 /// A budget of zero nodes for reason Empty stops Karpenter's emptiness
@@ -581,5 +607,4 @@ async fn karpenter_keeps_an_empty_node_a_budget_allows_no_empty_disruption_for()
         node_exists(&env, &node).await,
         "Karpenter removed an empty node its budget allows no Empty disruption for"
     );
-    remove_pool(&env).await;
 }
