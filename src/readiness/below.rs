@@ -6,18 +6,16 @@
 //! still gets the wait, with less said about why it takes long.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::ListParams;
 use serde_json::Value;
 
+use super::EVERY_LOOK;
 use super::pods::{self, PodAccount, Stage, Stuck};
 use super::status::Service;
 use crate::cluster::Cluster;
-
-/// Pods change on the scale of seconds; the wait loop may run every 100 ms.
-const EVERY: Duration = Duration::from_secs(1);
 
 /// The last look below KubeRay, kept between looks to report only changes.
 #[derive(Default)]
@@ -36,7 +34,7 @@ impl Below {
         namespace: &str,
         service: &Service,
     ) -> Vec<String> {
-        if self.last.is_some_and(|t| t.elapsed() < EVERY) {
+        if self.last.is_some_and(|t| t.elapsed() < EVERY_LOOK) {
             return Vec::new();
         }
         self.last = Some(Instant::now());
@@ -150,11 +148,35 @@ async fn nodeclaims(cluster: &Cluster) -> Vec<Value> {
     cluster.list(&kind, None, "").await.unwrap_or_default()
 }
 
+/// KubeRay's refusal of the RayService's spec, if it said so since `since`.
+///
+/// KubeRay v1.3–v1.5 write no status for a spec they reject: the word is
+/// only an Event (`InvalidRayServiceSpec`), repeated at each retry, so a
+/// fresh one is about the spec the wait is for.
+pub async fn refused(
+    cluster: &Cluster,
+    namespace: &str,
+    rayservice: &str,
+    since: jiff::Timestamp,
+) -> Option<String> {
+    let fields = format!("involvedObject.kind=RayService,involvedObject.name={rayservice}");
+    let events: Vec<Event> = cluster
+        .list_typed(namespace, &ListParams::default().fields(&fields))
+        .await
+        .ok()?;
+    events
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("InvalidRayServiceSpec"))
+        .filter(|e| pods::when(e).is_some_and(|t| t >= since))
+        .max_by_key(pods::when)
+        .and_then(|e| e.message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn refused(raycluster: &str) -> PodAccount {
+    fn refused_pod(raycluster: &str) -> PodAccount {
         PodAccount {
             pod: format!("{raycluster}-gpu-group-worker-x"),
             role: "worker group gpu-group".into(),
@@ -176,7 +198,7 @@ mod tests {
             pending: Some("llm-b".into()),
             ..Service::default()
         };
-        let said = upgrade_past_limit(&refused("llm-b"), &upgrading).expect("named");
+        let said = upgrade_past_limit(&refused_pod("llm-b"), &upgrading).expect("named");
         assert!(
             said.contains("RayCluster llm-b, the new cluster of a zero-downtime upgrade")
                 && said.contains("those of RayCluster llm-a, and NodePool `gpu`'s limits"),
@@ -186,7 +208,10 @@ mod tests {
             pending: Some("llm-b".into()),
             ..Service::default()
         };
-        assert_eq!(upgrade_past_limit(&refused("llm-b"), &first_deploy), None);
-        assert_eq!(upgrade_past_limit(&refused("llm-a"), &upgrading), None);
+        assert_eq!(
+            upgrade_past_limit(&refused_pod("llm-b"), &first_deploy),
+            None
+        );
+        assert_eq!(upgrade_past_limit(&refused_pod("llm-a"), &upgrading), None);
     }
 }

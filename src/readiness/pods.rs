@@ -241,7 +241,7 @@ fn waiting(c: &ContainerStatus, events: &[&Event]) -> Option<Stage> {
     Some(match reason.as_str() {
         "ErrImagePull" | "ImagePullBackOff" => Stage::PullFailing {
             image: c.image.clone(),
-            message: latest(events, "Failed", None).unwrap_or(message),
+            message: pull_failure(events).unwrap_or(message),
             backing_off: reason == "ImagePullBackOff",
         },
         "CrashLoopBackOff" => Stage::CrashLooping {
@@ -260,6 +260,21 @@ fn waiting(c: &ContainerStatus, events: &[&Event]) -> Option<Stage> {
             },
         },
     })
+}
+
+/// Why the last pull failed: the kubelet's `Failed` events also include a
+/// bare "Error: ErrImagePull" and "Error: ImagePullBackOff", which say less.
+fn pull_failure(events: &[&Event]) -> Option<String> {
+    events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Failed"))
+        .filter(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Failed to pull image"))
+        })
+        .max_by_key(|e| when(e))
+        .and_then(|e| e.message.clone())
 }
 
 /// A `Pulling` event with no `Pulled` or `Failed` after it.
@@ -317,7 +332,7 @@ fn reported_by(e: &Event) -> &str {
 }
 
 /// Events carry one of three timestamps, depending on who wrote them and how.
-fn when(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
+pub(super) fn when(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
     e.last_timestamp
         .as_ref()
         .map(|t| t.0)
@@ -567,9 +582,10 @@ mod tests {
         );
         let first = account(&waiting_worker("ErrImagePull", "", 0), &[&failed], &[]);
         assert_eq!(first.stuck(), None);
+        let bare = event("Failed", "kubelet", "Error: ImagePullBackOff", "11");
         let backing_off = account(
             &waiting_worker("ImagePullBackOff", "Back-off pulling image", 0),
-            &[&failed],
+            &[&failed, &bare],
             &[],
         );
         assert_eq!(

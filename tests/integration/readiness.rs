@@ -568,6 +568,14 @@ async fn an_image_the_node_cannot_pull_fails_the_wait_naming_the_image() {
         "the wait took {took:?}, not a minute after the back-off:\n{}",
         run.stderr
     );
+
+    // Asked to wait anyway, it waits out its timeout and says what held it up.
+    let stack = echo.stack(&env, "timeout = \"20s\"");
+    let run = env
+        .rayform(&["apply", &stack, "--auto-approve", "--keep-waiting"])
+        .code(1);
+    run.stderr_has("did not serve /v1/chat/completions within 20s; held up by: a running head pod of RayCluster");
+    run.stderr_has("backing off pulling image registry.example/no-such/ray:2.60.0");
 }
 
 /// A head whose `ray start` exits at once crashes again after each of the
@@ -592,4 +600,45 @@ async fn a_head_in_a_crash_loop_fails_the_wait_with_its_last_exit() {
         "the wait took {took:?}:\n{}",
         run.stderr
     );
+}
+
+/// KubeRay v1.5 writes no status for a spec it rejects, only an Event; the
+/// wait reads it instead of waiting for a generation KubeRay will never observe.
+#[tokio::test]
+async fn a_spec_kuberay_refuses_fails_the_wait_with_kuberay_s_words() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-refused").await;
+    let echo = Echo {
+        strategy: Some("Sometimes"),
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"10m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let took = started.elapsed();
+    run.stderr_has("rayservice.echo: KubeRay refused the spec: The RayService spec is invalid");
+    run.stderr_has("Spec.UpgradeStrategy.Type value Sometimes is invalid");
+    assert!(
+        took < Duration::from_secs(30),
+        "the wait took {took:?}:\n{}",
+        run.stderr
+    );
+}
+
+/// Ray Serve 2.60 retries a replica that failed to start (up to three times a
+/// replica) and reports DEPLOY_FAILED only once it gives up: a start that fails
+/// once is waited through, and the wait says it is a retry.
+#[tokio::test]
+async fn a_serve_app_that_fails_once_and_recovers_is_waited_through() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-retry").await;
+    let echo = Echo {
+        args: "{model: echo-r, init_delay_s: 3, fail_first: 1}",
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"4m\"");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    run.stderr_has("A replica failed to start with exception. Retrying");
+    run.stderr_has("RuntimeError: echo_app: start 1 of the first 1 fails on purpose (fail_first)");
+    assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-r");
 }
