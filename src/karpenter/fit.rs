@@ -1,8 +1,9 @@
 //! Whether the patches reach the GPU workers: a pool patched for slow image
 //! pulls and a class sized for model weights help nothing if the pool
-//! launches its nodes from another class, cannot launch a GPU instance, or
-//! taints its nodes against the workers. Karpenter says so only once pods
-//! stay Pending; the plan can say it first.
+//! launches its nodes from another class, cannot launch a GPU instance,
+//! taints its nodes against the workers, or has limits no GPU instance fits
+//! in. Karpenter says so only once pods stay Pending (its `FailedScheduling`
+//! events); the plan can say it first.
 //!
 //! Everything here reads the live pool and the RayService as they are, and
 //! answers in sentences for the plan's warnings.
@@ -10,6 +11,7 @@
 use serde_json::Value;
 
 use super::PoolApi;
+use super::floor::quantity_bytes;
 
 /// A pool as it is live (patched by a stack) or as a stack will create it.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +25,13 @@ pub struct PoolObject {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuWorker {
     pub group: String,
+    /// `nvidia.com/gpu` per pod.
     pub gpus: u64,
+    /// Pods the group starts with (`replicas`, else `minReplicas`).
+    pub pods: u64,
+    /// What one pod requests of the resources pools limit (millicores, bytes).
+    pub cpu_milli: u128,
+    pub memory_bytes: u128,
     /// More GPU memory (MiB) than this, when the pods' node affinity asks for it.
     pub gpu_memory_over: Option<u64>,
     pub template: Value,
@@ -57,6 +65,12 @@ pub fn gpu_workers(rayservice: &Value) -> Vec<GpuWorker> {
             (gpus > 0).then(|| GpuWorker {
                 group: g["groupName"].as_str().unwrap_or("?").to_string(),
                 gpus,
+                pods: g["replicas"]
+                    .as_u64()
+                    .or_else(|| g["minReplicas"].as_u64())
+                    .unwrap_or(1),
+                cpu_milli: requested(&template, "cpu"),
+                memory_bytes: requested(&template, "memory") / 1000,
                 gpu_memory_over: gpu_memory_over(&template),
                 template,
             })
@@ -64,7 +78,41 @@ pub fn gpu_workers(rayservice: &Value) -> Vec<GpuWorker> {
         .collect()
 }
 
+/// A resource the pod's containers request, in thousandths (millicores for
+/// cpu); a container without requests gets its limits, as the API server
+/// defaults them.
+fn requested(template: &Value, resource: &str) -> u128 {
+    template["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let r = &c["resources"];
+            r["requests"][resource]
+                .as_str()
+                .or_else(|| r["limits"][resource].as_str())
+                .and_then(quantity_milli)
+        })
+        .sum()
+}
+
+/// A Kubernetes quantity in thousandths (`500m` → 500, `4` → 4000, `1Gi` →
+/// 1073741824000); `None` for forms rayform does not compare.
+pub fn quantity_milli(q: &str) -> Option<u128> {
+    match q.strip_suffix('m') {
+        Some(milli) if !milli.is_empty() && milli.bytes().all(|b| b.is_ascii_digit()) => {
+            milli.parse().ok()
+        }
+        _ => quantity_bytes(q)?.checked_mul(1000),
+    }
+}
+
 const GPU_MEMORY: &str = "karpenter.k8s.aws/instance-gpu-memory";
+const GPU: &str = "nvidia.com/gpu";
+/// No EC2 instance with NVIDIA GPUs has fewer vCPUs per GPU (g4dn, g5 and
+/// g6 `.xlarge`: 4 for one; p2.16xlarge: 64 for 16), so a pool limit on cpu
+/// below this rules the instance out whatever the pod requests.
+const MIN_VCPUS_PER_GPU: u64 = 4;
 
 /// `instance-gpu-memory Gt N` in the pods' required node affinity.
 fn gpu_memory_over(template: &Value) -> Option<u64> {
@@ -107,6 +155,84 @@ pub fn may_use(api: PoolApi, pool_name: &str, worker: &GpuWorker) -> bool {
         .is_none_or(|wanted| wanted == pool_name)
 }
 
+/// A pool's limit on a resource, in thousandths.
+fn limit(api: PoolApi, pool: &Value, resource: &str) -> Option<u128> {
+    let limits = match api {
+        PoolApi::V1alpha5 => pool.pointer("/spec/limits/resources"),
+        _ => pool.pointer("/spec/limits"),
+    }?;
+    let q = &limits[resource];
+    q.as_str()
+        .and_then(quantity_milli)
+        .or_else(|| q.as_u64().map(|n| u128::from(n) * 1000))
+}
+
+/// The pool's limit on `nvidia.com/gpu`, if it has one.
+pub fn gpu_limit(api: PoolApi, pool: &Value) -> Option<u64> {
+    limit(api, pool, GPU).and_then(|m| u64::try_from(m / 1000).ok())
+}
+
+/// Karpenter launches no instance whose capacity exceeds what the pool's
+/// limits leave; an instance for one worker pod has at least the pod's
+/// GPUs, its cpu (and [`MIN_VCPUS_PER_GPU`] per GPU) and its memory.
+fn over_limits(api: PoolApi, pool: &Value, worker: &GpuWorker) -> Vec<String> {
+    let gpus = u128::from(worker.gpus);
+    let vcpus = u128::from(worker.gpus * MIN_VCPUS_PER_GPU) * 1000;
+    let mut out = Vec::new();
+    if let Some(cap) = limit(api, pool, GPU)
+        && cap < gpus * 1000
+    {
+        out.push(format!(
+            "its limits allow {} {GPU} in all, and one worker pod needs {gpus}",
+            milli(cap)
+        ));
+    }
+    if let Some(cap) = limit(api, pool, "cpu") {
+        if cap < worker.cpu_milli {
+            out.push(format!(
+                "its limits allow cpu {} in all, and one worker pod requests {}",
+                milli(cap),
+                milli(worker.cpu_milli)
+            ));
+        } else if cap < vcpus {
+            out.push(format!(
+                "its limits allow cpu {} in all, and no instance with {gpus} NVIDIA GPU{} has fewer than {} vCPUs",
+                milli(cap),
+                if gpus == 1 { "" } else { "s" },
+                vcpus / 1000
+            ));
+        }
+    }
+    if let Some(cap) = limit(api, pool, "memory")
+        && cap < worker.memory_bytes * 1000
+    {
+        out.push(format!(
+            "its limits allow memory {} in all, and one worker pod requests {}",
+            bytes(cap / 1000),
+            bytes(worker.memory_bytes)
+        ));
+    }
+    out
+}
+
+/// Bytes as a user writes them (`24Gi`).
+fn bytes(n: u128) -> String {
+    match n {
+        n if n > 0 && n.is_multiple_of(1 << 30) => format!("{}Gi", n >> 30),
+        n if n > 0 && n.is_multiple_of(1 << 20) => format!("{}Mi", n >> 20),
+        n => n.to_string(),
+    }
+}
+
+/// A quantity in thousandths, as a user writes it.
+fn milli(n: u128) -> String {
+    if n.is_multiple_of(1000) {
+        (n / 1000).to_string()
+    } else {
+        format!("{n}m")
+    }
+}
+
 /// Why this pool cannot launch a node for this worker; empty when it can.
 pub fn misfits(api: PoolApi, pool: &Value, worker: &GpuWorker) -> Vec<String> {
     let requirements: Vec<&Value> = pool
@@ -139,6 +265,7 @@ pub fn misfits(api: PoolApi, pool: &Value, worker: &GpuWorker) -> Vec<String> {
             ));
         }
     }
+    out.extend(over_limits(api, pool, worker));
     out
 }
 
@@ -275,6 +402,9 @@ mod tests {
         GpuWorker {
             group: "gpu-group".into(),
             gpus: 1,
+            pods: 1,
+            cpu_milli: 6000,
+            memory_bytes: 24 << 30,
             gpu_memory_over: Some(20000),
             template: json!({"spec": {"tolerations": tolerations}}),
         }
@@ -329,6 +459,55 @@ mod tests {
             json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
         );
         assert!(misfits(PoolApi::V1, &tainted, &tolerant).is_empty());
+    }
+
+    fn limited(limits: Value) -> Value {
+        let mut p = pool(json!([]), json!([]));
+        p["spec"]["limits"] = limits;
+        p
+    }
+
+    /// Karpenter v1.14 filters out every instance type whose capacity
+    /// exceeds what the pool's limits leave (scheduler.go
+    /// filterByRemainingResources), whatever the pod requests.
+    #[test]
+    fn limits_no_gpu_instance_fits_in_are_named() {
+        let w = worker(json!([]));
+        assert_eq!(
+            misfits(PoolApi::V1, &limited(json!({"nvidia.com/gpu": "0"})), &w),
+            ["its limits allow 0 nvidia.com/gpu in all, and one worker pod needs 1"]
+        );
+        assert_eq!(
+            misfits(PoolApi::V1, &limited(json!({"cpu": "2"})), &w),
+            ["its limits allow cpu 2 in all, and one worker pod requests 6"]
+        );
+        let small = GpuWorker {
+            cpu_milli: 500,
+            ..w.clone()
+        };
+        assert_eq!(
+            misfits(PoolApi::V1, &limited(json!({"cpu": "3500m"})), &small),
+            [
+                "its limits allow cpu 3500m in all, and no instance with 1 NVIDIA GPU has fewer than 4 vCPUs"
+            ]
+        );
+        assert_eq!(
+            misfits(PoolApi::V1, &limited(json!({"memory": "16Gi"})), &w),
+            ["its limits allow memory 16Gi in all, and one worker pod requests 24Gi"]
+        );
+        let v1alpha5 = json!({"spec": {"limits": {"resources": {"nvidia.com/gpu": 0}}}});
+        assert_eq!(misfits(PoolApi::V1alpha5, &v1alpha5, &w).len(), 1);
+    }
+
+    #[test]
+    fn limits_a_gpu_instance_fits_in_are_not_named() {
+        let w = worker(json!([]));
+        let roomy = limited(json!({"nvidia.com/gpu": "1", "cpu": "8", "memory": "32Gi"}));
+        assert!(misfits(PoolApi::V1, &roomy, &w).is_empty());
+        assert_eq!(gpu_limit(PoolApi::V1, &roomy), Some(1));
+        assert!(misfits(PoolApi::V1, &limited(json!({"cpu": "1000"})), &w).is_empty());
+        assert_eq!(quantity_milli("250m"), Some(250));
+        assert_eq!(quantity_milli("m"), None);
     }
 
     #[test]

@@ -96,21 +96,104 @@ fn provisioner(ttl: Duration, original: &Value) -> Result<Wanted, String> {
 }
 
 fn node_pool(api: PoolApi, ttl: Duration, original: &Value) -> Result<Wanted, String> {
-    let default_policy = match api {
-        PoolApi::V1beta1 => "WhenUnderutilized",
-        _ => "WhenEmptyOrUnderutilized",
-    };
-    let policy = original
-        .pointer(POLICY)
-        .and_then(Value::as_str)
-        .unwrap_or(default_policy);
-    let after = original.pointer(AFTER).and_then(Value::as_str);
-    if after == Some("Never") {
+    if original.pointer(AFTER).and_then(Value::as_str) == Some("Never") {
         return Ok(Wanted::Satisfied(
             "consolidateAfter is Never, so Karpenter removes no node of this pool for being empty"
                 .into(),
         ));
     }
+    match api {
+        PoolApi::V1beta1 => v1beta1_pool(ttl, original),
+        _ => v1_pool(ttl, original),
+    }
+}
+
+/// Karpenter v1 removes an empty node once it has been `consolidateAfter`
+/// without a pod event, under every consolidation policy (its emptiness
+/// method and the `Consolidatable` condition read only `consolidateAfter`).
+/// So the policy is not the floor's business: only `consolidateAfter` is
+/// raised, and underutilised nodes keep being consolidated, later.
+fn v1_pool(ttl: Duration, original: &Value) -> Result<Wanted, String> {
+    if original
+        .pointer("/spec/replicas")
+        .is_some_and(|r| !r.is_null())
+    {
+        return Ok(Wanted::Satisfied(
+            "the NodePool is static (spec.replicas), and Karpenter removes no node of a static pool for being empty"
+                .into(),
+        ));
+    }
+    if let Some(budget) = empty_blocked_by(original) {
+        return Ok(Wanted::Satisfied(format!(
+            "its disruption budget {budget} allows no empty node to be removed"
+        )));
+    }
+    let after = original.pointer(AFTER).and_then(Value::as_str);
+    let policy = original
+        .pointer(POLICY)
+        .and_then(Value::as_str)
+        .unwrap_or("WhenEmptyOrUnderutilized");
+    if let Some(after) = after.filter(|a| parse_duration(a).is_some_and(|d| d >= ttl)) {
+        return Ok(Wanted::Satisfied(format!(
+            "consolidateAfter {after} is at least {}, and Karpenter v1 waits that long before removing an empty node under any consolidationPolicy",
+            format_duration(ttl)
+        )));
+    }
+    let secs = ttl.as_secs();
+    let warnings = if policy == "WhenEmpty" {
+        Vec::new()
+    } else {
+        vec![format!(
+            "consolidateAfter {secs}s (was {}) also makes Karpenter wait {} after a node's last pod change before consolidating it as underutilised (policy {policy}), until the stack is destroyed",
+            after.unwrap_or("0s"),
+            format_duration(ttl)
+        )]
+    };
+    Ok(Wanted::Write {
+        fields: BTreeMap::from([(AFTER.into(), json!(format!("{secs}s")))]),
+        notes: Vec::new(),
+        warnings,
+    })
+}
+
+/// An always-active budget of zero nodes for empty nodes (reason `Empty`,
+/// or every reason): Karpenter then never disrupts an empty node of the pool.
+fn empty_blocked_by(original: &Value) -> Option<String> {
+    original
+        .pointer("/spec/disruption/budgets")?
+        .as_array()?
+        .iter()
+        .find(|b| {
+            let always = b.get("schedule").is_none();
+            let zero = matches!(b["nodes"].as_str(), Some("0" | "0%"));
+            let reasons = b["reasons"].as_array();
+            let for_empty = reasons.is_none_or(|r| r.iter().any(|r| r == "Empty"));
+            always && zero && for_empty
+        })
+        .map(|b| {
+            let reasons = b["reasons"].as_array().map_or_else(
+                || "every reason".to_string(),
+                |r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            );
+            format!("nodes {} for {reasons}", b["nodes"].as_str().unwrap_or("0"))
+        })
+}
+
+/// Karpenter v0.33–v0.37 (v1beta1) removes empty nodes by their own method
+/// only under `WhenEmpty`; `WhenUnderutilized` consolidates empty nodes at
+/// once and cannot be combined with a `consolidateAfter`. So a pool that is
+/// not `WhenEmpty` has to become it.
+fn v1beta1_pool(ttl: Duration, original: &Value) -> Result<Wanted, String> {
+    let policy = original
+        .pointer(POLICY)
+        .and_then(Value::as_str)
+        .unwrap_or("WhenUnderutilized");
+    let after = original.pointer(AFTER).and_then(Value::as_str);
     let longer = after.filter(|a| parse_duration(a).is_some_and(|d| d >= ttl));
     if policy == "WhenEmpty"
         && let Some(after) = longer
@@ -131,15 +214,18 @@ fn node_pool(api: PoolApi, ttl: Duration, original: &Value) -> Result<Wanted, St
         }
         None => format!("{}s", ttl.as_secs()),
     };
+    let mut fields = BTreeMap::from([(AFTER.into(), json!(after))]);
+    let mut warnings = Vec::new();
+    if policy != "WhenEmpty" {
+        fields.insert(POLICY.into(), json!("WhenEmpty"));
+        warnings.push(format!(
+            "consolidationPolicy WhenEmpty (was {policy}) stops Karpenter from consolidating underutilised nodes of this pool until the stack is destroyed (the v1beta1 API allows no consolidateAfter with {policy})"
+        ));
+    }
     Ok(Wanted::Write {
-        fields: BTreeMap::from([
-            (POLICY.into(), json!("WhenEmpty")),
-            (AFTER.into(), json!(after)),
-        ]),
+        fields,
         notes,
-        warnings: vec![format!(
-            "consolidationPolicy WhenEmpty (was {policy}) stops Karpenter from consolidating underutilised nodes of this pool until the stack is destroyed"
-        )],
+        warnings,
     })
 }
 
@@ -297,30 +383,110 @@ mod tests {
         ));
     }
 
+    /// Karpenter v1.14's emptiness method runs under every policy and waits
+    /// for the same `Consolidatable` condition, set `consolidateAfter` after
+    /// the node's last pod event.
     #[test]
-    fn a_shorter_ttl_is_raised_and_a_longer_one_kept_when_the_policy_changes() {
-        let raised = written(pool(
+    fn a_v1_pool_of_any_policy_with_a_longer_consolidate_after_already_keeps_empty_nodes() {
+        for policy in ["WhenEmptyOrUnderutilized", "Balanced", "WhenEmpty"] {
+            let why = satisfied(pool(PoolApi::V1, &ttl(600), &disruption(policy, "2h")));
+            assert!(why.contains("consolidateAfter 2h is at least 10m"), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_v1_pool_gets_a_longer_consolidate_after_and_keeps_its_policy() {
+        let Ok(Wanted::Write {
+            fields, warnings, ..
+        }) = pool(
             PoolApi::V1,
+            &ttl(600),
+            &disruption("WhenEmptyOrUnderutilized", "30s"),
+        )
+        else {
+            panic!("consolidateAfter must be raised");
+        };
+        assert_eq!(fields, BTreeMap::from([(AFTER.into(), json!("600s"))]));
+        assert!(
+            warnings[0].contains("(was 30s) also makes Karpenter wait 10m")
+                && warnings[0].contains("underutilised (policy WhenEmptyOrUnderutilized)"),
+            "{warnings:?}"
+        );
+        let Ok(Wanted::Write {
+            fields, warnings, ..
+        }) = pool(PoolApi::V1, &ttl(600), &disruption("WhenEmpty", "30s"))
+        else {
+            panic!("consolidateAfter must be raised");
+        };
+        assert_eq!(fields, BTreeMap::from([(AFTER.into(), json!("600s"))]));
+        assert!(warnings.is_empty(), "WhenEmpty consolidates nothing else");
+        let defaulted = written(pool(PoolApi::V1, &ttl(600), &json!({"spec": {}})));
+        assert_eq!(defaulted, BTreeMap::from([(AFTER.into(), json!("600s"))]));
+    }
+
+    #[test]
+    fn a_v1_budget_of_zero_empty_nodes_already_keeps_them() {
+        let with_budgets = |budgets: Value| {
+            let mut p = disruption("WhenEmptyOrUnderutilized", "30s");
+            p["spec"]["disruption"]["budgets"] = budgets;
+            pool(PoolApi::V1, &ttl(600), &p)
+        };
+        let why = satisfied(with_budgets(
+            json!([{"nodes": "10%"}, {"nodes": "0", "reasons": ["Drifted", "Empty"]}]),
+        ));
+        assert!(why.contains("budget nodes 0 for Drifted, Empty"), "{why}");
+        let why = satisfied(with_budgets(json!([{"nodes": "0%"}])));
+        assert!(why.contains("nodes 0% for every reason"), "{why}");
+        // Zero only for other reasons, or only in a window: empty nodes still go.
+        written(with_budgets(
+            json!([{"nodes": "0", "reasons": ["Underutilized", "Drifted"]}]),
+        ));
+        written(with_budgets(
+            json!([{"nodes": "0", "schedule": "0 9 * * mon-fri", "duration": "8h"}]),
+        ));
+        written(with_budgets(json!([{"nodes": "1"}])));
+    }
+
+    #[test]
+    fn a_static_v1_pool_removes_no_empty_node() {
+        let mut p = disruption("WhenEmptyOrUnderutilized", "0s");
+        p["spec"]["replicas"] = json!(2);
+        let why = satisfied(pool(PoolApi::V1, &ttl(600), &p));
+        assert!(why.contains("static"), "{why}");
+    }
+
+    /// v1beta1 (Karpenter v0.33–v0.37) is another controller: emptiness only
+    /// under WhenEmpty, and WhenUnderutilized refuses a consolidateAfter.
+    #[test]
+    fn a_v1beta1_pool_becomes_when_empty_and_a_longer_ttl_is_kept() {
+        let raised = written(pool(
+            PoolApi::V1beta1,
             &ttl(600),
             &disruption("WhenEmpty", "30s"),
         ));
-        assert_eq!(raised[AFTER], json!("600s"));
+        assert_eq!(raised, BTreeMap::from([(AFTER.into(), json!("600s"))]));
         let Ok(Wanted::Write {
             fields,
             notes,
             warnings,
         }) = pool(
-            PoolApi::V1,
+            PoolApi::V1beta1,
             &ttl(600),
-            &disruption("WhenEmptyOrUnderutilized", "2h"),
+            &json!({"spec": {"disruption": {"consolidationPolicy": "WhenUnderutilized"}}}),
         )
         else {
             panic!("the policy must change");
         };
-        assert_eq!(fields[AFTER], json!("2h"));
+        assert_eq!(fields[AFTER], json!("600s"));
         assert_eq!(fields[POLICY], json!("WhenEmpty"));
-        assert!(notes[0].contains("stays 2h"), "{notes:?}");
+        assert!(notes.is_empty(), "{notes:?}");
         assert!(warnings[0].contains("underutilised"), "{warnings:?}");
+        let why = satisfied(pool(
+            PoolApi::V1beta1,
+            &ttl(600),
+            &disruption("WhenEmpty", "2h"),
+        ));
+        assert!(why.contains("WhenEmpty and consolidateAfter 2h"), "{why}");
         let v1alpha5 = written(pool(
             PoolApi::V1alpha5,
             &ttl(600),

@@ -201,10 +201,15 @@ pub fn patch(stack: &str, live: &Value, fields: &BTreeMap<String, Value>) -> Kar
             },
         );
     }
+    let mut expect: BTreeMap<String, Option<Value>> = fields
+        .iter()
+        .map(|(p, v)| (p.clone(), Some(v.clone())))
+        .collect();
+    expect.extend(release_dropped(stack, live, fields, &mut originals));
     let holder_key = format!("{HOLDER_PREFIX}{stack}");
     let written = serde_json::to_string(fields).unwrap_or_default();
     let ann = annotations(live);
-    let needed = fields.iter().any(|(p, v)| live.pointer(p) != Some(v))
+    let needed = expect.iter().any(|(p, v)| live.pointer(p) != v.as_ref())
         || ann.get(&holder_key) != Some(&written)
         || ann.get(ANNOTATION_ORIGINAL).map(String::as_str)
             != Some(&serde_json::to_string(&originals).unwrap_or_default());
@@ -212,20 +217,51 @@ pub fn patch(stack: &str, live: &Value, fields: &BTreeMap<String, Value>) -> Kar
         ANNOTATION_ORIGINAL: serde_json::to_string(&originals).unwrap_or_default(),
         holder_key: written,
     }}});
-    for (ptr, value) in fields {
-        set_pointer(&mut merge, ptr, value.clone());
+    for (ptr, value) in &expect {
+        set_pointer(&mut merge, ptr, value.clone().unwrap_or(Value::Null));
     }
     precondition(&mut merge, live);
     KarpenterPatch {
         merge,
-        expect: fields
-            .iter()
-            .map(|(p, v)| (p.clone(), Some(v.clone())))
-            .collect(),
+        expect,
         fields: recorded,
         needed,
         held_by: Vec::new(),
     }
+}
+
+/// Fields this stack wrote before but its intent no longer asks for (an
+/// older rayform switched v1 pools to `WhenEmpty`): each goes back as a
+/// revert would give it back, to another holder's value or the original,
+/// so the stack's later destroy has nothing of it left to restore. A value
+/// changed since by someone else stays as they set it. Returns the values
+/// to write.
+fn release_dropped(
+    stack: &str,
+    live: &Value,
+    fields: &BTreeMap<String, Value>,
+    originals: &mut BTreeMap<String, FieldValue>,
+) -> BTreeMap<String, Option<Value>> {
+    let mut all = holders(live);
+    let ours = all.remove(stack).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for (ptr, written) in ours.iter().filter(|(p, _)| !fields.contains_key(*p)) {
+        let theirs = all.values().find_map(|w| w.get(ptr));
+        let ours_is_live = live.pointer(ptr) == Some(written);
+        match theirs {
+            Some(theirs) if ours_is_live => {
+                out.insert(ptr.clone(), Some(theirs.clone()));
+            }
+            Some(_) => {}
+            None => {
+                let original = originals.remove(ptr).unwrap_or(FieldValue::Absent);
+                if ours_is_live {
+                    out.insert(ptr.clone(), original.as_option().cloned());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A field whose live value is neither what this stack wrote nor what another stack holds.
@@ -417,10 +453,11 @@ mod tests {
     fn ttl_fields(api: PoolApi, secs: u64) -> BTreeMap<String, Value> {
         match api {
             PoolApi::V1alpha5 => BTreeMap::from([(floor::TTL.into(), json!(secs))]),
-            _ => BTreeMap::from([
+            PoolApi::V1beta1 => BTreeMap::from([
                 (floor::POLICY.into(), json!("WhenEmpty")),
                 (floor::AFTER.into(), json!(format!("{secs}s"))),
             ]),
+            PoolApi::V1 => BTreeMap::from([(floor::AFTER.into(), json!(format!("{secs}s")))]),
         }
     }
 
@@ -508,6 +545,51 @@ mod tests {
         assert_eq!(after(&live), json!("300s"), "handed over to b");
         let undo_b = revert("b", &live, &written["b"]).unwrap();
         live = apply_merge(&live, &undo_b.merge);
+        assert_eq!(live["spec"], pool()["spec"]);
+    }
+
+    /// A pool patched by a rayform that also switched v1 pools to
+    /// WhenEmpty: the next apply writes only consolidateAfter and gives the
+    /// policy back, and destroy still restores the pool exactly.
+    #[test]
+    fn a_field_the_intent_no_longer_writes_is_given_back() {
+        let old = ttl_fields(PoolApi::V1beta1, 600);
+        let first = patch("a", &pool(), &old);
+        let patched = apply_merge(&pool(), &first.merge);
+        assert_eq!(
+            patched["spec"]["disruption"]["consolidationPolicy"],
+            json!("WhenEmpty")
+        );
+        let again = patch("a", &patched, &ttl_fields(PoolApi::V1, 600));
+        assert!(again.needed);
+        let now = apply_merge(&patched, &again.merge);
+        assert_eq!(
+            now["spec"]["disruption"],
+            json!({"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "600s"})
+        );
+        assert!(!recorded_originals(&now).contains_key(floor::POLICY));
+        let undo = revert("a", &now, &again.fields).unwrap();
+        assert_eq!(apply_merge(&now, &undo.merge)["spec"], pool()["spec"]);
+    }
+
+    #[test]
+    fn a_dropped_field_another_stack_holds_stays_theirs() {
+        let old = ttl_fields(PoolApi::V1beta1, 600);
+        let a = patch("a", &pool(), &old);
+        let mut live = apply_merge(&pool(), &a.merge);
+        let b = patch("b", &live, &old);
+        live = apply_merge(&live, &b.merge);
+        let again = patch("a", &live, &ttl_fields(PoolApi::V1, 600));
+        live = apply_merge(&live, &again.merge);
+        assert_eq!(
+            live["spec"]["disruption"]["consolidationPolicy"],
+            json!("WhenEmpty"),
+            "b still holds it"
+        );
+        for (stack, fields) in [("a", &again.fields), ("b", &b.fields)] {
+            let undo = revert(stack, &live, fields).unwrap();
+            live = apply_merge(&live, &undo.merge);
+        }
         assert_eq!(live["spec"], pool()["spec"]);
     }
 

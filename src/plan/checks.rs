@@ -1,7 +1,8 @@
 //! Checks across resources that each look fine alone: the stack patches a
 //! NodePool and sizes an EC2NodeClass for a RayService's GPU workers, and
-//! all three must meet. Also the Karpenter release the served APIs point to,
-//! which decides whether a pod annotation protects anything.
+//! all three must meet, also while KubeRay runs a second RayCluster for a
+//! zero-downtime upgrade. Also the Karpenter release the served APIs point
+//! to, which decides whether a pod annotation protects anything.
 //!
 //! These are warnings: a pool outside the stack may well launch the workers,
 //! and rayform cannot see Karpenter's flags.
@@ -10,13 +11,19 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::Change;
+use super::rollout::{self, Rollout};
 use crate::desired::Desired;
 use crate::karpenter::fit::{self, PoolObject};
 use crate::karpenter::{PoolApi, Served};
 use crate::observe::{Observed, World};
 use crate::stack::{Address, ResourceType};
 
-pub fn warnings(desired: &BTreeMap<Address, Desired>, world: &World) -> Vec<String> {
+pub fn warnings(
+    desired: &BTreeMap<Address, Desired>,
+    world: &World,
+    changes: &[Change],
+) -> Vec<String> {
     let mut pools = Vec::new();
     let mut classes = Vec::new();
     let mut services = Vec::new();
@@ -64,8 +71,98 @@ pub fn warnings(desired: &BTreeMap<Address, Desired>, world: &World) -> Vec<Stri
     for (address, body) in &services {
         out.extend(fit::worker_fit(address, body, &pools));
         out.extend(ignored_annotations(address, body, &world.karpenter));
+        if let Some(need) = gpus_at_once(address, changes, world) {
+            out.extend(gpu_limit_short(address, body, &pools, &need));
+        }
     }
     out
+}
+
+/// The GPUs the RayService's pods hold at once while this plan's change rolls out.
+struct GpusAtOnce {
+    total: u64,
+    /// During a zero-downtime upgrade: the serving cluster's GPUs, kept until promotion.
+    serving: Option<u64>,
+}
+
+fn gpus_at_once(address: &Address, changes: &[Change], world: &World) -> Option<GpusAtOnce> {
+    let change = changes.iter().find(|c| &c.address == address)?;
+    match &change.write()?.rollout.as_ref()?.rollout {
+        Rollout::FirstCluster { gpus } => Some(GpusAtOnce {
+            total: *gpus,
+            serving: None,
+        }),
+        Rollout::NewCluster { extra_gpus, .. } => {
+            let Some(Observed::Object(o)) = world.resources.get(address) else {
+                return None;
+            };
+            let serving = rollout::gpus(&o.live.as_ref()?["spec"]["rayClusterConfig"]);
+            Some(GpusAtOnce {
+                total: serving + extra_gpus,
+                serving: Some(serving),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The `nvidia.com/gpu` limits of the pools that can launch the GPU workers
+/// leave no room for all of them at once: Karpenter launches nodes up to the
+/// limits and leaves the rest of the pods Pending. For an upgrade the new
+/// RayCluster's workers are the ones left, and the upgrade stalls.
+fn gpu_limit_short(
+    address: &Address,
+    rayservice: &Value,
+    pools: &[PoolObject],
+    need: &GpusAtOnce,
+) -> Option<String> {
+    let workers = fit::gpu_workers(rayservice);
+    let fitting: Vec<&PoolObject> = pools
+        .iter()
+        .filter(|p| {
+            workers.iter().any(|w| {
+                fit::may_use(p.api, &p.name, w) && fit::misfits(p.api, &p.object, w).is_empty()
+            })
+        })
+        .collect();
+    let limits = fitting
+        .iter()
+        .map(|p| fit::gpu_limit(p.api, &p.object).map(|n| (p, n)))
+        .collect::<Option<Vec<_>>>()?;
+    let room: u64 = limits.iter().map(|(_, n)| n).sum();
+    if limits.is_empty() || room >= need.total {
+        return None;
+    }
+    let named = limits
+        .iter()
+        .map(|(p, n)| {
+            format!(
+                "{} `{}` has limits nvidia.com/gpu {n}",
+                p.api.kind(),
+                p.name
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(match need.serving {
+        Some(serving) => format!(
+            "{address}: {named}, and this change is a zero-downtime upgrade: the new RayCluster's {} on top of the {serving} the serving cluster keeps until promotion, {} at once; Karpenter launches no node past the limit, so the new cluster's GPU workers stay Pending and the upgrade stalls\n  \
+             help: raise the limit to at least {}, or change the RayService with upgradeStrategy None and accept downtime",
+            gpus(need.total - serving),
+            need.total,
+            need.total
+        ),
+        None => format!(
+            "{address}: {named}, and its RayCluster asks for {}; Karpenter launches no node past the limit, so some GPU workers stay Pending\n  \
+             help: raise the limit to at least {}, or ask for fewer workers",
+            gpus(need.total),
+            need.total
+        ),
+    })
+}
+
+fn gpus(n: u64) -> String {
+    format!("{n} GPU{}", if n == 1 { "" } else { "s" })
 }
 
 /// Pod annotations the Karpenter release these APIs belong to ignores.

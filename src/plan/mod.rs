@@ -202,7 +202,8 @@ pub fn build(
             .push(scope::targeting_warning(&options.targets));
     }
     if !options.destroy && !options.refresh_only {
-        plan.warnings.extend(checks::warnings(desired, world));
+        plan.warnings
+            .extend(checks::warnings(desired, world, &plan.changes));
     }
     order_changes(&mut plan, graph, options.destroy);
     plan

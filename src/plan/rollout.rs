@@ -237,7 +237,7 @@ fn strip_checksum(template: Option<&mut Value>) {
 }
 
 /// GPUs a RayCluster asks for: head plus each worker group's pods.
-fn gpus(config: &Value) -> u64 {
+pub fn gpus(config: &Value) -> u64 {
     let head = pod_gpus(&config["headGroupSpec"]["template"]);
     let workers: u64 = config["workerGroupSpecs"]
         .as_array()

@@ -13,7 +13,7 @@ use kube::api::ListParams;
 use serde_json::Value;
 
 use super::EVERY_LOOK;
-use super::pods::{self, PodAccount, Stuck};
+use super::pods::{self, PodAccount, Stage, Stuck};
 use super::status::Service;
 use crate::cluster::Cluster;
 
@@ -65,9 +65,40 @@ impl Below {
     }
 
     /// The first pod that will not get anywhere without a change.
-    pub fn stuck(&self) -> Option<Stuck> {
-        self.accounts.iter().find_map(PodAccount::stuck)
+    pub fn stuck(&self, service: &Service) -> Option<Stuck> {
+        self.accounts.iter().find_map(|a| {
+            let mut stuck = a.stuck()?;
+            if let Some(upgrade) = upgrade_past_limit(a, service) {
+                stuck.cause = format!("{}\n  {upgrade}", stuck.cause);
+            }
+            Some(stuck)
+        })
     }
+}
+
+/// A pod of an upgrade's new RayCluster that Karpenter refused for a pool's
+/// limits: KubeRay's status says only "upgrade in progress", and a limit
+/// that held one cluster's GPUs does not hold two.
+fn upgrade_past_limit(account: &PodAccount, service: &Service) -> Option<String> {
+    let Stage::Unschedulable {
+        karpenter: Some(verdict),
+        ..
+    } = &account.stage
+    else {
+        return None;
+    };
+    let (pending, active) = (service.pending.as_deref()?, service.active.as_deref()?);
+    if account.raycluster.as_deref() != Some(pending) {
+        return None;
+    }
+    let pool = verdict
+        .split("exceed limits for nodepool (NodePool=")
+        .nth(1)?
+        .split(')')
+        .next()?;
+    Some(format!(
+        "it belongs to RayCluster {pending}, the new cluster of a zero-downtime upgrade: until promotion its nodes come on top of those of RayCluster {active}, and NodePool `{pool}`'s limits leave no room for them; raise them (`rayform plan` says to how much), or upgrade with upgradeStrategy None and accept the downtime"
+    ))
 }
 
 async fn fetch(cluster: &Cluster, namespace: &str, clusters: &[&str]) -> Option<Vec<PodAccount>> {
@@ -139,4 +170,48 @@ pub async fn refused(
         .filter(|e| pods::when(e).is_some_and(|t| t >= since))
         .max_by_key(pods::when)
         .and_then(|e| e.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused_pod(raycluster: &str) -> PodAccount {
+        PodAccount {
+            pod: format!("{raycluster}-gpu-group-worker-x"),
+            role: "worker group gpu-group".into(),
+            raycluster: Some(raycluster.into()),
+            node: None,
+            stage: Stage::Unschedulable {
+                why: "0/1 nodes are available".into(),
+                karpenter: Some(
+                    "Failed to schedule pod, all available instance types exceed limits for nodepool (NodePool=gpu); incompatible requirements".into(),
+                ),
+            },
+        }
+    }
+
+    #[test]
+    fn a_new_cluster_of_an_upgrade_refused_for_a_pool_limit_names_both() {
+        let upgrading = Service {
+            active: Some("llm-a".into()),
+            pending: Some("llm-b".into()),
+            ..Service::default()
+        };
+        let said = upgrade_past_limit(&refused_pod("llm-b"), &upgrading).expect("named");
+        assert!(
+            said.contains("RayCluster llm-b, the new cluster of a zero-downtime upgrade")
+                && said.contains("those of RayCluster llm-a, and NodePool `gpu`'s limits"),
+            "{said}"
+        );
+        let first_deploy = Service {
+            pending: Some("llm-b".into()),
+            ..Service::default()
+        };
+        assert_eq!(
+            upgrade_past_limit(&refused_pod("llm-b"), &first_deploy),
+            None
+        );
+        assert_eq!(upgrade_past_limit(&refused_pod("llm-a"), &upgrading), None);
+    }
 }

@@ -88,8 +88,10 @@ pub async fn look(
         },
         Err(NotYet::Waiting(phase)) => Serving::No {
             waiting_for: phase,
-            stuck: below
-                .stuck()
+            stuck: seen
+                .service
+                .as_ref()
+                .and_then(|service| below.stuck(service))
                 .map(|s| format!("{}\n  help: {}", s.cause, s.help)),
         },
         Err(NotYet::Failed(message)) => Serving::No {

@@ -269,7 +269,7 @@ pub async fn wait(
             for line in changed {
                 progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
             }
-            if let Some(stuck) = below.stuck().filter(|_| on_stuck == OnStuck::Fail) {
+            if let Some(stuck) = below.stuck(service).filter(|_| on_stuck == OnStuck::Fail) {
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: {}\n  help: {}",
                     spec.rayservice, stuck.cause, stuck.help

@@ -75,6 +75,8 @@ pub struct PodAccount {
     pub pod: String,
     /// `head` or `worker group gpu`.
     pub role: String,
+    /// The RayCluster it belongs to (`ray.io/cluster`).
+    pub raycluster: Option<String>,
     pub node: Option<String>,
     pub stage: Stage,
 }
@@ -108,6 +110,7 @@ pub fn account(pod: &Pod, events: &[&Event], nodeclaims: &[Value]) -> PodAccount
     PodAccount {
         pod: meta.name.clone().unwrap_or_default(),
         role,
+        raycluster: labels.get("ray.io/cluster").cloned(),
         node,
         stage,
     }

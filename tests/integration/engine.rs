@@ -27,6 +27,15 @@ async fn mission_round_trip(profile: Profile, backend: Backend) {
     let pool = env.pool_spec().await;
     match profile {
         Profile::V1alpha5 => assert_eq!(pool["ttlSecondsAfterEmpty"], json!(600)),
+        // Karpenter v1 removes empty nodes after consolidateAfter under any
+        // policy: the fixture's WhenEmptyOrUnderutilized stays.
+        Profile::V1 | Profile::Nodes => {
+            assert_eq!(
+                pool["disruption"]["consolidationPolicy"],
+                json!("WhenEmptyOrUnderutilized")
+            );
+            assert_eq!(pool["disruption"]["consolidateAfter"], json!("600s"));
+        }
         _ => {
             assert_eq!(
                 pool["disruption"]["consolidationPolicy"],

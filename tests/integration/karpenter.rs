@@ -143,22 +143,86 @@ async fn a_v1alpha5_provisioner_that_never_removes_empty_nodes_gets_no_ttl() {
     .await;
 }
 
+/// Karpenter v1 removes empty nodes after `consolidateAfter` under every
+/// policy: a pool consolidating underutilised nodes after an hour already
+/// keeps empty ones an hour.
 #[tokio::test]
-async fn when_empty_is_said_to_stop_consolidating_underutilised_nodes() {
-    let env = Env::new(Profile::V1, "when-empty").await;
-    merge_pool(
-        &env,
-        json!({"spec": {"disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "2h"}}}),
+async fn a_v1_pool_consolidating_after_an_hour_already_keeps_empty_nodes() {
+    met_intents_are_left_alone(
+        Profile::V1,
+        json!({"spec": {"disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1h"}}}),
+        "1Ti",
     )
     .await;
+}
+
+/// A budget of zero nodes for reason Empty stops Karpenter v1's emptiness
+/// method whatever `consolidateAfter` says.
+#[tokio::test]
+async fn a_v1_pool_whose_budget_allows_no_empty_node_removal_is_not_patched() {
+    met_intents_are_left_alone(
+        Profile::V1,
+        json!({"spec": {"disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "30s",
+            "budgets": [{"nodes": "10%"}, {"nodes": "0", "reasons": ["Empty"]}]}}}),
+        "1Ti",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_v1_pool_keeps_its_policy_and_is_said_to_consolidate_later() {
+    let env = Env::new(Profile::V1, "keeps-policy").await;
+    merge_pool(
+        &env,
+        json!({"spec": {"disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "30s"}}}),
+    )
+    .await;
+    let before = env.pool_spec().await;
     let stack = intents(&env, Some("600s"), None);
     let plan = env.rayform(&["plan", &stack]).ok();
-    plan.stdout_has("(consolidateAfter stays 2h, longer than the 10m asked)");
-    plan.stdout_has("consolidationPolicy WhenEmpty (was WhenEmptyOrUnderutilized) stops Karpenter from consolidating underutilised nodes");
+    plan.stdout_has("consolidateAfter 600s (was 30s) also makes Karpenter wait 10m after a node's last pod change before consolidating it as underutilised (policy WhenEmptyOrUnderutilized)");
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     let disruption = &env.pool_spec().await["disruption"];
-    assert_eq!(disruption["consolidationPolicy"], json!("WhenEmpty"));
-    assert_eq!(disruption["consolidateAfter"], json!("2h"));
+    assert_eq!(
+        disruption["consolidationPolicy"],
+        json!("WhenEmptyOrUnderutilized")
+    );
+    assert_eq!(disruption["consolidateAfter"], json!("600s"));
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(env.pool_spec().await, before, "destroy restores the pool");
+}
+
+/// A stack applied by a rayform that switched v1 pools to WhenEmpty: the
+/// next apply gives the policy back, and destroy still restores the rest.
+#[tokio::test]
+async fn a_policy_an_older_rayform_switched_is_given_back() {
+    let env = Env::new(Profile::V1, "old-when-empty").await;
+    merge_pool(
+        &env,
+        json!({"spec": {"disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "30s"}}}),
+    )
+    .await;
+    let before = env.pool_spec().await;
+    let stack = intents(&env, Some("600s"), None);
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    // What the older rayform left on the pool: its patch and bookkeeping.
+    let originals = r#"{"/spec/disruption/consolidateAfter":{"value":"30s"},"/spec/disruption/consolidationPolicy":{"value":"WhenEmptyOrUnderutilized"}}"#;
+    let held = r#"{"/spec/disruption/consolidateAfter":"600s","/spec/disruption/consolidationPolicy":"WhenEmpty"}"#;
+    merge_pool(
+        &env,
+        json!({"metadata": {"annotations": {"rayform.io/karpenter-original": originals, "patch.rayform.io/intents": held}},
+               "spec": {"disruption": {"consolidationPolicy": "WhenEmpty"}}}),
+    )
+    .await;
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let disruption = &env.pool_spec().await["disruption"];
+    assert_eq!(
+        disruption["consolidationPolicy"],
+        json!("WhenEmptyOrUnderutilized")
+    );
+    assert_eq!(disruption["consolidateAfter"], json!("600s"));
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(env.pool_spec().await, before, "destroy restores the pool");
 }
 
 /// Applies `storage = "200Gi"` (and `extra`) to the class as `class` sets
@@ -440,4 +504,46 @@ async fn a_token_rotation_is_planned_as_a_second_gpu_cluster() {
         said.contains("new RayCluster (zero-downtime upgrade: 1 more GPU until promotion), because a referenced Secret changed"),
         "{said}"
     );
+}
+
+/// KubeRay's zero-downtime upgrade runs a second RayCluster beside the
+/// serving one, and Karpenter launches no node past a pool's limit: a pool
+/// limited to the GPUs of one cluster stalls the upgrade.
+#[tokio::test]
+async fn a_gpu_limit_a_zero_downtime_upgrade_would_exceed_is_warned_about() {
+    let env = Env::new(Profile::V1, "upgrade-limit").await;
+    let gpu_pool = |limit: &str| {
+        json!({"spec": {"template": {"spec": {
+            "requirements": [{"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["g"]}]}},
+            "limits": {"nvidia.com/gpu": limit}}})
+    };
+    merge_pool(&env, gpu_pool("1")).await;
+    let stack = env.mission_stack("upgrade");
+    let first = env.rayform(&["plan", &stack]).ok();
+    assert!(
+        !first.stdout.contains("has limits nvidia.com/gpu"),
+        "one cluster fits the limit: {}",
+        first.stdout
+    );
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let rotated = |env: &Env| {
+        let out = env
+            .command(&["plan", &stack])
+            .env("HUGGING_FACE_HUB_TOKEN", format!("{}-rotated", env.token))
+            .output()
+            .expect("run rayform");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let said = rotated(&env);
+    assert!(
+        said.contains(&format!(
+            "NodePool `{}` has limits nvidia.com/gpu 1, and this change is a zero-downtime upgrade: the new RayCluster's 1 GPU on top of the 1 the serving cluster keeps until promotion, 2 at once",
+            env.pool
+        )) && said.contains("the upgrade stalls"),
+        "{said}"
+    );
+    merge_pool(&env, gpu_pool("2")).await;
+    let said = rotated(&env);
+    assert!(!said.contains("the upgrade stalls"), "{said}");
 }

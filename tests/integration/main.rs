@@ -14,6 +14,7 @@ mod doctor;
 mod engine;
 mod fault_proxy;
 mod karpenter;
+mod karpenter_live;
 mod lock;
 mod readiness;
 mod redaction;

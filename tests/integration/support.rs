@@ -131,6 +131,8 @@ pub fn resource(api_version: &str, kind: &str) -> ApiResource {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let plural = match kind {
         "NodePool" => "nodepools",
+        "NodeClaim" => "nodeclaims",
+        "KWOKNodeClass" => "kwoknodeclasses",
         "EC2NodeClass" => "ec2nodeclasses",
         "Provisioner" => "provisioners",
         "AWSNodeTemplate" => "awsnodetemplates",
