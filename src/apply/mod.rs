@@ -184,7 +184,15 @@ pub async fn check_fresh(
             .as_ref()
             .and_then(|l| l.pointer("/metadata/resourceVersion"))
             .and_then(Value::as_str);
-        if now != c.seen_version() {
+        // Karpenter rewrites its objects' status all the time: a patch is
+        // stale only when what it was computed from changed.
+        let unchanged = match (&c.op, &live) {
+            (Op::Patch(e) | Op::Revert(e), Some(live)) if !e.patch.basis.is_empty() => {
+                karpenter::basis(live) == e.patch.basis
+            }
+            _ => now == c.seen_version(),
+        };
+        if !unchanged {
             return Err(ApplyError::Stale(format!(
                 "{} changed in the cluster since the plan was made (resourceVersion {} then, {} now)",
                 c.address,
@@ -710,27 +718,52 @@ fn entry_for_patch(c: &Change, p: &karpenter::KarpenterPatch) -> ResourceState {
     }
 }
 
+/// Writes the patch; when the object changed since the plan only where the
+/// patch does not look (Karpenter updating the pool's status), writes it
+/// again against the newer read, a few times at most.
+async fn write_patch(
+    shared: &Shared,
+    c: &Change,
+    kind: &crate::cluster::Kind,
+    planned: &karpenter::KarpenterPatch,
+) -> Result<(), ApplyError> {
+    let mut patch = planned.clone();
+    for _ in 0..5 {
+        shared.still_locked()?;
+        let result = shared
+            .cluster
+            .merge_patch(kind, &c.name, &patch.merge, &shared.manager, false)
+            .await;
+        let Err(ClusterError::Conflict { .. }) = result else {
+            return result.map(drop).map_err(cluster_err(&c.address));
+        };
+        let live = shared
+            .cluster
+            .get(kind, None, &c.name)
+            .await
+            .map_err(cluster_err(&c.address))?
+            .unwrap_or(Value::Null);
+        match karpenter::rebased(planned, &live) {
+            Some(again) => patch = again,
+            None => break,
+        }
+    }
+    Err(ApplyError::Resource {
+        address: c.address.clone(),
+        message: format!(
+            "{} `{}` changed between plan and apply; run the command again",
+            c.kind, c.name
+        ),
+    })
+}
+
 async fn merge_and_verify(
     shared: &Shared,
     c: &Change,
     p: &karpenter::KarpenterPatch,
 ) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
-    shared.still_locked()?;
-    let result = shared
-        .cluster
-        .merge_patch(&kind, &c.name, &p.merge, &shared.manager, false)
-        .await;
-    if let Err(ClusterError::Conflict { .. }) = result {
-        return Err(ApplyError::Resource {
-            address: c.address.clone(),
-            message: format!(
-                "{} `{}` changed between plan and apply; run the command again",
-                c.kind, c.name
-            ),
-        });
-    }
-    result.map_err(cluster_err(&c.address))?;
+    write_patch(shared, c, &kind, p).await?;
     // Read back: the server (a webhook, a controller) may have had other ideas.
     let live = shared
         .cluster

@@ -141,6 +141,10 @@ pub struct KarpenterPatch {
     /// this stack's hold is released and their values stay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_by: Vec<String>,
+    /// What the patch was computed from ([`basis`]); another write that
+    /// leaves it alone (Karpenter's own status updates) does not void it.
+    #[serde(default)]
+    pub basis: String,
 }
 
 fn annotations(live: &Value) -> BTreeMap<String, String> {
@@ -227,6 +231,7 @@ pub fn patch(stack: &str, live: &Value, fields: &BTreeMap<String, Value>) -> Kar
         fields: recorded,
         needed,
         held_by: Vec::new(),
+        basis: basis(live),
     }
 }
 
@@ -316,6 +321,7 @@ pub fn withdraw(stack: &str, live: &Value) -> Result<KarpenterPatch, Vec<Changed
             expect: BTreeMap::new(),
             needed: false,
             held_by: Vec::new(),
+            basis: basis(live),
         });
     }
     let mut patch = revert(stack, live, &BTreeMap::new())?;
@@ -391,6 +397,7 @@ fn revert_with(
     let needed = expect.iter().any(|(p, v)| live.pointer(p) != v.as_ref())
         || annotations(live).contains_key(&format!("{HOLDER_PREFIX}{stack}"));
     let patch = KarpenterPatch {
+        basis: basis(live),
         merge,
         fields,
         expect,
@@ -414,6 +421,32 @@ pub fn verify(
         .filter(|(p, v)| live.pointer(p) != v.as_ref())
         .map(|(p, v)| (p.clone(), v.clone(), live.pointer(p).cloned()))
         .collect()
+}
+
+/// What a patch is computed from: the object's spec (its `generation`, which
+/// a status write leaves alone) and rayform's own annotations. Karpenter
+/// writes a NodePool's status every few seconds; a patch planned before
+/// such a write still holds after it.
+pub fn basis(live: &Value) -> String {
+    let ours: BTreeMap<String, String> = annotations(live)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("rayform.io/"))
+        .collect();
+    crate::util::sha256_json(&json!({
+        "generation": live.pointer("/metadata/generation"),
+        "annotations": ours,
+    }))
+}
+
+/// The same patch against a newer read of an object whose [`basis`] has
+/// not changed: only its precondition moves.
+pub fn rebased(patch: &KarpenterPatch, live: &Value) -> Option<KarpenterPatch> {
+    if patch.basis.is_empty() || basis(live) != patch.basis {
+        return None;
+    }
+    let mut rebased = patch.clone();
+    precondition(&mut rebased.merge, live);
+    Some(rebased)
 }
 
 /// Optimistic concurrency: the patch fails if the object changed since it was read.

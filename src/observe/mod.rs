@@ -38,7 +38,7 @@ pub struct World {
 #[derive(Debug, Clone)]
 pub enum Observed {
     Object(ObservedObject),
-    Patch(ObservedPatch),
+    Patch(Box<ObservedPatch>),
     Wait,
 }
 
@@ -155,7 +155,7 @@ pub async fn observe(
             Route::Nothing => {}
             patch => {
                 let o = observe_patch(cluster, stack, address, &served, patch, options).await?;
-                resources.extend(o.map(|o| (address.clone(), Observed::Patch(o))));
+                resources.extend(o.map(|o| (address.clone(), Observed::Patch(Box::new(o)))));
             }
         }
     }
@@ -845,8 +845,14 @@ async fn finish_patch(
     out: &mut ObservedPatch,
 ) -> Result<(), ClusterError> {
     if patch.needed {
+        // A dry run only validates: its precondition would fail on any write
+        // since the read, Karpenter's own status updates included.
+        let mut body = patch.merge.clone();
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
         match cluster
-            .merge_patch(kind, &out.name, &patch.merge, manager, true)
+            .merge_patch(kind, &out.name, &body, manager, true)
             .await
         {
             Ok(after) => out.after = Some(after),

@@ -613,6 +613,7 @@ mod tests {
             fields: BTreeMap::new(),
             expect: BTreeMap::from([("/spec/weight".to_string(), Some(json!(5)))]),
             needed: true,
+            basis: String::new(),
         }
     }
 

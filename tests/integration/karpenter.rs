@@ -169,6 +169,32 @@ async fn a_v1_pool_whose_budget_allows_no_empty_node_removal_is_not_patched() {
     .await;
 }
 
+/// Karpenter writes a pool's status every few seconds: a saved plan made
+/// before such a write still applies, a spec changed since does not.
+#[tokio::test]
+async fn a_saved_patch_survives_a_status_write_but_not_a_spec_change() {
+    let env = Env::new(Profile::V1, "status-write").await;
+    let stack = intents(&env, Some("2h"), None);
+    env.rayform(&["init", &stack]).ok();
+    env.rayform(&["plan", &stack, "--out", "a.plan"]).ok();
+    let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
+        "message": "", "lastTransitionTime": "2026-12-05T00:00:00Z"}]}});
+    env.merge_status_as("karpenter", env.profile.pool(), &env.pool, ready)
+        .await;
+    env.rayform(&["apply", "a.plan", "--auto-approve"]).ok();
+    assert_eq!(
+        env.pool_spec().await["disruption"]["consolidateAfter"],
+        "7200s"
+    );
+
+    let stack = intents(&env, Some("3h"), None);
+    env.rayform(&["plan", &stack, "--out", "b.plan"]).ok();
+    merge_pool(&env, json!({"spec": {"weight": 7}})).await;
+    env.rayform(&["apply", "b.plan", "--auto-approve"])
+        .code(1)
+        .stderr_has("changed in the cluster since the plan was made");
+}
+
 #[tokio::test]
 async fn a_v1_pool_keeps_its_policy_and_is_said_to_consolidate_later() {
     let env = Env::new(Profile::V1, "keeps-policy").await;

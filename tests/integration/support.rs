@@ -373,6 +373,24 @@ impl Env {
             .expect("merge patch");
     }
 
+    /// A status write, as a controller makes one (Karpenter updates its pools' status).
+    pub async fn merge_status_as(
+        &self,
+        manager: &str,
+        (api_version, kind): (&str, &str),
+        name: &str,
+        body: Value,
+    ) {
+        let params = PatchParams {
+            field_manager: Some(manager.into()),
+            ..Default::default()
+        };
+        self.api(api_version, kind, None)
+            .patch_status(name, &params, &Patch::Merge(&body))
+            .await
+            .expect("merge patch of the status");
+    }
+
     pub async fn pool_spec(&self) -> Value {
         let (a, k) = self.profile.pool();
         self.get(a, k, None, &self.pool).await.expect("pool")["spec"].clone()

@@ -878,7 +878,7 @@ proptest! {
                 ),
                 (
                     Address::new(ResourceType::NodePool, "default"),
-                    Observed::Patch(ObservedPatch {
+                    Observed::Patch(Box::new(ObservedPatch {
                         api_version: "karpenter.sh/v1".into(),
                         kind: "NodePool".into(),
                         name: "default".into(),
@@ -891,7 +891,7 @@ proptest! {
                         after: Some(after.clone()),
                         live: Some(live),
                         ..Default::default()
-                    }),
+                    })),
                 ),
             ]
             .into(),
