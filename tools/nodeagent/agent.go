@@ -58,6 +58,8 @@ func runAgent(cfg agentConfig) error {
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	nw.dns = newClusterDNS(client)
+	go nw.dns.run(ctx)
 
 	var prov *provider
 	mux := http.NewServeMux()

@@ -6,9 +6,13 @@
 # turns Ready through exec + httpGet probes; kubectl logs / exec /
 # port-forward work (refused ports surface as errors); a pod's UDP "connect"
 # to 8.8.8.8 yields its pod IP while eth0 sends nothing; an unknown image
-# waits in ImagePullBackOff; deleting pods leaves no process, namespace or
-# veth; SIGTERM stops the agent cleanly; kill -9 + `nodeagent cleanup` leaves
-# no namespace, veth, bridge or blackhole route. With SELFTEST_RAY=1 (and
+# waits in ImagePullBackOff; pods resolve Services' names from their
+# /etc/netns/<netns>/hosts (headless: the ready endpoints; ClusterIP: the
+# first ready one), a new Service within seconds, the short name only in the
+# Service's namespace; deleting pods leaves no process, namespace, veth or
+# /etc/netns dir; SIGTERM stops the agent cleanly; kill -9 + `nodeagent
+# cleanup` leaves no namespace, veth, /etc/netns dir, bridge or blackhole
+# route. With SELFTEST_RAY=1 (and
 # target/py from scripts/pyenv) it also runs a Ray head with KubeRay's probe.
 #   NODEAGENT=path/to/nodeagent tools/nodeagent/selftest.sh
 set -euo pipefail
@@ -148,6 +152,68 @@ kill $pf_pid 2>/dev/null || true; wait $pf_pid 2>/dev/null || true
 pf_pid=
 if grep -qi "refused" "$work/pf2.log"; then ok "refused port surfaces as error"; else bad "refused port surfaces as error"; cat "$work/pf2.log"; fi
 
+echo "== cluster DNS (hosts files under /etc/netns)"
+# No controller-manager runs here, so each Service's EndpointSlice is written by
+# hand, as for a Service without a selector; the agent reads both kinds alike.
+svc_with_slice() { # NAME headless|clusterip READY_IP [NOT_READY_IP]
+  local nr=${4:+"  - {addresses: [\"$4\"], conditions: {ready: false}}"} vip=
+  [ "$2" = clusterip ] || vip="clusterIP: None, "
+  k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: $1}
+spec: {${vip}ports: [{name: http, port: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: $1-1, labels: {kubernetes.io/service-name: $1}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: ["$3"], conditions: {ready: true}}
+$nr
+YAML
+}
+resolves() { # POD NAME IP [NAMESPACE] — getent inside the pod answers IP
+  [ "$(kubectl exec -n "${4:-default}" "$1" -- getent hosts "$2" | awk '{print $1}')" = "$3" ]
+}
+unknown() { # POD NAME [NAMESPACE] — getent inside the pod finds no such name (its exit code 2)
+  kubectl exec -n "${3:-default}" "$1" -- getent hosts "$2"
+  [ $? = 2 ]
+}
+svc_with_slice websvc headless "$ip"
+check "headless Service: FQDN resolves to its endpoint" waitfor 10 resolves web websvc.default.svc.cluster.local "$ip"
+for name in websvc.default.svc websvc.default websvc; do check "headless Service: $name" resolves web $name "$ip"; done
+check "pod's own hostname resolves to its IP" resolves web web "$ip"
+check "resolv.conf: cluster search path, ndots:5, loopback nameserver" sh -c "kubectl exec web -- cat /etc/resolv.conf | tr '\n' ' ' | grep -qx 'search default.svc.cluster.local svc.cluster.local cluster.local nameserver 127.0.0.1 options ndots:5 '"
+t0=$(now_ms)
+check "unknown name fails at once" unknown web nosuch.default.svc.cluster.local
+echo "     unknown name answered in $(($(now_ms) - t0)) ms (kubectl exec included)"
+t0=$(now_ms)
+svc_with_slice later headless "$ip"
+if waitfor 10 resolves web later.default.svc.cluster.local "$ip"; then ok "new Service resolves in the running pod after $(($(now_ms) - t0)) ms"; else bad "new Service resolves in the running pod"; fi
+svc_with_slice vip clusterip "$ip" "198.18.$N.250"
+check "ClusterIP Service: its ready endpoint, not the unroutable VIP" waitfor 10 resolves web vip.default.svc.cluster.local "$ip"
+check "ClusterIP Service: one address only" sh -c "[ \$(kubectl exec web -- getent ahostsv4 vip.default.svc.cluster.local | awk '{print \$1}' | sort -u | wc -l) = 1 ]"
+k delete service later >/dev/null
+check "deleted Service stops resolving" waitfor 10 unknown web later.default.svc.cluster.local
+k create namespace other >/dev/null
+k -n other apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: $node
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: python, command: [sh, -c, "sleep 1002"]}]
+YAML
+waitfor 30 sh -c "kubectl -n other get pod client -o jsonpath='{.status.phase}' | grep -qx Running" || bad "client pod running"
+check "other namespace: websvc.default resolves" resolves client websvc.default "$ip" other
+check "other namespace: short name websvc does not" unknown client websvc other
+check "the hosts file is /etc/netns/rf${N}-*/hosts" grep -qE "^$ip[[:space:]]+web\$" /etc/netns/rf${N}-*/hosts
+k -n other delete pod client --wait=true --timeout=30s >/dev/null
+k delete namespace other --wait=false >/dev/null
+
 echo "== failures"
 k apply -f - >/dev/null <<YAML
 apiVersion: v1
@@ -224,6 +290,7 @@ t0=$(now_ms)
 k delete pod web noimage nocmd crash job --wait=true --timeout=60s >/dev/null
 echo "     deleted in $(($(now_ms) - t0)) ms"
 check "no pod namespace/veth left" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep ': rfv${N}-')\" ]"
+check "no /etc/netns dir left" sh -c "! ls -d /etc/netns/rf${N}-* 2>/dev/null"
 check "no pod process left" sh -c "! pgrep -f '[h]ttp.server 8080'"
 check "bridge still there while running" ip link show "$bridge"
 
@@ -250,6 +317,9 @@ echo "== kill -9 + cleanup"
 k delete pod sleeper --force --grace-period=0 >/dev/null 2>&1 || true
 start_agent
 waitfor 60 k get node $node || bad "node re-registered"
+# The new agent claims the first free bridge, not necessarily the one it had.
+bridge=$(cat "$state/net/bridge")
+N=${bridge#rfbr}
 k apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod
@@ -259,12 +329,14 @@ spec:
   containers: [{name: c, image: python, command: [sh, -c, "sleep 1001"]}]
 YAML
 waitfor 30 sh -c "kubectl get pod orphan -o jsonpath='{.status.phase}' | grep -qx Running" || bad "orphan running"
+check "orphan has its /etc/netns dir" sh -c "ls -d /etc/netns/rf${N}-*"
 kill -9 $agent_pid
 wait $agent_pid 2>/dev/null || true
 agent_pid=
 check "orphan process survives kill -9" pgrep -f '[s]leep 1001'
 "$agent" cleanup --state-dir "$state"
 check "cleanup: no namespace/veth/bridge" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep -E ': (rfv${N}-|rfbr${N}:)')\" ]"
+check "cleanup: no /etc/netns dir" sh -c "! ls -d /etc/netns/rf${N}-* 2>/dev/null"
 check "cleanup: orphan process killed" sh -c "sleep 0.5; ! pgrep -f '[s]leep 1001'"
 if ip -o link show type bridge | grep -q 'rfbr'; then
   ok "blackhole kept: another agent's bridge exists"
