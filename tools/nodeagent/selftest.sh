@@ -177,8 +177,8 @@ YAML
 resolves() { # POD NAME IP [NAMESPACE] — getent inside the pod answers IP
   [ "$(kubectl exec -n "${4:-default}" "$1" -- getent hosts "$2" | awk '{print $1}')" = "$3" ]
 }
-unknown() { # POD NAME [NAMESPACE] — getent inside the pod finds no such name (its exit code 2)
-  kubectl exec -n "${3:-default}" "$1" -- getent hosts "$2"
+unknown() { # POD NAME [NAMESPACE] — getent inside the pod finds no such name (exit code 2) within 5 s
+  kubectl exec -n "${3:-default}" "$1" -- timeout 5 getent hosts "$2"
   [ $? = 2 ]
 }
 svc_with_slice websvc headless "$ip"
