@@ -12,8 +12,9 @@
 # Service's namespace; deleting pods leaves no process, namespace, veth or
 # /etc/netns dir; SIGTERM stops the agent cleanly; kill -9 + `nodeagent
 # cleanup` leaves no namespace, veth, /etc/netns dir, bridge or blackhole
-# route. With SELFTEST_RAY=1 (and
-# target/py from scripts/pyenv) it also runs a Ray head with KubeRay's probe.
+# route. With SELFTEST_RAY=1 (and target/py from scripts/pyenv) it also runs
+# a Ray head with KubeRay's probe, and a Ray worker that joins it by the name
+# of a headless Service.
 #   NODEAGENT=path/to/nodeagent tools/nodeagent/selftest.sh
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -279,9 +280,32 @@ YAML
   if waitfor 240 ready rayhead; then ok "ray head Ready (KubeRay probe) after $(($(now_ms) - t0)) ms"; else bad "ray head Ready"; k logs rayhead | tail -20; fi
   rip=$(pod_ip rayhead)
   check "dashboard answers on $rip:8265" curl -sf --max-time 5 "http://$rip:8265/api/version"
+  echo "== ray worker joins the head by its Service's name"
+  svc_with_slice rayhead-svc headless "$rip"
+  k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: rayworker}
+spec:
+  nodeName: $node
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: ray-worker
+    image: rayproject/ray:2.60.0
+    command: [/bin/bash, -lc, --]
+    args: ["ray start --address=rayhead-svc.default.svc.cluster.local:6379 --block --num-cpus=1 --disable-usage-stats"]
+YAML
+  two_alive() { # the head's dashboard lists two ALIVE Ray nodes
+    [ "$(curl -s --max-time 3 "http://$rip:8265/nodes?view=summary" |
+      python3 -c 'import json,sys; print(sum(n["raylet"]["state"] == "ALIVE" for n in json.load(sys.stdin)["data"]["summary"]))')" = 2 ]
+  }
   t0=$(now_ms)
-  k delete pod rayhead --wait=true --timeout=90s >/dev/null
-  echo "     ray head deleted in $(($(now_ms) - t0)) ms"
+  if waitfor 180 two_alive; then
+    ok "worker joined: the head's dashboard lists 2 ALIVE nodes after $(($(now_ms) - t0)) ms"
+  else bad "worker joined the head"; k logs rayworker | tail -20; fi
+  t0=$(now_ms)
+  k delete pod rayhead rayworker --wait=true --timeout=90s >/dev/null
+  echo "     ray head and worker deleted in $(($(now_ms) - t0)) ms"
 fi
 
 echo "== agent memory: $(ps -o rss= -p $agent_pid) KiB RSS"
