@@ -81,11 +81,18 @@ pub struct Event {
 
 pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
 
+/// The readiness waits of a run: skipped (`--no-wait`, destroy), or run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Skip,
+    Wait(crate::readiness::OnStuck),
+}
+
 #[derive(Clone)]
 pub struct ApplyOptions {
     pub parallelism: usize,
-    /// Run the readiness waits (off with `--no-wait`).
-    pub wait: bool,
+    /// Whether and how to run the readiness waits.
+    pub wait: Readiness,
     /// How long a delete may take (finalizers) before apply gives up.
     pub delete_timeout: Duration,
     /// A fixed readiness endpoint overriding the stack's (`--endpoint`).
@@ -459,10 +466,13 @@ async fn wait(
     c: &Change,
     spec: &crate::readiness::Target,
 ) -> Result<Vec<crate::readiness::Ready>, ApplyError> {
-    if !shared.options.wait {
-        shared.say(&c.address, "Skipped (--no-wait)");
-        return Ok(Vec::new());
-    }
+    let on_stuck = match shared.options.wait {
+        Readiness::Skip => {
+            shared.say(&c.address, "Skipped (--no-wait)");
+            return Ok(Vec::new());
+        }
+        Readiness::Wait(on_stuck) => on_stuck,
+    };
     let mut target = spec.clone();
     if let Some(url) = &shared.options.endpoint {
         target.wait.url = Some(url.clone());
@@ -473,6 +483,7 @@ async fn wait(
         &shared.cluster,
         &shared.namespace,
         &target,
+        on_stuck,
         Arc::new(move |m: String| {
             progress(Event {
                 address: address.clone(),

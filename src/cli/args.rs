@@ -273,6 +273,24 @@ pub enum Command {
         rayform apply stacks/mistral-7b.toml --auto-approve --no-wait\n  \
         rayform apply reviewed.plan                                # exactly what was reviewed")]
     Apply(ApplyArgs),
+    /// Whether each wait's RayService serves now, and if not, what it is waiting on
+    #[command(
+        after_help = "Exit status: 0 when every wait's RayService serves, 2 when one does not, 1 on error.\n\n\
+        Examples:\n  \
+        rayform status stacks/mistral-7b.toml\n  \
+        rayform status stacks/mistral-7b.toml --watch     # a line each time something changes\n  \
+        rayform status stacks/mistral-7b.toml --json"
+    )]
+    Status {
+        /// The stack file (TOML)
+        stack: PathBuf,
+        /// Look again every 2 s and print what changed, until interrupted
+        #[arg(long)]
+        watch: bool,
+        /// One JSON object per wait (per look, with --watch), one per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete what the stack created and revert its Karpenter patches
     #[command(after_help = "Examples:\n  \
         rayform destroy stacks/mistral-7b.toml\n  \
@@ -369,6 +387,10 @@ pub struct ApplyArgs {
     /// Skip the readiness wait
     #[arg(long)]
     pub no_wait: bool,
+    /// Wait until the timeout even when the cause of a wait will not go away by itself
+    /// (an image that cannot be pulled, a crash loop, a spec KubeRay refuses, a failed deploy)
+    #[arg(long, conflicts_with = "no_wait")]
+    pub keep_waiting: bool,
     /// Readiness endpoint (http://host:port of the Serve proxy), overriding the stack
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub endpoint: Option<String>,
@@ -399,6 +421,7 @@ impl Command {
             | Command::Graph { stack, .. }
             | Command::Init { stack }
             | Command::Import { stack, .. }
+            | Command::Status { stack, .. }
             | Command::ForceUnlock { stack, .. } => Some(stack),
             Command::Plan(args) => Some(&args.stack),
             // `apply FILE`: its help lines come from the saved plan's own stack.

@@ -81,12 +81,17 @@ pub(super) async fn apply(
         take,
         run,
         no_wait,
+        keep_waiting,
         endpoint,
     } = args;
     let how = Execution {
         run: &run,
         global: g,
-        wait: !no_wait,
+        wait: match (no_wait, keep_waiting) {
+            (true, _) => Readiness::Skip,
+            (false, true) => Readiness::Wait(OnStuck::KeepWaiting),
+            (false, false) => Readiness::Wait(OnStuck::Fail),
+        },
         endpoint,
         stop,
     };
@@ -197,7 +202,7 @@ pub(super) async fn destroy(
     let how = Execution {
         run: &run,
         global: g,
-        wait: false,
+        wait: Readiness::Skip,
         endpoint: None,
         stop,
     };

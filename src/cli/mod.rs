@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use rayform::apply::{self, ApplyOptions, Event, SecretValues, Stop};
+use rayform::apply::{self, ApplyOptions, Event, Readiness, SecretValues, Stop};
 use rayform::backend::{Backend, BackendError, Lock};
 use rayform::cluster::{Cluster, ConnectOptions};
 use rayform::desired::{self, Secrets};
 use rayform::graph::Graph;
 use rayform::observe::{self, Mode, ObserveOptions};
 use rayform::plan::{self, Plan, PlanOptions};
+use rayform::readiness::OnStuck;
 use rayform::stack::StateLocation;
 use rayform::stack::{self, Address, ResourceSpec, Stack};
 use rayform::state::{State, StateError};
@@ -206,6 +207,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
         }
         Command::Import { stack, address } => import(&stack, &address, g, out).await,
         Command::Doctor { stack, json } => doctor(stack.as_deref(), json, g, out).await,
+        Command::Status { stack, watch, json } => status(&stack, watch, json, g, out, stop).await,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut args::command(), "rayform", &mut buf);
@@ -424,6 +426,80 @@ async fn doctor(
     Ok(u8::from(report.blocked()))
 }
 
+/// `rayform status`: the readiness wait's look, once or on repeat.
+async fn status(
+    path: &Path,
+    watch: bool,
+    json: bool,
+    g: &Global,
+    out: &Out,
+    stop: &Stop,
+) -> Result<u8, Error> {
+    let s = load(path, g)?;
+    let cluster = connect(g, out).await?;
+    let waits: Vec<(String, rayform::readiness::Target)> = s
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            ResourceSpec::Wait(w) => Some(w),
+            _ => None,
+        })
+        .map(|w| {
+            let namespace = s
+                .get(&rayform::stack::Address::new(
+                    rayform::stack::ResourceType::RayService,
+                    &w.rayservice,
+                ))
+                .and_then(|r| match &r.spec {
+                    ResourceSpec::RayService(o) => o.object.pointer("/metadata/namespace"),
+                    _ => None,
+                })
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(&s.namespace)
+                .to_string();
+            (namespace, desired::wait_target(&s, w))
+        })
+        .collect();
+    if waits.is_empty() {
+        return Err(format!("{} has no [wait] to look at", path.display()).into());
+    }
+    let mut last = String::new();
+    loop {
+        let mut serving = true;
+        let mut said = Vec::new();
+        for (namespace, target) in &waits {
+            let look = rayform::readiness::look(&cluster, namespace, target)
+                .await
+                .map_err(|e| e.to_string())?;
+            serving &= matches!(look.serving, rayform::readiness::Serving::Yes { .. });
+            said.push(if json {
+                serde_json::to_string(&look).map_err(|e| e.to_string())?
+            } else {
+                look.to_string()
+            });
+        }
+        let said = said.join("\n");
+        if !watch {
+            out.raw(&format!("{said}\n"));
+            return Ok(if serving { 0 } else { 2 });
+        }
+        if said != last {
+            if !json {
+                out.raw(&format!(
+                    "[{}]\n",
+                    jiff::Timestamp::now().strftime("%H:%M:%S")
+                ));
+            }
+            out.raw(&format!("{said}\n"));
+            last = said;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            () = stop.wait() => return Ok(interrupt_code()),
+        }
+    }
+}
+
 async fn connect(g: &Global, out: &Out) -> Result<Cluster, Error> {
     let started = std::time::Instant::now();
     let cluster = Cluster::connect(&ConnectOptions {
@@ -628,7 +704,7 @@ async fn confirm(auto_approve: bool, verb: &str, out: &Out, stop: &Stop) -> Resu
 struct Execution<'a> {
     run: &'a RunArgs,
     global: &'a Global,
-    wait: bool,
+    wait: Readiness,
     endpoint: Option<String>,
     stop: &'a Stop,
 }

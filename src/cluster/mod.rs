@@ -355,6 +355,20 @@ impl Cluster {
         }
     }
 
+    /// Built-in objects in a namespace, whole, that match the list parameters
+    /// (label and field selectors); the readiness wait reads pods and Events so.
+    pub async fn list_typed<K: Builtin>(
+        &self,
+        namespace: &str,
+        params: &ListParams,
+    ) -> Result<Vec<K>, ClusterError> {
+        self.typed::<K>(namespace)
+            .list(params)
+            .await
+            .map(|list| list.items)
+            .map_err(|e| self.typed_error::<K>(e, "list", namespace, ""))
+    }
+
     /// The metadata (not the data) of objects rayform keeps for itself
     /// that carry a label selector.
     pub async fn list_meta_typed<K: Builtin>(

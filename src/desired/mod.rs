@@ -204,7 +204,7 @@ pub fn render(
 }
 
 /// The wait resolved against its RayService.
-fn wait_target(stack: &Stack, wait: &WaitSpec) -> Target {
+pub fn wait_target(stack: &Stack, wait: &WaitSpec) -> Target {
     let rayservice = stack
         .get(&Address::new(ResourceType::RayService, &wait.rayservice))
         .and_then(|r| match &r.spec {

@@ -41,10 +41,35 @@ pub fn compare(wanted: &BTreeMap<String, Value>, answer: &Value) -> Deployed {
                     strip_ansi(&message_with_deployments(app, "deployments"))
                 ));
             }
-            other => return Deployed::Waiting(format!("application `{name}` ({other})")),
+            other => {
+                let said = brief(&message_with_deployments(app, "deployments"));
+                return Deployed::Waiting(if said.is_empty() {
+                    format!("application `{name}` ({other})")
+                } else {
+                    format!("application `{name}` ({other}: {said})")
+                });
+            }
         }
     }
     Deployed::Running
+}
+
+/// A Serve message in one line: its first (what Serve does about it) and,
+/// for a traceback, its last (the exception), so a retry after a failed
+/// start reads as such in a progress line.
+fn brief(message: &str) -> String {
+    let message = strip_ansi(message);
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let said = match lines.as_slice() {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, .., last] => format!("{first} … {last}"),
+    };
+    said.chars().take(300).collect()
 }
 
 /// JSON pointer escaping of one path segment.
@@ -129,6 +154,23 @@ mod tests {
         assert_eq!(
             compare(&wanted("echo-b"), &answer("echo-b", "RUNNING")),
             Deployed::Running
+        );
+    }
+
+    #[test]
+    fn a_retried_start_is_waited_on_and_says_why() {
+        let mut retrying = answer("echo-b", "DEPLOYING");
+        retrying["applications"]["llm"]["deployments"]["EchoModel"] = json!({"status": "UPDATING",
+            "message": "A replica failed to start with exception. Retrying 2 more time(s). Error:\n\
+                Traceback (most recent call last):\n  File \"echo_app.py\", line 9\n\
+                RuntimeError: weights download broke"});
+        assert_eq!(
+            compare(&wanted("echo-b"), &retrying),
+            Deployed::Waiting(
+                "application `llm` (DEPLOYING: deployment EchoModel (UPDATING): A replica failed to start \
+                 with exception. Retrying 2 more time(s). Error: … RuntimeError: weights download broke)"
+                    .into()
+            )
         );
     }
 

@@ -11,8 +11,11 @@
 //! signal is necessary, none is sufficient, and every request has its own
 //! deadline.
 
+mod below;
 mod deployed;
 mod http;
+mod look;
+pub mod pods;
 pub mod routes;
 pub mod status;
 mod target;
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use look::{Look, Serving, look};
 pub use target::{ProbeRequest, Target};
 
 use crate::cluster::{Cluster, Followed, WatchTrouble};
@@ -34,6 +38,9 @@ const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 /// After this long, look at Serve at most every `PATIENT_INTERVAL`.
 const PATIENT_AFTER: Duration = Duration::from_secs(60);
 const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the wait asks the API server about what lies below its phase:
+/// pods change on the scale of seconds, and the loop may run every 100 ms.
+const EVERY_LOOK: Duration = Duration::from_secs(1);
 /// Deadline of one request to the route table or the dashboard.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -41,13 +48,25 @@ const LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum ReadinessError {
     #[error("{0}")]
     Failed(String),
-    #[error("rayservice.{rayservice} did not serve {path} within {}; last seen:\n{last}", format_duration(*timeout))]
+    #[error("rayservice.{rayservice} did not serve {path} within {}; held up by: {held_up_by}\nlast seen:\n{last}", format_duration(*timeout))]
     Timeout {
         rayservice: String,
         path: String,
         timeout: Duration,
+        /// The link of the chain the wait was on when time ran out.
+        held_up_by: String,
         last: String,
     },
+}
+
+/// What the wait does about a cause that will not go away by itself (an
+/// image that cannot be pulled, a crash loop, a spec KubeRay refuses, a
+/// failed deploy): say so and stop, or say so and wait on for someone to fix
+/// it by hand (`apply --keep-waiting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStuck {
+    Fail,
+    KeepWaiting,
 }
 
 /// Where the service answered, and how to reach it.
@@ -109,6 +128,8 @@ struct Seen {
     serve_apps: Option<String>,
     routes: Option<String>,
     probe: Option<String>,
+    /// One line a pod of the clusters KubeRay named, from the last look below it.
+    pods: Vec<String>,
 }
 
 impl Seen {
@@ -160,6 +181,9 @@ impl Seen {
             or(&self.routes, "not asked yet")
         ));
         lines.push(format!("  probe: {}", or(&self.probe, "not sent yet")));
+        for pod in &self.pods {
+            lines.push(format!("  {pod}"));
+        }
         lines.join("\n")
     }
 }
@@ -184,6 +208,7 @@ pub async fn wait(
     cluster: &Cluster,
     namespace: &str,
     target: &Target,
+    on_stuck: OnStuck,
     progress: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Ready, ReadinessError> {
     let spec = &target.wait;
@@ -195,10 +220,16 @@ pub async fn wait(
     })?;
     let mut watch = cluster.watch(&kind, Some(namespace), &spec.rayservice);
     let started = Instant::now();
+    // Event times have whole seconds; one second back keeps KubeRay's first
+    // word on this spec, which may come before the wait starts.
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    let mut asked_kuberay = None::<Instant>;
     let mut seen = Seen::default();
     let mut reported = String::new();
     let mut next_still = Duration::from_secs(10);
     let mut operator_asked = false;
+    let mut below = below::Below::default();
+    let mut connections = http::Connections::default();
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
         let Followed { object, trouble } = watch.borrow_and_update().clone();
@@ -208,7 +239,7 @@ pub async fn wait(
             None => None,
         };
         seen.service = object.as_ref().map(status::read);
-        let phase = match check(cluster, namespace, target, &mut seen).await {
+        let phase = match check(cluster, &mut connections, namespace, target, &mut seen).await {
             Ok((route, app, endpoint)) => {
                 return Ok(Ready {
                     rayservice: spec.rayservice.clone(),
@@ -219,18 +250,47 @@ pub async fn wait(
                     endpoint,
                 });
             }
-            Err(NotYet::Failed(message)) => {
+            Err(NotYet::Failed(message)) if on_stuck == OnStuck::Fail => {
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: {message}",
                     spec.rayservice
                 )));
             }
+            Err(NotYet::Failed(message)) => format!("a fix for: {message}"),
             Err(NotYet::Waiting(phase)) => match &seen.watch {
                 Some(w) => format!("{phase}; watch: {w}"),
                 None => phase,
             },
         };
         let elapsed = started.elapsed();
+        if let Some(service) = &seen.service {
+            let changed = below.look(cluster, namespace, service).await;
+            seen.pods = below.lines();
+            for line in changed {
+                progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
+            }
+            if let Some(stuck) = below.stuck().filter(|_| on_stuck == OnStuck::Fail) {
+                return Err(ReadinessError::Failed(format!(
+                    "rayservice.{}: {}\n  help: {}",
+                    spec.rayservice, stuck.cause, stuck.help
+                )));
+            }
+        }
+        if only_the_operator_moves(&phase)
+            && asked_kuberay.is_none_or(|t| t.elapsed() >= EVERY_LOOK)
+        {
+            asked_kuberay = Some(Instant::now());
+            let refusal = match on_stuck {
+                OnStuck::Fail => below::refused(cluster, namespace, &spec.rayservice, since).await,
+                OnStuck::KeepWaiting => None,
+            };
+            if let Some(refusal) = refusal {
+                return Err(ReadinessError::Failed(format!(
+                    "rayservice.{}: KubeRay refused the spec: {refusal}\n  help: fix the RayService manifest; `kubectl describe rayservice {}` shows KubeRay's events",
+                    spec.rayservice, spec.rayservice
+                )));
+            }
+        }
         if !operator_asked && elapsed >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
             // Once: nothing else moves a RayService that KubeRay has not
             // picked up, so a missing operator would otherwise cost the
@@ -262,6 +322,7 @@ pub async fn wait(
                 rayservice: spec.rayservice.clone(),
                 path: spec.path.clone(),
                 timeout: spec.timeout,
+                held_up_by: reported.clone(),
                 last: seen.describe(),
             });
         }
@@ -296,6 +357,7 @@ fn only_the_operator_moves(phase: &str) -> bool {
 /// One look at everything. `Ok` when all of it holds, else the phase waited on.
 async fn check(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     namespace: &str,
     target: &Target,
     seen: &mut Seen,
@@ -329,13 +391,13 @@ async fn check(
     });
     // 2. Serve on that head runs the stack's config, not the previous one.
     if !target.apps.is_empty() {
-        serve_runs_the_config(cluster, namespace, &head, target, seen).await?;
+        serve_runs_the_config(cluster, connections, namespace, &head, target, seen).await?;
     }
     // 3. The route table.
-    let (route, app) = route_for(cluster, &endpoint, &spec.path, seen).await?;
+    let (route, app) = route_for(cluster, connections, &endpoint, &spec.path, seen).await?;
     // 4. A real request.
     if let Some(probe) = &target.probe {
-        probe_answers(cluster, &endpoint, probe, &route, seen).await?;
+        probe_answers(cluster, connections, &endpoint, probe, &route, seen).await?;
     }
     // 5. All of it for the current generation, on the cluster that serves.
     if let Some(w) = service.waiting_for() {
@@ -387,6 +449,7 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
 
 async fn serve_runs_the_config(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     namespace: &str,
     head: &HeadPod,
     target: &Target,
@@ -398,16 +461,14 @@ async fn serve_runs_the_config(
         serve_port: target.serve_port,
         dashboard_port: head.dashboard_port,
     };
-    let answer = http::send(
-        cluster,
-        &dashboard,
-        http::Port::Dashboard,
-        "GET",
-        "/api/serve/applications/",
-        None,
-        LOOK_TIMEOUT,
-    )
-    .await;
+    let answer = connections
+        .send(
+            cluster,
+            &dashboard,
+            http::Port::Dashboard,
+            http::Ask::get("/api/serve/applications/", LOOK_TIMEOUT),
+        )
+        .await;
     let body = match answer {
         Err(e) => {
             seen.serve_apps = Some(e.clone());
@@ -438,20 +499,19 @@ async fn serve_runs_the_config(
 
 async fn route_for(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     endpoint: &Endpoint,
     path: &str,
     seen: &mut Seen,
 ) -> Result<(String, String), NotYet> {
-    let answer = http::send(
-        cluster,
-        endpoint,
-        http::Port::Serve,
-        "GET",
-        "/-/routes",
-        None,
-        LOOK_TIMEOUT,
-    )
-    .await;
+    let answer = connections
+        .send(
+            cluster,
+            endpoint,
+            http::Port::Serve,
+            http::Ask::get("/-/routes", LOOK_TIMEOUT),
+        )
+        .await;
     let routes: std::collections::BTreeMap<String, String> = match answer {
         Err(e) => {
             seen.routes = Some(e.clone());
@@ -478,6 +538,7 @@ async fn route_for(
 
 async fn probe_answers(
     cluster: &Cluster,
+    connections: &mut http::Connections,
     endpoint: &Endpoint,
     probe: &ProbeRequest,
     route: &str,
@@ -485,16 +546,19 @@ async fn probe_answers(
 ) -> Result<(), NotYet> {
     let p = &probe.request;
     let what = format!("{} {}", p.method, p.path);
-    let answer = http::send(
-        cluster,
-        endpoint,
-        http::Port::Serve,
-        &p.method,
-        &p.path,
-        p.body.as_deref(),
-        p.timeout,
-    )
-    .await;
+    let answer = connections
+        .send(
+            cluster,
+            endpoint,
+            http::Port::Serve,
+            http::Ask {
+                method: &p.method,
+                path: &p.path,
+                body: p.body.as_deref(),
+                timeout: p.timeout,
+            },
+        )
+        .await;
     let a = match answer {
         Err(e) => {
             seen.probe = Some(format!("{what}: {e}"));

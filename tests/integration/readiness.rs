@@ -17,6 +17,10 @@ struct Echo<'a> {
     marker: &'a str,
     /// `maxReplicas` of a CPU worker group that starts no pods.
     workers_max: Option<u8>,
+    /// The head container's image.
+    image: &'a str,
+    /// The head's `rayStartParams`, as a YAML flow map.
+    head_params: &'a str,
     /// `spec.upgradeStrategy.type`.
     strategy: Option<&'a str>,
 }
@@ -29,6 +33,8 @@ impl Default for Echo<'_> {
             serve_port: 8000,
             marker: "one",
             workers_max: None,
+            image: "rayproject/ray:2.60.0",
+            head_params: "{}",
             strategy: None,
         }
     }
@@ -71,12 +77,12 @@ spec:
   rayClusterConfig:
     rayVersion: "2.60.0"
     headGroupSpec:
-      rayStartParams: {{}}
+      rayStartParams: {head_params}
       template:
         spec:
           containers:
             - name: ray-head
-              image: rayproject/ray:2.60.0
+              image: {image}
               ports:
                 - {{containerPort: 8265, name: dashboard}}
                 - {{containerPort: {port}, name: serve}}
@@ -87,6 +93,8 @@ spec:
             args = self.args,
             port = self.serve_port,
             marker = self.marker,
+            image = self.image,
+            head_params = self.head_params,
         )
     }
 
@@ -186,6 +194,17 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
         "{pod_line}"
     );
     assert_eq!(chat(&head_ip(&env).await, 8123)["model"], "echo-a");
+
+    // `status` says the same, on demand.
+    let status = env.rayform(&["status", &stack]).ok();
+    status.stdout_has(&format!(
+        "rayservice.echo ({}): serving /v1/chat/completions (route prefix / → application `llm`, model echo-a, ready since ",
+        env.ns
+    ));
+    let json = env.rayform(&["status", &stack, "--json"]).ok();
+    let look: Value = serde_json::from_str(json.stdout.trim()).expect("one JSON object");
+    assert_eq!(look["serving"], "yes");
+    assert_eq!(look["route"], "/");
 }
 
 #[tokio::test]
@@ -536,4 +555,109 @@ async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
     let run = apply.finish().code(1);
     run.stderr_has("endpoint: pod/llm-q7x2k-head-8fz9w:8000 (port-forward)");
     assert!(!run.stderr.contains("decoy"), "{}", run.stderr);
+}
+
+/// The kubelet backs off pulling an image it cannot get; nothing will change
+/// that without a new spec, so the wait says so instead of sitting out its
+/// timeout.
+#[tokio::test]
+async fn an_image_the_node_cannot_pull_fails_the_wait_naming_the_image() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-image").await;
+    let echo = Echo {
+        image: "registry.example/no-such/ray:2.60.0",
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"10m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let took = started.elapsed();
+    run.stderr_has("cannot pull image registry.example/no-such/ray:2.60.0");
+    run.stderr_has("help: check the image name and tag");
+    assert!(
+        took < Duration::from_secs(90),
+        "the wait took {took:?}, not a minute after the back-off:\n{}",
+        run.stderr
+    );
+
+    // Asked to wait anyway, it waits out its timeout and says what held it up.
+    let stack = echo.stack(&env, "timeout = \"20s\"");
+    let run = env
+        .rayform(&["apply", &stack, "--auto-approve", "--keep-waiting"])
+        .code(1);
+    run.stderr_has("did not serve /v1/chat/completions within 20s; held up by: a running head pod of RayCluster");
+    run.stderr_has("backing off pulling image registry.example/no-such/ray:2.60.0");
+
+    let status = env.rayform(&["status", &stack]).code(2);
+    status.stdout_has("rayservice.echo");
+    status.stdout_has(
+        "not serving /v1/chat/completions; waiting for a running head pod of RayCluster",
+    );
+    status.stdout_has("stuck: pod ");
+    status.stdout_has("cannot pull image registry.example/no-such/ray:2.60.0");
+}
+
+/// A head whose `ray start` exits at once crashes again after each of the
+/// kubelet's back-offs; the third crash ends the wait with its exit, where
+/// KubeRay's status only ever says the cluster is not ready.
+#[tokio::test]
+async fn a_head_in_a_crash_loop_fails_the_wait_with_its_last_exit() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-crash").await;
+    let echo = Echo {
+        head_params: "{no-such-flag: '1'}",
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"10m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let took = started.elapsed();
+    run.stderr_has("(head): container ray-head keeps crashing (2 restarts; last: exit code ");
+    run.stderr_has("help: read its log with `kubectl logs --previous`");
+    assert!(
+        took < Duration::from_secs(150),
+        "the wait took {took:?}:\n{}",
+        run.stderr
+    );
+}
+
+/// KubeRay v1.5 writes no status for a spec it rejects, only an Event; the
+/// wait reads it instead of waiting for a generation KubeRay will never observe.
+#[tokio::test]
+async fn a_spec_kuberay_refuses_fails_the_wait_with_kuberay_s_words() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-refused").await;
+    let echo = Echo {
+        strategy: Some("Sometimes"),
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"10m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let took = started.elapsed();
+    run.stderr_has("rayservice.echo: KubeRay refused the spec: The RayService spec is invalid");
+    run.stderr_has("Spec.UpgradeStrategy.Type value Sometimes is invalid");
+    assert!(
+        took < Duration::from_secs(30),
+        "the wait took {took:?}:\n{}",
+        run.stderr
+    );
+}
+
+/// Ray Serve 2.60 retries a replica that failed to start (up to three times a
+/// replica) and reports DEPLOY_FAILED only once it gives up: a start that fails
+/// once is waited through, and the wait says it is a retry.
+#[tokio::test]
+async fn a_serve_app_that_fails_once_and_recovers_is_waited_through() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-retry").await;
+    let echo = Echo {
+        args: "{model: echo-r, init_delay_s: 3, fail_first: 1}",
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"4m\"");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    run.stderr_has("A replica failed to start with exception. Retrying");
+    run.stderr_has("RuntimeError: echo_app: start 1 of the first 1 fails on purpose (fail_first)");
+    assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-r");
 }

@@ -15,11 +15,16 @@ Application args (serveConfigV2 ``args``); unknown keys are rejected so a typo f
                         reproduces "route listed while the replica is still initialising"
   fail_on_init   bool|str  raise in the constructor -> the app goes DEPLOY_FAILED; a string is used
                         as the exception message (default false)
+  fail_first     int    the first N constructors on this pod raise, later ones start: a transient
+                        failure (a weights download that breaks once) that Serve's retries recover
+                        from (default 0; counted in a file under the pod's TMPDIR, per model)
   models_status  int    HTTP status of GET /v1/models (default 200); e.g. 500 makes a probe fail
   chat_status    int    HTTP status of POST /v1/chat/completions (default 200)
 """
 
 import hashlib
+import os
+import tempfile
 import time
 from typing import Any, Dict, Optional, Union
 
@@ -37,6 +42,7 @@ class EchoArgs(BaseModel):
     model: str = "echo"
     init_delay_s: float = 0.0
     fail_on_init: Union[bool, str] = False
+    fail_first: int = 0
     models_status: int = 200
     chat_status: int = 200
 
@@ -51,6 +57,15 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
     )
 
 
+def _fail_while_counting(model: str, times: int) -> None:
+    marker = os.path.join(tempfile.gettempdir(), f"echo_app_failed_starts_{model}")
+    failed = int(open(marker).read()) if os.path.exists(marker) else 0
+    if failed < times:
+        with open(marker, "w") as f:
+            f.write(str(failed + 1))
+        raise RuntimeError(f"echo_app: start {failed + 1} of the first {times} fails on purpose (fail_first)")
+
+
 @serve.deployment(name="EchoModel", num_replicas=1, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class EchoModel:
@@ -58,6 +73,8 @@ class EchoModel:
         self.args = EchoArgs(**args)
         if self.args.init_delay_s > 0:
             time.sleep(self.args.init_delay_s)
+        if self.args.fail_first > 0:
+            _fail_while_counting(self.args.model, self.args.fail_first)
         if self.args.fail_on_init:
             message = self.args.fail_on_init
             raise RuntimeError(message if isinstance(message, str) else DEFAULT_FAIL_MESSAGE)

@@ -1,31 +1,28 @@
 // Wires the pieces together for `nodeagent run`: network, Kubernetes client,
-// virtual-kubelet node + pod controllers, the kubelet API server, and an
-// orderly shutdown that leaves nothing behind.
+// the agent's own node and, with --serve-provider-id-prefix, the nodes it
+// serves for Karpenter (each a kubeletNode), and an orderly shutdown that
+// leaves nothing behind.
 package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
-	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	logruslogger "github.com/virtual-kubelet/virtual-kubelet/log/logrus"
-	"github.com/virtual-kubelet/virtual-kubelet/node"
-	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 )
 
 func runAgent(cfg agentConfig) error {
@@ -48,11 +45,17 @@ func runAgent(cfg agentConfig) error {
 	if err != nil {
 		return err
 	}
+	tlsCfg, err := kubeletTLS(cfg.tlsCert, cfg.tlsKey)
+	if err != nil {
+		return err
+	}
 	nw, err := setupNetwork(cfg.stateDir)
 	if err != nil {
 		return err
 	}
+	defer nw.close()
 	logrus.Infof("pod network 198.18.%d.0/24 on bridge %s", nw.n, nw.bridge)
+	d := nodeDeps{cfg: cfg, nw: nw, client: client, tls: tlsCfg}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -61,59 +64,34 @@ func runAgent(cfg agentConfig) error {
 	nw.dns = newClusterDNS(client)
 	go nw.dns.run(ctx)
 
-	var prov *provider
-	mux := http.NewServeMux()
-	n, err := nodeutil.NewNode(cfg.nodeName,
-		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-			prov = newProvider(cfg, nw, client)
-			prov.secrets, prov.configMaps, prov.node = pc.Secrets, pc.ConfigMaps, pc.Node
-			return prov, nil, nil
-		},
-		nodeutil.WithClient(client),
-		func(c *nodeutil.NodeConfig) error {
-			c.NodeSpec = nodeSpec(cfg)
-			c.HTTPListenAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.port))
-			c.Handler = withWebsocketPortForward(func() *provider { return prov }, mux)
-			c.NumWorkers = 4
-			// We resolve env ourselves: status.podIP is only known once the
-			// namespace exists, after the library would have resolved it.
-			c.SkipDownwardAPIResolution = true
-			return nil
-		},
-		nodeutil.AttachProviderRoutes(mux),
-		// No client certificates are requested: the API is bound to
-		// loopback, and the test cluster's apiserver is its only client.
-		nodeutil.WithTLSConfig(nodeutil.WithKeyPairFromPath(cfg.tlsCert, cfg.tlsKey),
-			func(t *tls.Config) error { t.ClientAuth = tls.NoClientCert; return nil }),
-	)
+	own, err := newKubeletNode(d, cfg.nodeName, cfg.port, func(port int) v1.Node { return nodeSpec(cfg, port) }, nil)
 	if err != nil {
-		nw.close()
 		return err
 	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- n.Run(ctx) }()
-	started := time.Now()
+	ownDone := make(chan error, 1)
+	go func() { ownDone <- own.run(ctx) }()
+	servedDone := make(chan struct{})
+	if cfg.serveProviderIDPrefix != "" {
+		served := newServedNodes(d, cfg.serveProviderIDPrefix)
+		go func() { served.run(ctx); close(servedDone) }()
+	} else {
+		close(servedDone)
+	}
+
+	var ownErr error
 	select {
-	case <-n.Ready():
-		logrus.Infof("node %s ready after %s; kubelet API on 127.0.0.1:%d", cfg.nodeName, time.Since(started).Round(time.Millisecond), cfg.port)
-		go untaintLoop(ctx, client, cfg.nodeName)
 	case <-ctx.Done():
-	case err := <-runErr:
-		logrus.Errorf("node controller stopped: %v", err)
+		logrus.Info("shutting down: stopping pods")
+		cancel()
+		ownErr = <-ownDone
+	case ownErr = <-ownDone:
+		cancel()
 	}
-	select {
-	case <-ctx.Done():
-	case err := <-runErr:
-		if err != nil && ctx.Err() == nil {
-			logrus.Errorf("node controller stopped: %v", err)
-		}
+	if ownErr != nil {
+		logrus.Errorf("node controller stopped: %v", ownErr)
 	}
-	logrus.Info("shutting down: stopping pods")
-	cancel()
-	if prov != nil {
-		prov.shutdown()
-	}
-	nw.close()
+	<-servedDone
+	// Only our own node: the nodes we served belong to whoever created them.
 	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer dcancel()
 	if err := client.CoreV1().Nodes().Delete(dctx, cfg.nodeName, metav1.DeleteOptions{}); err != nil {
@@ -123,17 +101,17 @@ func runAgent(cfg agentConfig) error {
 	return nil
 }
 
-func nodeSpec(cfg agentConfig) v1.Node {
+// nodeSpec is the agent's own node, which it registers: a machine big
+// enough for the tests' pods, with no GPU.
+func nodeSpec(cfg agentConfig, port int) v1.Node {
 	res := v1.ResourceList{
 		v1.ResourceCPU:              resource.MustParse("64"),
 		v1.ResourceMemory:           resource.MustParse("256Gi"),
 		v1.ResourcePods:             resource.MustParse("110"),
 		v1.ResourceEphemeralStorage: resource.MustParse("1Ti"),
 	}
-	now := metav1.Now()
-	cond := func(t v1.NodeConditionType, st v1.ConditionStatus, reason, msg string) v1.NodeCondition {
-		return v1.NodeCondition{Type: t, Status: st, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: now}
-	}
+	st := kubeletStatus(port)
+	st.Capacity, st.Allocatable = res, res.DeepCopy()
 	return v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: cfg.nodeName, Labels: map[string]string{
 			"kubernetes.io/hostname": cfg.nodeName,
@@ -141,20 +119,28 @@ func nodeSpec(cfg agentConfig) v1.Node {
 			"kubernetes.io/arch":     runtime.GOARCH,
 			"type":                   "rayform-nodeagent",
 		}},
-		Status: v1.NodeStatus{
-			Phase:           v1.NodeRunning,
-			Capacity:        res,
-			Allocatable:     res.DeepCopy(),
-			Addresses:       []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "127.0.0.1"}},
-			DaemonEndpoints: v1.NodeDaemonEndpoints{KubeletEndpoint: v1.DaemonEndpoint{Port: int32(cfg.port)}},
-			NodeInfo: v1.NodeSystemInfo{OperatingSystem: "linux", Architecture: runtime.GOARCH,
-				KubeletVersion: "v1.37.1-nodeagent", ContainerRuntimeVersion: "nodeagent://0.1"},
-			Conditions: []v1.NodeCondition{
-				cond(v1.NodeReady, v1.ConditionTrue, "KubeletReady", "node agent is posting ready status"),
-				cond(v1.NodeMemoryPressure, v1.ConditionFalse, "KubeletHasSufficientMemory", ""),
-				cond(v1.NodeDiskPressure, v1.ConditionFalse, "KubeletHasNoDiskPressure", ""),
-				cond(v1.NodePIDPressure, v1.ConditionFalse, "KubeletHasSufficientPID", ""),
-			},
+		Status: st,
+	}
+}
+
+// kubeletStatus is what any kubelet of ours reports about its node: Ready,
+// where its kubelet API listens, and what runs its pods.
+func kubeletStatus(port int) v1.NodeStatus {
+	now := metav1.Now()
+	cond := func(t v1.NodeConditionType, st v1.ConditionStatus, reason, msg string) v1.NodeCondition {
+		return v1.NodeCondition{Type: t, Status: st, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: now}
+	}
+	return v1.NodeStatus{
+		Phase:           v1.NodeRunning,
+		Addresses:       []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "127.0.0.1"}},
+		DaemonEndpoints: v1.NodeDaemonEndpoints{KubeletEndpoint: v1.DaemonEndpoint{Port: int32(port)}},
+		NodeInfo: v1.NodeSystemInfo{OperatingSystem: "linux", Architecture: runtime.GOARCH,
+			KubeletVersion: "v1.37.1-nodeagent", ContainerRuntimeVersion: "nodeagent://0.1"},
+		Conditions: []v1.NodeCondition{
+			cond(v1.NodeReady, v1.ConditionTrue, "KubeletReady", "node agent is posting ready status"),
+			cond(v1.NodeMemoryPressure, v1.ConditionFalse, "KubeletHasSufficientMemory", ""),
+			cond(v1.NodeDiskPressure, v1.ConditionFalse, "KubeletHasNoDiskPressure", ""),
+			cond(v1.NodePIDPressure, v1.ConditionFalse, "KubeletHasSufficientPID", ""),
 		},
 	}
 }
@@ -173,24 +159,38 @@ func untaintLoop(ctx context.Context, client kubernetes.Interface, name string) 
 	}
 }
 
+// untaint removes only the node-lifecycle taints: the rest (Karpenter's
+// among them) belong to whoever put them there. A Node being deleted is the
+// caller's to notice, not an error.
 func untaint(ctx context.Context, client kubernetes.Interface, name string) error {
-	nd, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	var keep []v1.Taint
-	for _, t := range nd.Spec.Taints {
-		if t.Key != v1.TaintNodeNotReady && t.Key != v1.TaintNodeUnreachable {
-			keep = append(keep, t)
+	removed := false
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		nd, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
 		}
-	}
-	if len(keep) == len(nd.Spec.Taints) {
+		var keep []v1.Taint
+		for _, t := range nd.Spec.Taints {
+			if t.Key != v1.TaintNodeNotReady && t.Key != v1.TaintNodeUnreachable {
+				keep = append(keep, t)
+			}
+		}
+		if len(keep) == len(nd.Spec.Taints) {
+			return nil
+		}
+		nd.Spec.Taints = keep
+		_, err = client.CoreV1().Nodes().Update(ctx, nd, metav1.UpdateOptions{})
+		removed = err == nil
+		return err
+	})
+	if apierrors.IsNotFound(err) {
 		return nil
 	}
-	nd.Spec.Taints = keep
-	if _, err := client.CoreV1().Nodes().Update(ctx, nd, metav1.UpdateOptions{}); err != nil {
+	if err != nil {
 		return fmt.Errorf("update node: %w", err)
 	}
-	logrus.Infof("removed not-ready/unreachable taints from node %s", name)
+	if removed {
+		logrus.Infof("removed not-ready/unreachable taints from node %s", name)
+	}
 	return nil
 }

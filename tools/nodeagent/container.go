@@ -38,6 +38,7 @@ type ctrState struct {
 	started     bool
 	inst        *instance
 	backoff     time.Duration
+	pullBackoff pullBackoff
 }
 
 // instance is one run of the container's process.
@@ -185,6 +186,8 @@ func (c *ctrState) runOnce() (code int32, ok bool) {
 		}
 		return 0, false
 	}
+	c.event(v1.EventTypeNormal, "Created", "Container created")
+	c.event(v1.EventTypeNormal, "Started", "Container started")
 	pr.changed()
 	<-inst.done
 	pr.mu.Lock()
@@ -243,9 +246,13 @@ func (c *ctrState) waitBackoff(ran bool) bool {
 	return true
 }
 
-// loop runs a regular container for the life of the pod.
-func (c *ctrState) loop() {
+// loop runs a regular container for the life of the pod; every start, the
+// first and each restart, goes through the image manager as in a kubelet.
+func (c *ctrState) loop(attempted func()) {
 	for c.pr.ctx.Err() == nil {
+		if !c.awaitImage(attempted) {
+			return
+		}
 		code, ran := c.runOnce()
 		if c.pr.ctx.Err() != nil {
 			return
@@ -263,6 +270,9 @@ func (c *ctrState) loop() {
 // pod must not go on (it failed for good, or is being stopped).
 func (c *ctrState) runToCompletion() bool {
 	for c.pr.ctx.Err() == nil {
+		if !c.awaitImage(func() {}) {
+			return false
+		}
 		code, ran := c.runOnce()
 		if c.pr.ctx.Err() != nil {
 			return false

@@ -1,7 +1,8 @@
 // Command nodeagent stands in for a kubelet plus container runtime on a test
 // machine that has neither: it registers a Node, runs the pods bound to it as
 // local processes in their own network namespaces, and serves the kubelet API
-// (logs, exec, port-forward) so the API server can reach them.
+// (logs, exec, port-forward) so the API server can reach them. It can also be
+// the kubelet of Nodes another program creates (Karpenter's kwok provider).
 package main
 
 import (
@@ -19,7 +20,9 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 const usage = `usage:
   nodeagent run --kubeconfig FILE --node-name NAME --port PORT --tls-cert FILE --tls-key FILE \
-     --state-dir DIR [--image PREFIX=BINDIR]... [--env KEY=VALUE]...
+     --state-dir DIR [--image PREFIX=BINDIR]... [--env KEY=VALUE]... \
+     [--pull-rate RATE] [--image-size PREFIX=SIZE]... [--default-image-size SIZE] [--pull-backoff DURATION] \
+     [--serve-provider-id-prefix PREFIX]
   nodeagent cleanup --state-dir DIR
 `
 
@@ -54,7 +57,8 @@ func main() {
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var cfg agentConfig
-	var images, envs multiFlag
+	var images, envs, sizes multiFlag
+	var pullRate, defaultSize string
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig of the cluster to join")
 	fs.StringVar(&cfg.nodeName, "node-name", "", "name of the Node to register")
 	fs.IntVar(&cfg.port, "port", 0, "port of the kubelet API on 127.0.0.1")
@@ -63,6 +67,12 @@ func runCmd(args []string) error {
 	fs.StringVar(&cfg.stateDir, "state-dir", "", "directory for pod dirs, logs and network records")
 	fs.Var(&images, "image", "PREFIX=BINDIR: run images whose repository starts with PREFIX with BINDIR first on PATH (repeatable)")
 	fs.Var(&envs, "env", "KEY=VALUE added to every container's environment (repeatable)")
+	fs.StringVar(&cfg.serveProviderIDPrefix, "serve-provider-id-prefix", "",
+		"also be the kubelet of every Node whose spec.providerID starts with PREFIX (Karpenter's kwok provider: kwok://), for as long as it exists")
+	fs.StringVar(&pullRate, "pull-rate", "0", "how fast images are pulled, e.g. 2GB/s; 0: at once")
+	fs.Var(&sizes, "image-size", "PREFIX=SIZE: images whose reference (repository:tag) starts with PREFIX are SIZE big, e.g. rayproject/ray-llm=11GB; the longest prefix wins (repeatable)")
+	fs.StringVar(&defaultSize, "default-image-size", "0", "size of an image no --image-size matches")
+	pullBackoff := fs.Duration("pull-backoff", defaultPullBackoff, "back-off after a failed pull, doubled each time up to 30 times this (the kubelet: 10s, up to 300s)")
 	fs.Parse(args)
 	if cfg.kubeconfig == "" || cfg.nodeName == "" || cfg.port == 0 || cfg.tlsCert == "" || cfg.tlsKey == "" || cfg.stateDir == "" {
 		fmt.Fprint(os.Stderr, usage)
@@ -80,6 +90,10 @@ func runCmd(args []string) error {
 			return fmt.Errorf("--env %q: want KEY=VALUE", s)
 		}
 		cfg.extraEnv = append(cfg.extraEnv, s)
+	}
+	var err error
+	if cfg.pulls, err = parsePullFlags(pullRate, defaultSize, sizes, *pullBackoff); err != nil {
+		return err
 	}
 	return runAgent(cfg)
 }

@@ -23,13 +23,13 @@ type podRT struct {
 
 	ctx    context.Context // cancelled when the pod is being stopped
 	cancel context.CancelFunc
-	wake   chan struct{} // UpdatePod nudges a pod that waits for an image
 	wg     sync.WaitGroup
 	once   sync.Once
 	exited chan struct{} // closed when terminate has finished
 
 	mu          sync.Mutex
 	pod         *v1.Pod
+	updated     chan struct{} // closed (and replaced) by UpdatePod: a new image is worth a look at once
 	net         *podNet
 	startTime   metav1.Time
 	initDone    bool
@@ -44,7 +44,7 @@ type podRT struct {
 func newPodRT(p *provider, pod *v1.Pod) *podRT {
 	ctx, cancel := context.WithCancel(context.Background())
 	pr := &podRT{p: p, key: podKey(pod.Namespace, pod.Name), pod: pod.DeepCopy(),
-		ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), exited: make(chan struct{}),
+		ctx: ctx, cancel: cancel, updated: make(chan struct{}), exited: make(chan struct{}),
 		startTime: metav1.Now(), conds: map[v1.PodConditionType]v1.PodCondition{}}
 	pr.dir = filepath.Join(p.cfg.stateDir, "pods", fmt.Sprintf("%s_%s_%s", pod.Namespace, pod.Name, pod.UID))
 	for _, c := range pod.Spec.InitContainers {
@@ -88,11 +88,29 @@ func (pr *podRT) update(pod *v1.Pod) {
 			}
 		}
 	}
+	close(pr.updated)
+	pr.updated = make(chan struct{})
 	pr.mu.Unlock()
+}
+
+// updates is closed at the next UpdatePod.
+func (pr *podRT) updates() <-chan struct{} {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return pr.updated
+}
+
+// sleepUnlessUpdated waits d, or until updated is closed; false means stopped.
+func (pr *podRT) sleepUnlessUpdated(d time.Duration, updated <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
-	case pr.wake <- struct{}{}:
-	default:
+	case <-t.C:
+	case <-updated:
+	case <-pr.ctx.Done():
+		return false
 	}
+	return true
 }
 
 func (pr *podRT) all() []*ctrState { return append(append([]*ctrState{}, pr.inits...), pr.ctrs...) }
@@ -122,9 +140,11 @@ func (pr *podRT) sleep(d time.Duration) bool {
 	}
 }
 
-// run drives the pod from admission to its containers running.
+// run drives the pod from admission to its containers running: the sandbox
+// (namespace) first, then each container pulls its image and starts, init
+// containers one by one to completion, as a kubelet does.
 func (pr *podRT) run() {
-	if !pr.waitForImages() || !pr.checkCommands() {
+	if !pr.checkCommands() {
 		return
 	}
 	nw, err := pr.p.nw.addPod(string(pr.uid()), pr.names())
@@ -160,42 +180,23 @@ func (pr *podRT) run() {
 	if pr.deleting { // terminate may already be waiting on wg: adding now would race it
 		return
 	}
+	// Each container's first pull waits for the previous container's: the
+	// kubelet's pod sync ensures images one container at a time.
+	prev := make(chan struct{})
+	close(prev)
 	for _, c := range pr.ctrs {
 		pr.wg.Add(1)
+		after, attempted := prev, make(chan struct{})
 		go func() {
 			defer pr.wg.Done()
-			c.loop()
-		}()
-	}
-}
-
-// waitForImages keeps the pod Pending, as a kubelet does while pulls fail,
-// until every image maps to a local runtime dir.
-func (pr *podRT) waitForImages() bool {
-	for {
-		ok := true
-		pr.mu.Lock()
-		for _, c := range pr.all() {
-			dir, err := resolveImage(pr.p.cfg.images, c.spec.Image)
-			c.binDir = dir
-			if err != nil {
-				ok = false
-				c.state = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: err.Error()}}
-			} else {
-				c.state = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "ContainerCreating"}}
+			select {
+			case <-after:
+			case <-pr.ctx.Done():
+				return
 			}
-		}
-		pr.mu.Unlock()
-		pr.changed()
-		if ok {
-			return true
-		}
-		select {
-		case <-pr.ctx.Done():
-			return false
-		case <-pr.wake:
-		case <-time.After(30 * time.Second):
-		}
+			c.loop(sync.OnceFunc(func() { close(attempted) }))
+		}()
+		prev = attempted
 	}
 }
 

@@ -12,16 +12,22 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/record"
 )
 
 type agentConfig struct {
+	// nodeName is the agent's own node; each served node's provider gets a
+	// copy that names the node it serves.
 	kubeconfig, nodeName, tlsCert, tlsKey, stateDir string
 	port                                            int
 	images                                          []imageRule
 	extraEnv                                        []string
+	serveProviderIDPrefix                           string // "" serves no other node
+	pulls                                           pullConfig
 }
 
 type provider struct {
@@ -31,6 +37,9 @@ type provider struct {
 	secrets    corev1listers.SecretLister
 	configMaps corev1listers.ConfigMapLister
 	node       *v1.Node // allocatable backs resourceFieldRef limits that are unset
+	images     *imageStore
+	eventsOut  record.EventBroadcaster
+	events     record.EventRecorder
 
 	mu   sync.Mutex
 	pods map[string]*podRT
@@ -45,7 +54,9 @@ type provider struct {
 }
 
 func newProvider(cfg agentConfig, nw *network, client kubernetes.Interface) *provider {
+	eventsOut, events := newKubeletEvents(client, cfg.nodeName)
 	return &provider{cfg: cfg, nw: nw, client: client, pods: map[string]*podRT{},
+		images: newImageStore(cfg.pulls, cfg.images), eventsOut: eventsOut, events: events,
 		dirty: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
@@ -100,8 +111,25 @@ func (p *provider) DeletePod(ctx context.Context, pod *v1.Pod) error {
 	} else if pod.Spec.TerminationGracePeriodSeconds != nil {
 		grace = *pod.Spec.TerminationGracePeriodSeconds
 	}
-	go pr.terminate(time.Duration(grace)*time.Second, true)
+	go func() {
+		pr.terminate(time.Duration(grace)*time.Second, true)
+		p.deleteStopped(pod)
+	}()
 	return nil
+}
+
+// deleteStopped removes the pod object once its containers are gone, as a
+// kubelet does. virtual-kubelet alone would wait out the whole grace period,
+// and a drain (Karpenter's) waits for the object, not the processes.
+func (p *provider) deleteStopped(pod *v1.Pod) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts := metav1.NewDeleteOptions(0)
+	opts.Preconditions = metav1.NewUIDPreconditions(string(pod.UID))
+	err := p.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, *opts)
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		log.G(ctx).Warnf("deleting stopped pod %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
 }
 
 func (p *provider) forget(pr *podRT) {
@@ -232,4 +260,5 @@ func (p *provider) shutdown() {
 		}()
 	}
 	wg.Wait()
+	p.eventsOut.Shutdown()
 }

@@ -1,0 +1,142 @@
+//! Fetches what `pods` reads: the pods of the RayClusters KubeRay's status
+//! names, the Events about them and the NodeClaims Karpenter nominated them
+//! to. Kept apart so the reading stays pure and the wait loop stays short.
+//!
+//! The look is best effort: a user who may not list Events or NodeClaims
+//! still gets the wait, with less said about why it takes long.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::ListParams;
+use serde_json::Value;
+
+use super::EVERY_LOOK;
+use super::pods::{self, PodAccount, Stuck};
+use super::status::Service;
+use crate::cluster::Cluster;
+
+/// The last look below KubeRay, kept between looks to report only changes.
+#[derive(Default)]
+pub struct Below {
+    last: Option<Instant>,
+    accounts: Vec<PodAccount>,
+    said: BTreeMap<String, String>,
+}
+
+impl Below {
+    /// Looks again if it is time; returns the lines that changed since the
+    /// last look, in pod order.
+    pub async fn look(
+        &mut self,
+        cluster: &Cluster,
+        namespace: &str,
+        service: &Service,
+    ) -> Vec<String> {
+        if self.last.is_some_and(|t| t.elapsed() < EVERY_LOOK) {
+            return Vec::new();
+        }
+        self.last = Some(Instant::now());
+        let clusters: Vec<&str> = [service.pending.as_deref(), service.active.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if clusters.is_empty() {
+            return Vec::new();
+        }
+        let Some(accounts) = fetch(cluster, namespace, &clusters).await else {
+            return Vec::new();
+        };
+        self.accounts = accounts;
+        let mut changed = Vec::new();
+        for a in &self.accounts {
+            let line = a.to_string();
+            if self.said.get(&a.pod) != Some(&line) {
+                self.said.insert(a.pod.clone(), line.clone());
+                changed.push(line);
+            }
+        }
+        changed
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.accounts.iter().map(ToString::to_string).collect()
+    }
+
+    /// The first pod that will not get anywhere without a change.
+    pub fn stuck(&self) -> Option<Stuck> {
+        self.accounts.iter().find_map(PodAccount::stuck)
+    }
+}
+
+async fn fetch(cluster: &Cluster, namespace: &str, clusters: &[&str]) -> Option<Vec<PodAccount>> {
+    let selector = format!("ray.io/cluster in ({})", clusters.join(","));
+    let mut found: Vec<Pod> = cluster
+        .list_typed(namespace, &ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let events: Vec<Event> = cluster
+        .list_typed(
+            namespace,
+            &ListParams::default().fields("involvedObject.kind=Pod"),
+        )
+        .await
+        .unwrap_or_default();
+    // Only a pod without a node can be waiting for one Karpenter launches.
+    let unbound = found
+        .iter()
+        .any(|p| p.spec.as_ref().is_none_or(|s| s.node_name.is_none()));
+    let nodeclaims = if unbound {
+        nodeclaims(cluster).await
+    } else {
+        Vec::new()
+    };
+    Some(
+        found
+            .iter()
+            .map(|pod| {
+                let about: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| {
+                        e.involved_object.uid.is_some() && e.involved_object.uid == pod.metadata.uid
+                    })
+                    .collect();
+                pods::account(pod, &about, &nodeclaims)
+            })
+            .collect(),
+    )
+}
+
+/// Karpenter's NodeClaims, where the cluster runs Karpenter v1.
+async fn nodeclaims(cluster: &Cluster) -> Vec<Value> {
+    let Some(kind) = cluster.kind("karpenter.sh/v1", "NodeClaim") else {
+        return Vec::new();
+    };
+    cluster.list(&kind, None, "").await.unwrap_or_default()
+}
+
+/// KubeRay's refusal of the RayService's spec, if it said so since `since`.
+///
+/// KubeRay v1.3–v1.5 write no status for a spec they reject: the word is
+/// only an Event (`InvalidRayServiceSpec`), repeated at each retry, so a
+/// fresh one is about the spec the wait is for.
+pub async fn refused(
+    cluster: &Cluster,
+    namespace: &str,
+    rayservice: &str,
+    since: jiff::Timestamp,
+) -> Option<String> {
+    let fields = format!("involvedObject.kind=RayService,involvedObject.name={rayservice}");
+    let events: Vec<Event> = cluster
+        .list_typed(namespace, &ListParams::default().fields(&fields))
+        .await
+        .ok()?;
+    events
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("InvalidRayServiceSpec"))
+        .filter(|e| pods::when(e).is_some_and(|t| t >= since))
+        .max_by_key(pods::when)
+        .and_then(|e| e.message)
+}
