@@ -61,6 +61,8 @@ func runAgent(cfg agentConfig) error {
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	nw.dns = newClusterDNS(client)
+	go nw.dns.run(ctx)
 
 	own, err := newKubeletNode(d, cfg.nodeName, cfg.port, func(port int) v1.Node { return nodeSpec(cfg, port) }, nil)
 	if err != nil {

@@ -26,6 +26,7 @@ type network struct {
 	dir    string // <state-dir>/net: one file per created object
 	n      int
 	bridge string
+	dns    *clusterDNS // writes each pod's /etc/netns files; nil writes none
 
 	mu   sync.Mutex
 	used map[int]bool // host parts handed out in 198.18.n.0/24
@@ -104,7 +105,7 @@ func (nw *network) podRecord(h string) string { return filepath.Join(nw.dir, "po
 // device that drops everything: programs that learn their address by
 // connecting a UDP socket to a public IP (Ray does, to 8.8.8.8) get the pod
 // IP, yet nothing can leave the pod except to its /24.
-func (nw *network) addPod(uid string) (*podNet, error) {
+func (nw *network) addPod(uid string, names podNames) (*podNet, error) {
 	h := hashUID(uid)
 	p := &podNet{netns: fmt.Sprintf("rf%d-%s", nw.n, h), veth: fmt.Sprintf("rfv%d-%s", nw.n, h)}
 	nw.mu.Lock()
@@ -146,6 +147,10 @@ func (nw *network) addPod(uid string) (*podNet, error) {
 		nw.removePod(p)
 		return nil, err
 	}
+	if err := nw.dns.add(p, names); err != nil {
+		nw.removePod(p)
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -174,6 +179,7 @@ func (nw *network) release(p *podNet) {
 
 // removePod kills whatever still runs in the namespace, then deletes it.
 func (nw *network) removePod(p *podNet) {
+	nw.dns.forget(p.netns)
 	teardownPodNet(p.netns, p.veth)
 	os.Remove(nw.podRecord(strings.TrimPrefix(p.netns, fmt.Sprintf("rf%d-", nw.n))))
 	nw.release(p)
@@ -184,6 +190,7 @@ func teardownPodNet(netns, veth string) {
 	ipCmd("link", "del", veth)
 	ipCmd("netns", "del", netns)
 	os.RemoveAll(podTmp(netns))
+	removePodEtc(netns)
 }
 
 // podTmp is the pod's own temporary directory (its TMPDIR), as a container

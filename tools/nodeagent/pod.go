@@ -147,7 +147,7 @@ func (pr *podRT) run() {
 	if !pr.checkCommands() {
 		return
 	}
-	nw, err := pr.p.nw.addPod(string(pr.uid()))
+	nw, err := pr.p.nw.addPod(string(pr.uid()), pr.names())
 	if err != nil {
 		pr.fail("NetworkSetupFailed", err.Error())
 		return

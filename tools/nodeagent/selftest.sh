@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # selftest.sh — end-to-end check of the node agent against a throwaway
-# scripts/testcluster control plane (run as root: it creates namespaces,
-# veths and a bridge). Checks: node registration and untainting; a pod running
-# `python3 -m http.server` gets an IP, env from a Secret and status.podIP,
-# turns Ready through exec + httpGet probes; kubectl logs / exec /
-# port-forward work (refused ports surface as errors); a pod's UDP "connect"
-# to 8.8.8.8 yields its pod IP while eth0 sends nothing; image pulls take
-# their size over the pull rate (Waiting/ContainerCreating meanwhile, the
-# kubelet's Pulling/Pulled events), are shared by the pods waiting for them,
-# cached on the node, and abandoned by a pod deleted mid-pull; an unknown image
-# goes ErrImagePull then ImagePullBackOff with the kubelet's events and runs
-# once its image is fixed; deleting pods leaves no process, namespace or
-# veth; SIGTERM stops the agent cleanly; kill -9 + `nodeagent cleanup` leaves
-# no namespace, veth, bridge or blackhole route. A Node made by hand as
-# Karpenter's kwok provider makes them is served too: Ready, untainted, its
+# scripts/testcluster control plane (run as root: it creates namespaces, veths
+# and a bridge). Checks: node registration and untainting; a pod running
+# `python3 -m http.server` gets an IP, env from a Secret and status.podIP, turns
+# Ready through exec + httpGet probes; kubectl logs / exec / port-forward work
+# (refused ports surface as errors); a pod's UDP "connect" to 8.8.8.8 yields its
+# pod IP while eth0 sends nothing; image pulls take their size over the pull
+# rate (Waiting/ContainerCreating meanwhile, the kubelet's Pulling/Pulled
+# events), are shared by the pods waiting for them, cached on the node, and
+# abandoned by a pod deleted mid-pull; an unknown image goes ErrImagePull then
+# ImagePullBackOff with the kubelet's events and runs once its image is fixed;
+# pods resolve Services' names from their /etc/netns/<netns>/hosts (headless:
+# the ready endpoints; ClusterIP: the first ready one), a new Service within
+# seconds, the short name only in the Service's namespace; deleting pods leaves
+# no process, namespace, veth or /etc/netns dir; SIGTERM stops the agent
+# cleanly; kill -9 + `nodeagent cleanup` leaves no namespace, veth, /etc/netns
+# dir, bridge or blackhole route. A Node made by hand as Karpenter's kwok
+# provider makes them is served too: Ready, untainted, its
 # labels/taints/capacity/finalizer kept, its pods' logs/exec/port-forward
-# through its own kubelet port; the agent lets go of it once it is deleted
-# (and does not bring it back), stops pods left on it, and leaves it in place
-# when the agent stops. With SELFTEST_RAY=1 (and target/py from scripts/pyenv)
-# it also runs a Ray head with KubeRay's probe. With SELFTEST_KARPENTER=1 it
-# then brings up `scripts/testcluster up --nodes` (real Karpenter, and the
-# agent built from these sources by build.sh): a pending pod asking for a GPU
-# gets a Karpenter node and runs on it; deleted, its empty node is removed
-# and let go of.
+# through its own kubelet port; the agent lets go of it once it is deleted (and
+# does not bring it back), stops pods left on it, and leaves it in place when
+# the agent stops. With SELFTEST_RAY=1 (and target/py from scripts/pyenv) it
+# also runs a Ray head with KubeRay's probe, and a Ray worker that joins it by
+# the name of a headless Service. With SELFTEST_KARPENTER=1 it then brings up
+# `scripts/testcluster up --nodes` (real Karpenter, and the agent built from
+# these sources by build.sh): a pending pod asking for a GPU gets a Karpenter
+# node and runs on it; deleted, its empty node is removed and let go of.
 #   NODEAGENT=path/to/nodeagent tools/nodeagent/selftest.sh
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -187,6 +190,68 @@ waitfor 5 grep -qi "refused" "$work/pf2.log" || true
 kill $pf_pid 2>/dev/null || true; wait $pf_pid 2>/dev/null || true
 pf_pid=
 if grep -qi "refused" "$work/pf2.log"; then ok "refused port surfaces as error"; else bad "refused port surfaces as error"; cat "$work/pf2.log"; fi
+
+echo "== cluster DNS (hosts files under /etc/netns)"
+# No controller-manager runs here, so each Service's EndpointSlice is written by
+# hand, as for a Service without a selector; the agent reads both kinds alike.
+svc_with_slice() { # NAME headless|clusterip READY_IP [NOT_READY_IP]
+  local nr=${4:+"  - {addresses: [\"$4\"], conditions: {ready: false}}"} vip=
+  [ "$2" = clusterip ] || vip="clusterIP: None, "
+  k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: $1}
+spec: {${vip}ports: [{name: http, port: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: $1-1, labels: {kubernetes.io/service-name: $1}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: ["$3"], conditions: {ready: true}}
+$nr
+YAML
+}
+resolves() { # POD NAME IP [NAMESPACE] — getent inside the pod answers IP
+  [ "$(kubectl exec -n "${4:-default}" "$1" -- getent hosts "$2" | awk '{print $1}')" = "$3" ]
+}
+unknown() { # POD NAME [NAMESPACE] — getent inside the pod finds no such name (exit code 2) within 5 s
+  kubectl exec -n "${3:-default}" "$1" -- timeout 5 getent hosts "$2"
+  [ $? = 2 ]
+}
+svc_with_slice websvc headless "$ip"
+check "headless Service: FQDN resolves to its endpoint" waitfor 10 resolves web websvc.default.svc.cluster.local "$ip"
+for name in websvc.default.svc websvc.default websvc; do check "headless Service: $name" resolves web $name "$ip"; done
+check "pod's own hostname resolves to its IP" resolves web web "$ip"
+check "resolv.conf: cluster search path, ndots:5, loopback nameserver" sh -c "kubectl exec web -- cat /etc/resolv.conf | tr '\n' ' ' | grep -qx 'search default.svc.cluster.local svc.cluster.local cluster.local nameserver 127.0.0.1 options ndots:5 '"
+t0=$(now_ms)
+check "unknown name fails at once" unknown web nosuch.default.svc.cluster.local
+echo "     unknown name answered in $(($(now_ms) - t0)) ms (kubectl exec included)"
+t0=$(now_ms)
+svc_with_slice later headless "$ip"
+if waitfor 10 resolves web later.default.svc.cluster.local "$ip"; then ok "new Service resolves in the running pod after $(($(now_ms) - t0)) ms"; else bad "new Service resolves in the running pod"; fi
+svc_with_slice vip clusterip "$ip" "198.18.$N.250"
+check "ClusterIP Service: its ready endpoint, not the unroutable VIP" waitfor 10 resolves web vip.default.svc.cluster.local "$ip"
+check "ClusterIP Service: one address only" sh -c "[ \$(kubectl exec web -- getent ahostsv4 vip.default.svc.cluster.local | awk '{print \$1}' | sort -u | wc -l) = 1 ]"
+k delete service later >/dev/null
+check "deleted Service stops resolving" waitfor 10 unknown web later.default.svc.cluster.local
+k create namespace other >/dev/null
+k -n other apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: $node
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: python, command: [sh, -c, "sleep 1002"]}]
+YAML
+waitfor 30 sh -c "kubectl -n other get pod client -o jsonpath='{.status.phase}' | grep -qx Running" || bad "client pod running"
+check "other namespace: websvc.default resolves" resolves client websvc.default "$ip" other
+check "other namespace: short name websvc does not" unknown client websvc other
+check "the hosts file is /etc/netns/rf${N}-*/hosts" grep -qE "^$ip[[:space:]]+web\$" /etc/netns/rf${N}-*/hosts
+k -n other delete pod client --wait=true --timeout=30s >/dev/null
+k delete namespace other --wait=false >/dev/null
 
 echo "== image pulls"
 { sleeper_pod pulla python:slow; sleeper_pod pullb python:slow; } | k apply -f - >/dev/null
@@ -426,9 +491,32 @@ YAML
   if waitfor 240 ready rayhead; then ok "ray head Ready (KubeRay probe) after $(($(now_ms) - t0)) ms"; else bad "ray head Ready"; k logs rayhead | tail -20; fi
   rip=$(pod_ip rayhead)
   check "dashboard answers on $rip:8265" curl -sf --max-time 5 "http://$rip:8265/api/version"
+  echo "== ray worker joins the head by its Service's name"
+  svc_with_slice rayhead-svc headless "$rip"
+  k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: rayworker}
+spec:
+  nodeName: $node
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: ray-worker
+    image: rayproject/ray:2.60.0
+    command: [/bin/bash, -lc, --]
+    args: ["ray start --address=rayhead-svc.default.svc.cluster.local:6379 --block --num-cpus=1 --disable-usage-stats"]
+YAML
+  two_alive() { # the head's dashboard lists two ALIVE Ray nodes
+    [ "$(curl -s --max-time 3 "http://$rip:8265/nodes?view=summary" |
+      python3 -c 'import json,sys; print(sum(n["raylet"]["state"] == "ALIVE" for n in json.load(sys.stdin)["data"]["summary"]))')" = 2 ]
+  }
   t0=$(now_ms)
-  k delete pod rayhead --wait=true --timeout=90s >/dev/null
-  echo "     ray head deleted in $(($(now_ms) - t0)) ms"
+  if waitfor 180 two_alive; then
+    ok "worker joined: the head's dashboard lists 2 ALIVE nodes after $(($(now_ms) - t0)) ms"
+  else bad "worker joined the head"; k logs rayworker | tail -20; fi
+  t0=$(now_ms)
+  k delete pod rayhead rayworker --wait=true --timeout=90s >/dev/null
+  echo "     ray head and worker deleted in $(($(now_ms) - t0)) ms"
 fi
 
 echo "== agent memory: $(ps -o rss= -p $agent_pid) KiB RSS"
@@ -437,6 +525,7 @@ t0=$(now_ms)
 k delete pod web noimage nocmd crash job pulla pullb pullc never --wait=true --timeout=60s >/dev/null
 echo "     deleted in $(($(now_ms) - t0)) ms"
 check "no pod namespace/veth left" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep ': rfv${N}-')\" ]"
+check "no /etc/netns dir left" sh -c "! ls -d /etc/netns/rf${N}-* 2>/dev/null"
 check "no pod process left" no_procs '[h]ttp.server 8080'
 check "bridge still there while running" ip link show "$bridge"
 # A kubelet deletes the pod object once its containers are gone, not when the
@@ -504,6 +593,7 @@ spec:
   containers: [{name: c, image: python, command: [sh, -c, "sleep 1001"]}]
 YAML
 waitfor 30 sh -c "kubectl get pod orphan -o jsonpath='{.status.phase}' | grep -qx Running" || bad "orphan running"
+check "orphan has its /etc/netns dir" sh -c "ls -d /etc/netns/rf${N}-*"
 kill -9 $agent_pid
 wait $agent_pid 2>/dev/null || true
 agent_pid=
@@ -511,6 +601,7 @@ check "orphan process survives kill -9" has_procs '[s]leep 1001'
 check "served node's pod survives kill -9" has_procs '[s]leep 1003'
 "$agent" cleanup --state-dir "$state"
 check "cleanup: no namespace/veth/bridge" sh -c "[ -z \"\$(ip netns list | grep '^rf${N}-'; ip -o link | grep -E ': (rfv${N}-|rfbr${N}:)')\" ]"
+check "cleanup: no /etc/netns dir" sh -c "! ls -d /etc/netns/rf${N}-* 2>/dev/null"
 sleep 0.5
 check "cleanup: orphan process killed" no_procs '[s]leep 1001'
 check "cleanup: served node's pod killed" no_procs '[s]leep 1003'
