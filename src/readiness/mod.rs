@@ -38,6 +38,8 @@ const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 /// After this long, look at Serve at most every `PATIENT_INTERVAL`.
 const PATIENT_AFTER: Duration = Duration::from_secs(60);
 const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
+/// After this long without a line, one saying the wait goes on.
+const STILL_EVERY: Duration = Duration::from_secs(10);
 /// How often the wait asks the API server about what lies below its phase:
 /// pods change on the scale of seconds, and the loop may run every 100 ms.
 const EVERY_LOOK: Duration = Duration::from_secs(1);
@@ -226,7 +228,7 @@ pub async fn wait(
     let mut asked_kuberay = None::<Instant>;
     let mut seen = Seen::default();
     let mut reported = String::new();
-    let mut next_still = Duration::from_secs(10);
+    let mut next_still = STILL_EVERY;
     let mut operator_asked = false;
     let mut below = below::Below::default();
     let mut connections = http::Connections::default();
@@ -268,6 +270,7 @@ pub async fn wait(
             seen.pods = below.lines();
             for line in changed {
                 progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
+                next_still = elapsed + STILL_EVERY;
             }
             if let Some(stuck) = below.stuck(service).filter(|_| on_stuck == OnStuck::Fail) {
                 return Err(ReadinessError::Failed(format!(
@@ -310,12 +313,13 @@ pub async fn wait(
                 elapsed.as_secs_f64()
             ));
             reported = phase;
+            next_still = elapsed + STILL_EVERY;
         } else if elapsed >= next_still {
             progress(format!(
                 "Still waiting for {reported} [{:.1}s elapsed]",
                 elapsed.as_secs_f64()
             ));
-            next_still += Duration::from_secs(10);
+            next_still = elapsed + STILL_EVERY;
         }
         if elapsed >= spec.timeout {
             return Err(ReadinessError::Timeout {

@@ -147,7 +147,7 @@ fn unscheduled(pod: &Pod, events: &[&Event], nodeclaims: &[Value]) -> Stage {
             karpenter: refused,
         },
         None => Stage::Starting {
-            reason: "waiting for the scheduler".into(),
+            reason: "the scheduler".into(),
         },
     }
 }
