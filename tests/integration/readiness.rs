@@ -17,6 +17,9 @@ struct Echo<'a> {
     marker: &'a str,
     /// `maxReplicas` of a CPU worker group that starts no pods.
     workers_max: Option<u8>,
+    /// A worker group of one pod asking for one GPU (the guide's shape), for which
+    /// Karpenter launches a node, and a Serve replica that asks for its GPU.
+    gpu_worker: bool,
     /// The head container's image.
     image: &'a str,
     /// The head's `rayStartParams`, as a YAML flow map.
@@ -33,6 +36,7 @@ impl Default for Echo<'_> {
             serve_port: 8000,
             marker: "one",
             workers_max: None,
+            gpu_worker: false,
             image: "rayproject/ray:2.60.0",
             head_params: "{}",
             strategy: None,
@@ -54,7 +58,7 @@ impl Echo<'_> {
             .strategy
             .map(|t| format!("upgradeStrategy: {{type: {t}}}\n  "))
             .unwrap_or_default();
-        let workers = self
+        let mut workers = self
             .workers_max
             .map(|max| {
                 format!(
@@ -62,6 +66,14 @@ impl Echo<'_> {
                 )
             })
             .unwrap_or_default();
+        let mut deployments = String::new();
+        if self.gpu_worker {
+            if workers.is_empty() {
+                workers.push_str("    workerGroupSpecs:\n");
+            }
+            workers.push_str("      - groupName: gpu\n        replicas: 1\n        minReplicas: 1\n        maxReplicas: 1\n        rayStartParams: {}\n        template:\n          spec:\n            containers: [{name: ray-worker, image: rayproject/ray:2.60.0, resources: {limits: {nvidia.com/gpu: 1}}}]\n");
+            deployments = "        deployments: [{name: EchoModel, ray_actor_options: {num_cpus: 0, num_gpus: 1}}]\n".into();
+        }
         format!(
             r#"apiVersion: ray.io/v1
 kind: RayService
@@ -74,7 +86,7 @@ spec:
         route_prefix: {prefix}
         import_path: echo_app:build
         args: {args}
-  rayClusterConfig:
+{deployments}  rayClusterConfig:
     rayVersion: "2.60.0"
     headGroupSpec:
       rayStartParams: {head_params}
@@ -173,6 +185,7 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
     let echo = Echo {
         args: "{model: echo-a, models_status: 404, init_delay_s: 3}",
         serve_port: 8123,
+        gpu_worker: true,
         ..Echo::default()
     };
     let stack = echo.stack(&env, "timeout = \"4m\"");
@@ -181,6 +194,11 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
         "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)",
     );
     run.stderr_has("Waiting for a running head pod of RayCluster");
+    // The GPU worker's way, as the wait tells it: Karpenter launches a node,
+    // the image is pulled there, the worker runs.
+    run.stderr_has("(worker group gpu): Karpenter is launching a node for it (nodeclaim/");
+    run.stderr_has("(worker group gpu) on kwok-");
+    run.stderr_has("Successfully pulled image \"rayproject/ray:2.60.0\"");
     let pod_line = run
         .stdout
         .lines()
