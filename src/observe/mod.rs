@@ -70,6 +70,18 @@ pub struct ObservedObject {
     pub other_lineage: Option<String>,
     /// For a RayService: the KubeRay version that built its serving RayCluster.
     pub kuberay_version: Option<String>,
+    /// For a RayService: what KubeRay recorded on its serving RayCluster of
+    /// the spec it built it from.
+    pub built_from: Option<Box<BuiltFrom>>,
+}
+
+/// KubeRay's record, on a RayCluster it built, of the spec it built it from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltFrom {
+    /// `ray.io/hash-without-replicas-and-workers-to-delete`.
+    pub hash: String,
+    /// `ray.io/num-worker-groups`: how many groups the hash covers.
+    pub worker_groups: Option<usize>,
 }
 
 /// An object the state records, found by name though it lost this stack's label.
@@ -362,8 +374,11 @@ async fn observe_objects(
                     may_change,
                 };
                 let (address, mut obs) = observe_member(&context, &group.0, member).await?;
-                if let (ResourceType::RayService, Some(namespace)) = (address.kind, &group.1) {
-                    obs.kuberay_version = kuberay_version(cluster, namespace, &obs).await;
+                if let (ResourceType::RayService, Some(namespace)) = (address.kind, &group.1)
+                    && let Some(raycluster) = serving_cluster(cluster, namespace, &obs).await
+                {
+                    obs.kuberay_version = annotation(&raycluster, "ray.io/kuberay-version");
+                    obs.built_from = built_from(&raycluster).map(Box::new);
                 }
                 Ok::<_, ClusterError>((address, obs))
             }
@@ -1034,9 +1049,9 @@ async fn observe_class(
     .await
 }
 
-/// The `ray.io/kuberay-version` KubeRay wrote on the RayCluster the
-/// RayService's status names as serving: which operator's rules apply.
-async fn kuberay_version(cluster: &Cluster, namespace: &str, o: &ObservedObject) -> Option<String> {
+/// The RayCluster the RayService's status names as serving: its annotations
+/// say which operator built it (whose rules apply) and from what spec.
+async fn serving_cluster(cluster: &Cluster, namespace: &str, o: &ObservedObject) -> Option<Value> {
     let name = o
         .live
         .as_ref()?
@@ -1044,11 +1059,24 @@ async fn kuberay_version(cluster: &Cluster, namespace: &str, o: &ObservedObject)
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())?;
     let kind = cluster.kind("ray.io/v1", "RayCluster")?;
-    let raycluster = cluster.get(&kind, Some(namespace), name).await.ok()??;
-    raycluster
-        .pointer("/metadata/annotations/ray.io~1kuberay-version")
-        .and_then(Value::as_str)
+    cluster.get(&kind, Some(namespace), name).await.ok()?
+}
+
+fn annotation(object: &Value, key: &str) -> Option<String> {
+    object
+        .get("metadata")?
+        .get("annotations")?
+        .get(key)?
+        .as_str()
         .map(str::to_string)
+}
+
+fn built_from(raycluster: &Value) -> Option<BuiltFrom> {
+    Some(BuiltFrom {
+        hash: annotation(raycluster, crate::plan::rollout::HASH_ANNOTATION)?,
+        worker_groups: annotation(raycluster, crate::plan::rollout::WORKER_GROUPS_ANNOTATION)
+            .and_then(|n| n.parse().ok()),
+    })
 }
 
 /// A state entry for a patch whose state write was lost; the object's own

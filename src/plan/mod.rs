@@ -10,6 +10,8 @@
 mod change;
 mod checks;
 mod diff;
+mod kuberay_hash;
+mod quantity;
 mod render;
 pub mod rollout;
 mod scope;
@@ -470,7 +472,10 @@ fn assess_rollout(c: &Change, o: &ObservedObject) -> Option<rollout::Assessment>
                 None => desired::project(live, planned),
             };
             Some(rollout::assess(
-                Some(&live),
+                Some(rollout::Live {
+                    spec: &live,
+                    built_from: o.built_from.as_deref(),
+                }),
                 planned,
                 o.kuberay_version.clone(),
             ))

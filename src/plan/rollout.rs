@@ -8,10 +8,21 @@
 //! the tests run: a cluster hash over `rayClusterConfig` without worker
 //! replicas, worker groups appended in place, `upgradeStrategy` deciding
 //! whether a changed cluster is replaced or left alone, and `serveConfigV2`
-//! compared as a string.
+//! compared as a string. The hash is KubeRay's own (see `kuberay_hash`),
+//! compared with the one on the serving RayCluster: the live RayService may
+//! hold a spec KubeRay never built (under `upgradeStrategy: None`), and a
+//! respelled quantity is a diff but no change to KubeRay. Without that
+//! annotation, or for a spec the hash cannot be reproduced for, the live
+//! and planned specs are compared instead.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::kuberay_hash;
+pub use super::kuberay_hash::{
+    ANNOTATION as HASH_ANNOTATION, WORKER_GROUPS as WORKER_GROUPS_ANNOTATION,
+};
+use crate::observe::BuiltFrom;
 
 /// The KubeRay minor version these rules were read from and tested against.
 pub const RULES: &str = "v1.5";
@@ -107,10 +118,18 @@ fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// The RayService as it is: its spec, and what its serving RayCluster was
+/// built from (when KubeRay recorded it).
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    pub spec: &'a Value,
+    pub built_from: Option<&'a BuiltFrom>,
+}
+
 /// What KubeRay does when a RayService goes from `live` to `planned`
 /// (`None`: it is created).
 pub fn assess(
-    live: Option<&Value>,
+    live: Option<Live<'_>>,
     planned: &Value,
     kuberay_version: Option<String>,
 ) -> Assessment {
@@ -118,7 +137,7 @@ pub fn assess(
         None => Rollout::FirstCluster {
             gpus: gpus(&planned["spec"]["rayClusterConfig"]),
         },
-        Some(live) => changed(&live["spec"], &planned["spec"]),
+        Some(live) => changed(&live.spec["spec"], &planned["spec"], live.built_from),
     };
     Assessment {
         rollout,
@@ -126,23 +145,33 @@ pub fn assess(
     }
 }
 
-fn changed(live: &Value, planned: &Value) -> Rollout {
+/// How the planned `rayClusterConfig` stands to the one the serving
+/// RayCluster was built from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ClusterChange {
+    Same,
+    Appended,
+    Changed,
+}
+
+fn changed(live: &Value, planned: &Value, built_from: Option<&BuiltFrom>) -> Rollout {
     let serve_too = live["serveConfigV2"] != planned["serveConfigV2"];
     let (old, new) = (&live["rayClusterConfig"], &planned["rayClusterConfig"]);
     let (old_hashed, new_hashed) = (hashed(old), hashed(new));
-    if old_hashed == new_hashed {
-        return if serve_too {
-            Rollout::InPlaceServe
-        } else if old != new {
-            Rollout::NotApplied {
+    let change = built_from
+        .and_then(|built| by_hash(built, new))
+        .unwrap_or_else(|| by_spec(&old_hashed, &new_hashed));
+    match change {
+        ClusterChange::Same if serve_too => return Rollout::InPlaceServe,
+        // Equal but for what the hash leaves out: the replicas.
+        ClusterChange::Same if old_hashed == new_hashed && old != new => {
+            return Rollout::NotApplied {
                 why: "only worker replicas, minReplicas or maxReplicas changed; KubeRay's cluster hash leaves them out, so the running RayCluster keeps its own".into(),
-            }
-        } else {
-            Rollout::NoRollout
-        };
-    }
-    if appended_only(&old_hashed, &new_hashed) {
-        return Rollout::InPlaceCluster { serve_too };
+            };
+        }
+        ClusterChange::Same => return Rollout::NoRollout,
+        ClusterChange::Appended => return Rollout::InPlaceCluster { serve_too },
+        ClusterChange::Changed => {}
     }
     let also_serve = if serve_too {
         "; the Serve config is still updated in place"
@@ -166,8 +195,36 @@ fn changed(live: &Value, planned: &Value) -> Rollout {
         _ => Rollout::NewCluster {
             extra_gpus: gpus(new),
             serve_too,
-            secret_only: without_checksum(old_hashed) == without_checksum(new_hashed),
+            secret_only: old_hashed != new_hashed
+                && without_checksum(old_hashed) == without_checksum(new_hashed),
         },
+    }
+}
+
+/// KubeRay's own test: the planned config's hash against the serving
+/// cluster's, whole, then over the groups it was built with. `None` when the
+/// hash cannot be reproduced for this spec.
+fn by_hash(built: &BuiltFrom, new: &Value) -> Option<ClusterChange> {
+    if kuberay_hash::cluster_hash(new).ok()? == built.hash {
+        return Some(ClusterChange::Same);
+    }
+    let groups = new["workerGroupSpecs"].as_array().map_or(0, Vec::len);
+    if let Some(built_groups) = built.worker_groups.filter(|n| groups > *n)
+        && kuberay_hash::cluster_hash_of_first(new, built_groups).ok()? == built.hash
+    {
+        return Some(ClusterChange::Appended);
+    }
+    Some(ClusterChange::Changed)
+}
+
+/// Without KubeRay's record: the live spec stands for what it built.
+fn by_spec(old_hashed: &Value, new_hashed: &Value) -> ClusterChange {
+    if old_hashed == new_hashed {
+        ClusterChange::Same
+    } else if appended_only(old_hashed, new_hashed) {
+        ClusterChange::Appended
+    } else {
+        ClusterChange::Changed
     }
 }
 
@@ -291,6 +348,10 @@ mod tests {
     }
 
     fn rollout(live: &Value, planned: &Value) -> Rollout {
+        let live = Live {
+            spec: live,
+            built_from: None,
+        };
         assess(Some(live), planned, None).rollout
     }
 
@@ -374,10 +435,98 @@ mod tests {
             first.describe(),
             "KubeRay version unknown (no RayCluster yet), rules of v1.5: a new RayCluster (8 GPUs)"
         );
-        let later = assess(Some(&planned), &planned, Some("v1.5.0".into()));
+        let live = Live {
+            spec: &planned,
+            built_from: None,
+        };
+        let later = assess(Some(live), &planned, Some("v1.5.0".into()));
         assert_eq!(
             later.describe(),
             "KubeRay v1.5.0: no new RayCluster and no Serve update"
+        );
+    }
+
+    /// `live` as its serving RayCluster was built from `built`.
+    fn rollout_from(live: &Value, built: &Value, planned: &Value) -> Rollout {
+        let config = &built["spec"]["rayClusterConfig"];
+        let built_from = BuiltFrom {
+            hash: kuberay_hash::cluster_hash(config).expect("hashable"),
+            worker_groups: config["workerGroupSpecs"].as_array().map(Vec::len),
+        };
+        let live = Live {
+            spec: live,
+            built_from: Some(&built_from),
+        };
+        assess(Some(live), planned, None).rollout
+    }
+
+    #[test]
+    fn a_spec_kuberay_never_built_is_judged_by_the_cluster_it_did_build() {
+        // Apply 1 changed the head under upgradeStrategy None: not applied,
+        // the cluster still runs "one". Apply 2 only removes None.
+        let built = service("apps: a", "one", 4, None);
+        let live = service("apps: a", "two", 4, Some("None"));
+        let planned = service("apps: a", "two", 4, None);
+        assert_eq!(
+            rollout(&live, &planned),
+            Rollout::NoRollout,
+            "the spec diff alone"
+        );
+        assert_eq!(
+            rollout_from(&live, &built, &planned),
+            Rollout::NewCluster {
+                extra_gpus: 8,
+                serve_too: false,
+                secret_only: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_respelled_quantity_or_an_empty_resources_is_no_new_cluster() {
+        let with_memory = |memory: Value| {
+            let mut s = service("apps: a", "one", 4, None);
+            let head = &mut s["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+                [0];
+            head["resources"] = memory;
+            s
+        };
+        let live = with_memory(json!({"limits": {"memory": "8Gi"}}));
+        let respelled = with_memory(json!({"limits": {"memory": "8192Mi"}}));
+        assert_eq!(rollout_from(&live, &live, &respelled), Rollout::NoRollout);
+        let bare = with_memory(Value::Null);
+        let empty = with_memory(json!({}));
+        assert_eq!(rollout_from(&bare, &bare, &empty), Rollout::NoRollout);
+        let more = with_memory(json!({"limits": {"memory": "16Gi"}}));
+        assert!(matches!(
+            rollout_from(&live, &live, &more),
+            Rollout::NewCluster { .. }
+        ));
+    }
+
+    #[test]
+    fn by_the_hash_too_replicas_are_not_applied_and_appended_groups_update_in_place() {
+        let live = service("apps: a", "one", 4, None);
+        let Rollout::NotApplied { why } =
+            rollout_from(&live, &live, &service("apps: a", "one", 8, None))
+        else {
+            panic!("replicas are not in the hash");
+        };
+        assert!(why.contains("maxReplicas"), "{why}");
+        let mut planned = live.clone();
+        let mut group = planned["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].clone();
+        group["groupName"] = json!("cpu");
+        planned["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+            .as_array_mut()
+            .expect("groups")
+            .push(group);
+        assert_eq!(
+            rollout_from(&live, &live, &planned),
+            Rollout::InPlaceCluster { serve_too: false }
+        );
+        assert_eq!(
+            rollout_from(&live, &live, &service("apps: b", "one", 4, None)),
+            Rollout::InPlaceServe
         );
     }
 }

@@ -847,7 +847,12 @@ proptest! {
         for w in &workers {
             let _ = fit::misfits(PoolApi::V1, &live, w);
         }
-        let _ = rayform::plan::rollout::assess(Some(&live), &after, None).describe();
+        // Through KubeRay's hash too: any spec is hashed or refused, never a panic.
+        let built = rayform::observe::BuiltFrom { hash: "H".into(), worker_groups: Some(1) };
+        for built_from in [None, Some(&built)] {
+            let live = rayform::plan::rollout::Live { spec: &live, built_from };
+            let _ = rayform::plan::rollout::assess(Some(live), &after, None).describe();
+        }
 
         let dir = tempfile::tempdir().unwrap();
         let manifest = serde_json::json!({

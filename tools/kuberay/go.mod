@@ -1,10 +1,13 @@
 // Wrapper module: pins the real KubeRay operator so the local cluster runs it
 // built from source. Nothing imports this module; tools/testcluster/build.sh
-// builds its one tool package. Its own module, because the operator's
-// Kubernetes libraries are older than the v0.37 ones the control plane pins.
+// builds the operator from it, and ./hashschema (the struct shapes KubeRay's
+// cluster hash is taken over, for src/plan/kuberay_hash.rs) runs from it. Its
+// own module, because the operator's Kubernetes libraries are older than the v0.37 ones the control plane pins.
 module rayform.local/kuberay
 
 go 1.26.0
+
+require github.com/ray-project/kuberay/ray-operator v1.5.0
 
 require (
 	github.com/Masterminds/semver/v3 v3.3.1 // indirect
@@ -39,7 +42,6 @@ require (
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.65.0 // indirect
 	github.com/prometheus/procfs v0.17.0 // indirect
-	github.com/ray-project/kuberay/ray-operator v1.5.0 // indirect
 	github.com/spf13/pflag v1.0.7 // indirect
 	github.com/stretchr/testify v1.11.0 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
