@@ -26,6 +26,8 @@ struct Echo<'a> {
     head_params: &'a str,
     /// `spec.upgradeStrategy.type`.
     strategy: Option<&'a str>,
+    /// The head container's `resources`, as a YAML flow map.
+    head_resources: Option<&'a str>,
 }
 
 impl Default for Echo<'_> {
@@ -40,6 +42,7 @@ impl Default for Echo<'_> {
             image: "rayproject/ray:2.60.0",
             head_params: "{}",
             strategy: None,
+            head_resources: None,
         }
     }
 }
@@ -57,6 +60,10 @@ impl Echo<'_> {
         let strategy = self
             .strategy
             .map(|t| format!("upgradeStrategy: {{type: {t}}}\n  "))
+            .unwrap_or_default();
+        let resources = self
+            .head_resources
+            .map(|r| format!("\n              resources: {r}"))
             .unwrap_or_default();
         let mut workers = self
             .workers_max
@@ -94,7 +101,7 @@ spec:
         spec:
           containers:
             - name: ray-head
-              image: {image}
+              image: {image}{resources}
               ports:
                 - {{containerPort: 8265, name: dashboard}}
                 - {{containerPort: {port}, name: serve}}
@@ -428,6 +435,57 @@ async fn changes_kuberay_leaves_alone_are_planned_as_not_applied() {
             .contains(r#""value":"one""#),
         "the head kept its env: {}",
         cluster["spec"]["headGroupSpec"]
+    );
+}
+
+#[tokio::test]
+async fn what_kuberay_rebuilds_is_judged_by_its_own_hash_on_the_serving_cluster() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-hash").await;
+    let first = Echo {
+        head_resources: Some("{limits: {memory: 8Gi}}"),
+        ..Echo::default()
+    };
+    env.rayform(&[
+        "apply",
+        &first.stack(&env, "timeout = \"4m\""),
+        "--auto-approve",
+    ])
+    .ok();
+    let serving = active_cluster(&rayservice(&env).await);
+
+    // A respelling KubeRay reads as the same quantity: no new cluster.
+    let respelled = Echo {
+        head_resources: Some("{limits: {memory: 8192Mi}}"),
+        ..Echo::default()
+    };
+    env.rayform(&["plan", &respelled.stack(&env, "timeout = \"4m\"")])
+        .ok()
+        .stdout_has("(KubeRay v1.5.0: no new RayCluster and no Serve update)");
+
+    // Held back by upgradeStrategy None, then None removed: the live spec
+    // already says marker two, but the serving cluster was built from one.
+    let held_back = Echo {
+        marker: "two",
+        strategy: Some("None"),
+        ..respelled
+    };
+    let cluster = applied_and_left_to_kuberay(&env, &held_back, "upgradeStrategy None").await;
+    assert_eq!(cluster["metadata"]["name"], serving.as_str());
+    let released = Echo {
+        strategy: None,
+        ..held_back
+    };
+    let stack = released.stack(&env, "timeout = \"5m\"");
+    env.rayform(&["plan", &stack]).ok().stdout_has(
+        "(KubeRay v1.5.0: new RayCluster (zero-downtime upgrade: 0 more GPUs until promotion))",
+    );
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let rs = rayservice(&env).await;
+    assert_ne!(
+        active_cluster(&rs),
+        serving,
+        "KubeRay built a new cluster, as planned: {rs}"
     );
 }
 
