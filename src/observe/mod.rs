@@ -961,10 +961,8 @@ async fn observe_karpenter(
             }
             patch
         }
-        Ok(Wanted::Satisfied(why)) => {
-            out.notes.push(format!(
-                "kept (longer than the stack asks), already satisfied: {why}"
-            ));
+        Ok(left) => {
+            out.notes.extend(left.left_alone());
             match karpenter::withdraw(&stack.name, &live) {
                 Ok(patch) => patch,
                 Err(changed) => {
