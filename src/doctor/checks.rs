@@ -8,7 +8,7 @@ use super::Check;
 use crate::cluster::{Access, Cluster, Kind};
 use crate::karpenter::fit::{self, PoolObject};
 use crate::karpenter::{ClassApi, PoolApi};
-use crate::observe::{api_holding, served};
+use crate::observe::{api_holding, served, served_stored_first};
 use crate::plan::rollout;
 use crate::stack::{ResourceSpec, SecretSource, Stack, StateLocation};
 
@@ -213,7 +213,7 @@ pub fn karpenter_apis(cluster: &Cluster) -> Check {
 
 /// The objects the stack patches exist, and its pools can launch its GPU workers.
 pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
-    let served = served(cluster);
+    let served = served_stored_first(cluster).await;
     let mut checks = Vec::new();
     let mut pools = Vec::new();
     let mut classes = Vec::new();

@@ -140,7 +140,7 @@ pub async fn observe(
     mode: Mode,
     options: &ObserveOptions,
 ) -> Result<World, ClusterError> {
-    let served = served(cluster);
+    let served = served_stored_first(cluster).await;
     let mut resources = BTreeMap::new();
     // Objects, grouped so that each kind costs one LIST per namespace;
     // Karpenter objects one by one, as each is patched on its own.
@@ -882,6 +882,45 @@ pub fn served(cluster: &Cluster) -> Served {
             .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
             .collect(),
     }
+}
+
+/// The Karpenter APIs the cluster serves, the version each CRD stores
+/// first ([`Served::stored_first`]). The stored version is read from the
+/// CRD; a cluster that does not let rayform read CRDs keeps discovery's order.
+pub async fn served_stored_first(cluster: &Cluster) -> Served {
+    let served = served(cluster);
+    // Only a kind served in several versions has a stored one to find
+    // (v0.32's Provisioner and NodePool are two kinds, not two versions).
+    let pool_versions = served.pools.iter().filter(|a| a.kind() == "NodePool");
+    let pool = match pool_versions.count() > 1 {
+        true => stored_version(cluster, "nodepools.karpenter.sh").await,
+        false => None,
+    };
+    let class_versions = served.classes.iter().filter(|a| a.kind() == "EC2NodeClass");
+    let class = match class_versions.count() > 1 {
+        true => stored_version(cluster, "ec2nodeclasses.karpenter.k8s.aws").await,
+        false => None,
+    };
+    served.stored_first(pool.as_deref(), class.as_deref())
+}
+
+/// The version a CRD stores its objects in, if the CRD can be read.
+async fn stored_version(cluster: &Cluster, crd: &str) -> Option<String> {
+    let kind = cluster.kind("apiextensions.k8s.io/v1", "CustomResourceDefinition")?;
+    let object = match cluster.get(&kind, None, crd).await {
+        Ok(object) => object?,
+        Err(e) => {
+            tracing::debug!(crd, error = %e, "stored version unknown");
+            return None;
+        }
+    };
+    object
+        .pointer("/spec/versions")?
+        .as_array()?
+        .iter()
+        .find(|v| v["storage"].as_bool() == Some(true))?["name"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Of the Karpenter generations served, the one holding the object named:

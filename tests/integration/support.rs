@@ -42,6 +42,9 @@ pub enum Profile {
     /// Karpenter v0.32: v1alpha5 and v1beta1 served side by side; the test's
     /// objects are a Provisioner and an AWSNodeTemplate, as before a migration.
     V032,
+    /// Karpenter v0.33.6-v0.37: karpenter.sh/v1 served beside a stored
+    /// v1beta1 (our own two-version CRDs); the test's objects are v1beta1's.
+    V037,
 }
 
 impl Profile {
@@ -52,6 +55,7 @@ impl Profile {
             Profile::V1alpha5 => "v1alpha5",
             Profile::Nodes => "nodes",
             Profile::V032 => "v0.32",
+            Profile::V037 => "v0.37",
         }
     }
 
@@ -59,7 +63,7 @@ impl Profile {
     pub fn pool(self) -> (&'static str, &'static str) {
         match self {
             Profile::V1 | Profile::Nodes => ("karpenter.sh/v1", "NodePool"),
-            Profile::V1beta1 => ("karpenter.sh/v1beta1", "NodePool"),
+            Profile::V1beta1 | Profile::V037 => ("karpenter.sh/v1beta1", "NodePool"),
             Profile::V1alpha5 | Profile::V032 => ("karpenter.sh/v1alpha5", "Provisioner"),
         }
     }
@@ -67,7 +71,7 @@ impl Profile {
     pub fn class(self) -> (&'static str, &'static str) {
         match self {
             Profile::V1 | Profile::Nodes => ("karpenter.k8s.aws/v1", "EC2NodeClass"),
-            Profile::V1beta1 => ("karpenter.k8s.aws/v1beta1", "EC2NodeClass"),
+            Profile::V1beta1 | Profile::V037 => ("karpenter.k8s.aws/v1beta1", "EC2NodeClass"),
             Profile::V1alpha5 | Profile::V032 => ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate"),
         }
     }
@@ -79,7 +83,7 @@ pub fn repo() -> PathBuf {
 
 /// The kubeconfig of the control plane for a profile, started once per test run.
 pub fn kubeconfig(profile: Profile) -> PathBuf {
-    static CLUSTERS: [OnceLock<PathBuf>; 5] = [const { OnceLock::new() }; 5];
+    static CLUSTERS: [OnceLock<PathBuf>; 6] = [const { OnceLock::new() }; 6];
     CLUSTERS[profile as usize]
         .get_or_init(|| {
             let var = format!(
