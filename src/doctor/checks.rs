@@ -51,8 +51,16 @@ pub async fn kuberay_operator(cluster: &Cluster) -> Check {
         Ok(Running { found, image_tag }) => {
             // Only a running operator is worth the LIST of every RayCluster.
             let built_by = kuberay_version(cluster).await;
-            let version = version_note(image_tag.or(built_by));
-            Check::ok("KubeRay operator", format!("{found}; {version}"))
+            let version = image_tag.or(built_by);
+            let note = version_note(version.clone());
+            match version.as_deref().and_then(unsupported) {
+                Some(why) => Check::warn(
+                    "KubeRay operator",
+                    format!("{found}; {note}: {why}"),
+                    Some("upgrade KubeRay to v1.3 or later".into()),
+                ),
+                None => Check::ok("KubeRay operator", format!("{found}; {note}")),
+            }
         }
         Err(fail) => fail,
     }
@@ -151,6 +159,23 @@ async fn kuberay_version(cluster: &Cluster) -> Option<String> {
         .await
         .ok()?;
     versions.into_iter().max()
+}
+
+/// Why rayform's wait cannot follow this KubeRay version, if it cannot.
+/// Up to v1.2 KubeRay writes `status.observedGeneration` only along with a
+/// change in the statuses it compares, so a spec change that moves none of
+/// them (a worker group's replicas) never shows its generation observed, and
+/// the wait, which needs it, times out.
+fn unsupported(version: &str) -> Option<String> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    ((major, minor) < (1, 3)).then(|| {
+        format!(
+            "KubeRay {version} writes status.observedGeneration only when the statuses it compares change, \
+             so a change that moves none of them (a worker group's replicas) never reads as observed and apply's wait times out (not supported; --no-wait still applies)"
+        )
+    })
 }
 
 fn version_note(version: Option<String>) -> String {
@@ -519,4 +544,20 @@ fn needed(cluster: &Cluster, stack: &Stack) -> BTreeSet<Access> {
         );
     }
     needed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kuberay_up_to_v1_2_is_named_unsupported_for_the_wait() {
+        for old in ["v1.2.2", "v1.1.0", "1.0.0", "v0.6.0"] {
+            let why = unsupported(old).unwrap_or_else(|| panic!("{old} is unsupported"));
+            assert!(why.contains("observedGeneration"), "{why}");
+        }
+        for new in ["v1.3.0", "v1.5.0", "1.4.2", "v2.0.0", "nightly"] {
+            assert_eq!(unsupported(new), None, "{new}");
+        }
+    }
 }
