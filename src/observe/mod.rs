@@ -1033,14 +1033,41 @@ async fn observe_pool(
             ..Default::default()
         });
     };
-    observe_karpenter(
+    let mut out = observe_karpenter(
         cluster,
         stack,
         address,
         (api.api_version(), api.kind()),
         |_, original| karpenter::floor::pool(api, intent, original),
     )
-    .await
+    .await?;
+    out.warnings
+        .extend(provisioner_beside(cluster, api, &address.name).await?);
+    Ok(out)
+}
+
+/// Karpenter v0.32 launches from a Provisioner and a NodePool alike, and a
+/// half-migrated cluster has both under one name. rayform patches the
+/// NodePool only, so nodes launched from the Provisioner keep its own
+/// empty-node TTL; the plan says so rather than let the user believe both
+/// are covered.
+async fn provisioner_beside(
+    cluster: &Cluster,
+    api: PoolApi,
+    name: &str,
+) -> Result<Option<String>, ClusterError> {
+    let provisioner = PoolApi::V1alpha5;
+    let Some(kind) = cluster.kind(provisioner.api_version(), provisioner.kind()) else {
+        return Ok(None);
+    };
+    if api == provisioner || cluster.get(&kind, None, name).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "a Provisioner `{name}` (karpenter.sh/v1alpha5) exists beside the NodePool and is not patched: \
+         Karpenter v0.32 launches from both, and nodes launched from the Provisioner keep its own ttlSecondsAfterEmpty; \
+         finish the migration (delete the Provisioner), or set its TTL by hand"
+    )))
 }
 
 async fn observe_class(

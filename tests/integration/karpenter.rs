@@ -363,6 +363,53 @@ async fn on_karpenter_v0_32_objects_are_patched_in_the_api_they_exist_in() {
     assert_eq!(env.karpenter_specs().await, before);
 }
 
+/// A cluster half-way through the v0.32 migration has a Provisioner and a
+/// NodePool of one name, and Karpenter launches from both: rayform patches
+/// the NodePool, and the plan names the Provisioner it leaves alone.
+#[tokio::test]
+async fn on_karpenter_v0_32_a_provisioner_beside_the_patched_nodepool_is_named() {
+    let env = Env::new(Profile::V032, "v032-both").await;
+    let fixture = env
+        .get("karpenter.sh/v1beta1", "NodePool", None, "default")
+        .await
+        .expect("the v1beta1 fixture `default` exists");
+    let mut spec = fixture["spec"].clone();
+    spec["disruption"] = json!({"consolidationPolicy": "WhenEmpty", "consolidateAfter": "30s"});
+    env.apply_as(
+        "karpenter-install",
+        "karpenter.sh/v1beta1",
+        "NodePool",
+        None,
+        &env.pool,
+        json!({ "spec": spec }),
+    )
+    .await;
+    let stack = intents(&env, Some("600s"), None);
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(&format!(
+        "will be patched (karpenter.sh/v1beta1 NodePool {})",
+        env.pool
+    ));
+    plan.stdout_has(&format!(
+        "a Provisioner `{}` (karpenter.sh/v1alpha5) exists beside the NodePool and is not patched",
+        env.pool
+    ));
+    let nodepool_spec = async || {
+        env.get("karpenter.sh/v1beta1", "NodePool", None, &env.pool)
+            .await
+            .expect("the test's NodePool")["spec"]
+            .clone()
+    };
+    let before = nodepool_spec().await;
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    assert_eq!(
+        nodepool_spec().await["disruption"]["consolidateAfter"],
+        json!("600s")
+    );
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(nodepool_spec().await, before);
+}
+
 /// Karpenter v0.33.6-v0.37 serve karpenter.sh/v1 beside the v1beta1 they
 /// store, and convert with loss: the pool and class are read and patched
 /// through the stored v1beta1, destroy gives back exactly what was there,
