@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::state::{FieldValue, PatchedField};
 
+pub mod automode;
 pub mod family;
 pub mod fit;
 pub mod floor;
@@ -95,6 +96,8 @@ impl ClassApi {
 pub struct Served {
     pub pools: Vec<PoolApi>,
     pub classes: Vec<ClassApi>,
+    /// EKS Auto Mode: its NodeClass API is served (see [`automode`]).
+    pub auto_mode: bool,
 }
 
 impl Served {
