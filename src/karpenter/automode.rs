@@ -24,8 +24,8 @@ pub const BUILT_IN_POOLS: [&str; 2] = ["general-purpose", "system"];
 /// The NodeClass EKS provisions while a built-in pool is enabled.
 pub const BUILT_IN_CLASS: &str = "default";
 
-/// The help line every refusal ends with: what AWS says to do instead.
-const HELP: &str = "help: on EKS Auto Mode, add a NodePool and a NodeClass of your own beside the built-in ones \
+/// The help every refusal ends with: what AWS says to do instead.
+pub const HELP: &str = "on EKS Auto Mode, add a NodePool and a NodeClass of your own beside the built-in ones \
 (AWS: \"Create a Node Pool for EKS Auto Mode\", \"Create a Node Class for Amazon EKS\"): the NodeClass with \
 `ephemeralStorage.size` for the model's room, the NodePool with GPU instances and `nodeClassRef` to it; then name \
 that pool in the stack's [nodepool.NAME] and drop its [nodeclass] intent";
@@ -41,17 +41,22 @@ pub fn is_built_in_pool(live: &Value) -> bool {
 }
 
 /// Why a built-in pool is not patched.
-pub fn built_in_pool_refusal(name: &str) -> String {
+pub fn built_in_pool_why(name: &str) -> String {
     format!(
         "NodePool `{name}` is one of EKS Auto Mode's built-in pools, which EKS owns and AWS documents as not to be modified \
-         (only enabled or disabled); it launches only C, M and R instances, so no GPU worker\n  {HELP}"
+         (only enabled or disabled); it launches only C, M and R instances, so no GPU worker"
     )
+}
+
+/// A reason, and the help line after it, as a plan's refusal reads.
+pub fn refusal(why: &str) -> String {
+    format!("{why}\n  help: {HELP}")
 }
 
 /// Why a `[nodeclass]` intent cannot be carried out on Auto Mode: its
 /// classes are NodeClasses, not the EC2NodeClass the intent is written for,
 /// and `default` is EKS's own.
-pub fn class_refusal(name: &str) -> String {
+pub fn class_why(name: &str) -> String {
     let whose = if name == BUILT_IN_CLASS {
         format!(
             "the NodeClass `{name}` is the one EKS made for its built-in pools, and rayform does not change it"
@@ -61,7 +66,7 @@ pub fn class_refusal(name: &str) -> String {
             .to_string()
     };
     format!(
-        "this is an EKS Auto Mode cluster ({NODECLASS_API_VERSION} {NODECLASS_KIND} served, no EC2NodeClass): {whose}\n  {HELP}"
+        "this is an EKS Auto Mode cluster ({NODECLASS_API_VERSION} {NODECLASS_KIND} served, no EC2NodeClass): {whose}"
     )
 }
 
@@ -94,12 +99,14 @@ mod tests {
 
     #[test]
     fn every_refusal_ends_with_a_help_line() {
-        for message in [
-            built_in_pool_refusal("general-purpose"),
-            class_refusal("default"),
-            class_refusal("gpu"),
+        for why in [
+            built_in_pool_why("general-purpose"),
+            class_why("default"),
+            class_why("gpu"),
         ] {
-            assert!(message.contains("\n  help: "), "{message}");
+            let message = refusal(&why);
+            assert!(!why.contains('\n'), "{why}");
+            assert!(message.ends_with(&format!("\n  help: {HELP}")), "{message}");
         }
     }
 }

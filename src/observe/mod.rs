@@ -286,7 +286,7 @@ async fn observe_patch(
             // Auto Mode beside a self-managed Karpenter still has EC2NodeClasses to patch.
             if served.auto_mode && served.classes.is_empty() {
                 return Ok(Some(ObservedPatch {
-                    problem: Some(automode::class_refusal(&address.name)),
+                    problem: Some(automode::refusal(&automode::class_why(&address.name))),
                     ..Default::default()
                 }));
             }
@@ -1015,7 +1015,9 @@ async fn observe_pool(
         (api.api_version(), api.kind()),
         |live, original| {
             if automode::is_built_in_pool(live) {
-                return Err(automode::built_in_pool_refusal(&address.name));
+                return Err(automode::refusal(&automode::built_in_pool_why(
+                    &address.name,
+                )));
             }
             karpenter::floor::pool(api, intent, original)
         },

@@ -150,3 +150,27 @@ async fn a_pool_of_the_users_own_is_patched_and_restored() {
         json!("30s")
     );
 }
+
+#[tokio::test]
+async fn doctor_tells_auto_mode_apart_and_says_which_stack_form_fits() {
+    let env = Env::new(Profile::AutoMode, "automode-doctor").await;
+    let bare = env.rayform(&["doctor"]);
+    bare.stdout_has("EKS Auto Mode, Karpenter built in; its NodePools general-purpose and system and NodeClass default are EKS's own");
+    bare.stdout_has("a stack fits whose [nodepool.NAME] names a NodePool of your own");
+    bare.stdout_has("not the self-managed form of stacks/mistral-7b.toml");
+
+    // The guide's pool taken at its word, and the self-managed stack's class:
+    // both failed, each with the help line.
+    let stack = mission_stack_on_built_ins(&env);
+    let doctor = env.rayform(&["doctor", &stack]).code(1);
+    doctor.stdout_has(
+        "✘ nodepool.general-purpose: NodePool `general-purpose` is one of EKS Auto Mode's built-in pools",
+    );
+    doctor.stdout_has("✘ nodeclass.default: this is an EKS Auto Mode cluster");
+    doctor.stdout_has("help: on EKS Auto Mode, add a NodePool and a NodeClass of your own");
+    assert!(
+        !doctor.stdout.contains("✔ GPU workers"),
+        "a refused built-in pool is not said to launch the GPU workers:\n{}",
+        doctor.stdout
+    );
+}
