@@ -174,3 +174,20 @@ async fn doctor_tells_auto_mode_apart_and_says_which_stack_form_fits() {
         doctor.stdout
     );
 }
+
+/// A pool of the user's own made like EKS's general-purpose (C, M and R,
+/// under Auto Mode's own label names) is said not to launch the GPU worker.
+#[tokio::test]
+async fn doctor_reads_auto_modes_instance_labels_on_a_pool_of_ones_own() {
+    let env = Env::new(Profile::AutoMode, "automode-fit").await;
+    let stack = env.mission_stack("fit");
+    let text = std::fs::read_to_string(env.path(&stack)).expect("stack");
+    let own_pool_only = text.replace(
+        &format!("[nodeclass.{}]\nstorage = \"200Gi\"\n", env.class),
+        "",
+    );
+    assert_ne!(own_pool_only, text, "the stack's [nodeclass] is dropped");
+    env.write(&stack, &own_pool_only);
+    let doctor = env.rayform(&["doctor", &stack]);
+    doctor.stdout_has("it allows instance categories c, m, r, none with NVIDIA GPUs (g, p)");
+}
