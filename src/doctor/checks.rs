@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::Check;
 use crate::cluster::{Access, Cluster, Kind};
 use crate::karpenter::fit::{self, PoolObject};
-use crate::karpenter::{ClassApi, PoolApi};
+use crate::karpenter::{ClassApi, PoolApi, automode};
 use crate::observe::{api_holding, served, served_stored_first};
 use crate::plan::rollout;
 use crate::stack::{ResourceSpec, SecretSource, Stack, StateLocation};
@@ -228,12 +228,39 @@ pub fn karpenter_apis(cluster: &Cluster) -> Check {
             ),
         );
     }
+    if served.auto_mode {
+        return Check::ok("Karpenter", auto_mode_form(&list, &served));
+    }
     let release = if served.drift_off_by_default() && served.pools.len() > 1 {
         " (Karpenter v0.32: both generations served)"
     } else {
         ""
     };
     Check::ok("Karpenter", format!("{}{release}", list.join(", ")))
+}
+
+/// What an Auto Mode cluster is, and the stack form that fits it: the
+/// mission stack's [nodeclass] patch of an EC2NodeClass has nothing to
+/// patch there, and EKS's own pools are not to be patched.
+fn auto_mode_form(list: &[String], served: &crate::karpenter::Served) -> String {
+    let mut apis = list.to_vec();
+    apis.push(format!(
+        "{} {}",
+        automode::NODECLASS_API_VERSION,
+        automode::NODECLASS_KIND
+    ));
+    let form = if served.classes.is_empty() {
+        "a stack fits whose [nodepool.NAME] names a NodePool of your own (GPU instances, from a NodeClass of your own sized with ephemeralStorage.size) and which has no [nodeclass]; \
+         not the self-managed form of stacks/mistral-7b.toml, whose [nodeclass] patches an EC2NodeClass"
+    } else {
+        "EC2NodeClasses are served too (a self-managed Karpenter beside it): a stack fits whose [nodepool] and [nodeclass] name objects of that Karpenter, or a NodePool of your own"
+    };
+    format!(
+        "{}: EKS Auto Mode, Karpenter built in; its NodePools {} and NodeClass {} are EKS's own; {form}",
+        apis.join(", "),
+        automode::BUILT_IN_POOLS.join(" and "),
+        automode::BUILT_IN_CLASS,
+    )
 }
 
 /// The objects the stack patches exist, and its pools can launch its GPU workers.
@@ -246,6 +273,14 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
         let name = &r.address.name;
         let subject = r.address.to_string();
         let found = match &r.spec {
+            ResourceSpec::NodeClass(_) if served.auto_mode && served.classes.is_empty() => {
+                checks.push(Check::fail(
+                    subject,
+                    automode::class_why(name),
+                    automode::HELP,
+                ));
+                continue;
+            }
             ResourceSpec::NodePool(_) => {
                 let api = api_holding(cluster, &served.pools, name, |a: PoolApi| {
                     (a.api_version(), a.kind())
@@ -254,7 +289,11 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
                 .ok()
                 .flatten();
                 let found = find(cluster, api.map(|a| (a.api_version(), a.kind())), name).await;
-                if let (Some(api), Ok(live)) = (api, &found) {
+                // A built-in pool fails below; whether it could launch the
+                // workers is beside the point (and its labels are Auto Mode's).
+                if let (Some(api), Ok(live)) = (api, &found)
+                    && !automode::is_built_in_pool(live)
+                {
                     pools.push(PoolObject {
                         name: name.clone(),
                         api,
@@ -276,6 +315,9 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
             _ => continue,
         };
         checks.push(match found {
+            Ok(o) if automode::is_built_in_pool(&o) => {
+                Check::fail(subject, automode::built_in_pool_why(name), automode::HELP)
+            }
             Ok(o) => Check::ok(
                 subject,
                 format!(

@@ -269,11 +269,20 @@ pub fn misfits(api: PoolApi, pool: &Value, worker: &GpuWorker) -> Vec<String> {
     out
 }
 
+/// EKS Auto Mode names the AWS provider's instance labels under its own
+/// prefix (`eks.amazonaws.com/instance-category`, ...): the same requirement.
+fn provider_label(key: &str) -> std::borrow::Cow<'_, str> {
+    match key.strip_prefix("eks.amazonaws.com/instance-") {
+        Some(rest) => format!("karpenter.k8s.aws/instance-{rest}").into(),
+        None => key.into(),
+    }
+}
+
 /// A requirement that rules out every instance the worker can run on.
 fn excludes_gpus(requirement: &Value, worker: &GpuWorker) -> Option<String> {
     let gpus = worker.gpus;
     let memory = worker.gpu_memory_over.unwrap_or(0);
-    let key = requirement["key"].as_str()?;
+    let key = provider_label(requirement["key"].as_str()?);
     let op = requirement["operator"].as_str()?;
     let values: Vec<&str> = requirement["values"]
         .as_array()
@@ -284,7 +293,7 @@ fn excludes_gpus(requirement: &Value, worker: &GpuWorker) -> Option<String> {
     let list = values.join(", ");
     let numbers: Vec<u64> = values.iter().filter_map(|v| v.parse().ok()).collect();
     let gpu_category = |v: &&str| *v == "g" || *v == "p";
-    match (key, op) {
+    match (key.as_ref(), op) {
         ("karpenter.k8s.aws/instance-category", "In") if !values.iter().any(gpu_category) => Some(
             format!("it allows instance categories {list}, none with NVIDIA GPUs (g, p)"),
         ),
@@ -500,6 +509,18 @@ mod tests {
         assert!(misfits(PoolApi::V1, &mixed, &w).is_empty());
         let gpu_type = g4ad("node.kubernetes.io/instance-type", json!(["g5.2xlarge"]));
         assert!(misfits(PoolApi::V1, &gpu_type, &w).is_empty());
+    }
+
+    #[test]
+    fn auto_modes_own_instance_labels_are_read_alike() {
+        let general_purpose = pool(
+            json!([{"key": "eks.amazonaws.com/instance-category", "operator": "In", "values": ["c", "m", "r"]}]),
+            json!([]),
+        );
+        assert_eq!(
+            misfits(PoolApi::V1, &general_purpose, &worker(json!([]))),
+            ["it allows instance categories c, m, r, none with NVIDIA GPUs (g, p)"]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::state::{FieldValue, PatchedField};
 
+pub mod automode;
 pub mod family;
 pub mod fit;
 pub mod floor;
@@ -96,6 +97,8 @@ impl ClassApi {
 pub struct Served {
     pub pools: Vec<PoolApi>,
     pub classes: Vec<ClassApi>,
+    /// EKS Auto Mode: its NodeClass API is served (see [`automode`]).
+    pub auto_mode: bool,
 }
 
 impl Served {
@@ -559,6 +562,7 @@ mod tests {
         let both = Served {
             pools: vec![PoolApi::V1, PoolApi::V1beta1],
             classes: vec![ClassApi::V1, ClassApi::V1beta1],
+            auto_mode: false,
         };
         // Karpenter v0.33.6-v0.37: v1 served, v1beta1 stored.
         let v037 = both.clone().stored_first(Some("v1beta1"), Some("v1beta1"));
@@ -576,6 +580,7 @@ mod tests {
         let v032 = Served {
             pools: vec![PoolApi::V1beta1, PoolApi::V1alpha5],
             classes: vec![ClassApi::V1beta1, ClassApi::V1alpha1],
+            auto_mode: false,
         };
         assert_eq!(
             v032.clone().stored_first(Some("v1beta1"), Some("v1beta1")),

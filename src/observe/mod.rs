@@ -18,7 +18,9 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
-use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Served, Wanted};
+use crate::karpenter::{
+    self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Served, Wanted, automode,
+};
 use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ResourceState, State};
 use crate::target::ClusterId;
@@ -281,6 +283,13 @@ async fn observe_patch(
             observe_pool(cluster, stack, address, api, intent).await?
         }
         Route::Class(intent) => {
+            // Auto Mode beside a self-managed Karpenter still has EC2NodeClasses to patch.
+            if served.auto_mode && served.classes.is_empty() {
+                return Ok(Some(ObservedPatch {
+                    problem: Some(automode::refusal(&automode::class_why(&address.name))),
+                    ..Default::default()
+                }));
+            }
             let api = api_holding(cluster, &served.classes, &address.name, class_of).await?;
             observe_class(cluster, stack, address, api, intent).await?
         }
@@ -881,6 +890,9 @@ pub fn served(cluster: &Cluster) -> Served {
             .into_iter()
             .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
             .collect(),
+        auto_mode: cluster
+            .kind(automode::NODECLASS_API_VERSION, automode::NODECLASS_KIND)
+            .is_some(),
     }
 }
 
@@ -1038,7 +1050,14 @@ async fn observe_pool(
         stack,
         address,
         (api.api_version(), api.kind()),
-        |_, original| karpenter::floor::pool(api, intent, original),
+        |live, original| {
+            if automode::is_built_in_pool(live) {
+                return Err(automode::refusal(&automode::built_in_pool_why(
+                    &address.name,
+                )));
+            }
+            karpenter::floor::pool(api, intent, original)
+        },
     )
     .await?;
     out.warnings
