@@ -7,8 +7,8 @@ use serde_json::Value;
 use super::Check;
 use crate::cluster::{Access, Cluster, Kind};
 use crate::karpenter::fit::{self, PoolObject};
-use crate::karpenter::{ClassApi, PoolApi};
-use crate::observe::{api_holding, served};
+use crate::karpenter::{ClassApi, PoolApi, automode};
+use crate::observe::{api_holding, served, served_stored_first};
 use crate::plan::rollout;
 use crate::stack::{ResourceSpec, SecretSource, Stack, StateLocation};
 
@@ -51,8 +51,16 @@ pub async fn kuberay_operator(cluster: &Cluster) -> Check {
         Ok(Running { found, image_tag }) => {
             // Only a running operator is worth the LIST of every RayCluster.
             let built_by = kuberay_version(cluster).await;
-            let version = version_note(image_tag.or(built_by));
-            Check::ok("KubeRay operator", format!("{found}; {version}"))
+            let version = image_tag.or(built_by);
+            let note = version_note(version.clone());
+            match version.as_deref().and_then(unsupported) {
+                Some(why) => Check::warn(
+                    "KubeRay operator",
+                    format!("{found}; {note}: {why}"),
+                    Some("upgrade KubeRay to v1.3 or later".into()),
+                ),
+                None => Check::ok("KubeRay operator", format!("{found}; {note}")),
+            }
         }
         Err(fail) => fail,
     }
@@ -153,6 +161,23 @@ async fn kuberay_version(cluster: &Cluster) -> Option<String> {
     versions.into_iter().max()
 }
 
+/// Why rayform's wait cannot follow this KubeRay version, if it cannot.
+/// Up to v1.2 KubeRay writes `status.observedGeneration` only along with a
+/// change in the statuses it compares, so a spec change that moves none of
+/// them (a worker group's replicas) never shows its generation observed, and
+/// the wait, which needs it, times out.
+fn unsupported(version: &str) -> Option<String> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    ((major, minor) < (1, 3)).then(|| {
+        format!(
+            "KubeRay {version} writes status.observedGeneration only when the statuses it compares change, \
+             so a change that moves none of them (a worker group's replicas) never reads as observed and apply's wait times out (not supported; --no-wait still applies)"
+        )
+    })
+}
+
 fn version_note(version: Option<String>) -> String {
     match version {
         Some(v) if v.starts_with(rollout::RULES) => {
@@ -203,6 +228,9 @@ pub fn karpenter_apis(cluster: &Cluster) -> Check {
             ),
         );
     }
+    if served.auto_mode {
+        return Check::ok("Karpenter", auto_mode_form(&list, &served));
+    }
     let release = if served.drift_off_by_default() && served.pools.len() > 1 {
         " (Karpenter v0.32: both generations served)"
     } else {
@@ -211,9 +239,33 @@ pub fn karpenter_apis(cluster: &Cluster) -> Check {
     Check::ok("Karpenter", format!("{}{release}", list.join(", ")))
 }
 
+/// What an Auto Mode cluster is, and the stack form that fits it: the
+/// mission stack's [nodeclass] patch of an EC2NodeClass has nothing to
+/// patch there, and EKS's own pools are not to be patched.
+fn auto_mode_form(list: &[String], served: &crate::karpenter::Served) -> String {
+    let mut apis = list.to_vec();
+    apis.push(format!(
+        "{} {}",
+        automode::NODECLASS_API_VERSION,
+        automode::NODECLASS_KIND
+    ));
+    let form = if served.classes.is_empty() {
+        "a stack fits whose [nodepool.NAME] names a NodePool of your own (GPU instances, from a NodeClass of your own sized with ephemeralStorage.size) and which has no [nodeclass]; \
+         not the self-managed form of stacks/mistral-7b.toml, whose [nodeclass] patches an EC2NodeClass"
+    } else {
+        "EC2NodeClasses are served too (a self-managed Karpenter beside it): a stack fits whose [nodepool] and [nodeclass] name objects of that Karpenter, or a NodePool of your own"
+    };
+    format!(
+        "{}: EKS Auto Mode, Karpenter built in; its NodePools {} and NodeClass {} are EKS's own; {form}",
+        apis.join(", "),
+        automode::BUILT_IN_POOLS.join(" and "),
+        automode::BUILT_IN_CLASS,
+    )
+}
+
 /// The objects the stack patches exist, and its pools can launch its GPU workers.
 pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
-    let served = served(cluster);
+    let served = served_stored_first(cluster).await;
     let mut checks = Vec::new();
     let mut pools = Vec::new();
     let mut classes = Vec::new();
@@ -221,6 +273,14 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
         let name = &r.address.name;
         let subject = r.address.to_string();
         let found = match &r.spec {
+            ResourceSpec::NodeClass(_) if served.auto_mode && served.classes.is_empty() => {
+                checks.push(Check::fail(
+                    subject,
+                    automode::class_why(name),
+                    automode::HELP,
+                ));
+                continue;
+            }
             ResourceSpec::NodePool(_) => {
                 let api = api_holding(cluster, &served.pools, name, |a: PoolApi| {
                     (a.api_version(), a.kind())
@@ -229,7 +289,11 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
                 .ok()
                 .flatten();
                 let found = find(cluster, api.map(|a| (a.api_version(), a.kind())), name).await;
-                if let (Some(api), Ok(live)) = (api, &found) {
+                // A built-in pool fails below; whether it could launch the
+                // workers is beside the point (and its labels are Auto Mode's).
+                if let (Some(api), Ok(live)) = (api, &found)
+                    && !automode::is_built_in_pool(live)
+                {
                     pools.push(PoolObject {
                         name: name.clone(),
                         api,
@@ -251,6 +315,9 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
             _ => continue,
         };
         checks.push(match found {
+            Ok(o) if automode::is_built_in_pool(&o) => {
+                Check::fail(subject, automode::built_in_pool_why(name), automode::HELP)
+            }
             Ok(o) => Check::ok(
                 subject,
                 format!(
@@ -519,4 +586,20 @@ fn needed(cluster: &Cluster, stack: &Stack) -> BTreeSet<Access> {
         );
     }
     needed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kuberay_up_to_v1_2_is_named_unsupported_for_the_wait() {
+        for old in ["v1.2.2", "v1.1.0", "1.0.0", "v0.6.0"] {
+            let why = unsupported(old).unwrap_or_else(|| panic!("{old} is unsupported"));
+            assert!(why.contains("observedGeneration"), "{why}");
+        }
+        for new in ["v1.3.0", "v1.5.0", "1.4.2", "v2.0.0", "nightly"] {
+            assert_eq!(unsupported(new), None, "{new}");
+        }
+    }
 }

@@ -269,11 +269,20 @@ pub fn misfits(api: PoolApi, pool: &Value, worker: &GpuWorker) -> Vec<String> {
     out
 }
 
+/// EKS Auto Mode names the AWS provider's instance labels under its own
+/// prefix (`eks.amazonaws.com/instance-category`, ...): the same requirement.
+fn provider_label(key: &str) -> std::borrow::Cow<'_, str> {
+    match key.strip_prefix("eks.amazonaws.com/instance-") {
+        Some(rest) => format!("karpenter.k8s.aws/instance-{rest}").into(),
+        None => key.into(),
+    }
+}
+
 /// A requirement that rules out every instance the worker can run on.
 fn excludes_gpus(requirement: &Value, worker: &GpuWorker) -> Option<String> {
     let gpus = worker.gpus;
     let memory = worker.gpu_memory_over.unwrap_or(0);
-    let key = requirement["key"].as_str()?;
+    let key = provider_label(requirement["key"].as_str()?);
     let op = requirement["operator"].as_str()?;
     let values: Vec<&str> = requirement["values"]
         .as_array()
@@ -283,9 +292,9 @@ fn excludes_gpus(requirement: &Value, worker: &GpuWorker) -> Option<String> {
         .collect();
     let list = values.join(", ");
     let numbers: Vec<u64> = values.iter().filter_map(|v| v.parse().ok()).collect();
-    let gpu_family = |v: &&str| v.starts_with('g') || v.starts_with('p');
-    match (key, op) {
-        ("karpenter.k8s.aws/instance-category", "In") if !values.iter().any(gpu_family) => Some(
+    let gpu_category = |v: &&str| *v == "g" || *v == "p";
+    match (key.as_ref(), op) {
+        ("karpenter.k8s.aws/instance-category", "In") if !values.iter().any(gpu_category) => Some(
             format!("it allows instance categories {list}, none with NVIDIA GPUs (g, p)"),
         ),
         ("karpenter.k8s.aws/instance-category", "NotIn")
@@ -293,9 +302,28 @@ fn excludes_gpus(requirement: &Value, worker: &GpuWorker) -> Option<String> {
         {
             Some(format!("it excludes instance categories {list}"))
         }
-        ("karpenter.k8s.aws/instance-family", "In") if !values.iter().any(gpu_family) => Some(
-            format!("it allows instance families {list}, none with NVIDIA GPUs"),
-        ),
+        ("karpenter.k8s.aws/instance-family", "In") if !values.iter().any(|f| nvidia_family(f)) => {
+            Some(format!(
+                "it allows instance families {list}, none with NVIDIA GPUs{}",
+                amd_note(&values)
+            ))
+        }
+        ("node.kubernetes.io/instance-type", "In")
+            if !values
+                .iter()
+                .any(|t| nvidia_family(t.split('.').next().unwrap_or_default())) =>
+        {
+            Some(format!(
+                "it allows instance types {list}, none with NVIDIA GPUs{}",
+                amd_note(&values)
+            ))
+        }
+        ("karpenter.k8s.aws/instance-gpu-manufacturer", "In") if !values.contains(&"nvidia") => {
+            Some(format!("it allows GPU manufacturers {list}, not nvidia"))
+        }
+        ("karpenter.k8s.aws/instance-gpu-manufacturer", "NotIn") if values.contains(&"nvidia") => {
+            Some("it excludes NVIDIA GPUs".to_string())
+        }
         ("karpenter.k8s.aws/instance-gpu-count", "Lt")
             if numbers.first().is_some_and(|n| *n <= gpus) =>
         {
@@ -317,6 +345,23 @@ fn excludes_gpus(requirement: &Value, worker: &GpuWorker) -> Option<String> {
         ),
         _ => None,
     }
+}
+
+/// Whether an EC2 instance family has NVIDIA GPUs: the `g` and `p`
+/// families do, but for g4ad, whose GPUs are AMD Radeon Pro V520s (they
+/// advertise `amd.com/gpu`, never `nvidia.com/gpu`).
+fn nvidia_family(family: &str) -> bool {
+    (family.starts_with('g') || family.starts_with('p')) && !AMD_FAMILIES.contains(&family)
+}
+
+/// EC2 families in the GPU categories whose GPUs are AMD's.
+const AMD_FAMILIES: [&str; 1] = ["g4ad"];
+
+fn amd_note(values: &[&str]) -> &'static str {
+    let amd = values
+        .iter()
+        .any(|v| AMD_FAMILIES.contains(&v.split('.').next().unwrap_or_default()));
+    if amd { " (g4ad's GPUs are AMD's)" } else { "" }
 }
 
 fn tolerates(toleration: &Value, taint: &Value) -> bool {
@@ -431,6 +476,51 @@ mod tests {
             json!([]),
         );
         assert!(misfits(PoolApi::V1, &gpu, &worker(json!([]))).is_empty());
+    }
+
+    #[test]
+    fn a_pool_of_amd_gpus_cannot_launch_an_nvidia_worker() {
+        let g4ad = |key: &str, values: Value| {
+            pool(
+                json!([{"key": key, "operator": "In", "values": values}]),
+                json!([]),
+            )
+        };
+        let w = worker(json!([]));
+        let family = g4ad("karpenter.k8s.aws/instance-family", json!(["g4ad"]));
+        assert_eq!(
+            misfits(PoolApi::V1, &family, &w),
+            ["it allows instance families g4ad, none with NVIDIA GPUs (g4ad's GPUs are AMD's)"]
+        );
+        let types = g4ad("node.kubernetes.io/instance-type", json!(["g4ad.xlarge"]));
+        assert_eq!(
+            misfits(PoolApi::V1, &types, &w),
+            ["it allows instance types g4ad.xlarge, none with NVIDIA GPUs (g4ad's GPUs are AMD's)"]
+        );
+        let amd = g4ad(
+            "karpenter.k8s.aws/instance-gpu-manufacturer",
+            json!(["amd"]),
+        );
+        assert_eq!(
+            misfits(PoolApi::V1, &amd, &w),
+            ["it allows GPU manufacturers amd, not nvidia"]
+        );
+        let mixed = g4ad("karpenter.k8s.aws/instance-family", json!(["g4ad", "g5"]));
+        assert!(misfits(PoolApi::V1, &mixed, &w).is_empty());
+        let gpu_type = g4ad("node.kubernetes.io/instance-type", json!(["g5.2xlarge"]));
+        assert!(misfits(PoolApi::V1, &gpu_type, &w).is_empty());
+    }
+
+    #[test]
+    fn auto_modes_own_instance_labels_are_read_alike() {
+        let general_purpose = pool(
+            json!([{"key": "eks.amazonaws.com/instance-category", "operator": "In", "values": ["c", "m", "r"]}]),
+            json!([]),
+        );
+        assert_eq!(
+            misfits(PoolApi::V1, &general_purpose, &worker(json!([]))),
+            ["it allows instance categories c, m, r, none with NVIDIA GPUs (g, p)"]
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub const MAPPINGS: &str = "/spec/blockDeviceMappings";
 pub enum Wanted {
     /// The object's original values already meet the intent: nothing to write.
     Satisfied(String),
+    /// The intent does not apply to this object as it is configured (the
+    /// field it would write is not what Karpenter reads): nothing to write.
+    Moot(String),
     Write {
         fields: BTreeMap<String, Value>,
         /// Said on the plan line: how the intent became these fields.
@@ -35,6 +38,19 @@ pub enum Wanted {
         /// What else changes for the user while the patch holds.
         warnings: Vec<String>,
     },
+}
+
+impl Wanted {
+    /// The plan's note for an object the intent leaves alone.
+    pub fn left_alone(&self) -> Option<String> {
+        match self {
+            Wanted::Satisfied(why) => Some(format!(
+                "kept (longer than the stack asks), already satisfied: {why}"
+            )),
+            Wanted::Moot(why) => Some(format!("left alone: {why}")),
+            Wanted::Write { .. } => None,
+        }
+    }
 }
 
 /// The object as it was before any stack patched it.
@@ -244,6 +260,13 @@ pub fn class(
         return Err(format!(
             "the AWSNodeTemplate launches from launch template `{template}`, and Karpenter rejects blockDeviceMappings alongside launchTemplate\n  \
              help: size the volume in the launch template itself and drop the storage intent, or let Karpenter generate the launch template"
+        ));
+    }
+    if original.pointer("/spec/instanceStorePolicy") == Some(&json!("RAID0")) {
+        return Ok(Wanted::Moot(
+            "the class sets instanceStorePolicy: RAID0, so Karpenter counts a node's storage from its NVMe instance store, not from an EBS volume; \
+             resizing the root volume would only drift every node and replace it for nothing (choose instance types with enough instance store instead, e.g. a karpenter.k8s.aws/instance-local-nvme requirement)"
+                .to_string(),
         ));
     }
     let family = Family::of(api, original);
@@ -550,6 +573,16 @@ mod tests {
             list,
             json!([{"deviceName": "/dev/sda1", "ebs": {"volumeSize": "200Gi"}}])
         );
+    }
+
+    #[test]
+    fn a_raid0_class_counts_the_instance_store_and_its_ebs_volume_is_left_alone() {
+        let raid0 = json!({"spec": {"amiFamily": "AL2023", "instanceStorePolicy": "RAID0",
+            "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": "20Gi"}}]}});
+        match class(ClassApi::V1, &storage("200Gi"), &raid0, &raid0) {
+            Ok(Wanted::Moot(why)) => assert!(why.contains("instanceStorePolicy: RAID0"), "{why}"),
+            other => panic!("expected the EBS volume left alone, got {other:?}"),
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::state::{FieldValue, PatchedField};
 
+pub mod automode;
 pub mod family;
 pub mod fit;
 pub mod floor;
@@ -90,14 +91,46 @@ impl ClassApi {
 
 /// The Karpenter APIs a cluster serves, most preferred first. Together they
 /// say which releases it may run: only v0.32 serves v1alpha5 and v1beta1 at
-/// once, v1.0 serves v1 and v1beta1, v0.31 and older v1alpha5 alone.
+/// once, v0.33.6-v0.37 serve v1 beside a stored v1beta1, v1.0 serves v1beta1
+/// beside a stored v1, v0.31 and older v1alpha5 alone.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Served {
     pub pools: Vec<PoolApi>,
     pub classes: Vec<ClassApi>,
+    /// EKS Auto Mode: its NodeClass API is served (see [`automode`]).
+    pub auto_mode: bool,
 }
 
 impl Served {
+    /// The same APIs with the version each CRD stores first, where the
+    /// cluster serves several (`None`: unknown, the order stays). An object
+    /// is what its stored version holds: Karpenter v0.33.6-v0.37 convert a
+    /// v1beta1 NodePool to v1 with loss (`WhenUnderutilized` with
+    /// `consolidateAfter: Never` reads as `WhenEmptyOrUnderutilized`, `0s`),
+    /// so reading or patching it through v1 would judge and write values
+    /// that are not the pool's.
+    pub fn stored_first(mut self, pool: Option<&str>, class: Option<&str>) -> Served {
+        if let Some(stored) = pool.and_then(|v| {
+            PoolApi::ALL
+                .into_iter()
+                .find(|a| a.kind() == "NodePool" && a.api_version() == format!("karpenter.sh/{v}"))
+        }) && let Some(at) = self.pools.iter().position(|a| *a == stored)
+        {
+            let api = self.pools.remove(at);
+            self.pools.insert(0, api);
+        }
+        if let Some(stored) = class.and_then(|v| {
+            ClassApi::ALL.into_iter().find(|a| {
+                a.kind() == "EC2NodeClass" && a.api_version() == format!("karpenter.k8s.aws/{v}")
+            })
+        }) && let Some(at) = self.classes.iter().position(|a| *a == stored)
+        {
+            let api = self.classes.remove(at);
+            self.classes.insert(0, api);
+        }
+        self
+    }
+
     pub fn pool(&self) -> Option<PoolApi> {
         self.pools.first().copied()
     }
@@ -115,8 +148,11 @@ impl Served {
     /// Why a pod annotation meant to keep Karpenter off a node may do nothing here.
     pub fn ignored_annotation(&self, annotation: &str) -> Option<String> {
         match annotation {
-            "karpenter.sh/do-not-evict" if self.pools.contains(&PoolApi::V1) => Some(
-                "the cluster serves karpenter.sh/v1, and Karpenter 1.x honours only karpenter.sh/do-not-disrupt (do-not-evict was dropped in v1.0)".into(),
+            // v0.33.6-v0.37 serve v1 too, but store v1beta1 and still
+            // honour do-not-evict; from v1.0, where v1 is stored, only
+            // do-not-disrupt counts.
+            "karpenter.sh/do-not-evict" if self.pool() == Some(PoolApi::V1) => Some(
+                "the cluster stores karpenter.sh/v1 NodePools (Karpenter 1.x), and Karpenter 1.x honours only karpenter.sh/do-not-disrupt (do-not-evict was dropped in v1.0)".into(),
             ),
             "karpenter.sh/do-not-disrupt" if self.pools == [PoolApi::V1alpha5] => Some(
                 "the cluster serves only karpenter.sh/v1alpha5 (Karpenter v0.31 or older), which honours karpenter.sh/do-not-evict, not do-not-disrupt".into(),
@@ -519,6 +555,38 @@ mod tests {
         let mut out = live.clone();
         merge_into(&mut out, merge);
         out
+    }
+
+    #[test]
+    fn the_stored_version_comes_first_and_decides_which_annotations_count() {
+        let both = Served {
+            pools: vec![PoolApi::V1, PoolApi::V1beta1],
+            classes: vec![ClassApi::V1, ClassApi::V1beta1],
+            auto_mode: false,
+        };
+        // Karpenter v0.33.6-v0.37: v1 served, v1beta1 stored.
+        let v037 = both.clone().stored_first(Some("v1beta1"), Some("v1beta1"));
+        assert_eq!(v037.pool(), Some(PoolApi::V1beta1));
+        assert_eq!(v037.class(), Some(ClassApi::V1beta1));
+        assert_eq!(v037.ignored_annotation("karpenter.sh/do-not-evict"), None);
+        // Karpenter v1.0: v1beta1 served, v1 stored.
+        let v10 = both.clone().stored_first(Some("v1"), Some("v1"));
+        assert_eq!(v10.pool(), Some(PoolApi::V1));
+        assert!(
+            v10.ignored_annotation("karpenter.sh/do-not-evict")
+                .is_some()
+        );
+        // v0.32: the stored NodePool version does not move the Provisioner.
+        let v032 = Served {
+            pools: vec![PoolApi::V1beta1, PoolApi::V1alpha5],
+            classes: vec![ClassApi::V1beta1, ClassApi::V1alpha1],
+            auto_mode: false,
+        };
+        assert_eq!(
+            v032.clone().stored_first(Some("v1beta1"), Some("v1beta1")),
+            v032
+        );
+        assert_eq!(both.clone().stored_first(None, None), both);
     }
 
     #[test]

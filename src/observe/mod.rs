@@ -18,7 +18,9 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, ClusterError, Kind, Ssa};
 use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
-use crate::karpenter::{self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Served, Wanted};
+use crate::karpenter::{
+    self, ChangedField, ClassApi, KarpenterPatch, PoolApi, Served, Wanted, automode,
+};
 use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ResourceState, State};
 use crate::target::ClusterId;
@@ -152,7 +154,7 @@ pub async fn observe(
     mode: Mode,
     options: &ObserveOptions,
 ) -> Result<World, ClusterError> {
-    let served = served(cluster);
+    let served = served_stored_first(cluster).await;
     let mut resources = BTreeMap::new();
     // Objects, grouped so that each kind costs one LIST per namespace;
     // Karpenter objects one by one, as each is patched on its own.
@@ -293,6 +295,13 @@ async fn observe_patch(
             observe_pool(cluster, stack, address, api, intent).await?
         }
         Route::Class(intent) => {
+            // Auto Mode beside a self-managed Karpenter still has EC2NodeClasses to patch.
+            if served.auto_mode && served.classes.is_empty() {
+                return Ok(Some(ObservedPatch {
+                    problem: Some(automode::refusal(&automode::class_why(&address.name))),
+                    ..Default::default()
+                }));
+            }
             let api = api_holding(cluster, &served.classes, &address.name, class_of).await?;
             observe_class(cluster, stack, address, api, intent).await?
         }
@@ -896,7 +905,49 @@ pub fn served(cluster: &Cluster) -> Served {
             .into_iter()
             .filter(|a| cluster.kind(a.api_version(), a.kind()).is_some())
             .collect(),
+        auto_mode: cluster
+            .kind(automode::NODECLASS_API_VERSION, automode::NODECLASS_KIND)
+            .is_some(),
     }
+}
+
+/// The Karpenter APIs the cluster serves, the version each CRD stores
+/// first ([`Served::stored_first`]). The stored version is read from the
+/// CRD; a cluster that does not let rayform read CRDs keeps discovery's order.
+pub async fn served_stored_first(cluster: &Cluster) -> Served {
+    let served = served(cluster);
+    // Only a kind served in several versions has a stored one to find
+    // (v0.32's Provisioner and NodePool are two kinds, not two versions).
+    let pool_versions = served.pools.iter().filter(|a| a.kind() == "NodePool");
+    let pool = match pool_versions.count() > 1 {
+        true => stored_version(cluster, "nodepools.karpenter.sh").await,
+        false => None,
+    };
+    let class_versions = served.classes.iter().filter(|a| a.kind() == "EC2NodeClass");
+    let class = match class_versions.count() > 1 {
+        true => stored_version(cluster, "ec2nodeclasses.karpenter.k8s.aws").await,
+        false => None,
+    };
+    served.stored_first(pool.as_deref(), class.as_deref())
+}
+
+/// The version a CRD stores its objects in, if the CRD can be read.
+async fn stored_version(cluster: &Cluster, crd: &str) -> Option<String> {
+    let kind = cluster.kind("apiextensions.k8s.io/v1", "CustomResourceDefinition")?;
+    let object = match cluster.get(&kind, None, crd).await {
+        Ok(object) => object?,
+        Err(e) => {
+            tracing::debug!(crd, error = %e, "stored version unknown");
+            return None;
+        }
+    };
+    object
+        .pointer("/spec/versions")?
+        .as_array()?
+        .iter()
+        .find(|v| v["storage"].as_bool() == Some(true))?["name"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Of the Karpenter generations served, the one holding the object named:
@@ -976,10 +1027,8 @@ async fn observe_karpenter(
             }
             patch
         }
-        Ok(Wanted::Satisfied(why)) => {
-            out.notes.push(format!(
-                "kept (longer than the stack asks), already satisfied: {why}"
-            ));
+        Ok(left) => {
+            out.notes.extend(left.left_alone());
             match karpenter::withdraw(&stack.name, &live) {
                 Ok(patch) => patch,
                 Err(changed) => {
@@ -1011,14 +1060,48 @@ async fn observe_pool(
             ..Default::default()
         });
     };
-    observe_karpenter(
+    let mut out = observe_karpenter(
         cluster,
         stack,
         address,
         (api.api_version(), api.kind()),
-        |_, original| karpenter::floor::pool(api, intent, original),
+        |live, original| {
+            if automode::is_built_in_pool(live) {
+                return Err(automode::refusal(&automode::built_in_pool_why(
+                    &address.name,
+                )));
+            }
+            karpenter::floor::pool(api, intent, original)
+        },
     )
-    .await
+    .await?;
+    out.warnings
+        .extend(provisioner_beside(cluster, api, &address.name).await?);
+    Ok(out)
+}
+
+/// Karpenter v0.32 launches from a Provisioner and a NodePool alike, and a
+/// half-migrated cluster has both under one name. rayform patches the
+/// NodePool only, so nodes launched from the Provisioner keep its own
+/// empty-node TTL; the plan says so rather than let the user believe both
+/// are covered.
+async fn provisioner_beside(
+    cluster: &Cluster,
+    api: PoolApi,
+    name: &str,
+) -> Result<Option<String>, ClusterError> {
+    let provisioner = PoolApi::V1alpha5;
+    let Some(kind) = cluster.kind(provisioner.api_version(), provisioner.kind()) else {
+        return Ok(None);
+    };
+    if api == provisioner || cluster.get(&kind, None, name).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "a Provisioner `{name}` (karpenter.sh/v1alpha5) exists beside the NodePool and is not patched: \
+         Karpenter v0.32 launches from both, and nodes launched from the Provisioner keep its own ttlSecondsAfterEmpty; \
+         finish the migration (delete the Provisioner), or set its TTL by hand"
+    )))
 }
 
 async fn observe_class(

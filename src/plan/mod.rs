@@ -309,11 +309,17 @@ fn karpenter_summary(world: &World) -> Option<String> {
             .map(|a| (a.api_version(), a.kind()))
             .collect(),
     );
-    match (pools.is_empty(), classes.is_empty()) {
+    let apis = match (pools.is_empty(), classes.is_empty()) {
         (true, true) => None,
         (false, false) => Some(format!("{pools} + {classes}")),
         _ => Some(format!("{pools}{classes}")),
-    }
+    };
+    // Auto Mode's NodeClass is not a Karpenter API rayform patches, but it
+    // is why the built-in pools and class are refused below.
+    apis.map(|apis| match served.auto_mode {
+        true => format!("{apis} (EKS Auto Mode: eks.amazonaws.com/v1 NodeClass, built-in pools)"),
+        false => apis,
+    })
 }
 
 fn plan_patch(

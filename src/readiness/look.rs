@@ -48,12 +48,7 @@ pub async fn look(
     target: &Target,
 ) -> Result<Look, ReadinessError> {
     let spec = &target.wait;
-    let kind = cluster.kind("ray.io/v1", "RayService").ok_or_else(|| {
-        ReadinessError::Failed(crate::observe::missing_kind_message(
-            "ray.io/v1",
-            "RayService",
-        ))
-    })?;
+    let kind = super::rayservice_kind(cluster)?;
     let object = cluster
         .get(&kind, Some(namespace), &spec.rayservice)
         .await

@@ -214,12 +214,7 @@ pub async fn wait(
     progress: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Ready, ReadinessError> {
     let spec = &target.wait;
-    let kind = cluster.kind("ray.io/v1", "RayService").ok_or_else(|| {
-        ReadinessError::Failed(crate::observe::missing_kind_message(
-            "ray.io/v1",
-            "RayService",
-        ))
-    })?;
+    let kind = rayservice_kind(cluster)?;
     let mut watch = cluster.watch(&kind, Some(namespace), &spec.rayservice);
     let started = Instant::now();
     // Event times have whole seconds; one second back keeps KubeRay's first
@@ -346,6 +341,16 @@ pub async fn wait(
             }
         }
     }
+}
+
+/// The RayService kind as the cluster serves it, or why there is none.
+fn rayservice_kind(cluster: &Cluster) -> Result<crate::cluster::Kind, ReadinessError> {
+    cluster.kind("ray.io/v1", "RayService").ok_or_else(|| {
+        ReadinessError::Failed(crate::observe::missing_kind_message(
+            "ray.io/v1",
+            "RayService",
+        ))
+    })
 }
 
 /// How long a RayService may sit untouched by KubeRay before rayform asks

@@ -8,6 +8,7 @@
 
 mod support;
 
+mod automode;
 mod cli;
 mod cluster;
 mod doctor;

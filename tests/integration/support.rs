@@ -42,6 +42,14 @@ pub enum Profile {
     /// Karpenter v0.32: v1alpha5 and v1beta1 served side by side; the test's
     /// objects are a Provisioner and an AWSNodeTemplate, as before a migration.
     V032,
+    /// Karpenter v0.33.6-v0.37: karpenter.sh/v1 served beside a stored
+    /// v1beta1 (our own two-version CRDs); the test's objects are v1beta1's.
+    V037,
+    /// EKS Auto Mode: Karpenter built in, NodePools beside EKS's built-in
+    /// `general-purpose` and `system`, node classes of `eks.amazonaws.com/v1`
+    /// and no EC2NodeClass. The test's objects are copies of `general-purpose`
+    /// and of the NodeClass `default`: a pool and a class of the user's own.
+    AutoMode,
 }
 
 impl Profile {
@@ -52,14 +60,25 @@ impl Profile {
             Profile::V1alpha5 => "v1alpha5",
             Profile::Nodes => "nodes",
             Profile::V032 => "v0.32",
+            Profile::V037 => "v0.37",
+            Profile::AutoMode => "automode",
+        }
+    }
+
+    /// The names of the pool-like and class-like objects the cluster has
+    /// before the test, of which the test's own are copies.
+    pub fn fixtures(self) -> (&'static str, &'static str) {
+        match self {
+            Profile::AutoMode => ("general-purpose", "default"),
+            _ => ("default", "default"),
         }
     }
 
     /// (apiVersion, kind) of the pool-like and class-like Karpenter objects.
     pub fn pool(self) -> (&'static str, &'static str) {
         match self {
-            Profile::V1 | Profile::Nodes => ("karpenter.sh/v1", "NodePool"),
-            Profile::V1beta1 => ("karpenter.sh/v1beta1", "NodePool"),
+            Profile::V1 | Profile::Nodes | Profile::AutoMode => ("karpenter.sh/v1", "NodePool"),
+            Profile::V1beta1 | Profile::V037 => ("karpenter.sh/v1beta1", "NodePool"),
             Profile::V1alpha5 | Profile::V032 => ("karpenter.sh/v1alpha5", "Provisioner"),
         }
     }
@@ -67,7 +86,8 @@ impl Profile {
     pub fn class(self) -> (&'static str, &'static str) {
         match self {
             Profile::V1 | Profile::Nodes => ("karpenter.k8s.aws/v1", "EC2NodeClass"),
-            Profile::V1beta1 => ("karpenter.k8s.aws/v1beta1", "EC2NodeClass"),
+            Profile::AutoMode => ("eks.amazonaws.com/v1", "NodeClass"),
+            Profile::V1beta1 | Profile::V037 => ("karpenter.k8s.aws/v1beta1", "EC2NodeClass"),
             Profile::V1alpha5 | Profile::V032 => ("karpenter.k8s.aws/v1alpha1", "AWSNodeTemplate"),
         }
     }
@@ -79,7 +99,7 @@ pub fn repo() -> PathBuf {
 
 /// The kubeconfig of the control plane for a profile, started once per test run.
 pub fn kubeconfig(profile: Profile) -> PathBuf {
-    static CLUSTERS: [OnceLock<PathBuf>; 5] = [const { OnceLock::new() }; 5];
+    static CLUSTERS: [OnceLock<PathBuf>; 7] = [const { OnceLock::new() }; 7];
     CLUSTERS[profile as usize]
         .get_or_init(|| {
             let var = format!(
@@ -134,6 +154,7 @@ pub fn resource(api_version: &str, kind: &str) -> ApiResource {
         "NodeClaim" => "nodeclaims",
         "KWOKNodeClass" => "kwoknodeclasses",
         "EC2NodeClass" => "ec2nodeclasses",
+        "NodeClass" => "nodeclasses",
         "Provisioner" => "provisioners",
         "AWSNodeTemplate" => "awsnodetemplates",
         "RayService" => "rayservices",
@@ -279,11 +300,15 @@ impl Env {
         };
         env.apply_as("test-setup", "v1", "Namespace", None, &ns, json!({}))
             .await;
-        for (api_version, kind) in [profile.pool(), profile.class()] {
+        let (pool_fixture, class_fixture) = profile.fixtures();
+        for ((api_version, kind), fixture) in [
+            (profile.pool(), pool_fixture),
+            (profile.class(), class_fixture),
+        ] {
             let mut spec = env
-                .get(api_version, kind, None, "default")
+                .get(api_version, kind, None, fixture)
                 .await
-                .expect("the fixture `default` exists")["spec"]
+                .unwrap_or_else(|| panic!("the fixture `{fixture}` exists"))["spec"]
                 .take();
             // The test's pool launches its nodes from the test's class.
             for reference in ["/template/spec/nodeClassRef/name", "/providerRef/name"] {

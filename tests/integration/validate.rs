@@ -868,7 +868,7 @@ proptest! {
         let desired = rayform::desired::render(&stack, "key", &state.lineage, rayform::desired::Secrets::Skip).unwrap();
         let world = World {
             cluster: rayform::target::ClusterId { server: "https://127.0.0.1:1".into(), context: None },
-            karpenter: rayform::karpenter::Served { pools: vec![PoolApi::V1], classes: vec![ClassApi::V1] },
+            karpenter: rayform::karpenter::Served { pools: vec![PoolApi::V1], classes: vec![ClassApi::V1], ..Default::default() },
             kuberay_operator_missing: None,
             resources: [
                 (
