@@ -137,7 +137,14 @@ pub fn assess(
         None => Rollout::FirstCluster {
             gpus: gpus(&planned["spec"]["rayClusterConfig"]),
         },
-        Some(live) => changed(&live.spec["spec"], &planned["spec"], live.built_from),
+        Some(live) => {
+            // The hash is v1.5's structs; another release hashes its own.
+            let ours = kuberay_version
+                .as_deref()
+                .is_some_and(|v| v.starts_with(RULES));
+            let built_from = live.built_from.filter(|_| ours);
+            changed(&live.spec["spec"], &planned["spec"], built_from)
+        }
     };
     Assessment {
         rollout,
@@ -446,8 +453,12 @@ mod tests {
         );
     }
 
-    /// `live` as its serving RayCluster was built from `built`.
+    /// `live` as its serving RayCluster was built from `built` by KubeRay v1.5.0.
     fn rollout_from(live: &Value, built: &Value, planned: &Value) -> Rollout {
+        rollout_by(live, built, planned, "v1.5.0")
+    }
+
+    fn rollout_by(live: &Value, built: &Value, planned: &Value, version: &str) -> Rollout {
         let config = &built["spec"]["rayClusterConfig"];
         let built_from = BuiltFrom {
             hash: kuberay_hash::cluster_hash(config).expect("hashable"),
@@ -457,7 +468,7 @@ mod tests {
             spec: live,
             built_from: Some(&built_from),
         };
-        assess(Some(live), planned, None).rollout
+        assess(Some(live), planned, Some(version.into())).rollout
     }
 
     #[test]
@@ -471,6 +482,11 @@ mod tests {
             rollout(&live, &planned),
             Rollout::NoRollout,
             "the spec diff alone"
+        );
+        // Another release's hash is over its own structs: the diff stands in.
+        assert_eq!(
+            rollout_by(&live, &built, &planned, "v1.4.2"),
+            Rollout::NoRollout
         );
         assert_eq!(
             rollout_from(&live, &built, &planned),
