@@ -201,9 +201,8 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
         "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)",
     );
     run.stderr_has("Waiting for a running head pod of RayCluster");
-    // The GPU worker's way, as the wait tells it: Karpenter launches a node,
-    // the image is pulled there, the worker runs.
-    run.stderr_has("(worker group gpu): Karpenter is launching a node for it (nodeclaim/");
+    // The GPU worker's way, as the wait tells it: it runs on a node Karpenter
+    // launched (the launch itself may fall between two looks, a second apart).
     assert!(
         run.stderr
             .lines()
