@@ -94,7 +94,9 @@ fn go_json(config: &Value) -> Result<String, HashError> {
     Ok(out)
 }
 
-fn without_replicas(config: &Value, groups: Option<usize>) -> Value {
+/// `rayClusterConfig` without what KubeRay leaves out of its hash (worker
+/// replicas, workers to delete), and only its first `groups` worker groups.
+pub(super) fn without_replicas(config: &Value, groups: Option<usize>) -> Value {
     let mut config = config.clone();
     if let Some(list) = config
         .get_mut("workerGroupSpecs")

@@ -237,24 +237,7 @@ fn by_spec(old_hashed: &Value, new_hashed: &Value) -> ClusterChange {
 
 /// `rayClusterConfig` as KubeRay hashes it: worker replicas left out.
 fn hashed(config: &Value) -> Value {
-    let mut config = config.clone();
-    if let Some(groups) = config
-        .get_mut("workerGroupSpecs")
-        .and_then(Value::as_array_mut)
-    {
-        for group in groups.iter_mut().filter_map(Value::as_object_mut) {
-            for key in ["replicas", "minReplicas", "maxReplicas"] {
-                group.remove(key);
-            }
-            if let Some(scale) = group
-                .get_mut("scaleStrategy")
-                .and_then(Value::as_object_mut)
-            {
-                scale.remove("workersToDelete");
-            }
-        }
-    }
-    config
+    super::kuberay_hash::without_replicas(config, None)
 }
 
 /// The new config is the old one with worker groups added at the end.
