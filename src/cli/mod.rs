@@ -437,27 +437,13 @@ async fn status(
 ) -> Result<u8, Error> {
     let s = load(path, g)?;
     let cluster = connect(g, out).await?;
-    let waits: Vec<(String, rayform::readiness::Target)> = s
+    // RayServices live in the stack's namespace, as apply waits for them there.
+    let waits: Vec<rayform::readiness::Target> = s
         .resources
         .iter()
         .filter_map(|r| match &r.spec {
-            ResourceSpec::Wait(w) => Some(w),
+            ResourceSpec::Wait(w) => Some(desired::wait_target(&s, w)),
             _ => None,
-        })
-        .map(|w| {
-            let namespace = s
-                .get(&rayform::stack::Address::new(
-                    rayform::stack::ResourceType::RayService,
-                    &w.rayservice,
-                ))
-                .and_then(|r| match &r.spec {
-                    ResourceSpec::RayService(o) => o.object.pointer("/metadata/namespace"),
-                    _ => None,
-                })
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or(&s.namespace)
-                .to_string();
-            (namespace, desired::wait_target(&s, w))
         })
         .collect();
     if waits.is_empty() {
@@ -467,8 +453,8 @@ async fn status(
     loop {
         let mut serving = true;
         let mut said = Vec::new();
-        for (namespace, target) in &waits {
-            let look = rayform::readiness::look(&cluster, namespace, target)
+        for target in &waits {
+            let look = rayform::readiness::look(&cluster, &s.namespace, target)
                 .await
                 .map_err(|e| e.to_string())?;
             serving &= matches!(look.serving, rayform::readiness::Serving::Yes { .. });

@@ -38,25 +38,17 @@ impl Drop for Live {
             self.class.clone(),
         );
         let (pool_api, pool_kind) = self.profile.pool();
-        // As Env's own drop: a thread with a runtime and a client of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let client = crate::support::client(&kubeconfig, None).await;
-                for (api, kind, name) in [
-                    (pool_api, pool_kind, &pool),
-                    (KWOK_CLASS.0, KWOK_CLASS.1, &class),
-                ] {
-                    let objects: Api<DynamicObject> =
-                        Api::all_with(client.clone(), &resource(api, kind));
-                    let _ = objects.delete(name, &DeleteParams::default()).await;
-                }
-            });
-        })
-        .join();
+        crate::support::cleanup_on_a_thread(async move {
+            let client = crate::support::client(&kubeconfig, None).await;
+            for (api, kind, name) in [
+                (pool_api, pool_kind, &pool),
+                (KWOK_CLASS.0, KWOK_CLASS.1, &class),
+            ] {
+                let objects: Api<DynamicObject> =
+                    Api::all_with(client.clone(), &resource(api, kind));
+                let _ = objects.delete(name, &DeleteParams::default()).await;
+            }
+        });
     }
 }
 

@@ -632,6 +632,20 @@ impl Drop for OwnCluster {
     }
 }
 
+/// Runs a clean-up from a `Drop`, which cannot await: on a thread with a
+/// runtime of its own, and with a client of its own (a test's client is
+/// driven by the test's runtime, which is blocked in the drop).
+pub fn cleanup_on_a_thread(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(cleanup);
+    })
+    .join();
+}
+
 /// A test's pods are real processes on the node: its namespace goes with it.
 impl Drop for Env {
     fn drop(&mut self) {
@@ -639,21 +653,11 @@ impl Drop for Env {
             return;
         }
         let (kubeconfig, ns) = (self.kubeconfig.clone(), self.ns.clone());
-        // Drop cannot await; a thread with its own runtime can, with a client of
-        // its own: `self.client`'s connections are driven by the test's runtime,
-        // which is blocked right here.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
-                    Api::all(client(&kubeconfig, None).await);
-                let _ = namespaces.delete(&ns, &Default::default()).await;
-            });
-        })
-        .join();
+        cleanup_on_a_thread(async move {
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+                Api::all(client(&kubeconfig, None).await);
+            let _ = namespaces.delete(&ns, &Default::default()).await;
+        });
     }
 }
 
