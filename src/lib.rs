@@ -22,6 +22,9 @@
 //! Beside the pipeline, [`doctor`] reads the cluster and the stack before a
 //! first apply and says, check by check, whether it can work.
 //!
+//! [`ops`] joins the stages into what a user asks for (plan, apply, destroy,
+//! import): the CLI and the integration tests call those.
+//!
 //! [`cluster`] is the only module that talks to Kubernetes.
 //! The library knows nothing of the command line; `src/cli/` does.
 
@@ -33,6 +36,7 @@ pub mod doctor;
 pub mod graph;
 pub mod karpenter;
 pub mod observe;
+pub mod ops;
 pub mod plan;
 pub mod readiness;
 pub mod secret;
@@ -40,3 +44,6 @@ pub mod stack;
 pub mod state;
 pub mod target;
 pub mod util;
+
+#[cfg(test)]
+mod layers;

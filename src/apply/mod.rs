@@ -5,7 +5,9 @@
 //! the world still is what the plan saw (a saved plan may be old) and that
 //! what it wrote reads back as intended.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod queue;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +35,6 @@ pub enum ApplyError {
     Resource { address: Address, message: String },
     #[error("the saved plan is stale: {0}")]
     Stale(String),
-    #[error("{address}: {what} does not exist; there is nothing to import")]
-    NothingToImport { address: Address, what: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -237,16 +237,16 @@ pub async fn apply(
         Ok(w) => w,
         Err(e) => return (state, Err(e.into())),
     };
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         cluster: cluster.clone(),
         namespace: plan.namespace.clone(),
         manager: format!("rayform/{}", plan.stack),
         state: Mutex::new(state),
         writer,
         secrets,
-        options: options.clone(),
-    });
-    let result = walk(&shared, plan, options.parallelism).await;
+        options,
+    };
+    let result = queue::walk(&shared, plan).await;
     // Every task has finished; what they recorded is the outcome, written whole.
     let mut state = shared.state.lock().await.clone();
     let finished = shared.writer.finish(&mut state).await;
@@ -269,81 +269,6 @@ fn says_lock_lost(e: &ApplyError) -> bool {
     }
 }
 
-/// Runs the plan's changes, each once its dependencies are done.
-async fn walk(
-    shared: &Arc<Shared>,
-    plan: &Plan,
-    parallelism: usize,
-) -> Result<ApplyReport, ApplyError> {
-    let mut done: BTreeSet<Address> = BTreeSet::new();
-    let mut pending: Vec<&Change> = plan.changes.iter().collect();
-    let mut running = tokio::task::JoinSet::new();
-    let mut failures = Vec::new();
-    let mut report = ApplyReport::default();
-    let parallelism = parallelism.max(1);
-    let stop = shared.options.stop.clone();
-    loop {
-        if failures.is_empty() && !stop.requested() {
-            let mut i = 0;
-            while i < pending.len() && running.len() < parallelism {
-                if pending[i].depends_on.iter().all(|d| done.contains(d)) {
-                    let change = pending.remove(i).clone();
-                    let shared = shared.clone();
-                    tracing::debug!(address = %change.address, action = ?change.action(), "starting");
-                    running.spawn(async move {
-                        let address = change.address.clone();
-                        let outcome = run(&shared, &change).await;
-                        tracing::debug!(%address, ok = outcome.is_ok(), "finished");
-                        (address, outcome)
-                    });
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        let Some(joined) = running.join_next().await else {
-            break;
-        };
-        match joined {
-            Ok((address, Ok(ready))) => {
-                report.ready.extend(ready);
-                done.insert(address);
-            }
-            // A lost lock fails every task in flight alike: say it once.
-            Ok((_, Err(e))) if says_lock_lost(&e) && failures.iter().any(says_lock_lost) => {}
-            Ok((_, Err(e))) => failures.push(e),
-            Err(join) => failures.push(ApplyError::Resource {
-                address: Address::new(crate::stack::ResourceType::Manifest, "internal"),
-                message: format!("task failed: {join}"),
-            }),
-        }
-    }
-    let stopped_only = failures
-        .iter()
-        .all(|e| matches!(e, ApplyError::Interrupted { .. }));
-    if stop.requested() && stopped_only && (!pending.is_empty() || !failures.is_empty()) {
-        let changes = plan.changes.iter().filter(|c| c.action().is_change());
-        return Err(ApplyError::Interrupted {
-            done: changes.filter(|c| done.contains(&c.address)).count(),
-            not_done: plan
-                .changes
-                .iter()
-                .filter(|c| !done.contains(&c.address))
-                .map(|c| c.address.clone())
-                .collect(),
-        });
-    }
-    match failures.len() {
-        0 if !pending.is_empty() => Err(ApplyError::Resource {
-            address: pending[0].address.clone(),
-            message: "not applied: a dependency did not finish".into(),
-        }),
-        0 => Ok(report),
-        1 => Err(failures.remove(0)),
-        _ => Err(ApplyError::Several(failures)),
-    }
-}
-
 impl Shared {
     fn say(&self, address: &Address, message: impl Into<String>) {
         (self.options.progress)(Event {
@@ -357,7 +282,7 @@ impl Shared {
             .kind(&c.api_version, &c.kind)
             .ok_or_else(|| ApplyError::Resource {
                 address: c.address.clone(),
-                message: crate::observe::missing_kind_message(&c.api_version, &c.kind),
+                message: crate::cluster::missing_kind_message(&c.api_version, &c.kind),
             })
     }
 
@@ -535,7 +460,7 @@ fn entry_for_object(c: &Change, live: &Value, payload: &Payload) -> ResourceStat
 /// The state entry of a live object as it is: its identity, and the fields
 /// `masked` sets as they read now. No desired fingerprint: nothing was
 /// written from the stack yet.
-fn entry_as_found(
+pub(crate) fn entry_as_found(
     (api_version, kind, name): (&str, &str, &str),
     namespace: Option<&str>,
     live: &Value,
@@ -792,81 +717,4 @@ async fn merge_and_verify(
         });
     }
     Ok(())
-}
-
-/// `rayform import`: the state entry for an existing object the stack
-/// declares, recorded as it is now (nothing is written to the cluster). Its
-/// desired fingerprint is left empty, so the next plan compares it with the
-/// stack and shows what apply would change.
-pub async fn import(
-    cluster: &Cluster,
-    address: &Address,
-    want: &DesiredObject,
-    secret_keys: &[String],
-    state: &State,
-) -> Result<ResourceState, ApplyError> {
-    let fail = |message: String| ApplyError::Resource {
-        address: address.clone(),
-        message,
-    };
-    let kind = cluster.kind(&want.api_version, &want.kind).ok_or_else(|| {
-        fail(crate::observe::missing_kind_message(
-            &want.api_version,
-            &want.kind,
-        ))
-    })?;
-    let mut want = want.clone();
-    if !kind.namespaced {
-        want.set_cluster_scoped();
-    }
-    let namespace = kind.namespaced.then_some(want.namespace.as_str());
-    let mut live = cluster
-        .get(&kind, namespace, &want.name)
-        .await
-        .map_err(cluster_err(address))?
-        .ok_or_else(|| ApplyError::NothingToImport {
-            address: address.clone(),
-            what: format!(
-                "{} `{}`{}",
-                want.kind,
-                want.name,
-                namespace
-                    .map(|n| format!(" in namespace {n}"))
-                    .unwrap_or_default()
-            ),
-        })?;
-    if let Some(other) = desired::other_stack(&live, &state.stack) {
-        return Err(fail(format!(
-            "{} `{}` belongs to rayform stack `{other}` (label {}={other}); import takes only objects no live stack manages\n  help: to take it from stack `{other}`, `rayform plan STACK --adopt {address}` shows what that changes",
-            want.kind,
-            want.name,
-            desired::LABEL_STACK
-        )));
-    }
-    if let Some(other) = desired::other_lineage(&live, &state.lineage) {
-        return Err(fail(format!(
-            "{} `{}` was made by another rayform state of this stack name (lineage {other}); import it with that state\n  help: or take it over: `rayform plan STACK --adopt {address}` shows what that changes",
-            want.kind, want.name
-        )));
-    }
-    desired::fingerprint_secret_data(&mut live, &state.fingerprint_key);
-    // A Secret's data is recorded as found (keyed fingerprints of the keys
-    // the stack declares), so the next plan compares values, not "{}".
-    let found: BTreeMap<String, String> = secret_keys
-        .iter()
-        .filter_map(|k| Some((k.clone(), live["data"][k].as_str()?.to_string())))
-        .collect();
-    let mut masked = want.masked_body();
-    if want.is_secret() {
-        masked["data"] = serde_json::to_value(&found).unwrap_or_default();
-    }
-    Ok(ResourceState {
-        secret_fingerprints: found,
-        ..entry_as_found(
-            (&want.api_version, &want.kind, &want.name),
-            namespace,
-            &live,
-            &masked,
-        )
-    })
 }

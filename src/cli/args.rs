@@ -220,6 +220,22 @@ pub enum Backend {
 
 impl Global {
     /// The state location flags, which replace the stack's own settings.
+    /// Where an operation on `stack` works, as these flags choose.
+    pub fn place(&self, stack: &std::path::Path) -> rayform::ops::Place {
+        rayform::ops::Place {
+            stack: stack.to_path_buf(),
+            state: self.state_override(),
+            connect: self.connect_options(),
+        }
+    }
+
+    pub fn connect_options(&self) -> rayform::cluster::ConnectOptions {
+        rayform::cluster::ConnectOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+
     pub fn state_override(&self) -> rayform::stack::StateOverride {
         rayform::stack::StateOverride {
             backend: self.backend.map(|b| match b {

@@ -16,9 +16,9 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
         take,
     } = args;
     // Held while planning, as Terraform does: no apply moves the state meanwhile.
-    let opened = open(&stack, g, "plan", out).await?;
-    let s = &opened.stack;
-    if let (true, Some(path)) = (opened.new, &save) {
+    let session = ops::open(&g.place(&stack), Operation::Plan, out).await?;
+    let s = &session.stack;
+    if let (true, Some(path)) = (session.new, &save) {
         // A saved plan is checked against the state's lineage and pins secret
         // values by fingerprints under the state's key: without a state there
         // is nothing durable to check against, and plan never writes one.
@@ -36,7 +36,7 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
     } else {
         Intent::Apply
     };
-    let plan = opened.plan(&take, intent, out).await?;
+    let plan = session.plan(&request(&take, intent), out).await?;
     if json {
         out.raw(&(plan::render_json(&plan) + "\n"));
     } else {
@@ -44,7 +44,7 @@ pub(super) async fn plan(args: PlanArgs, g: &Global, out: &Out) -> Result<u8, Er
     }
     match save {
         Some(path) if plan.errors.is_empty() => {
-            save_plan(&plan, &path, out)?;
+            ops::save_plan(&plan, &path, out)?;
             if !json {
                 out.line(&format!(
                     "\nSaved the plan to {}. To apply exactly this plan: rayform apply {}",
@@ -98,7 +98,7 @@ pub(super) async fn apply(
     if is_plan_file(&target) {
         let given = take.given();
         if !given.is_empty() {
-            let stack = read_plan(&target)?.stack_file;
+            let stack = ops::read_plan(&target)?.stack_file;
             let mut words = vec!["plan".to_string(), suggest::path(&stack).into_owned()];
             words.extend(take.as_args());
             words.extend(["--out".to_string(), suggest::path(&target).into_owned()]);
@@ -111,48 +111,26 @@ pub(super) async fn apply(
         }
         apply_saved(&target, g, how, out).await
     } else {
-        let opened = open(&target, g, "apply", out).await?;
-        let plan = opened.plan(&take, Intent::Apply, out).await?;
-        let Opened {
-            stack: s,
-            backend,
-            lock,
-            state,
-            cluster,
-            ..
-        } = opened;
+        let session = ops::open(&g.place(&target), Operation::Apply, out).await?;
+        let plan = session.plan(&request(&take, Intent::Apply), out).await?;
         out.raw(&plan_text(&plan, out, g));
         if !plan.errors.is_empty() {
             return Err("the plan has errors; nothing was changed".into());
         }
-        let waits = plan
-            .changes
-            .iter()
-            .any(|c| c.action() == plan::Action::Wait)
-            && !no_wait;
         // Recording an object that is already right changes only the
         // state: no question to ask (unless recording is what was asked
         // for, with --refresh-only), but it must still be written.
-        let state_only = plan.changes.iter().any(plan::Change::records_only);
-        if !plan.has_changes() && !state_only && !waits {
+        if !ops::has_work(&plan, !no_wait) {
             return Ok(0);
         }
+        let state_only = plan.changes.iter().any(plan::Change::records_only);
         if (plan.needs_approval() || (take.refresh_only && state_only))
             && let Answer::Declined(code) = confirm(auto_approve, "apply", out, stop).await?
         {
             return Ok(code);
         }
-        let secrets = read_secrets(&s, out)?;
-        execute(
-            &cluster,
-            &plan,
-            state,
-            (&backend, held(&lock)?),
-            secrets,
-            how,
-            out,
-        )
-        .await
+        let secrets = ops::read_secrets(&session.stack, out)?;
+        execute(session.into_held()?, &plan, secrets, how, out).await
     }
 }
 
@@ -169,29 +147,19 @@ pub(super) async fn destroy(
         targets,
         run,
     } = args;
-    let opened = open(&stack, g, "destroy", out).await?;
+    let session = ops::open(&g.place(&stack), Operation::Destroy, out).await?;
     let take = Take {
         targets,
         ..Take::default()
     };
-    let plan = opened.plan(&take, Intent::Destroy { force }, out).await?;
-    let Opened {
-        backend,
-        lock,
-        state,
-        cluster,
-        ..
-    } = opened;
+    let plan = session
+        .plan(&request(&take, Intent::Destroy { force }), out)
+        .await?;
     out.raw(&plan_text(&plan, out, g));
     if !plan.errors.is_empty() {
         return Err("the destroy plan has errors; nothing was changed".into());
     }
-    if !plan.has_changes()
-        && plan
-            .changes
-            .iter()
-            .all(|c| c.action() == plan::Action::NoOp)
-    {
+    if !ops::has_work(&plan, false) {
         return Ok(0);
     }
     if plan.needs_approval()
@@ -206,14 +174,17 @@ pub(super) async fn destroy(
         endpoint: None,
         stop,
     };
-    execute(
-        &cluster,
-        &plan,
-        state,
-        (&backend, held(&lock)?),
-        SecretValues::new(),
-        how,
-        out,
-    )
-    .await
+    execute(session.into_held()?, &plan, SecretValues::new(), how, out).await
+}
+
+/// The plan `take`'s flags ask for, for `intent`.
+fn request(take: &Take, intent: Intent) -> ops::PlanRequest {
+    ops::PlanRequest {
+        intent,
+        dry_run: take.dry_run_policy(),
+        force_conflicts: take.force_conflicts,
+        adopt: take.adopt.clone(),
+        targets: take.targets.clone(),
+        refresh_only: take.refresh_only,
+    }
 }

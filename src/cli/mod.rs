@@ -7,25 +7,24 @@ mod output;
 mod state_cmd;
 mod suggest;
 
-use std::collections::BTreeSet;
 use std::io::{BufRead as _, IsTerminal as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use rayform::apply::{self, ApplyOptions, Event, Readiness, SecretValues, Stop};
 use rayform::backend::{Backend, BackendError, Lock};
-use rayform::cluster::{Cluster, ConnectOptions};
-use rayform::desired::{self, Secrets};
+use rayform::cluster::Cluster;
+use rayform::desired;
 use rayform::graph::Graph;
-use rayform::observe::{self, Mode, ObserveOptions};
-use rayform::plan::{self, Plan, PlanOptions};
+use rayform::ops::{self, Held, Intent, Operation, OpsError};
+use rayform::plan::{self, Plan};
 use rayform::readiness::OnStuck;
 use rayform::stack::StateLocation;
-use rayform::stack::{self, Address, ResourceSpec, Stack};
-use rayform::state::{State, StateError};
+use rayform::stack::{self, ResourceSpec, Stack};
+use rayform::state::State;
 
-use args::{Cli, Command, Global, RunArgs, Take};
+use args::{Cli, Command, Global, RunArgs};
 use output::Out;
 
 /// An error already worth showing to the user as it is.
@@ -102,6 +101,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {
+            let e = unwrapped(e);
             // A stack with several errors: each with its own source line.
             match e.downcast_ref::<stack::StackError>() {
                 Some(e) => e
@@ -126,6 +126,19 @@ pub fn main() -> ExitCode {
             });
             ExitCode::from(code)
         }
+    }
+}
+
+/// The error an operation wrapped, when the CLI shows that kind its own way
+/// (a stack error with its source line).
+fn unwrapped(e: Error) -> Error {
+    match e.downcast::<OpsError>() {
+        Ok(ops) => match *ops {
+            OpsError::Stack(e) => Box::new(e),
+            OpsError::Graph(e) => Box::new(e),
+            other => Box::new(other),
+        },
+        Err(e) => e,
     }
 }
 
@@ -197,7 +210,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
         Command::Destroy(args) => commands::destroy(args, g, out, stop).await,
         Command::State(command) => state_cmd::run(&command, g, out).await,
         Command::Show { plan: path, json } => {
-            let plan = read_plan(&path)?;
+            let plan = ops::read_plan(&path)?;
             if json {
                 out.raw(&(plan::render_json(&plan) + "\n"));
             } else {
@@ -217,7 +230,7 @@ async fn run(cli: Cli, out: &Out, stop: &Stop) -> Result<u8, Error> {
         Command::Man { command } => man(&command, out),
         Command::ForceUnlock { stack, lock_id } => {
             let s = load(&stack, g)?;
-            let info = backend_for(&s.state, g, out)
+            let info = backend_for(&s.state, g)
                 .await?
                 .force_unlock(&lock_id, &|m| out.note(m))
                 .await?;
@@ -247,55 +260,8 @@ fn man(words: &[String], out: &Out) -> Result<u8, Error> {
 
 /// `rayform import`: records one existing object in the state, under the lock.
 async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8, Error> {
-    let Opened {
-        stack: s,
-        backend,
-        lock,
-        mut state,
-        cluster,
-        ..
-    } = open(stack, g, "import", out).await?;
-    let address = Address::parse(address)
-        .ok_or_else(|| format!("`{address}` is not an address like secret.hf-token"))?;
-    if state.resources.contains_key(&address) {
-        return Err(format!("{address} is already in the state; nothing to import").into());
-    }
-    let desired = desired::render(&s, &state.fingerprint_key, &state.lineage, Secrets::Skip)?;
-    let want = match desired.get(&address) {
-        Some(desired::Desired::Object(o)) => o,
-        Some(_) => {
-            return Err(format!("{address}: only objects rayform creates (secret, rayservice, manifest) can be imported; Karpenter objects are patched, not owned").into());
-        }
-        None => return Err(format!("{address} is not in {}", s.file.display()).into()),
-    };
-    // The keys a Secret declares; their values are not needed to import it.
-    let secret_keys: Vec<String> = s
-        .resources
-        .iter()
-        .filter(|r| r.address == address)
-        .filter_map(|r| match &r.spec {
-            ResourceSpec::Secret(spec) => Some(spec.data.keys().cloned().collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let entry = apply::import(&cluster, &address, want, &secret_keys, &state)
-        .await
-        .map_err(|e| match e {
-            apply::ApplyError::NothingToImport { .. } => format!(
-                "{e}\n  help: `{}` creates it",
-                suggest::rayform(g, ["apply", &suggest::path(stack)])
-            )
-            .into(),
-            e => Error::from(e),
-        })?;
-    let uid = entry.uid.clone().unwrap_or_default();
-    state.released.remove(&address);
-    state.resources.insert(address.clone(), entry);
-    if state.cluster.is_none() {
-        state.cluster = Some(cluster.id.clone());
-    }
-    backend.save(&mut state, held(&lock)?).await?;
+    let mut session = ops::open(&g.place(stack), Operation::Import, out).await?;
+    let uid = ops::import(&mut session, address).await?;
     out.line(&format!(
         "Imported {address} (uid {uid}). Run `{}` to see what apply would change to match the stack.",
         suggest::rayform(g, ["plan", &suggest::path(stack)])
@@ -303,108 +269,23 @@ async fn import(stack: &Path, address: &str, g: &Global, out: &Out) -> Result<u8
     Ok(0)
 }
 
-/// What plan, apply and destroy all start from: the stack and its graph,
-/// the state under its lock, and a connection to the cluster it belongs to.
-struct Opened {
-    stack: Stack,
-    graph: Graph,
-    backend: Backend,
-    /// None only for a plan of a stack whose state file does not exist:
-    /// locking it would create `state/` and a lock file, and plan writes nothing.
-    lock: Option<Lock>,
-    state: State,
-    /// No state existed yet.
-    new: bool,
-    cluster: Cluster,
-}
-
-/// The lock of a run that changes things (always taken for those).
-fn held(lock: &Option<Lock>) -> Result<&Lock, Error> {
-    lock.as_ref()
-        .ok_or_else(|| "internal: the state was opened without its lock".into())
-}
-
-async fn open(path: &Path, g: &Global, operation: &str, out: &Out) -> Result<Opened, Error> {
-    let stack = load(path, g)?;
-    let graph = Graph::build(&stack)?;
-    let cluster = connect(g, out).await?;
-    let backend = Backend::open(&stack.state, Some(&cluster))?;
-    let nothing_to_lock = match &stack.state {
-        StateLocation::File { path } => operation == "plan" && !path.exists(),
-        StateLocation::Kubernetes { .. } => false,
-    };
-    let lock = if nothing_to_lock {
-        None
-    } else {
-        Some(lock(&backend, operation, path, g, out).await?)
-    };
-    let (state, new) = load_state(&backend, &stack, out).await?;
-    check_cluster(&state, &cluster)?;
-    Ok(Opened {
-        stack,
-        graph,
-        backend,
-        lock,
-        state,
-        new,
-        cluster,
-    })
-}
-
 fn load(path: &Path, g: &Global) -> Result<Stack, Error> {
     Ok(stack::load(path, &g.state_override())?)
 }
 
-/// Takes the state lock; when another run holds it, says how to break it
-/// should that run have died.
-async fn lock(
-    backend: &Backend,
-    operation: &str,
-    stack: &Path,
-    g: &Global,
-    out: &Out,
-) -> Result<Lock, Error> {
-    let notice = |m: &str| out.note(m);
-    backend.lock(operation, &notice).await.map_err(|e| match e {
-        BackendError::State(StateError::Locked(holder)) => format!(
-            "state is locked by {holder}\n  help: wait for that run to finish; if it died, run `{}`",
-            suggest::rayform(g, ["force-unlock", &suggest::path(stack), &holder.id])
-        )
-        .into(),
-        e => e.into(),
-    })
+/// Takes the state lock (see [`ops::lock`]).
+async fn lock(backend: &Backend, operation: &str, out: &Out) -> Result<Lock, Error> {
+    Ok(ops::lock(backend, operation, out).await?)
 }
 
 /// The backend at `location`; connects to the cluster only if the state is kept there.
-async fn backend_for(location: &StateLocation, g: &Global, out: &Out) -> Result<Backend, Error> {
-    let cluster = match location {
-        StateLocation::File { .. } => None,
-        StateLocation::Kubernetes { .. } => Some(connect(g, out).await?),
-    };
-    Ok(Backend::open(location, cluster.as_ref())?)
+async fn backend_for(location: &StateLocation, g: &Global) -> Result<Backend, Error> {
+    Ok(ops::backend_at(location, &g.connect_options()).await?)
 }
 
-/// The state kept by `backend`, saying what of a killed run's journal was
-/// damaged and left out.
+/// The state kept by `backend` (see [`ops::read_state`]).
 async fn read_state(backend: &Backend, out: &Out) -> Result<Option<State>, Error> {
-    Ok(backend.load().await?.map(|loaded| {
-        if let Some(cut) = &loaded.cut {
-            out.warn(&cut.to_string());
-        }
-        loaded.state
-    }))
-}
-
-async fn load_state(backend: &Backend, s: &Stack, out: &Out) -> Result<(State, bool), Error> {
-    match read_state(backend, out).await? {
-        Some(st) if st.stack != s.name => Err(format!(
-            "the state at {} belongs to stack `{}`, not `{}`\n  help: give each stack its own state (--state, or `state` in [stack])",
-            s.state, st.stack, s.name
-        )
-        .into()),
-        Some(st) => Ok((st, false)),
-        None => Ok((State::new(&s.name)?, true)),
-    }
+    Ok(ops::read_state(backend, out).await?)
 }
 
 async fn doctor(
@@ -414,7 +295,7 @@ async fn doctor(
     out: &Out,
 ) -> Result<u8, Error> {
     let stack = stack.map(|p| load(p, g)).transpose()?;
-    let report = match connect(g, out).await {
+    let report = match connect(g).await {
         Ok(cluster) => rayform::doctor::examine(&cluster, stack.as_ref()).await,
         Err(e) => rayform::doctor::Report::unreachable(e.to_string()),
     };
@@ -436,7 +317,7 @@ async fn status(
     stop: &Stop,
 ) -> Result<u8, Error> {
     let s = load(path, g)?;
-    let cluster = connect(g, out).await?;
+    let cluster = connect(g).await?;
     // RayServices live in the stack's namespace, as apply waits for them there.
     let waits: Vec<rayform::readiness::Target> = s
         .resources
@@ -486,104 +367,8 @@ async fn status(
     }
 }
 
-async fn connect(g: &Global, out: &Out) -> Result<Cluster, Error> {
-    let started = std::time::Instant::now();
-    let cluster = Cluster::connect(&ConnectOptions {
-        kubeconfig: g.kubeconfig.clone(),
-        context: g.context.clone(),
-    })
-    .await?;
-    out.debug(&format!(
-        "connected to {} and read discovery in {:?}",
-        cluster.id.server,
-        started.elapsed()
-    ));
-    Ok(cluster)
-}
-
-fn check_cluster(state: &State, cluster: &Cluster) -> Result<(), Error> {
-    match &state.cluster {
-        Some(c) if !state.resources.is_empty() && c.server != cluster.id.server => Err(format!(
-            "the state was written against {}, but this kubeconfig context points at {}\n  help: choose the right cluster with --context",
-            c.server, cluster.id.server
-        )
-        .into()),
-        _ => Ok(()),
-    }
-}
-
-/// What a plan is for: the stack's wishes, or taking it all down (`force`:
-/// over Karpenter fields changed outside rayform).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Intent {
-    Apply,
-    Destroy { force: bool },
-}
-
-impl Opened {
-    /// The plan for `intent` with the flags in `take`: rendered, observed,
-    /// built, and checked against what the state's backend can keep.
-    async fn plan(&self, take: &Take, intent: Intent, out: &Out) -> Result<Plan, Error> {
-        let (s, state, cluster) = (&self.stack, &self.state, &self.cluster);
-        let started = std::time::Instant::now();
-        let (mode, force) = match intent {
-            Intent::Apply => (Mode::Apply, false),
-            Intent::Destroy { force } => (Mode::Destroy, force),
-        };
-        let secrets = match mode {
-            Mode::Apply => Secrets::Require,
-            Mode::Destroy => Secrets::Skip,
-        };
-        let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
-        // Before the first request: a refusal may quote a value, in a log line
-        // too. Destroy needs no value, but masks those it can read all the same
-        // (a policy on DELETE sees the Secret's data).
-        out.masks().add(&desired::redactor(&desired));
-        if mode == Mode::Destroy {
-            let _ = read_secrets(s, out);
-        }
-        let adopt = addresses("--adopt", &take.adopt)?;
-        let targets = addresses("--target", &take.targets)?;
-        if let Some(unknown) = targets
-            .iter()
-            .find(|a| s.get(a).is_none() && !state.resources.contains_key(a))
-        {
-            return Err(format!(
-                "--target {unknown}: no such resource in {} or its state\n  help: the stack file and `rayform state list STACK` list the addresses",
-                s.file.display()
-            )
-            .into());
-        }
-        let observing = ObserveOptions {
-            force,
-            dry_run: take.dry_run_policy(),
-            adopt: adopt.clone(),
-        };
-        let world = observe::observe(cluster, s, &desired, state, mode, &observing).await?;
-        out.debug(&format!(
-            "observed the cluster in {:?} with {} API requests (after discovery)",
-            started.elapsed(),
-            cluster.requests()
-        ));
-        let options = PlanOptions {
-            destroy: mode == Mode::Destroy,
-            force_conflicts: take.force_conflicts,
-            adopt,
-            targets,
-            refresh_only: take.refresh_only,
-        };
-        let mut plan = plan::build(s, &self.graph, &desired, state, self.new, &world, &options);
-        check_size(&self.backend, state, &mut plan);
-        Ok(plan)
-    }
-}
-
-/// A plan whose state would not fit where it is kept is a plan with an
-/// error: shown by `plan`, refused by apply before anything is written.
-fn check_size(backend: &Backend, state: &State, plan: &mut Plan) {
-    if let Err(e) = backend.check_size(state, plan) {
-        plan.errors.push(e.to_string());
-    }
+async fn connect(g: &Global) -> Result<Cluster, Error> {
+    Ok(ops::connect(&g.connect_options()).await?)
 }
 
 /// A plan as the terminal shows it; the commands in its help lines name
@@ -591,33 +376,6 @@ fn check_size(backend: &Backend, state: &State, plan: &mut Plan) {
 fn plan_text(plan: &Plan, out: &Out, g: &Global) -> String {
     let text = plan::render_text(plan, out.render_options());
     suggest::fill_stack(&text, Some(&plan.stack_file), g)
-}
-
-/// The addresses given to a flag, each checked for shape.
-fn addresses(flag: &str, given: &[String]) -> Result<BTreeSet<Address>, Error> {
-    given
-        .iter()
-        .map(|a| {
-            Address::parse(a)
-                .ok_or_else(|| format!("{flag} {a}: not an address like secret.hf-token").into())
-        })
-        .collect()
-}
-
-/// The stack's secret values, masked from here on in all that is printed
-/// (those read before one that cannot be read, too).
-fn read_secrets(s: &Stack, out: &Out) -> Result<SecretValues, Error> {
-    let mut values = SecretValues::new();
-    for r in &s.resources {
-        if let ResourceSpec::Secret(spec) = &r.spec {
-            let read = rayform::secret::read(&r.address, &spec.data)?;
-            let mut masks = rayform::secret::Redactor::new();
-            masks.add(read.values().map(rayform::secret::SecretValue::expose));
-            out.masks().add(&masks);
-            values.insert(r.address.clone(), read);
-        }
-    }
-    Ok(values)
 }
 
 /// What the person at the terminal said to a plan.
@@ -696,10 +454,8 @@ struct Execution<'a> {
 }
 
 async fn execute(
-    cluster: &Cluster,
+    held: Held,
     plan: &Plan,
-    state: State,
-    store: (&Backend, &Lock),
     secrets: SecretValues,
     how: Execution<'_>,
     out: &Out,
@@ -714,14 +470,16 @@ async fn execute(
         stop: how.stop.clone(),
     };
     out.line("");
-    let (_state, result) = apply::apply(cluster, plan, state, store, secrets, options).await;
-    let report = result.map_err(|e| match e {
-        apply::ApplyError::Backend(BackendError::LockLost(_)) => format!(
-            "{e}\n  help: `{}` shows where things stand",
-            suggest::rayform(how.global, ["plan", &suggest::path(&plan.stack_file)])
-        )
-        .into(),
-        e => Error::from(e),
+    let report = held.execute(plan, secrets, options).await.map_err(|e| {
+        let text = match e {
+            OpsError::Apply(apply::ApplyError::Backend(BackendError::LockLost(_))) => {
+                format!("{e}\n  help: `rayform plan STACK` shows where things stand")
+            }
+            e => e.to_string(),
+        };
+        // A saved plan's run has no stack file of its own: its help lines
+        // name the stack the plan was made from.
+        suggest::fill_stack(&text, Some(&plan.stack_file), how.global)
     })?;
     let s = plan.summary();
     if plan.destroy {
@@ -758,46 +516,12 @@ fn counted(count: usize, what: &str) -> String {
     }
 }
 
-/// A plan saved with `plan --out`, refused if another rayform wrote its format.
-fn read_plan(path: &Path) -> Result<Plan, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read plan file {}: {e}", path.display()))?;
-    let plan: Plan = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
-    plan.check_saved()
-        .map_err(|e| format!("{} is not a rayform plan: {e}", path.display()))?;
-    if plan.format_version != plan::FORMAT_VERSION {
-        return Err(format!(
-            "{} has plan format {}; this rayform reads {}",
-            path.display(),
-            plan.format_version,
-            plan::FORMAT_VERSION
-        )
-        .into());
-    }
-    Ok(plan)
-}
-
 fn is_plan_file(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'))
 }
 
-/// Writes `plan` (fingerprints, never values; masked all the same, as
-/// everything rayform writes out).
-fn save_plan(plan: &Plan, path: &PathBuf, out: &Out) -> Result<(), Error> {
-    let text = out.masks().redact(&serde_json::to_string_pretty(plan)?);
-    let mut tmp = tempfile::NamedTempFile::new_in(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> Result<u8, Error> {
-    let plan = read_plan(path)?;
+    let plan = ops::read_plan(path)?;
     let location = match &g.state {
         Some(path) => StateLocation::File { path: path.clone() },
         None => plan.state.clone(),
@@ -805,48 +529,9 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     let stack_default = load(&plan.stack_file, g).ok().map(|s| s.state);
     let g = &suggest::at(g, stack_default.as_ref(), &location);
     let how = Execution { global: g, ..how };
-    let cluster = connect(g, out).await?;
-    let backend = Backend::open(&location, Some(&cluster))?;
-    let lock = lock(&backend, "apply", &plan.stack_file, g, out).await?;
-    let stack = suggest::path(&plan.stack_file);
-    let plan_again = suggest::rayform(g, ["plan", &stack, "--out", &suggest::path(path)]);
-    // `plan --out` needs a state (made by `init`), so a missing one was removed since.
-    let Some(state) = read_state(&backend, out).await? else {
-        return Err(format!(
-            "the state {} was made from is gone from {location}\n  help: create it again with `{}`, then make the plan again with `{plan_again}`",
-            path.display(),
-            suggest::rayform(g, ["init", &stack]),
-        )
-        .into());
-    };
-    if !plan.errors.is_empty() || plan.changes.iter().any(|c| c.error().is_some()) {
-        return Err(format!(
-            "{} is a plan with errors; it cannot be applied",
-            path.display()
-        )
-        .into());
-    }
-    // Secret values are not in the plan: read them again from where the stack says.
-    let secrets = if plan
-        .changes
-        .iter()
-        .filter_map(plan::Change::write)
-        .any(|w| !w.payload.secret_fingerprints.is_empty())
-    {
-        read_secrets(&load(&plan.stack_file, g)?, out)?
-    } else {
-        SecretValues::new()
-    };
-    apply::check_fresh(&cluster, &plan, &state, &secrets)
+    let (held, secrets) = ops::saved_session(path, &plan, &location, &g.connect_options(), out)
         .await
-        .map_err(|e| match e {
-            apply::ApplyError::Stale(why) => format!(
-                "the saved plan is stale: {why}; nothing was changed\n  help: make it again with `{plan_again}`, and review it before applying it"
-            )
-            .into(),
-            e => Error::from(e),
-        })?;
-    backend.check_size(&state, &plan)?;
+        .map_err(|e| suggest::fill_stack(&e.to_string(), Some(&plan.stack_file), g))?;
     out.raw(&plan_text(&plan, out, g));
-    execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
+    execute(held, &plan, secrets, how, out).await
 }

@@ -121,11 +121,6 @@ impl Out {
         let message = self.masks.redact(message);
         let _ = writeln!(std::io::stderr().lock(), "{label} {message}");
     }
-
-    /// A debug event, shown with `-v` in the same format as the library's.
-    pub fn debug(&self, message: &str) {
-        tracing::debug!(target: "rayform::cli", "{message}");
-    }
 }
 
 /// Logs through `tracing`, where kube-rs already reports its requests:
@@ -200,5 +195,24 @@ impl Drop for Masked {
     fn drop(&mut self) {
         let text = self.masks.redact(&String::from_utf8_lossy(&self.line));
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+/// What an operation has to say along the way, said as the terminal says it.
+impl rayform::ops::Notes for Out {
+    fn note(&self, message: &str) {
+        Out::note(self, message);
+    }
+
+    fn warn(&self, message: &str) {
+        Out::warn(self, message);
+    }
+
+    fn mask(&self, values: &rayform::secret::Redactor) {
+        self.masks.add(values);
+    }
+
+    fn redact(&self, text: &str) -> String {
+        self.masks.redact(text)
     }
 }

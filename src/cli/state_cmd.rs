@@ -33,8 +33,8 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
         }
         StateCommand::Rm { stack, addresses } => {
             let s = load(stack, g)?;
-            let backend = backend_for(&s.state, g, out).await?;
-            let lock = lock(&backend, "state rm", stack, g, out).await?;
+            let backend = backend_for(&s.state, g).await?;
+            let lock = lock(&backend, "state rm", out).await?;
             let mut state = existing(&backend, &s, out).await?;
             let addresses = addresses
                 .iter()
@@ -68,8 +68,8 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
 /// can be saved against it without `plan` writing anything.
 pub async fn init(stack: &Path, g: &Global, out: &Out) -> Result<u8, Error> {
     let s = load(stack, g)?;
-    let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "init", stack, g, out).await?;
+    let backend = backend_for(&s.state, g).await?;
+    let lock = lock(&backend, "init", out).await?;
     if let Some(current) = read_state(&backend, out).await? {
         if current.stack != s.name {
             return Err(format!(
@@ -121,8 +121,8 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
         )
         .into());
     }
-    let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "state push", stack, g, out).await?;
+    let backend = backend_for(&s.state, g).await?;
+    let lock = lock(&backend, "state push", out).await?;
     let current = match read_state(&backend, out).await {
         Ok(current) => current,
         // A state that does not read is what a forced push replaces.
@@ -156,8 +156,8 @@ async fn push(stack: &Path, file: &Path, force: bool, g: &Global, out: &Out) -> 
 /// state as that command found it), under the lock; the backup stays.
 async fn restore(stack: &Path, g: &Global, out: &Out) -> Result<(), Error> {
     let s = load(stack, g)?;
-    let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "state restore", stack, g, out).await?;
+    let backend = backend_for(&s.state, g).await?;
+    let lock = lock(&backend, "state restore", out).await?;
     let Some(restored) = backend.restore(&lock).await? else {
         return Err(format!(
             "no backup of the state at {}: there is no {}\n  help: a backup is kept from the first command that overwrites a state; state push stores a copy you kept (see `rayform state push --help`)",
@@ -179,7 +179,7 @@ async fn restore(stack: &Path, g: &Global, out: &Out) -> Result<(), Error> {
 
 async fn read(stack: &Path, g: &Global, out: &Out) -> Result<State, Error> {
     let s = load(stack, g)?;
-    existing(&backend_for(&s.state, g, out).await?, &s, out).await
+    existing(&backend_for(&s.state, g).await?, &s, out).await
 }
 
 async fn existing(backend: &Backend, s: &Stack, out: &Out) -> Result<State, Error> {
@@ -221,8 +221,8 @@ fn list_command(stack: &Path, g: &Global) -> String {
 async fn mv(stack: &Path, from: &str, to: &str, g: &Global, out: &Out) -> Result<(), Error> {
     let s = load(stack, g)?;
     let (from, to) = (parse(from, stack, g)?, parse(to, stack, g)?);
-    let backend = backend_for(&s.state, g, out).await?;
-    let lock = lock(&backend, "state mv", stack, g, out).await?;
+    let backend = backend_for(&s.state, g).await?;
+    let lock = lock(&backend, "state mv", out).await?;
     let mut state = existing(&backend, &s, out).await?;
     state.rename(&from, &to).map_err(|e| listed(e, stack, g))?;
     backend.save(&mut state, &lock).await?;

@@ -164,3 +164,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     parts.join(": ")
 }
+
+/// What to say of a kind the cluster does not serve: for KubeRay's, that
+/// the operator is not installed, and how to install it.
+pub fn missing_kind_message(api_version: &str, kind: &str) -> String {
+    if api_version.starts_with("ray.io/") {
+        format!(
+            "the cluster does not serve {api_version} {kind}: the KubeRay CRDs are not installed\n  \
+             help: install the KubeRay operator first (e.g. `helm install kuberay-operator kuberay/kuberay-operator`)"
+        )
+    } else {
+        format!(
+            "the cluster does not serve {api_version} {kind}: install the CRD or operator that provides it"
+        )
+    }
+}

@@ -7,6 +7,7 @@
 
 mod error;
 mod inspect;
+pub mod kuberay;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use kube::discovery::{ApiResource, Discovery, Scope};
 use kube::{Client, Config};
 use serde_json::Value;
 
-pub use error::ClusterError;
+pub use error::{ClusterError, missing_kind_message};
 pub use inspect::Access;
 
 use crate::target::ClusterId;

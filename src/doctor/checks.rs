@@ -5,15 +5,13 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::Check;
+use crate::cluster::kuberay::{self, Operator};
 use crate::cluster::{Access, Cluster, Kind};
 use crate::karpenter::fit::{self, PoolObject};
 use crate::karpenter::{ClassApi, PoolApi, automode};
 use crate::observe::{api_holding, served, served_stored_first};
 use crate::plan::rollout;
 use crate::stack::{ResourceSpec, SecretSource, Stack, StateLocation};
-
-const OPERATOR_LEASE: &str = "ray-operator-leader";
-const OPERATOR_LABEL: &str = "app.kubernetes.io/name=kuberay-operator";
 
 pub async fn version(cluster: &Cluster) -> Check {
     let server = &cluster.id.server;
@@ -47,8 +45,8 @@ pub fn kuberay_crds(cluster: &Cluster) -> Check {
 }
 
 pub async fn kuberay_operator(cluster: &Cluster) -> Check {
-    match kuberay_operator_running(cluster).await {
-        Ok(Running { found, image_tag }) => {
+    match kuberay::operator(cluster).await {
+        Ok(Operator { found, image_tag }) => {
             // Only a running operator is worth the LIST of every RayCluster.
             let built_by = kuberay_version(cluster).await;
             let version = image_tag.or(built_by);
@@ -62,89 +60,8 @@ pub async fn kuberay_operator(cluster: &Cluster) -> Check {
                 None => Check::ok("KubeRay operator", format!("{found}; {note}")),
             }
         }
-        Err(fail) => fail,
+        Err(missing) => Check::fail("KubeRay operator", missing.message, missing.help),
     }
-}
-
-/// A KubeRay operator seen running: where, and its image's tag if known.
-pub struct Running {
-    found: String,
-    image_tag: Option<String>,
-}
-
-/// Whether a KubeRay operator runs (its Deployment, else the leader Lease
-/// it holds when run another way), or the failed check that says why not.
-/// Two requests at most: plan and the readiness wait ask it too.
-pub async fn kuberay_operator_running(cluster: &Cluster) -> Result<Running, Check> {
-    let subject = "KubeRay operator";
-    if let Some(deployment) = operator_deployment(cluster).await {
-        let name = qualified(&deployment);
-        let ready = deployment
-            .pointer("/status/readyReplicas")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        if ready == 0 {
-            return Err(Check::fail(
-                subject,
-                format!("Deployment {name} has no ready replica"),
-                format!(
-                    "look at its pods and events: kubectl -n {} describe deployment {}",
-                    namespace_of(&deployment),
-                    name.rsplit('/').next().unwrap_or_default()
-                ),
-            ));
-        }
-        let image = deployment
-            .pointer("/spec/template/spec/containers/0/image")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        return Ok(Running {
-            found: format!("Deployment {name} ({image}) has {ready} ready"),
-            image_tag: image.rsplit_once(':').map(|(_, t)| t.to_string()),
-        });
-    }
-    match operator_lease(cluster).await {
-        Some((lease, age)) if age <= 60 => Ok(Running {
-            found: format!("running: it holds Lease {lease}, renewed {age}s ago"),
-            image_tag: None,
-        }),
-        Some((lease, age)) => Err(Check::fail(
-            subject,
-            format!("its Lease {lease} was last renewed {age}s ago: no operator is running"),
-            "start the KubeRay operator again, or read its logs",
-        )),
-        None => Err(Check::fail(
-            subject,
-            format!(
-                "not found: no Deployment labelled {OPERATOR_LABEL} and no {OPERATOR_LEASE} Lease"
-            ),
-            "install it (Helm chart kuberay-operator); without it a RayService never gets a RayCluster",
-        )),
-    }
-}
-
-async fn operator_deployment(cluster: &Cluster) -> Option<Value> {
-    let kind = cluster.kind("apps/v1", "Deployment")?;
-    let found = cluster.list(&kind, None, OPERATOR_LABEL).await.ok()?;
-    found.into_iter().next()
-}
-
-/// The leader-election Lease KubeRay holds while it runs, and its age in seconds.
-async fn operator_lease(cluster: &Cluster) -> Option<(String, i64)> {
-    let kind = cluster.kind("coordination.k8s.io/v1", "Lease")?;
-    let lease = cluster
-        .named_anywhere(&kind, OPERATOR_LEASE)
-        .await
-        .ok()?
-        .into_iter()
-        .next()?;
-    let renewed: jiff::Timestamp = lease
-        .pointer("/spec/renewTime")
-        .and_then(Value::as_str)?
-        .parse()
-        .ok()?;
-    let age = jiff::Timestamp::now().as_second() - renewed.as_second();
-    Some((qualified(&lease), age))
 }
 
 /// `ray.io/kuberay-version` of any RayCluster: the operator that built it.

@@ -130,18 +130,6 @@ impl Report {
     }
 }
 
-/// Why no KubeRay operator will act on a RayService (not installed, no
-/// ready replica, its Lease gone stale), with what to do; None when one runs.
-/// Plan warns with it before a RayService is created, and the readiness wait
-/// fails with it instead of waiting its whole timeout for a RayCluster.
-pub async fn kuberay_operator_missing(cluster: &Cluster) -> Option<String> {
-    let check = checks::kuberay_operator_running(cluster).await.err()?;
-    Some(match &check.help {
-        Some(help) => format!("{}: {}\n  help: {help}", check.subject, check.message),
-        None => format!("{}: {}", check.subject, check.message),
-    })
-}
-
 /// Every check, in the order a user fixes things: the cluster, KubeRay,
 /// Karpenter and the stack's objects, GPUs, secrets, then permissions.
 pub async fn examine(cluster: &Cluster, stack: Option<&Stack>) -> Report {

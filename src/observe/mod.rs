@@ -81,6 +81,11 @@ pub struct ObservedObject {
     pub built_from: Option<Box<BuiltFrom>>,
 }
 
+/// The annotation KubeRay writes its hash to on the RayClusters it builds.
+pub const HASH_ANNOTATION: &str = "ray.io/hash-without-replicas-and-workers-to-delete";
+/// The annotation with the number of worker groups the hash was made from.
+pub const WORKER_GROUPS_ANNOTATION: &str = "ray.io/num-worker-groups";
+
 /// KubeRay's record, on a RayCluster it built, of the spec it built it from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuiltFrom {
@@ -191,7 +196,7 @@ pub async fn observe(
             && matches!(o, Observed::Object(o) if o.live.is_none() && o.problem.is_none())
     });
     let kuberay_operator_missing = if mode == Mode::Apply && creates_rayservice {
-        crate::doctor::kuberay_operator_missing(cluster).await
+        crate::cluster::kuberay::operator_missing(cluster).await
     } else {
         None
     };
@@ -298,7 +303,7 @@ async fn observe_objects(
     let mut listed_groups = Vec::new();
     for (group, members) in groups {
         let Some(kind) = cluster.kind(&group.api_version, &group.kind) else {
-            let problem = missing_kind_message(&group.api_version, &group.kind);
+            let problem = crate::cluster::missing_kind_message(&group.api_version, &group.kind);
             out.extend(members.into_iter().map(|a| {
                 let gone = ObservedObject {
                     problem: Some(problem.clone()),
@@ -756,19 +761,6 @@ async fn dry_run(
     Ok(())
 }
 
-pub fn missing_kind_message(api_version: &str, kind: &str) -> String {
-    if api_version.starts_with("ray.io/") {
-        format!(
-            "the cluster does not serve {api_version} {kind}: the KubeRay CRDs are not installed\n  \
-             help: install the KubeRay operator first (e.g. `helm install kuberay-operator kuberay/kuberay-operator`)"
-        )
-    } else {
-        format!(
-            "the cluster does not serve {api_version} {kind}: install the CRD or operator that provides it"
-        )
-    }
-}
-
 /// The RayCluster the RayService's status names as serving: its annotations
 /// say which operator built it (whose rules apply) and from what spec.
 async fn serving_cluster(cluster: &Cluster, namespace: &str, o: &ObservedObject) -> Option<Value> {
@@ -793,8 +785,8 @@ fn annotation(object: &Value, key: &str) -> Option<String> {
 
 fn built_from(raycluster: &Value) -> Option<BuiltFrom> {
     Some(BuiltFrom {
-        hash: annotation(raycluster, crate::plan::rollout::HASH_ANNOTATION)?,
-        worker_groups: annotation(raycluster, crate::plan::rollout::WORKER_GROUPS_ANNOTATION)
+        hash: annotation(raycluster, HASH_ANNOTATION)?,
+        worker_groups: annotation(raycluster, WORKER_GROUPS_ANNOTATION)
             .and_then(|n| n.parse().ok()),
     })
 }

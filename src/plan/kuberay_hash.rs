@@ -23,10 +23,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 
-/// The annotation KubeRay writes its hash to on the RayClusters it builds.
-pub const ANNOTATION: &str = "ray.io/hash-without-replicas-and-workers-to-delete";
-/// The annotation with the number of worker groups the hash was made from.
-pub const WORKER_GROUPS: &str = "ray.io/num-worker-groups";
+pub use crate::observe::{
+    HASH_ANNOTATION as ANNOTATION, WORKER_GROUPS_ANNOTATION as WORKER_GROUPS,
+};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("KubeRay's cluster hash cannot be reproduced at `{at}`: {why}")]

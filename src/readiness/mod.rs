@@ -294,7 +294,7 @@ pub async fn wait(
             // picked up, so a missing operator would otherwise cost the
             // whole timeout.
             operator_asked = true;
-            if let Some(missing) = crate::doctor::kuberay_operator_missing(cluster).await {
+            if let Some(missing) = crate::cluster::kuberay::operator_missing(cluster).await {
                 return Err(ReadinessError::Failed(format!(
                     "rayservice.{}: waiting for {phase}, but {missing}",
                     spec.rayservice
@@ -346,7 +346,7 @@ pub async fn wait(
 /// The RayService kind as the cluster serves it, or why there is none.
 fn rayservice_kind(cluster: &Cluster) -> Result<crate::cluster::Kind, ReadinessError> {
     cluster.kind("ray.io/v1", "RayService").ok_or_else(|| {
-        ReadinessError::Failed(crate::observe::missing_kind_message(
+        ReadinessError::Failed(crate::cluster::missing_kind_message(
             "ray.io/v1",
             "RayService",
         ))

@@ -17,6 +17,7 @@ mod fault_proxy;
 mod karpenter;
 mod karpenter_live;
 mod lock;
+mod ops;
 mod readiness;
 mod redaction;
 mod state_store;
