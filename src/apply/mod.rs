@@ -5,6 +5,7 @@
 //! the world still is what the plan saw (a saved plan may be old) and that
 //! what it wrote reads back as intended.
 
+pub(crate) mod entry;
 mod queue;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use crate::plan::{Change, Keep, Op, Payload, Plan, Seen, Write};
 use crate::secret::SecretValue;
 use crate::stack::Address;
 use crate::state::journal::Change as StateChange;
-use crate::state::{PatchState, ResourceState, State, StateError};
+use crate::state::{ResourceState, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -346,7 +347,7 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
         }
         Op::NoOp(Keep::Current) => {}
         Op::NoOp(Keep::Record { payload, .. }) => refresh(shared, c, payload).await?,
-        Op::NoOp(Keep::RecordPatch(p)) => shared.put(&c.address, entry_for_patch(c, p)).await?,
+        Op::NoOp(Keep::RecordPatch(p)) => shared.put(&c.address, entry::for_patch(c, p)).await?,
         Op::Delete(seen) => {
             shared.say(&c.address, "Destroying...");
             delete(shared, c, seen).await?;
@@ -356,7 +357,9 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
         Op::Patch(e) => {
             shared.say(&c.address, "Patching...");
             merge_and_verify(shared, c, &e.patch).await?;
-            shared.put(&c.address, entry_for_patch(c, &e.patch)).await?;
+            shared
+                .put(&c.address, entry::for_patch(c, &e.patch))
+                .await?;
             shared.say(&c.address, format!("Patched after {}", elapsed(started)));
         }
         Op::Revert(e) => {
@@ -444,49 +447,6 @@ fn elapsed(since: Instant) -> String {
     format!("{:.1}s", since.elapsed().as_secs_f64())
 }
 
-fn entry_for_object(c: &Change, live: &Value, payload: &Payload) -> ResourceState {
-    ResourceState {
-        desired_fingerprint: payload.desired_fingerprint.clone(),
-        secret_fingerprints: payload.secret_fingerprints.clone(),
-        ..entry_as_found(
-            (&c.api_version, &c.kind, &c.name),
-            c.namespace.as_deref(),
-            live,
-            &payload.body,
-        )
-    }
-}
-
-/// The state entry of a live object as it is: its identity, and the fields
-/// `masked` sets as they read now. No desired fingerprint: nothing was
-/// written from the stack yet.
-pub(crate) fn entry_as_found(
-    (api_version, kind, name): (&str, &str, &str),
-    namespace: Option<&str>,
-    live: &Value,
-    masked: &Value,
-) -> ResourceState {
-    let applied = desired::project(live, masked);
-    let meta = |field: &str| {
-        live.pointer(&format!("/metadata/{field}"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    ResourceState {
-        api_version: api_version.to_string(),
-        kind: kind.to_string(),
-        name: name.to_string(),
-        namespace: namespace.map(str::to_string),
-        uid: meta("uid"),
-        resource_version: meta("resourceVersion"),
-        desired_fingerprint: String::new(),
-        live_fingerprint: crate::util::sha256_json(&applied),
-        applied: crate::state::Applied::new(&applied),
-        secret_fingerprints: BTreeMap::new(),
-        patch: None,
-    }
-}
-
 async fn apply_object(shared: &Shared, c: &Change, w: &Write) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let key = shared.key().await;
@@ -531,7 +491,7 @@ async fn record_object(
     key: &str,
 ) -> Result<(), ApplyError> {
     desired::fingerprint_secret_data(&mut live, key);
-    let entry = entry_for_object(c, &live, payload);
+    let entry = entry::for_object(c, &live, payload);
     shared.put(&c.address, entry).await
 }
 
@@ -618,28 +578,6 @@ async fn still_there(shared: &Shared, c: &Change, kind: &Kind, started: Instant)
             "still present {} after delete (finalizers: {finalizers})\n  help: check that the controller owning those finalizers (for a RayService, the KubeRay operator) is running; run destroy again once it is gone",
             elapsed(started)
         ),
-    }
-}
-
-fn entry_for_patch(c: &Change, p: &karpenter::KarpenterPatch) -> ResourceState {
-    let written: BTreeMap<&String, &Value> =
-        p.fields.iter().map(|(k, f)| (k, &f.written)).collect();
-    let applied = serde_json::to_value(&written).unwrap_or_default();
-    ResourceState {
-        api_version: c.api_version.clone(),
-        kind: c.kind.clone(),
-        name: c.name.clone(),
-        namespace: None,
-        uid: None,
-        resource_version: None,
-        desired_fingerprint: crate::util::sha256_json(&applied),
-        live_fingerprint: crate::util::sha256_json(&applied),
-        applied: crate::state::Applied::new(&applied),
-        secret_fingerprints: BTreeMap::new(),
-        patch: Some(PatchState {
-            api_version: c.api_version.clone(),
-            fields: p.fields.clone(),
-        }),
     }
 }
 

@@ -121,7 +121,7 @@ async fn as_found(
     }
     Ok(ResourceState {
         secret_fingerprints: found,
-        ..crate::apply::entry_as_found(
+        ..crate::apply::entry::as_found(
             (&want.api_version, &want.kind, &want.name),
             namespace,
             &live,
