@@ -400,7 +400,7 @@ async fn run(shared: &Shared, c: &Change) -> Result<Vec<crate::readiness::Ready>
 async fn wait(
     shared: &Shared,
     c: &Change,
-    spec: &crate::readiness::Target,
+    spec: &crate::stack::serving::Target,
 ) -> Result<Vec<crate::readiness::Ready>, ApplyError> {
     let on_stuck = match shared.options.wait {
         Readiness::Skip => {

@@ -11,8 +11,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::graph::referenced_secrets;
-use crate::readiness::Target;
 use crate::secret::{self, SecretError, SecretValue};
+use crate::stack::serving::Target;
 use crate::stack::{
     Address, NodeClassIntent, NodePoolIntent, ResourceSpec, ResourceType, Stack, WaitSpec,
 };

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::rollout;
 use crate::karpenter::KarpenterPatch;
-use crate::readiness::Target;
 use crate::stack::Address;
+use crate::stack::serving::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

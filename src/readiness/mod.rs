@@ -18,7 +18,6 @@ mod look;
 pub mod pods;
 pub mod routes;
 pub mod status;
-mod target;
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use crate::stack::serving::{ProbeRequest, Target};
 pub use look::{Look, Serving, look};
-pub use target::{ProbeRequest, Target};
 
 use crate::cluster::{Cluster, Followed, WatchTrouble};
 use crate::util::format_duration;

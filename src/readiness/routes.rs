@@ -3,14 +3,7 @@
 
 use std::collections::BTreeMap;
 
-/// Whether a route prefix serves a path, by Ray Serve's rule: the path starts
-/// with the prefix, and the prefix ends with `/` or stops at a `/` of the path.
-pub fn prefix_serves(prefix: &str, path: &str) -> bool {
-    path.starts_with(prefix)
-        && (prefix.ends_with('/')
-            || path.len() == prefix.len()
-            || path.as_bytes().get(prefix.len()) == Some(&b'/'))
-}
+pub use crate::stack::serving::prefix_serves;
 
 /// The route (prefix, app) that would serve `path`, if any.
 pub fn serving_route(routes: &BTreeMap<String, String>, path: &str) -> Option<(String, String)> {

@@ -9,6 +9,7 @@ mod manifest;
 mod model;
 mod parse;
 mod resource;
+pub mod serving;
 
 use std::path::Path;
 

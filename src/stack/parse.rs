@@ -637,7 +637,7 @@ fn cross_check(stack: &Stack) -> Result<(), StackError> {
             };
             // What the wait will look for must be readable now, not at the end of an apply.
             if let ResourceSpec::RayService(o) = &rayservice.spec
-                && let Err(message) = crate::readiness::Target::resolve(w, &o.object)
+                && let Err(message) = super::serving::Target::resolve(w, &o.object)
             {
                 return Err(StackError::Invalid {
                     location: rayservice.location.clone(),

@@ -1,5 +1,6 @@
 //! What "serving" means for one wait, worked out from the stack alone, before
-//! any cluster is asked: the Serve applications the RayService's
+//! any cluster is asked (so it lives with the stack: parsing checks it, the
+//! plan records it, and readiness only carries it out): the Serve applications the RayService's
 //! `serveConfigV2` asks for (so readiness can tell the new config from the one
 //! still running), the port Serve listens on, and the request that proves it
 //! answers, from the model the stack names.
@@ -9,8 +10,16 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::routes::prefix_serves;
-use crate::stack::{Probe, ProbeSpec, WaitSpec};
+use super::{Probe, ProbeSpec, WaitSpec};
+
+/// Whether a route prefix serves a path, by Ray Serve's rule: the path starts
+/// with the prefix, and the prefix ends with `/` or stops at a `/` of the path.
+pub fn prefix_serves(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
 
 /// Ray Serve's default HTTP port, when `http_options.port` is not set.
 pub const DEFAULT_SERVE_PORT: u16 = 8000;
