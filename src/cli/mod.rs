@@ -73,13 +73,13 @@ pub fn main() -> ExitCode {
         // run stopped by a second signal gives its lock back when dropped.
         let mut run = Box::pin(run(cli, &out, &stop));
         let outcome = tokio::select! {
-            result = &mut run => Ok(result),
+            result = &mut run => Ended::Ran(result),
             (name, code) = interrupted() => {
                 INTERRUPTED_WITH.store(code, std::sync::atomic::Ordering::SeqCst);
                 stop.request();
                 if ASKING.load(std::sync::atomic::Ordering::SeqCst) {
                     // Nothing is in flight yet: the question ends, and with it the run.
-                    Ok((&mut run).await)
+                    Ended::Ran((&mut run).await)
                 } else {
                     // As Terraform: the first signal lets the changes in flight
                     // finish and be recorded; a second one stops at once.
@@ -87,8 +87,8 @@ pub fn main() -> ExitCode {
                         "{name}: stopping once the changes in flight are done (again to stop at once)"
                     ));
                     tokio::select! {
-                        result = &mut run => Err((name, code, Some(result))),
-                        _ = interrupted() => Err((name, code, None)),
+                        result = &mut run => Ended::Interrupted { name, code, finished: Some(result) },
+                        _ = interrupted() => Ended::Interrupted { name, code, finished: None },
                     }
                 }
             }
@@ -98,9 +98,27 @@ pub fn main() -> ExitCode {
         rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;
         outcome
     });
+    exit_with(outcome, &out, &explain)
+}
+
+/// How a run ended.
+enum Ended {
+    Ran(Result<u8, Error>),
+    /// Stopped by a signal (`name`, exiting `code`); `finished` is what the
+    /// run came to after the first signal, None if a second one stopped it.
+    Interrupted {
+        name: &'static str,
+        code: u8,
+        finished: Option<Result<u8, Error>>,
+    },
+}
+
+/// How a run ended, as the terminal says it: its exit code, or its error
+/// (a stack's errors each with its source line), or the signal that stopped it.
+fn exit_with(outcome: Ended, out: &Out, explain: &dyn Fn(String) -> String) -> ExitCode {
     match outcome {
-        Ok(Ok(code)) => ExitCode::from(code),
-        Ok(Err(e)) => {
+        Ended::Ran(Ok(code)) => ExitCode::from(code),
+        Ended::Ran(Err(e)) => {
             let e = unwrapped(e);
             // A stack with several errors: each with its own source line.
             match e.downcast_ref::<stack::StackError>() {
@@ -112,7 +130,11 @@ pub fn main() -> ExitCode {
             }
             ExitCode::from(1)
         }
-        Err((name, code, finished)) => {
+        Ended::Interrupted {
+            name,
+            code,
+            finished,
+        } => {
             out.error(&match finished {
                 Some(Err(e)) => explain(format!("interrupted by {name}: {e}")),
                 Some(Ok(_)) => format!("interrupted by {name}, after the run had done its work"),

@@ -65,6 +65,8 @@ pub enum ClusterError {
     },
 }
 
+/// Every kube error as what failed and what to do. Long on purpose: one
+/// match over the kinds of failure, read top to bottom like a table.
 pub(super) fn classify(
     e: kube::Error,
     verb: &str,

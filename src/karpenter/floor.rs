@@ -247,6 +247,8 @@ fn v1beta1_pool(ttl: Duration, original: &Value) -> Result<Wanted, String> {
 
 /// The disk size, on the device Karpenter reads node storage from for the
 /// class's AMI family, as a floor on that device's size.
+/// Long on purpose: every case a class can be in (RAID0, no mappings, the
+/// family's device missing or smaller or larger) reads as one list here.
 pub fn class(
     api: ClassApi,
     intent: &NodeClassIntent,

@@ -452,6 +452,8 @@ struct Listing<'a> {
 
 /// Lists one kind: the objects carrying this stack's label, and, when many
 /// wanted objects are not among them, the whole kind in the namespace.
+/// Kept whole, as `observe_member` is: the LIST and its fallback share the
+/// same members and counts.
 async fn list_members<'a>(
     cluster: &Cluster,
     listing: &Listing<'_>,

@@ -429,6 +429,8 @@ pub mod wire {
     impl TryFrom<Record> for Change {
         type Error = String;
 
+        // Long on purpose: each action's required fields checked in one
+        // place, so a saved plan missing one is refused with its name.
         fn try_from(mut r: Record) -> Result<Change, String> {
             let address = r.address.take().ok_or("a change without an address")?;
             let action = r.action.ok_or_else(|| format!("{address}: no action"))?;

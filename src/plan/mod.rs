@@ -126,7 +126,9 @@ pub struct PlanOptions {
     pub refresh_only: bool,
 }
 
-/// Decides what to do with every resource.
+/// Decides what to do with every resource. One function for the order
+/// and the plan's header and footer, so the whole walk reads at once; the
+/// decision per resource is `plan_one`.
 pub fn build(
     stack: &Stack,
     graph: &Graph,
