@@ -237,6 +237,13 @@ impl Scenario {
         live
     }
 
+    /// Takes over the state entry `from` recorded for `at`: what an earlier
+    /// version of the stack applied.
+    pub fn recorded_by(&mut self, from: &mut Scenario, at: &str) {
+        let entry = from.state.resources.remove(&address(at)).expect("recorded");
+        self.state.resources.insert(address(at), entry);
+    }
+
     /// The state entry of `at` (which must be recorded), to edit.
     pub fn recorded(&mut self, at: &str) -> &mut ResourceState {
         self.state

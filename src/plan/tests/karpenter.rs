@@ -395,3 +395,43 @@ fn a_zero_downtime_upgrade_past_the_pools_gpu_limit_is_warned_about() {
         ]
     );
 }
+
+#[test]
+fn a_pool_intent_removed_from_the_stack_is_reverted_without_a_destroy() {
+    let mut before = Scenario::new(NODEPOOL);
+    let live = before.patched(POOL, nodepool("30s"));
+    let mut s = Scenario::new(SECRET);
+    s.applied("secret.hf-token");
+    s.recorded_by(&mut before, POOL);
+    s.observe_revert(POOL, live, false);
+    let plan = s.plan();
+    assert_eq!(
+        actions(&plan),
+        [
+            ("secret.hf-token".to_string(), Action::NoOp),
+            (POOL.to_string(), Action::Revert),
+        ]
+    );
+    assert_eq!(
+        plan.summary(),
+        Summary {
+            revert: 1,
+            ..Summary::default()
+        }
+    );
+}
+
+#[test]
+fn destroy_forgets_a_pool_already_back_at_its_original_values() {
+    let mut s = Scenario::new(NODEPOOL);
+    s.patched(POOL, nodepool("30s"));
+    s.options.destroy = true;
+    // Someone put the pool back by hand, bookkeeping annotations and all.
+    s.observe_revert(POOL, nodepool("30s"), false);
+    let plan = s.plan();
+    assert_eq!(actions(&plan), [(POOL.to_string(), Action::Forget)]);
+    assert_eq!(
+        (plan.warnings.len(), plan.errors.len(), plan.has_changes()),
+        (0, 0, false)
+    );
+}

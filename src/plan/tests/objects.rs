@@ -454,3 +454,32 @@ fn a_changed_secret_value_shows_as_changed_and_never_as_itself() {
     );
     assert!(!diff.contains("hmac-sha256"), "{diff}");
 }
+
+#[test]
+fn a_rayservice_whose_secret_alone_changed_is_predicted_to_get_a_new_raycluster() {
+    let mut s = Scenario::new(&format!("{SECRET}{RAYSERVICE}"));
+    s.applied("secret.hf-token");
+    let stored = s.stored("rayservice.llm");
+    let checksum = "/template/metadata/annotations/rayform.io~1secret-checksum";
+    let config = "/spec/rayClusterConfig";
+    let old = with(
+        &with(
+            &stored,
+            &format!("{config}/headGroupSpec{checksum}"),
+            json!("0000000000000000"),
+        ),
+        &format!("{config}/workerGroupSpecs/0{checksum}"),
+        json!("0000000000000000"),
+    );
+    s.record_older("rayservice.llm", &old);
+    s.sees(
+        "rayservice.llm",
+        Obj::live(old).owned().after(stored).kuberay("v1.5.0"),
+    );
+    let c = s.change("rayservice.llm");
+    let rollout = c.write().and_then(|w| w.rollout.clone()).expect("assessed");
+    assert_eq!(
+        rollout.describe(),
+        "KubeRay v1.5.0: new RayCluster (zero-downtime upgrade: 1 more GPU until promotion), because a referenced Secret changed"
+    );
+}

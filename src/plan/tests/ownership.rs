@@ -281,3 +281,16 @@ fn conflict_paths_with_dotted_keys_are_found() {
     assert!(!field_in(&applied, ".spec.b"));
     assert!(!field_in(&applied, ".metadata.labels.other"));
 }
+
+#[test]
+fn adopting_takes_fields_other_managers_own_without_force_conflicts() {
+    let mut s = Scenario::new(CONFIGMAP);
+    let live = with(&theirs(&s, SETTINGS), "/data/mode", json!("slow"));
+    let after = merged(&live, &s.want(SETTINGS).masked_body());
+    let conflict = [(".data.mode", "conflict with \"helm\" using v1")];
+    s.sees(SETTINGS, Obj::live(live).after(after).conflicts(&conflict));
+    s.options.adopt.insert(address(SETTINGS));
+    let c = s.change(SETTINGS);
+    assert_eq!((c.action(), c.error()), (Action::Update, None));
+    assert!(c.write().expect("a write").force);
+}
