@@ -350,11 +350,18 @@ impl Scenario {
     /// What observe makes of `live` for a patch the state records and the
     /// stack no longer wants (`observe_revert`): the revert, or the fields
     /// changed outside rayform that stop it (unless `force`).
+    /// Without a state entry (its write was lost), observe reverts what the
+    /// object's own holder annotation says this stack wrote.
     pub fn observe_revert(&mut self, at: &str, live: Value, force: bool) {
-        let recorded = self.state.resources[&address(at)]
-            .patch
-            .clone()
-            .expect("a recorded patch");
+        let recorded = self
+            .state
+            .resources
+            .get(&address(at))
+            .and_then(|st| st.patch.clone())
+            .unwrap_or(PatchState {
+                api_version: String::new(),
+                fields: BTreeMap::new(),
+            });
         let mut out = identity(&live);
         let patch = match karpenter::revert(STACK, &live, &recorded.fields) {
             Ok(p) => p,

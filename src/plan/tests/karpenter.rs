@@ -435,3 +435,20 @@ fn destroy_forgets_a_pool_already_back_at_its_original_values() {
         (0, 0, false)
     );
 }
+
+#[test]
+fn destroy_reverts_a_patch_whose_state_write_was_lost_from_the_objects_annotations() {
+    let mut s = Scenario::new(NODEPOOL);
+    let live = s.patched(POOL, nodepool("30s"));
+    s.state.resources.clear();
+    s.options.destroy = true;
+    s.observe_revert(POOL, live, false);
+    let c = s.change(POOL);
+    let Op::Revert(edit) = &c.op else {
+        panic!("a revert: {:?}", c.op)
+    };
+    assert_eq!(
+        edit.patch.expect,
+        [(floor::AFTER.to_string(), Some(json!("30s")))].into()
+    );
+}

@@ -483,3 +483,18 @@ fn a_rayservice_whose_secret_alone_changed_is_predicted_to_get_a_new_raycluster(
         "KubeRay v1.5.0: new RayCluster (zero-downtime upgrade: 1 more GPU until promotion), because a referenced Secret changed"
     );
 }
+
+#[test]
+fn destroy_deletes_an_object_whose_state_write_was_lost_by_its_label() {
+    let mut s = Scenario::new(CONFIGMAP);
+    let stored = s.stored(SETTINGS);
+    s.sees(SETTINGS, Obj::live(stored).owned());
+    s.options.destroy = true;
+    let plan = s.plan();
+    let c = plan.change(&address(SETTINGS)).expect("planned");
+    assert!(matches!(c.op, Op::Delete(_)), "{:?}", c.op);
+    assert_eq!(
+        (c.kind.as_str(), c.name.as_str(), c.namespace.as_deref()),
+        ("ConfigMap", "settings", Some(NAMESPACE))
+    );
+}
