@@ -878,21 +878,4 @@ fn field_in(applied: &Value, field: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn conflict_paths_with_dotted_keys_are_found() {
-        let applied = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "rayform"}},
-                             "data": {".dockerconfigjson": "x"}, "spec": {"a": [1]}});
-        assert!(field_in(
-            &applied,
-            ".metadata.labels.app.kubernetes.io/managed-by"
-        ));
-        assert!(field_in(&applied, ".data..dockerconfigjson"));
-        assert!(field_in(&applied, ".spec.a[0]"));
-        assert!(!field_in(&applied, ".spec.b"));
-        assert!(!field_in(&applied, ".metadata.labels.other"));
-    }
-}
+mod tests;

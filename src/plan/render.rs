@@ -105,6 +105,8 @@ pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
             write_diff(&mut out, d, p);
         }
         if let Some(e) = c.error() {
+            // Its help line stays under it, not out at the changes' depth.
+            let e = e.replace('\n', "\n      ");
             let _ = writeln!(out, "      {} {e}", p.red("error:"));
         }
     }
