@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::builder::*;
-use crate::observe::missing_kind_message;
+use crate::cluster::missing_kind_message;
 use crate::plan::rollout::{Assessment, Rollout};
 use crate::plan::{Action, Keep, Op, Summary};
 
