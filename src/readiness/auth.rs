@@ -203,7 +203,7 @@ impl Tokens {
             return Ok(());
         };
         Err(NotYet::Failed(format!(
-            "the head pod {pod} runs Ray with token authentication, and {why}, so Serve never receives its config\n  \
+            "the head pod {pod} runs Ray with token authentication, and {why}, so Serve never receives its config (the dashboard, asked with the head's token, shows no application)\n  \
              help: set `authOptions: {{mode: token}}` in rayClusterConfig (KubeRay v1.5.1 or later) and leave the token to KubeRay, which makes the Secret and gives it to Ray and to itself; or turn token authentication off (`RAY_AUTH_MODE=disabled`)"
         )))
     }

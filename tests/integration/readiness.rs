@@ -813,7 +813,13 @@ async fn a_dashboard_with_token_authentication_is_asked_with_the_head_s_own_toke
     let run = env
         .rayform(&["-vvv", "apply", &stack, "--auto-approve"])
         .code(1);
-    run.stderr_has("Waiting for Serve to receive application `llm`");
+    // Said only once the dashboard answered rayform's token with 200.
+    run.stderr_has("so Serve never receives its config (the dashboard, asked with the head's token, shows no application)");
+    assert!(
+        !run.stderr.contains("refused rayform's request"),
+        "{}",
+        run.stderr
+    );
     run.stderr_has("runs Ray with token authentication, and KubeRay (v1.5.0) sends the dashboard no token: RayCluster echo-");
     run.stderr_has(
         "help: set `authOptions: {mode: token}` in rayClusterConfig (KubeRay v1.5.1 or later)",
