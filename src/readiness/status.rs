@@ -176,9 +176,11 @@ fn describe(c: &Value) -> String {
 /// `ValidationFailed` (KubeRay v1.6) is written by a reconcile that refused
 /// the spec and returned before observing its generation, with
 /// `status.lastUpdateTime` set by that very write. So it is about the current
-/// spec when KubeRay has not observed the current generation (a spec that
-/// passes validation is observed in the same reconcile) and the status was
-/// written since the spec was. Its `lastTransitionTime` cannot tell:
+/// spec when KubeRay has not observed the current generation and the status
+/// was written since the spec was: a spec that passes validation has its
+/// generation in any status written after it (v1.6.0 writes none while
+/// nothing else changes, so the last write then predates the fix, as seen
+/// against the real operator). Its `lastTransitionTime` cannot tell:
 /// `meta.SetStatusCondition` keeps it when Ready was already False (say,
 /// `Initializing`), and the condition outlives a fix until endpoints appear.
 fn failure(
