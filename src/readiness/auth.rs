@@ -75,6 +75,17 @@ pub fn source(pod: &Value) -> Source {
     }
 }
 
+/// Whether the RayService's head will run Ray with a token rayform reads
+/// from a Secret, as its manifest says (KubeRay's `authOptions`, or the env
+/// written by hand): `doctor` then asks for `get` on Secrets.
+pub fn reads_a_secret(rayservice: &Value) -> bool {
+    let config = &rayservice["spec"]["rayClusterConfig"];
+    let auth = &config["authOptions"];
+    let kuberay = auth["mode"] == "token" && auth["enableK8sTokenAuth"] != true;
+    let head = serde_json::json!({"spec": config.pointer("/headGroupSpec/template/spec")});
+    kuberay || matches!(source(&head), Source::Secret { .. })
+}
+
 impl Source {
     fn describe(&self) -> String {
         match self {
@@ -334,6 +345,28 @@ mod tests {
         assert!(none.contains("the head pod names no token"), "{none}");
         assert!(none.contains("authOptions: {mode: token}"), "{none}");
         assert!(!format!("{token:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn doctor_asks_for_secrets_only_where_a_token_is_read_from_one() {
+        let rayservice = |config: Value| json!({"spec": {"rayClusterConfig": config}});
+        let head_env = |env: Value| {
+            rayservice(
+                json!({"headGroupSpec": {"template": {"spec": {"containers": [{"name": "ray-head", "env": env}]}}}}),
+            )
+        };
+        assert!(reads_a_secret(&rayservice(
+            json!({"authOptions": {"mode": "token"}})
+        )));
+        assert!(!reads_a_secret(&rayservice(
+            json!({"authOptions": {"mode": "token", "enableK8sTokenAuth": true}})
+        )));
+        assert!(reads_a_secret(&head_env(json!([
+            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "auth_token"}}}]))));
+        assert!(!reads_a_secret(&head_env(
+            json!([{"name": "HF_TOKEN", "value": "x"}])
+        )));
+        assert!(!reads_a_secret(&rayservice(json!({}))));
     }
 
     #[test]

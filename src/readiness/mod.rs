@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use auth::reads_a_secret;
 pub use look::{Look, Serving, look};
 pub use target::{ProbeRequest, Target};
 
