@@ -458,6 +458,10 @@ fn needed(cluster: &Cluster, stack: &Stack) -> BTreeSet<Access> {
                 if o.kind() == "RayService" {
                     grant(&mut needed, kind, &["watch"], ns);
                 }
+                // The wait reads the Ray dashboard's token where the head gets it.
+                if o.kind() == "RayService" && crate::readiness::reads_a_secret(&o.object) {
+                    grant(&mut needed, cluster.kind("v1", "Secret"), &["get"], ns);
+                }
             }
             ResourceSpec::NodePool(_) => {
                 let kind = karpenter

@@ -151,8 +151,10 @@ async fn nodeclaims(cluster: &Cluster) -> Vec<Value> {
 /// KubeRay's refusal of the RayService's spec, if it said so since `since`.
 ///
 /// KubeRay v1.3–v1.5 write no status for a spec they reject: the word is
-/// only an Event (`InvalidRayServiceSpec`), repeated at each retry, so a
-/// fresh one is about the spec the wait is for.
+/// only an Event (`InvalidRayServiceSpec`, or `InvalidRayServiceMetadata`
+/// for its annotations), repeated at each retry, so a fresh one is about the
+/// spec the wait is for. v1.6 sends the same Event once and also writes
+/// `Ready=False (ValidationFailed)`, which [`super::status`] reads.
 pub async fn refused(
     cluster: &Cluster,
     namespace: &str,
@@ -166,7 +168,12 @@ pub async fn refused(
         .ok()?;
     events
         .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("InvalidRayServiceSpec"))
+        .filter(|e| {
+            matches!(
+                e.reason.as_deref(),
+                Some("InvalidRayServiceSpec" | "InvalidRayServiceMetadata")
+            )
+        })
         .filter(|e| pods::when(e).is_some_and(|t| t >= since))
         .max_by_key(pods::when)
         .and_then(|e| e.message)

@@ -54,6 +54,38 @@ pub fn compare(wanted: &BTreeMap<String, Value>, answer: &Value) -> Deployed {
     Deployed::Running
 }
 
+/// The HTTP port Serve's proxies listen on, from the dashboard's answer:
+/// the Serve instance's `http_options`, fixed when Serve starts (Ray 2.60's
+/// `serve_head.py` only logs a warning when a later config changes them).
+/// Serve leaves out a port it was not given (its default); there are no
+/// `http_options` before Serve runs.
+pub fn serving_port(answer: &Value) -> Option<u16> {
+    let options = answer.get("http_options").filter(|o| o.is_object())?;
+    match options.get("port") {
+        None | Some(Value::Null) => Some(crate::stack::serving::DEFAULT_SERVE_PORT),
+        Some(p) => p.as_u64().and_then(|p| u16::try_from(p).ok()),
+    }
+}
+
+/// Why Serve on `pod` will never answer on the port the stack asks for, if
+/// it will not: it listens on another, and KubeRay is `settled` on this
+/// cluster (the current generation observed, no new cluster coming), so the
+/// change reached a running Serve, which keeps its port.
+pub fn port_kept(answer: &Value, wanted: u16, settled: bool, pod: &str) -> Option<String> {
+    let running = serving_port(answer)?;
+    (settled && running != wanted).then(|| {
+        format!(
+            "Serve on {pod} listens on port {running}, not {wanted} (`http_options.port` of \
+             serveConfigV2): Serve fixes its HTTP options when it starts and ignores a change \
+             while it runs, and KubeRay applied this one in place, to the running RayCluster\n  \
+             help: put http_options.port back to {running}, or change the head container's \
+             `serve` port to {wanted} as well: a change to rayClusterConfig makes KubeRay start \
+             a new RayCluster, whose Serve starts on the new port (`rayform plan` says whether a \
+             change does)"
+        )
+    })
+}
+
 /// A Serve message in one line: its first (what Serve does about it) and,
 /// for a traceback, its last (the exception), so a retry after a failed
 /// start reads as such in a progress line.
@@ -207,6 +239,45 @@ mod tests {
             ),
             "the fix removed fail_on_init; Serve still runs the config that had it"
         );
+    }
+
+    /// The Serve instance as Ray 2.60's `get_serve_instance_details` reports
+    /// it (`http_options` dumped with `exclude_unset`).
+    fn instance(http_options: Value) -> Value {
+        let mut a = answer("echo-a", "RUNNING");
+        a["http_options"] = http_options;
+        a["proxy_location"] = json!("HeadOnly");
+        a
+    }
+
+    #[test]
+    fn a_port_change_a_running_serve_ignored_is_final_once_kuberay_settled() {
+        let kept = instance(json!({"host": "0.0.0.0", "port": 8000, "request_timeout_s": null}));
+        let said = port_kept(&kept, 8123, true, "echo-x-head-1").expect("kept its port");
+        assert!(
+            said.starts_with("Serve on echo-x-head-1 listens on port 8000, not 8123"),
+            "{said}"
+        );
+        assert!(
+            said.contains("help: put http_options.port back to 8000"),
+            "{said}"
+        );
+        // KubeRay may yet start a new cluster for the change: not final.
+        assert_eq!(port_kept(&kept, 8123, false, "echo-x-head-1"), None);
+        assert_eq!(port_kept(&kept, 8000, true, "echo-x-head-1"), None);
+    }
+
+    #[test]
+    fn serve_s_port_is_its_default_when_unset_and_unknown_before_it_runs() {
+        assert_eq!(
+            serving_port(&instance(json!({"host": "0.0.0.0"}))),
+            Some(8000)
+        );
+        assert_eq!(serving_port(&instance(json!({"port": 9001}))), Some(9001));
+        // Ray's empty schema, before any config reached Serve.
+        let empty = json!({"controller_info": {}, "proxies": {}, "applications": {}, "target_capacity": null});
+        assert_eq!(serving_port(&empty), None);
+        assert_eq!(port_kept(&empty, 8123, true, "p"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 
 use super::Endpoint;
 use crate::cluster::{Cluster, PodStream};
+use crate::secret::SecretValue;
 use crate::util::format_duration;
 
 /// Which of the head's ports a request goes to.
@@ -31,6 +32,8 @@ pub struct Ask<'a> {
     pub path: &'a str,
     pub body: Option<&'a str>,
     pub timeout: Duration,
+    /// The Ray dashboard's token ([`super::auth`]), for the dashboard only.
+    pub token: Option<&'a SecretValue>,
 }
 
 impl<'a> Ask<'a> {
@@ -40,7 +43,12 @@ impl<'a> Ask<'a> {
             path,
             body: None,
             timeout,
+            token: None,
         }
+    }
+
+    pub fn with_token(self, token: Option<&'a SecretValue>) -> Ask<'a> {
+        Ask { token, ..self }
     }
 }
 
@@ -52,6 +60,8 @@ impl<'a> Ask<'a> {
 #[derive(Default)]
 pub struct Connections {
     open: HashMap<(String, String, u16), Kept>,
+    /// The dashboard's token, read once a head pod.
+    pub tokens: super::auth::Tokens,
 }
 
 /// One port-forwarded HTTP/1.1 connection, with the node's word on it.
@@ -77,8 +87,10 @@ impl Connections {
             path,
             body,
             timeout,
+            token,
         } = ask;
         let (namespace, pod, port) = match (endpoint, port) {
+            // Serve's proxy checks no token: one is never sent past the dashboard.
             (Endpoint::Url(url), Port::Serve) => {
                 return to_url(url, method, path, body, timeout).await;
             }
@@ -118,7 +130,7 @@ impl Connections {
                 }
             }
         };
-        let request = build(method, path, body)?;
+        let request = build(method, path, body, token)?;
         let forward = format!("port-forward to {pod}:{port}");
         let (answer, usable) = exchange(kept, request, timeout, &forward).await;
         if !usable {
@@ -253,7 +265,7 @@ pub async fn request(
                 .await
                 .map_err(|e| format!("HTTP handshake failed: {e}"))?;
         tokio::spawn(connection);
-        let mut request = build(method, path, body)?;
+        let mut request = build(method, path, body, None)?;
         if let Ok(host) = http::HeaderValue::from_str(host) {
             request.headers_mut().insert("host", host);
         }
@@ -272,6 +284,7 @@ fn build(
     method: &str,
     path: &str,
     body: Option<&str>,
+    token: Option<&SecretValue>,
 ) -> Result<http::Request<Full<Bytes>>, String> {
     let mut req = http::Request::builder()
         .method(method)
@@ -280,8 +293,23 @@ fn build(
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
+    if let Some(token) = token {
+        req = req.header("x-ray-authorization", bearer(token)?);
+    }
     req.body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
         .map_err(|e| format!("bad request: {e}"))
+}
+
+/// `Bearer <token>`, as KubeRay's dashboard client sends it, marked
+/// sensitive so that no `Debug` of the request shows it.
+fn bearer(token: &SecretValue) -> Result<http::HeaderValue, String> {
+    let mut value = b"Bearer ".to_vec();
+    value.extend_from_slice(token.expose());
+    let mut header = http::HeaderValue::from_bytes(&value).map_err(|_| {
+        "the Ray dashboard's token holds bytes an HTTP header cannot carry".to_string()
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 async fn read(response: http::Response<hyper::body::Incoming>) -> Result<Answer, String> {
@@ -303,4 +331,80 @@ async fn read(response: http::Response<hyper::body::Incoming>) -> Result<Answer,
         content_type,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboard_token_is_sent_as_kuberay_sends_it_and_never_shown() {
+        let token = SecretValue::new(b"s3cr3t-dashboard-token".to_vec());
+        let request = build("GET", "/api/serve/applications/", None, Some(&token)).expect("built");
+        let header = request
+            .headers()
+            .get("x-ray-authorization")
+            .expect("the token rides in KubeRay's header");
+        assert_eq!(header.as_bytes(), b"Bearer s3cr3t-dashboard-token");
+        assert!(header.is_sensitive());
+        assert!(!format!("{request:?}").contains("s3cr3t"), "{request:?}");
+        let plain = build("GET", "/-/routes", None, None).expect("built");
+        assert!(plain.headers().get("x-ray-authorization").is_none());
+        let broken = SecretValue::new(b"line\nbreak".to_vec());
+        let e = build("GET", "/", None, Some(&broken)).expect_err("no newline in a header");
+        assert!(!e.contains("line"), "{e}");
+    }
+
+    /// A dashboard stand-in that demands the token, as Ray's middleware does
+    /// (401 without one, 403 for a wrong one), over a real TCP connection.
+    #[tokio::test]
+    async fn a_stand_in_that_demands_the_token_lets_it_through() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let status = match req
+                        .headers()
+                        .get("x-ray-authorization")
+                        .map(|v| v.as_bytes())
+                    {
+                        None => 401,
+                        Some(b"Bearer right") => 200,
+                        Some(_) => 403,
+                    };
+                    let answer = http::Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::new()));
+                    answer.map_err(|e| e.to_string())
+                },
+            );
+            while let Ok((stream, _)) = listener.accept().await {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                );
+            }
+        });
+        let ask = |token: Option<&SecretValue>| {
+            let request = build("GET", "/api/serve/applications/", None, token).expect("built");
+            async move {
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect");
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
+                tokio::spawn(connection);
+                let response = sender.send_request(request).await.expect("answer");
+                read(response).await.expect("read").status
+            }
+        };
+        assert_eq!(ask(None).await, 401);
+        assert_eq!(ask(Some(&SecretValue::new(b"wrong".to_vec()))).await, 403);
+        assert_eq!(ask(Some(&SecretValue::new(b"right".to_vec()))).await, 200);
+    }
 }

@@ -11,6 +11,7 @@
 //! signal is necessary, none is sufficient, and every request has its own
 //! deadline.
 
+mod auth;
 mod below;
 mod deployed;
 mod http;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use crate::stack::serving::{ProbeRequest, Target};
+pub use auth::reads_a_secret;
 pub use look::{Look, Serving, look};
 
 use crate::cluster::{Cluster, Followed, WatchTrouble};
@@ -381,7 +383,11 @@ async fn check(
     let Some(raycluster) = service.cluster() else {
         return Err("KubeRay to name a RayCluster".to_string().into());
     };
-    let head = head_pod(cluster, namespace, raycluster).await?;
+    let mut head = head_pod(cluster, namespace, raycluster).await?;
+    head.token = connections
+        .tokens
+        .token(cluster, namespace, &head.name, &head.auth)
+        .await?;
     let endpoint = match &spec.url {
         Some(url) => Endpoint::Url(url.clone()),
         None => Endpoint::Pod {
@@ -416,7 +422,11 @@ async fn check(
 
 struct HeadPod {
     name: String,
+    raycluster: String,
     dashboard_port: u16,
+    /// Where its Ray gets the dashboard's token, if it runs with one.
+    auth: auth::Source,
+    token: auth::Token,
 }
 
 /// Found by KubeRay's labels from the cluster the status names, never by name pattern.
@@ -447,11 +457,14 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(DEFAULT_DASHBOARD_PORT);
     Ok(HeadPod {
+        raycluster: raycluster.to_string(),
         name: pod["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string(),
         dashboard_port,
+        auth: auth::source(pod),
+        token: auth::Token::default(),
     })
 }
 
@@ -474,7 +487,7 @@ async fn serve_runs_the_config(
             cluster,
             &dashboard,
             http::Port::Dashboard,
-            http::Ask::get("/api/serve/applications/", LOOK_TIMEOUT),
+            http::Ask::get("/api/serve/applications/", LOOK_TIMEOUT).with_token(head.token.value()),
         )
         .await;
     let body = match answer {
@@ -482,16 +495,32 @@ async fn serve_runs_the_config(
             seen.serve_apps = Some(e.clone());
             return Err(format!("the Ray dashboard on {} to answer ({e})", head.name).into());
         }
+        // Final only on the head KubeRay chose for the current spec: a
+        // spec change may be about to replace it (and its token setup).
+        Ok(a) if a.status == 401 || a.status == 403 => {
+            let said = format!("{} {}", a.status, head.token.redact(a.body.trim()));
+            seen.serve_apps = Some(said.clone());
+            return Err(match &seen.service {
+                Some(s) if s.current => {
+                    NotYet::Failed(head.token.refused(a.status, &a.body, &head.name))
+                }
+                _ => NotYet::Waiting(format!("the Ray dashboard on {} ({said})", head.name)),
+            });
+        }
         Ok(a) if a.status != 200 => {
-            let said = format!("{} {}", a.status, a.body.trim());
+            let said = format!("{} {}", a.status, head.token.redact(a.body.trim()));
             seen.serve_apps = Some(said.clone());
             return Err(format!("the Ray dashboard on {} ({said})", head.name).into());
         }
-        Ok(a) => a.body,
+        Ok(a) => head.token.redact(&a.body),
     };
     let Ok(answer) = serde_json::from_str::<Value>(&body) else {
         return Err(format!("the Ray dashboard to answer JSON (it said {})", body.trim()).into());
     };
+    let settled = seen.service.as_ref().is_some_and(status::Service::settled);
+    if let Some(kept) = deployed::port_kept(&answer, target.serve_port, settled, &head.name) {
+        return Err(NotYet::Failed(kept));
+    }
     match deployed::compare(&target.apps, &answer) {
         Deployed::Running => {
             seen.serve_apps = Some("the stack's config is RUNNING".into());
@@ -499,6 +528,22 @@ async fn serve_runs_the_config(
         }
         Deployed::Waiting(phase) => {
             seen.serve_apps = Some(phase.clone());
+            // Serve without any application: KubeRay may be unable to send one.
+            if answer["applications"]
+                .as_object()
+                .is_none_or(serde_json::Map::is_empty)
+            {
+                connections
+                    .tokens
+                    .kuberay_sends_a_token(
+                        cluster,
+                        namespace,
+                        &head.raycluster,
+                        &head.name,
+                        &head.auth,
+                    )
+                    .await?;
+            }
             Err(phase.into())
         }
         Deployed::Failed(message) => Err(NotYet::Failed(message)),
@@ -564,6 +609,7 @@ async fn probe_answers(
                 path: &p.path,
                 body: p.body.as_deref(),
                 timeout: p.timeout,
+                token: None,
             },
         )
         .await;

@@ -1,7 +1,7 @@
 //! Reading a RayService's status as KubeRay writes it (v1.5.0's
-//! `rayservice_controller.go`), across versions: the `Ready` condition
-//! (≥ 1.3) or `serviceStatus: Running` (older), for the current generation,
-//! with no upgrade under way.
+//! `rayservice_controller.go`, and v1.6.0's `ValidationFailed`), across
+//! versions: the `Ready` condition (≥ 1.3) or `serviceStatus: Running`
+//! (older), for the current generation, with no upgrade under way.
 //!
 //! What the status cannot say is whether Serve runs the *current* config:
 //! KubeRay writes the new `observedGeneration` together with app statuses it
@@ -34,6 +34,12 @@ impl Service {
     /// The cluster whose head to look at: the one coming up, else the one serving.
     pub fn cluster(&self) -> Option<&str> {
         self.pending.as_deref().or(self.active.as_deref())
+    }
+
+    /// KubeRay has observed the current generation and serves it from the
+    /// active cluster, with no other coming: what runs there is final.
+    pub fn settled(&self) -> bool {
+        self.current && self.pending.is_none() && !self.upgrading && self.active.is_some()
     }
 
     /// What KubeRay has still to say before the RayService counts as serving
@@ -123,7 +129,15 @@ pub fn read(object: &Value) -> Service {
         upgrading: condition("UpgradeInProgress").is_some_and(|c| c["status"] == "True"),
         apps: apps(apps_of),
         conditions: conditions.iter().map(|c| describe(c)).collect(),
-        failure: ready_condition.and_then(|c| failure(c, spec_written_at(object))),
+        failure: ready_condition.and_then(|c| {
+            let current = generation.is_some() && generation == observed;
+            failure(
+                c,
+                current,
+                status_written_at(object),
+                spec_written_at(object),
+            )
+        }),
     }
 }
 
@@ -155,21 +169,40 @@ fn describe(c: &Value) -> String {
     )
 }
 
-/// A Ready condition that no retry will change. `InitializingTimeout` is
-/// terminal (the RayService must be recreated). `ValidationFailed` stays on
-/// until endpoints appear, so it counts only if it came after the spec was
-/// last written; an older one is about a spec that has since been fixed.
-fn failure(ready: &Value, spec_written: Option<&str>) -> Option<String> {
+/// A Ready condition that no retry will change, about the spec as it is now.
+///
+/// `InitializingTimeout` is terminal (the RayService must be recreated).
+///
+/// `ValidationFailed` (KubeRay v1.6) is written by a reconcile that refused
+/// the spec and returned before observing its generation, with
+/// `status.lastUpdateTime` set by that very write. So it is about the current
+/// spec when KubeRay has not observed the current generation and the status
+/// was written since the spec was: a spec that passes validation has its
+/// generation in any status written after it (v1.6.0 writes none while
+/// nothing else changes, so the last write then predates the fix, as seen
+/// against the real operator). Its `lastTransitionTime` cannot tell:
+/// `meta.SetStatusCondition` keeps it when Ready was already False (say,
+/// `Initializing`), and the condition outlives a fix until endpoints appear.
+fn failure(
+    ready: &Value,
+    current: bool,
+    status_written: Option<&str>,
+    spec_written: Option<&str>,
+) -> Option<String> {
     let reason = ready["reason"].as_str()?;
-    let since = ready["lastTransitionTime"].as_str();
-    let fresh = match (since, spec_written) {
-        // RFC 3339 UTC timestamps of one server compare as strings.
-        (Some(since), Some(written)) => since >= written,
-        _ => true,
-    };
     let fatal = match reason {
         "InitializingTimeout" => true,
-        "ValidationFailed" => fresh,
+        "ValidationFailed" => {
+            // RFC 3339 UTC timestamps of one server compare as strings; in
+            // the same second, the refusal counts (KubeRay answers a write in
+            // milliseconds, and each refusal is also an Event, read apart).
+            !current
+                && match (status_written, spec_written) {
+                    (Some(status), Some(spec)) => status >= spec,
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                }
+        }
         _ => false,
     };
     fatal.then(|| {
@@ -178,6 +211,23 @@ fn failure(ready: &Value, spec_written: Option<&str>) -> Option<String> {
             ready["message"].as_str().unwrap_or_default()
         )
     })
+}
+
+/// When KubeRay last wrote the status: its own `lastUpdateTime`, else the
+/// newest managed-fields entry of the status subresource.
+fn status_written_at(object: &Value) -> Option<&str> {
+    let own = object
+        .pointer("/status/lastUpdateTime")
+        .and_then(Value::as_str);
+    let managed = object
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| m["subresource"] == "status")
+        .filter_map(|m| m["time"].as_str())
+        .max();
+    own.into_iter().chain(managed).max()
 }
 
 /// When the spec was last written: the newest managed-fields entry that is
@@ -257,24 +307,58 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_validation_failure_older_than_the_spec_is_stale() {
-        let mut rs = json!({"metadata": {"generation": 2, "managedFields": [
+    /// KubeRay v1.6.0 on a spec it refuses, as its source writes the status:
+    /// `setCondition(Ready, False, ValidationFailed)` keeps the condition's
+    /// `lastTransitionTime` when Ready was already False, copies the last
+    /// observed generation into it, and sets `lastUpdateTime`; it returns
+    /// before `calculateStatus`, which alone writes `observedGeneration`.
+    fn refused_by_v1_6(generation: i64, observed: i64, updated: &str) -> Value {
+        json!({"metadata": {"generation": generation, "managedFields": [
                 {"manager": "rayform/demo", "operation": "Apply", "time": "2026-11-28T10:00:05Z"},
-                {"manager": "ray-operator", "operation": "Update", "subresource": "status", "time": "2026-11-28T10:00:09Z"}]},
-            "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "False",
-                "reason": "ValidationFailed", "message": "bad spec", "lastTransitionTime": "2026-11-28T10:00:01Z"}]}});
-        assert_eq!(read(&rs).failure, None);
-        rs["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-11-28T10:00:06Z");
+                {"manager": "ray-operator", "operation": "Update", "subresource": "status", "time": updated}]},
+            "status": {"observedGeneration": observed, "lastUpdateTime": updated, "conditions": [
+                {"type": "Ready", "status": "False", "reason": "ValidationFailed", "observedGeneration": 1,
+                 "message": "spec.upgradeStrategy.type value Sometimes is invalid",
+                 "lastTransitionTime": "2026-11-28T09:58:00Z"},
+                {"type": "UpgradeInProgress", "status": "False", "reason": "Initializing", "observedGeneration": 1,
+                 "lastTransitionTime": "2026-11-28T09:58:00Z"}]}})
+    }
+
+    #[test]
+    fn a_validation_failure_of_the_current_spec_fails_however_old_its_transition() {
+        // Generation 1 was initializing since 09:58; generation 2, written at
+        // 10:00:05, is refused at once: the transition time is still 09:58.
+        let refused = refused_by_v1_6(2, 1, "2026-11-28T10:00:05Z");
         assert_eq!(
-            read(&rs).failure.as_deref(),
-            Some("KubeRay reports ValidationFailed: bad spec")
+            read(&refused).failure.as_deref(),
+            Some(
+                "KubeRay reports ValidationFailed: spec.upgradeStrategy.type value Sometimes is invalid"
+            )
         );
+        // A first deploy refused: no generation was ever observed.
+        let mut first = refused_by_v1_6(1, 0, "2026-11-28T10:00:06Z");
+        first["status"]
+            .as_object_mut()
+            .map(|s| s.remove("observedGeneration"));
+        assert!(read(&first).failure.is_some());
+    }
+
+    #[test]
+    fn a_validation_failure_left_from_an_earlier_spec_is_not_final() {
+        // The fix (generation 3) was observed: the condition stays until
+        // endpoints appear, about a spec that is gone.
+        let fixed = refused_by_v1_6(3, 3, "2026-11-28T10:01:00Z");
+        assert_eq!(read(&fixed).failure, None);
+        // The fix written after KubeRay's last word, not reconciled yet.
+        let mut pending = refused_by_v1_6(3, 1, "2026-11-28T10:00:04Z");
+        pending["status"]["lastUpdateTime"] = json!("2026-11-28T10:00:04Z");
+        assert_eq!(read(&pending).failure, None);
+    }
+
+    #[test]
+    fn a_timed_out_rayservice_stays_failed() {
+        let mut rs = refused_by_v1_6(3, 3, "2026-11-28T10:01:00Z");
         rs["status"]["conditions"][0]["reason"] = json!("InitializingTimeout");
-        rs["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-11-28T09:00:00Z");
-        assert!(
-            read(&rs).failure.is_some(),
-            "a timed-out RayService stays failed"
-        );
+        assert!(read(&rs).failure.is_some());
     }
 }

@@ -28,6 +28,10 @@ struct Echo<'a> {
     strategy: Option<&'a str>,
     /// The head container's `resources`, as a YAML flow map.
     head_resources: Option<&'a str>,
+    /// More env of the head container, as YAML flow maps.
+    head_env: &'a [&'a str],
+    /// The head's container port named `serve`, when it is not Serve's port.
+    container_serve_port: Option<u16>,
 }
 
 impl Default for Echo<'_> {
@@ -43,6 +47,8 @@ impl Default for Echo<'_> {
             head_params: "{}",
             strategy: None,
             head_resources: None,
+            head_env: &[],
+            container_serve_port: None,
         }
     }
 }
@@ -73,6 +79,11 @@ impl Echo<'_> {
                 )
             })
             .unwrap_or_default();
+        let head_env: String = self
+            .head_env
+            .iter()
+            .map(|e| format!("\n                - {e}"))
+            .collect();
         let mut deployments = String::new();
         if self.gpu_worker {
             if workers.is_empty() {
@@ -106,11 +117,11 @@ spec:
                 - {{containerPort: 8265, name: dashboard}}
                 - {{containerPort: {port}, name: serve}}
               env:
-                - {{name: RAYFORM_TEST_MARKER, value: "{marker}"}}
+                - {{name: RAYFORM_TEST_MARKER, value: "{marker}"}}{head_env}
 {workers}"#,
             prefix = self.route_prefix,
             args = self.args,
-            port = self.serve_port,
+            port = self.container_serve_port.unwrap_or(self.serve_port),
             marker = self.marker,
             image = self.image,
             head_params = self.head_params,
@@ -740,4 +751,133 @@ async fn a_serve_app_that_fails_once_and_recovers_is_waited_through() {
     run.stderr_has("A replica failed to start with exception. Retrying");
     run.stderr_has("RuntimeError: echo_app: start 1 of the first 1 fails on purpose (fail_first)");
     assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-r");
+}
+
+/// Ray 2.60 with token authentication on the head, set up as KubeRay v1.5.1+
+/// does it from `authOptions` (and users of older KubeRay write by hand):
+/// RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from a Secret's `auth_token`. Real
+/// Ray checks the token; KubeRay v1.5.0, which runs here, sends none itself.
+#[tokio::test]
+async fn a_dashboard_with_token_authentication_is_asked_with_the_head_s_own_token() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-token").await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let (token, rotated) = (
+        format!("rt-{nanos:x}-first"),
+        format!("rt-{nanos:x}-second"),
+    );
+    let mut outputs = std::collections::BTreeMap::new();
+
+    // A token in a file of the container: rayform cannot read it, and the
+    // dashboard's 401 ends the wait at once instead of being "not yet".
+    let file = env.write("ray-token", &token);
+    let in_file = format!("{{name: RAY_AUTH_TOKEN_PATH, value: '{}'}}", file.display());
+    let in_file = in_file.as_str();
+    let echo = Echo {
+        head_env: &["{name: RAY_AUTH_MODE, value: token}", in_file],
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"5m\"");
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    run.stderr_has("refused rayform's request (401 Unauthorized: Missing authentication token); the head pod names no RAY_AUTH_TOKEN");
+    run.stderr_has("help: give the head RAY_AUTH_TOKEN from a Secret");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "told when the dashboard answered, not at the timeout:\n{}",
+        run.stderr
+    );
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+
+    // The token from a Secret, as KubeRay gives it: rayform sends the head's
+    // own, gets past the dashboard, and says why Serve never gets its config.
+    let secret = |value: &str| json!({"type": "Opaque", "stringData": {"auth_token": value}});
+    env.apply_as(
+        "test",
+        "v1",
+        "Secret",
+        Some(&env.ns),
+        "echo-ray-token",
+        secret(&token),
+    )
+    .await;
+    let from_secret = "{name: RAY_AUTH_TOKEN, valueFrom: {secretKeyRef: {name: echo-ray-token, key: auth_token}}}";
+    let echo = Echo {
+        head_env: &["{name: RAY_AUTH_MODE, value: token}", from_secret],
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"5m\"");
+    let run = env
+        .rayform(&["-vvv", "apply", &stack, "--auto-approve"])
+        .code(1);
+    // Said only once the dashboard answered rayform's token with 200.
+    run.stderr_has("so Serve never receives its config (the dashboard, asked with the head's token, shows no application)");
+    assert!(
+        !run.stderr.contains("refused rayform's request"),
+        "{}",
+        run.stderr
+    );
+    run.stderr_has("runs Ray with token authentication, and KubeRay (v1.5.0) sends the dashboard no token: RayCluster echo-");
+    run.stderr_has(
+        "help: set `authOptions: {mode: token}` in rayClusterConfig (KubeRay v1.5.1 or later)",
+    );
+    outputs.insert("apply -vvv".to_string(), run.all());
+
+    // The Secret changed since the head started: Ray keeps the old token.
+    env.apply_as(
+        "test",
+        "v1",
+        "Secret",
+        Some(&env.ns),
+        "echo-ray-token",
+        secret(&rotated),
+    )
+    .await;
+    let run = env
+        .rayform(&["-vvv", "apply", &stack, "--auto-approve"])
+        .code(1);
+    run.stderr_has("refused rayform's request (403 Forbidden: Invalid authentication token); the token in Secret `echo-ray-token` (key `auth_token`)");
+    run.stderr_has("help: a running Ray keeps the token it started with");
+    outputs.insert("apply -vvv, rotated".to_string(), run.all());
+    let status = env.rayform(&["status", &stack, "--json"]).code(2);
+    outputs.insert("status".to_string(), status.all());
+    outputs.insert("state".to_string(), env.state("echo").to_string());
+    for t in [&token, &rotated] {
+        crate::support::assert_no_token(t, &outputs);
+    }
+}
+
+/// Serve fixes its HTTP port when it starts: a new `http_options.port` that
+/// KubeRay sends to the running cluster (a serveConfigV2 change, applied in
+/// place) is ignored, and the wait says so instead of probing a closed port.
+#[tokio::test]
+async fn a_serve_port_change_applied_in_place_is_said_not_probed() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-port").await;
+    let stack = Echo::default().stack(&env, "timeout = \"4m\"");
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+
+    let moved = Echo {
+        serve_port: 8123,
+        container_serve_port: Some(8000),
+        ..Echo::default()
+    };
+    let stack = moved.stack(&env, "timeout = \"4m\"");
+    env.rayform(&["plan", &stack]).ok().stdout_has(
+        "(KubeRay v1.5.0: in-place Serve update on the running RayCluster (no new pods))",
+    );
+    let started = std::time::Instant::now();
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    run.stderr_has("listens on port 8000, not 8123 (`http_options.port` of serveConfigV2)");
+    run.stderr_has("help: put http_options.port back to 8000");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "told at once, not at the timeout:\n{}",
+        run.stderr
+    );
+    // Serve still answers where it started.
+    assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-a");
 }
