@@ -22,6 +22,8 @@ use crate::stack::Address;
 use crate::state::journal::Change as StateChange;
 use crate::state::{PatchState, ResourceState, State, StateError};
 
+mod drain;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{address}: {source}")]
@@ -628,6 +630,10 @@ async fn refresh(shared: &Shared, c: &Change, payload: &Payload) -> Result<(), A
 async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let ns = c.namespace.as_deref();
+    let launched = drain::Launched::of(c);
+    if let Some(from @ drain::Launched::FromClass { .. }) = &launched {
+        drain::wait(shared, c, from).await?;
+    }
     shared.still_locked()?;
     shared
         .cluster
@@ -670,6 +676,9 @@ async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyErr
             );
             next_report += Duration::from_secs(10);
         }
+    }
+    if let Some(pool @ drain::Launched::ByPool { .. }) = &launched {
+        drain::wait(shared, c, pool).await?;
     }
     shared.remove(&c.address).await
 }

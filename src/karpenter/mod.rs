@@ -20,6 +20,7 @@ pub mod automode;
 pub mod family;
 pub mod fit;
 pub mod floor;
+pub mod gpu_nodes;
 
 pub use floor::Wanted;
 
