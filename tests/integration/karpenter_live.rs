@@ -652,7 +652,7 @@ async fn destroying_an_owned_pool_waits_until_karpenter_has_removed_its_nodes() 
     let destroy = env
         .rayform(&["destroy", "drain.toml", "--auto-approve"])
         .ok();
-    eprintln!("{}", destroy.stdout);
+    eprintln!("{}", destroy.all());
     assert_eq!(
         claims(&env, &own).await,
         0,
