@@ -412,6 +412,15 @@ pub async fn gpus(cluster: &Cluster) -> Check {
             format!("{} node(s) report {total} nvidia.com/gpu", nodes.len()),
         );
     }
+    if served(cluster).auto_mode {
+        // AWS: on Auto Mode EKS installs the GPU drivers and device plugins
+        // on the GPU nodes it launches ("Manage compute for AI/ML workloads
+        // with EKS Auto Mode and Karpenter"); there is no DaemonSet to find.
+        return Check::ok(
+            subject,
+            "no GPU node now (Karpenter launches them on demand); on EKS Auto Mode, EKS brings the NVIDIA driver and device plugin on its GPU nodes",
+        );
+    }
     match device_plugin(cluster).await {
         Some(ds) => Check::ok(
             subject,

@@ -257,6 +257,7 @@ async fn the_auto_mode_stack_owns_its_gpu_pool_and_class_from_apply_to_destroy()
         "✔ gpupool.{name}: NodePool `{name}` will be created"
     ));
     doctor.stdout_has("✔ GPU workers");
+    doctor.stdout_has("✔ GPUs: no GPU node now (Karpenter launches them on demand); on EKS Auto Mode, EKS brings the NVIDIA driver and device plugin");
     let failed: Vec<&str> = doctor
         .stdout
         .lines()

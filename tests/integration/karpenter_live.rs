@@ -641,9 +641,7 @@ async fn destroying_an_owned_pool_waits_until_karpenter_has_removed_its_nodes() 
 
     let mut template = worker_template(&env, false, "1");
     template["spec"]["nodeSelector"]["karpenter.sh/nodepool"] = json!(own);
-    let Decision::Launched(_) = karpenter_decides(&env, "on-own-pool", &template).await else {
-        panic!("Karpenter launched no node from the stack's pool");
-    };
+    let node = running_on(&env, "on-own-pool", &template).await;
     assert!(
         claims(&env, &own).await > 0,
         "a NodeClaim of the stack's pool"
@@ -659,4 +657,30 @@ async fn destroying_an_owned_pool_waits_until_karpenter_has_removed_its_nodes() 
         "destroy returned with the pool's node still up:\n{}",
         destroy.all()
     );
+    assert!(
+        !node_exists(&env, &node).await,
+        "node {node} outlived the destroy:\n{}",
+        destroy.all()
+    );
+}
+
+/// The node Karpenter launched for a pod from `template`, once the pod runs there.
+async fn running_on(env: &Env, pod: &str, template: &Value) -> String {
+    let Decision::Launched(_) = karpenter_decides(env, pod, template).await else {
+        panic!("Karpenter launched no node for {pod}");
+    };
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let started = Instant::now();
+    loop {
+        let p = pods.get(pod).await.expect("pod");
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if let (true, Some(node)) = (running, p.spec.and_then(|s| s.node_name)) {
+            return node;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "pod {pod} did not run on Karpenter's node within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
