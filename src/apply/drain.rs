@@ -2,7 +2,8 @@
 //! and destroy is not done until Karpenter has drained and removed them.
 //!
 //! Karpenter's NodeClaims (one per node) carry the label
-//! `karpenter.sh/nodepool` and an owner reference to their pool; once the
+//! `karpenter.sh/nodepool` and an owner reference to their pool (which
+//! objects have nodes, and how they are found: `karpenter::nodes`); once the
 //! pool is deleted the garbage collector deletes them, and each stays,
 //! under Karpenter's termination finalizer, until its node is drained and
 //! its instance gone. So after a pool is deleted, destroy waits for its
@@ -14,69 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::{ApplyError, Shared, cluster_err, elapsed};
-use crate::karpenter::automode;
+use crate::karpenter::nodes::Launched;
 use crate::plan::Change;
-
-/// What a deleted object's nodes are found by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Launched {
-    /// A `karpenter.sh` NodePool: its NodeClaims' label. Waited for after its delete.
-    ByPool { api_version: String },
-    /// A node class: the NodeClaims' `nodeClassRef`. Waited for before its delete.
-    FromClass { group: String },
-}
-
-impl Launched {
-    /// Whether deleting this object takes Karpenter's nodes with it.
-    pub(super) fn of(c: &Change) -> Option<Launched> {
-        let group = c.api_version.split('/').next().unwrap_or_default();
-        match (group, c.kind.as_str()) {
-            ("karpenter.sh", "NodePool") => Some(Launched::ByPool {
-                api_version: c.api_version.clone(),
-            }),
-            (automode::NODECLASS_GROUP, automode::NODECLASS_KIND)
-            | ("karpenter.k8s.aws", "EC2NodeClass") => Some(Launched::FromClass {
-                group: group.to_string(),
-            }),
-            _ => None,
-        }
-    }
-
-    fn api_version(&self) -> &str {
-        match self {
-            Launched::ByPool { api_version } => api_version,
-            Launched::FromClass { .. } => "karpenter.sh/v1",
-        }
-    }
-
-    fn selector(&self, name: &str) -> String {
-        match self {
-            Launched::ByPool { .. } => format!("karpenter.sh/nodepool={name}"),
-            Launched::FromClass { .. } => String::new(),
-        }
-    }
-
-    /// Whether a NodeClaim (listed with [`Launched::selector`]) is one of its nodes.
-    pub(super) fn owns(&self, name: &str, claim: &Value) -> bool {
-        match self {
-            Launched::ByPool { .. } => true,
-            Launched::FromClass { group } => {
-                let reference = &claim["spec"]["nodeClassRef"];
-                reference["name"] == name && reference["group"] == group.as_str()
-            }
-        }
-    }
-
-    fn whose(&self) -> &'static str {
-        match self {
-            Launched::ByPool { .. } => "of this pool",
-            Launched::FromClass { .. } => "launched from this class",
-        }
-    }
-}
 
 /// Waits until Karpenter has removed every node the object launched.
 pub(super) async fn wait(
@@ -133,26 +74,5 @@ pub(super) async fn wait(
         }
         shared.still_locked()?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_class_owns_the_node_claims_that_name_it_in_its_group() {
-        let from = Launched::FromClass {
-            group: "eks.amazonaws.com".into(),
-        };
-        let claim = |group: &str, name: &str| json!({"spec": {"nodeClassRef": {"group": group, "kind": "NodeClass", "name": name}}});
-        assert!(from.owns("gpu", &claim("eks.amazonaws.com", "gpu")));
-        assert!(!from.owns("gpu", &claim("eks.amazonaws.com", "default")));
-        assert!(!from.owns("gpu", &claim("karpenter.k8s.aws", "gpu")));
-        let by_pool = Launched::ByPool {
-            api_version: "karpenter.sh/v1".into(),
-        };
-        assert_eq!(by_pool.selector("gpu"), "karpenter.sh/nodepool=gpu");
     }
 }

@@ -630,8 +630,8 @@ async fn refresh(shared: &Shared, c: &Change, payload: &Payload) -> Result<(), A
 async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let ns = c.namespace.as_deref();
-    let launched = drain::Launched::of(c);
-    if let Some(from @ drain::Launched::FromClass { .. }) = &launched {
+    let launched = karpenter::nodes::Launched::of(&c.api_version, &c.kind);
+    if let Some(from @ karpenter::nodes::Launched::FromClass { .. }) = &launched {
         drain::wait(shared, c, from).await?;
     }
     shared.still_locked()?;
@@ -677,7 +677,7 @@ async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyErr
             next_report += Duration::from_secs(10);
         }
     }
-    if let Some(pool @ drain::Launched::ByPool { .. }) = &launched {
+    if let Some(pool @ karpenter::nodes::Launched::ByPool { .. }) = &launched {
         drain::wait(shared, c, pool).await?;
     }
     shared.remove(&c.address).await

@@ -21,6 +21,7 @@ pub mod family;
 pub mod fit;
 pub mod floor;
 pub mod gpu_nodes;
+pub mod nodes;
 
 pub use floor::Wanted;
 

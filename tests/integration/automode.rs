@@ -306,7 +306,11 @@ async fn the_auto_mode_stack_owns_its_gpu_pool_and_class_from_apply_to_destroy()
     env.rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
 
-    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    let destroy = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    destroy.stdout_has(&format!(
+        "- gpupool.{name} will be deleted (karpenter.sh/v1 NodePool {name})\n      (then waits until Karpenter has drained and removed the pool's nodes)"
+    ));
+    destroy.stdout_has("(first waits until Karpenter has removed the nodes launched from it)");
     assert_eq!(env.get(NODEPOOL.0, NODEPOOL.1, None, &name).await, None);
     assert_eq!(env.get(NODECLASS.0, NODECLASS.1, None, &name).await, None);
 }
