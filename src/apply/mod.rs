@@ -25,6 +25,8 @@ use crate::stack::Address;
 use crate::state::journal::Change as StateChange;
 use crate::state::{ResourceState, State, StateError};
 
+mod drain;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{address}: {source}")]
@@ -513,6 +515,10 @@ async fn refresh(shared: &Shared, c: &Change, payload: &Payload) -> Result<(), A
 async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyError> {
     let kind = shared.kind(c)?;
     let ns = c.namespace.as_deref();
+    let launched = karpenter::nodes::Launched::of(&c.api_version, &c.kind);
+    if let Some(from @ karpenter::nodes::Launched::FromClass { .. }) = &launched {
+        drain::wait(shared, c, from).await?;
+    }
     shared.still_locked()?;
     shared
         .cluster
@@ -555,6 +561,9 @@ async fn delete(shared: &Shared, c: &Change, seen: &Seen) -> Result<(), ApplyErr
             );
             next_report += Duration::from_secs(10);
         }
+    }
+    if let Some(pool @ karpenter::nodes::Launched::ByPool { .. }) = &launched {
+        drain::wait(shared, c, pool).await?;
     }
     shared.remove(&c.address).await
 }

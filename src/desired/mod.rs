@@ -11,10 +11,12 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::graph::referenced_secrets;
+use crate::karpenter::gpu_nodes;
 use crate::secret::{self, SecretError, SecretValue};
 use crate::stack::serving::Target;
 use crate::stack::{
-    Address, NodeClassIntent, NodePoolIntent, ResourceSpec, ResourceType, Stack, WaitSpec,
+    Address, GpuNodesIntent, NodeClassIntent, NodePoolIntent, ResourceSpec, ResourceType, Stack,
+    WaitSpec,
 };
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -87,6 +89,16 @@ impl DesiredObject {
 
     pub fn is_secret(&self) -> bool {
         self.api_version == "v1" && self.kind == "Secret"
+    }
+
+    /// Replaces a body `observe` completed from the cluster (the NodeClass
+    /// made from another): the fingerprint follows, so a change of the source
+    /// is a change of the plan. Never for Secrets, whose values live here.
+    pub fn complete(&mut self, body: Value) {
+        if !self.is_secret() {
+            self.fingerprint = crate::util::sha256_json(&body);
+            self.body = body;
+        }
     }
 
     pub fn set_cluster_scoped(&mut self) {
@@ -172,6 +184,10 @@ pub fn render(
             ResourceSpec::NodePool(i) => Desired::NodePool(i.clone()),
             ResourceSpec::NodeClass(i) => Desired::NodeClass(i.clone()),
             ResourceSpec::Wait(w) => Desired::Wait(wait_target(stack, w)),
+            ResourceSpec::GpuPool(i) | ResourceSpec::GpuClass(i) => {
+                let body = gpu_nodes_object(stack, &r.address, i);
+                Desired::Object(owned_object(stack, &r.address, lineage, body))
+            }
             ResourceSpec::RayService(o) | ResourceSpec::Manifest(o) => {
                 let mut body = o.object.clone();
                 label(&mut body, stack, &r.address, lineage);
@@ -201,6 +217,31 @@ pub fn render(
         out.insert(r.address.clone(), desired);
     }
     Ok(out)
+}
+
+/// The NodePool or NodeClass of a `[gpu_nodes]` table, from its template;
+/// the pool asks for what the stack's GPU workers need.
+fn gpu_nodes_object(stack: &Stack, address: &Address, intent: &GpuNodesIntent) -> Value {
+    if address.kind == ResourceType::GpuClass {
+        return gpu_nodes::class(&address.name, intent);
+    }
+    gpu_nodes::pool(&address.name, intent, &gpu_nodes::workers_of(stack))
+}
+
+/// A cluster-scoped object the stack creates, labelled as its own. Its
+/// namespace is the stack's, as for a manifest: `observe` drops it once
+/// discovery says the kind is cluster-scoped.
+fn owned_object(stack: &Stack, address: &Address, lineage: &str, mut body: Value) -> DesiredObject {
+    label(&mut body, stack, address, lineage);
+    DesiredObject {
+        api_version: body["apiVersion"].as_str().unwrap_or_default().to_string(),
+        kind: body["kind"].as_str().unwrap_or_default().to_string(),
+        name: address.name.clone(),
+        namespace: stack.namespace.clone(),
+        fingerprint: crate::util::sha256_json(&body),
+        body,
+        secret_fingerprints: BTreeMap::new(),
+    }
 }
 
 /// The wait resolved against its RayService.

@@ -167,7 +167,8 @@ fn auto_mode_form(list: &[String], served: &crate::karpenter::Served) -> String 
         automode::NODECLASS_KIND
     ));
     let form = if served.classes.is_empty() {
-        "a stack fits whose [nodepool.NAME] names a NodePool of your own (GPU instances, from a NodeClass of your own sized with ephemeralStorage.size) and which has no [nodeclass]; \
+        "a stack fits that creates its own GPU NodePool and NodeClass with [gpu_nodes.NAME] (stacks/mistral-7b-automode.toml), \
+         or whose [nodepool.NAME] names a NodePool of your own (GPU instances, from a NodeClass of your own sized with ephemeralStorage.size) and which has no [nodeclass]; \
          not the self-managed form of stacks/mistral-7b.toml, whose [nodeclass] patches an EC2NodeClass"
     } else {
         "EC2NodeClasses are served too (a self-managed Karpenter beside it): a stack fits whose [nodepool] and [nodeclass] name objects of that Karpenter, or a NodePool of your own"
@@ -228,6 +229,17 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
                 .ok()
                 .flatten();
                 find(cluster, api.map(|a| (a.api_version(), a.kind())), name).await
+            }
+            ResourceSpec::GpuClass(intent) => {
+                checks.push(super::gpu_nodes::class(cluster, &served, name, intent).await);
+                continue;
+            }
+            ResourceSpec::GpuPool(intent) => {
+                let (check, pool) = super::gpu_nodes::pool(stack, name, intent);
+                checks.push(check);
+                pools.push(pool);
+                classes.push(name.clone());
+                continue;
             }
             _ => continue,
         };
@@ -315,6 +327,15 @@ pub async fn gpus(cluster: &Cluster) -> Check {
         return Check::ok(
             subject,
             format!("{} node(s) report {total} nvidia.com/gpu", nodes.len()),
+        );
+    }
+    if served(cluster).auto_mode {
+        // AWS: on Auto Mode EKS installs the GPU drivers and device plugins
+        // on the GPU nodes it launches ("Manage compute for AI/ML workloads
+        // with EKS Auto Mode and Karpenter"); there is no DaemonSet to find.
+        return Check::ok(
+            subject,
+            "no GPU node now (Karpenter launches them on demand); on EKS Auto Mode, EKS brings the NVIDIA driver and device plugin on its GPU nodes",
         );
     }
     match device_plugin(cluster).await {
@@ -474,6 +495,17 @@ fn needed(cluster: &Cluster, stack: &Stack) -> BTreeSet<Access> {
                     .class()
                     .and_then(|a| cluster.kind(a.api_version(), a.kind()));
                 grant(&mut needed, kind, &["get", "list", "patch"], None);
+            }
+            ResourceSpec::GpuPool(_) => {
+                let pool = cluster.kind("karpenter.sh/v1", "NodePool");
+                grant(&mut needed, pool, &OWN, None);
+                // Destroy waits for the pool's nodes.
+                let claims = cluster.kind("karpenter.sh/v1", "NodeClaim");
+                grant(&mut needed, claims, &["list"], None);
+            }
+            ResourceSpec::GpuClass(_) => {
+                let kind = cluster.kind(automode::NODECLASS_API_VERSION, automode::NODECLASS_KIND);
+                grant(&mut needed, kind, &OWN, None);
             }
             ResourceSpec::Wait(w) => {
                 grant(&mut needed, cluster.kind("v1", "Pod"), &["get", "list"], ns);

@@ -7,6 +7,7 @@
 //! 1); a warning is something the cluster may still be fine without.
 
 mod checks;
+mod gpu_nodes;
 
 use serde::Serialize;
 

@@ -2,8 +2,8 @@
 //!
 //! Edges come from two places: `depends_on` in the stack, and references the
 //! engine can see for itself (a RayService naming a Secret in `secretKeyRef`,
-//! Karpenter patches before the workload they make room for, a wait after its
-//! RayService). Apply walks the graph forwards; destroy walks it backwards.
+//! Karpenter patches and owned pools before the workload they make room for,
+//! an owned pool after its class, a wait after its RayService). Apply walks the graph forwards; destroy walks it backwards.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,11 +93,21 @@ impl Graph {
                     }
                     if matches!(r.spec, ResourceSpec::RayService(_)) {
                         for other in &stack.resources {
-                            if other.address.kind.is_patch() {
+                            if other.address.kind.prepares_nodes() {
                                 add(&other.address, &r.address, EdgeKind::Prepares, &mut graph);
                             }
                         }
                     }
+                }
+                ResourceSpec::GpuPool(_) => {
+                    // The pool launches from the class of its name: created
+                    // after it, and deleted (its nodes drained) before it.
+                    add(
+                        &Address::new(ResourceType::GpuClass, &r.address.name),
+                        &r.address,
+                        EdgeKind::References,
+                        &mut graph,
+                    );
                 }
                 ResourceSpec::Wait(w) => {
                     add(

@@ -25,10 +25,12 @@ pub const BUILT_IN_POOLS: [&str; 2] = ["general-purpose", "system"];
 pub const BUILT_IN_CLASS: &str = "default";
 
 /// The help every refusal ends with: what AWS says to do instead.
-pub const HELP: &str = "on EKS Auto Mode, add a NodePool and a NodeClass of your own beside the built-in ones \
-(AWS: \"Create a Node Pool for EKS Auto Mode\", \"Create a Node Class for Amazon EKS\"): the NodeClass with \
-`ephemeralStorage.size` for the model's room, the NodePool with GPU instances and `nodeClassRef` to it; then name \
-that pool in the stack's [nodepool.NAME] and drop its [nodeclass] intent";
+pub const HELP: &str = "on EKS Auto Mode, add a NodePool and a NodeClass of your own beside the built-in ones: \
+let the stack create and own them with [gpu_nodes.NAME] empty_ttl and storage in place of its [nodepool] and \
+[nodeclass] (as stacks/mistral-7b-automode.toml does); or create them yourself (AWS: \"Create a Node Pool for EKS \
+Auto Mode\", \"Create a Node Class for Amazon EKS\"), the NodeClass with `ephemeralStorage.size` for the model's \
+room, the NodePool with GPU instances and `nodeClassRef` to it, then name that pool in the stack's [nodepool.NAME] \
+and drop its [nodeclass] intent";
 
 /// A pool EKS made: one of the built-in names, launching from an Auto Mode
 /// NodeClass. (A pool of the user's own may carry either mark alone.)

@@ -10,8 +10,8 @@
 
 use serde_json::Value;
 
-use super::PoolApi;
 use super::floor::quantity_bytes;
+use super::{PoolApi, automode};
 
 /// A pool as it is live (patched by a stack) or as a stack will create it.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +123,10 @@ fn gpu_memory_over(template: &Value) -> Option<u64> {
         .flatten()
         .filter_map(|t| t["matchExpressions"].as_array())
         .flatten()
-        .filter(|e| e["key"] == GPU_MEMORY && e["operator"] == "Gt")
+        .filter(|e| {
+            e["key"].as_str().map(provider_label).as_deref() == Some(GPU_MEMORY)
+                && e["operator"] == "Gt"
+        })
         .find_map(|e| e["values"][0].as_str()?.parse().ok())
 }
 
@@ -265,8 +268,53 @@ pub fn misfits(api: PoolApi, pool: &Value, worker: &GpuWorker) -> Vec<String> {
             ));
         }
     }
+    out.extend(foreign_labels(api, pool, worker));
     out.extend(over_limits(api, pool, worker));
     out
+}
+
+/// EKS Auto Mode's nodes carry `eks.amazonaws.com/instance-*` labels, a
+/// self-managed Karpenter's `karpenter.k8s.aws/instance-*`: a worker that
+/// requires a label of the other kind never gets a node from this pool.
+fn foreign_labels(api: PoolApi, pool: &Value, worker: &GpuWorker) -> Option<String> {
+    if api != PoolApi::V1 {
+        return None;
+    }
+    let group = pool
+        .pointer("/spec/template/spec/nodeClassRef/group")?
+        .as_str()?;
+    let (foreign, own) = match group {
+        automode::NODECLASS_GROUP => ("karpenter.k8s.aws/", "eks.amazonaws.com/instance-*"),
+        "karpenter.k8s.aws" => (
+            "eks.amazonaws.com/instance-",
+            "karpenter.k8s.aws/instance-*",
+        ),
+        _ => return None,
+    };
+    let spec = &worker.template["spec"];
+    let selected = spec["nodeSelector"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.keys().map(String::as_str));
+    let required = spec
+        .pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["matchExpressions"].as_array())
+        .flatten()
+        .filter_map(|e| e["key"].as_str());
+    let mut keys: Vec<&str> = selected
+        .chain(required)
+        .filter(|k| k.starts_with(foreign))
+        .collect();
+    keys.dedup();
+    (!keys.is_empty()).then(|| {
+        format!(
+            "its nodes come from a node class of {group} and are labelled {own}, and the workers require {}",
+            keys.join(", ")
+        )
+    })
 }
 
 /// EKS Auto Mode names the AWS provider's instance labels under its own
@@ -364,7 +412,7 @@ fn amd_note(values: &[&str]) -> &'static str {
     if amd { " (g4ad's GPUs are AMD's)" } else { "" }
 }
 
-fn tolerates(toleration: &Value, taint: &Value) -> bool {
+pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
     let key = toleration["key"].as_str().unwrap_or_default();
     let effect = toleration["effect"].as_str().unwrap_or_default();
     let key_matches = key.is_empty() || Some(key) == taint["key"].as_str();
@@ -521,6 +569,26 @@ mod tests {
             misfits(PoolApi::V1, &general_purpose, &worker(json!([]))),
             ["it allows instance categories c, m, r, none with NVIDIA GPUs (g, p)"]
         );
+    }
+
+    #[test]
+    fn a_worker_asking_for_the_other_karpenters_labels_is_named() {
+        let mut auto_mode = pool(json!([]), json!([]));
+        auto_mode["spec"]["template"]["spec"]["nodeClassRef"] =
+            json!({"group": "eks.amazonaws.com", "kind": "NodeClass", "name": "gpu"});
+        let mut w = worker(json!([]));
+        w.template["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": GPU_MEMORY, "operator": "Gt", "values": ["20000"]}]}]}}});
+        assert_eq!(
+            misfits(PoolApi::V1, &auto_mode, &w),
+            [
+                "its nodes come from a node class of eks.amazonaws.com and are labelled eks.amazonaws.com/instance-*, and the workers require karpenter.k8s.aws/instance-gpu-memory"
+            ]
+        );
+        // The same worker on a self-managed Karpenter's pool is fine.
+        let mut own = auto_mode.clone();
+        own["spec"]["template"]["spec"]["nodeClassRef"]["group"] = json!("karpenter.k8s.aws");
+        assert!(misfits(PoolApi::V1, &own, &w).is_empty());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod automode;
 pub mod family;
 pub mod fit;
 pub mod floor;
+pub mod gpu_nodes;
+pub mod nodes;
 
 pub use floor::Wanted;
 

@@ -25,6 +25,7 @@ use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ResourceState, State};
 use crate::target::ClusterId;
 
+mod gpu_nodes;
 mod patches;
 use patches::*;
 pub use patches::{api_holding, served, served_stored_first};
@@ -155,14 +156,21 @@ fn unchanged(state: Option<&ResourceState>, desired: &DesiredObject, live: &Valu
 }
 
 /// Looks at the cluster for every resource in the stack or the state.
+/// For an apply, first completes the desired objects made from live ones
+/// (the `[gpu_nodes]` NodeClass), so the plan holds what apply will send.
 pub async fn observe(
     cluster: &Cluster,
     stack: &Stack,
-    desired: &BTreeMap<Address, Desired>,
+    desired: &mut BTreeMap<Address, Desired>,
     state: &State,
     mode: Mode,
     options: &ObserveOptions,
 ) -> Result<World, ClusterError> {
+    let incomplete = match mode {
+        Mode::Apply => gpu_nodes::complete_classes(cluster, desired).await?,
+        Mode::Destroy => BTreeMap::new(),
+    };
+    let desired = &*desired;
     let served = served_stored_first(cluster).await;
     let mut resources = BTreeMap::new();
     // Objects, grouped so that each kind costs one LIST per namespace;
@@ -185,6 +193,12 @@ pub async fn observe(
     let (objects, server) =
         observe_objects(cluster, stack, groups, desired, state, mode, options).await?;
     resources.extend(objects);
+    for (address, why) in incomplete {
+        if let Some(Observed::Object(o)) = resources.get_mut(&address) {
+            o.problem = Some(why);
+            o.after = None;
+        }
+    }
     tracing::debug!(
         resources = resources.len(),
         requests = cluster.requests(),

@@ -213,7 +213,7 @@ impl Session {
             Mode::Apply => Secrets::Require,
             Mode::Destroy => Secrets::Skip,
         };
-        let desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
+        let mut desired = desired::render(s, &state.fingerprint_key, &state.lineage, secrets)?;
         // Before the first request: a refusal may quote a value, in a log line
         // too. Destroy needs no value, but masks those it can read all the same
         // (a policy on DELETE sees the Secret's data).
@@ -237,7 +237,7 @@ impl Session {
             dry_run: request.dry_run,
             adopt: adopt.clone(),
         };
-        let world = observe::observe(cluster, s, &desired, state, mode, &observing).await?;
+        let world = observe::observe(cluster, s, &mut desired, state, mode, &observing).await?;
         tracing::debug!(
             "observed the cluster in {:?} with {} API requests (after discovery)",
             started.elapsed(),

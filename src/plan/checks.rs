@@ -54,7 +54,10 @@ pub fn warnings(
                 }
             }
             (Desired::Object(o), _)
-                if matches!(o.kind.as_str(), "EC2NodeClass" | "AWSNodeTemplate") =>
+                if matches!(
+                    o.kind.as_str(),
+                    "EC2NodeClass" | "AWSNodeTemplate" | "NodeClass"
+                ) =>
             {
                 classes.push(o.name.clone());
             }

@@ -638,7 +638,12 @@ fn removed(mut c: Change, o: &ObservedObject, stack: &str) -> Change {
         return c;
     };
     c.op = match o.unlabelled {
-        _ if o.owned => Op::Delete(seen),
+        _ if o.owned => {
+            let launched = crate::karpenter::nodes::Launched::of(&c.api_version, &c.kind);
+            c.reasons
+                .extend(launched.map(|l| l.plan_note().to_string()));
+            Op::Delete(seen)
+        }
         Some(Unlabelled::Unknown) => Op::refused(
             Action::Delete,
             format!(

@@ -53,16 +53,26 @@ pub enum ResourceType {
     RayService,
     Manifest,
     Wait,
+    /// The NodePool of a `[gpu_nodes]` table, created and owned by the stack.
+    GpuPool,
+    /// The NodeClass of a `[gpu_nodes]` table, created and owned by the stack.
+    GpuClass,
 }
 
+/// The table that declares a [`ResourceType::GpuPool`] and a
+/// [`ResourceType::GpuClass`] of one name: one intent, two objects.
+pub const GPU_NODES_TABLE: &str = "gpu_nodes";
+
 impl ResourceType {
-    pub const ALL: [ResourceType; 6] = [
+    pub const ALL: [ResourceType; 8] = [
         ResourceType::NodePool,
         ResourceType::NodeClass,
         ResourceType::Secret,
         ResourceType::RayService,
         ResourceType::Manifest,
         ResourceType::Wait,
+        ResourceType::GpuPool,
+        ResourceType::GpuClass,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +83,17 @@ impl ResourceType {
             ResourceType::RayService => "rayservice",
             ResourceType::Manifest => "manifest",
             ResourceType::Wait => "wait",
+            ResourceType::GpuPool => "gpupool",
+            ResourceType::GpuClass => "gpuclass",
+        }
+    }
+
+    /// The table a stack declares it in (`[gpu_nodes.NAME]` for both owned
+    /// Karpenter objects; the type's own name for the others).
+    pub fn table(self) -> &'static str {
+        match self {
+            ResourceType::GpuPool | ResourceType::GpuClass => GPU_NODES_TABLE,
+            other => other.as_str(),
         }
     }
 
@@ -83,6 +104,12 @@ impl ResourceType {
     /// Karpenter objects belong to the cluster's installer; rayform only patches fields of them.
     pub fn is_patch(self) -> bool {
         matches!(self, ResourceType::NodePool | ResourceType::NodeClass)
+    }
+
+    /// Karpenter objects, patched or owned: they come before the workload
+    /// whose nodes they shape.
+    pub fn prepares_nodes(self) -> bool {
+        self.is_patch() || matches!(self, ResourceType::GpuPool | ResourceType::GpuClass)
     }
 }
 
@@ -213,6 +240,8 @@ pub enum ResourceSpec {
     RayService(ObjectSpec),
     Manifest(ObjectSpec),
     Wait(WaitSpec),
+    GpuPool(GpuNodesIntent),
+    GpuClass(GpuNodesIntent),
 }
 
 /// "Keep empty nodes this long": the user's intent, whatever Karpenter API serves it.
@@ -229,6 +258,20 @@ pub struct NodeClassIntent {
     /// The device to size; by default the one Karpenter reads node storage
     /// from for the class's AMI family (see `karpenter::family`).
     pub device: Option<String>,
+}
+
+/// "GPU nodes of the stack's own" (EKS Auto Mode, `[gpu_nodes.NAME]`): a
+/// NodeClass made from an existing one with this much storage, and a
+/// NodePool of NVIDIA instances launching from it that keeps empty nodes
+/// `empty_ttl`. Both are created, owned and deleted by the stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuNodesIntent {
+    pub empty_ttl: Duration,
+    /// `ephemeralStorage.size` of the NodeClass, a quantity in `Gi`, `G`, `Ti` or `T`.
+    pub storage: String,
+    /// The NodeClass whose role, subnets and security groups the new one
+    /// takes (Auto Mode's `default` unless the stack says otherwise).
+    pub class_from: String,
 }
 
 #[derive(Debug, Clone)]

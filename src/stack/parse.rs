@@ -271,7 +271,11 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
         path: String::new(),
     };
     let mut allowed = vec!["stack"];
-    allowed.extend(ResourceType::ALL.iter().map(|t| t.as_str()));
+    for t in ResourceType::ALL {
+        if !allowed.contains(&t.table()) {
+            allowed.push(t.table());
+        }
+    }
     root.only(src, &allowed)?;
 
     let header = root.sub(src, "stack")?.ok_or_else(|| {
@@ -303,7 +307,10 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
     let mut errors = Vec::new();
     for (type_key, type_val) in doc.get_ref().iter() {
         let type_name = type_key.get_ref().as_ref();
-        let Some(kind) = ResourceType::parse(type_name) else {
+        let Some(kind) = ResourceType::ALL
+            .into_iter()
+            .find(|t| t.table() == type_name)
+        else {
             continue;
         };
         let group = match as_table(src, type_val, type_name, type_key.span()) {
@@ -319,8 +326,8 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
                 name_key,
                 body,
             };
-            match declared.resource(src, &dir, &namespace) {
-                Ok(r) => resources.push(r),
+            match declared.resources(src, &dir, &namespace) {
+                Ok(r) => resources.extend(r),
                 Err(e) => errors.push(e),
             }
         }
@@ -347,14 +354,15 @@ struct Declared<'a, 'de> {
 }
 
 impl Declared<'_, '_> {
-    fn resource(
+    /// The resources the table declares: one, but for `[gpu_nodes]` (two).
+    fn resources(
         &self,
         src: &Source<'_>,
         dir: &Path,
         namespace: &str,
-    ) -> Result<Resource, StackError> {
+    ) -> Result<Vec<Resource>, StackError> {
         let (kind, name_key, body) = (self.kind, self.name_key, self.body);
-        let type_name = kind.as_str();
+        let type_name = kind.table();
         let name = name_key.get_ref().to_string();
         let path = format!("{type_name}.{name}");
         if !matches!(body.get_ref(), DeValue::Table(_)) {
@@ -368,7 +376,7 @@ impl Declared<'_, '_> {
         check_name(src, kind, &name, &name_key.span(), &path)?;
         let table = as_table(src, body, &path, name_key.span())?;
         let location = src.location(name_key.span().start);
-        super::resource::resource(src, dir, kind, name, &table, namespace, location)
+        super::resource::resources(src, dir, kind, name, &table, namespace, location)
     }
 }
 
@@ -596,6 +604,7 @@ fn check_dns_label(
 
 /// References between resources, checked once every resource is known.
 fn cross_check(stack: &Stack) -> Result<(), StackError> {
+    owned_and_patched(stack)?;
     for r in &stack.resources {
         for (dep, location) in &r.depends_on {
             if stack.get(dep).is_none() {
@@ -646,6 +655,35 @@ fn cross_check(stack: &Stack) -> Result<(), StackError> {
                     help: None,
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// A NodePool or NodeClass the stack creates in `[gpu_nodes]` is its own:
+/// a `[nodepool]` or `[nodeclass]` intent of the same name would patch it
+/// and record an original that is the stack's own write.
+fn owned_and_patched(stack: &Stack) -> Result<(), StackError> {
+    for r in &stack.resources {
+        let owned = match r.address.kind {
+            ResourceType::NodePool => ResourceType::GpuPool,
+            ResourceType::NodeClass => ResourceType::GpuClass,
+            _ => continue,
+        };
+        if stack.get(&Address::new(owned, &r.address.name)).is_some() {
+            return Err(StackError::Invalid {
+                location: r.location.clone(),
+                field: r.address.to_string(),
+                message: format!(
+                    "[{GPU_NODES_TABLE}.{0}] creates this object, and [{1}.{0}] would patch it",
+                    r.address.name,
+                    r.address.kind.as_str()
+                ),
+                help: Some(format!(
+                    "set empty_ttl and storage in [{GPU_NODES_TABLE}.{}] and drop this table",
+                    r.address.name
+                )),
+            });
         }
     }
     Ok(())

@@ -24,7 +24,8 @@ const MAX_DURATION: Duration = Duration::from_secs(2_562_047 * 3600);
 
 const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
-pub(super) fn resource(
+/// The resources one table declares: one, but two for `[gpu_nodes]`.
+pub(super) fn resources(
     src: &Source<'_>,
     dir: &Path,
     kind: ResourceType,
@@ -32,8 +33,11 @@ pub(super) fn resource(
     t: &Table<'_, '_>,
     namespace: &str,
     location: Location,
-) -> Result<Resource, StackError> {
+) -> Result<Vec<Resource>, StackError> {
     let spec = match kind {
+        ResourceType::GpuPool | ResourceType::GpuClass => {
+            return gpu_nodes(src, name, t, location);
+        }
         ResourceType::NodePool => node_pool(src, t)?,
         ResourceType::NodeClass => node_class(src, t)?,
         ResourceType::Secret => secret(src, dir, t)?,
@@ -42,12 +46,89 @@ pub(super) fn resource(
         }
         ResourceType::Wait => wait(src, t)?,
     };
-    Ok(Resource {
+    Ok(vec![Resource {
         address: Address::new(kind, name),
         spec,
         depends_on: depends_on(src, t)?,
         location,
-    })
+    }])
+}
+
+/// `[gpu_nodes.NAME]`: the NodeClass `gpuclass.NAME` and the NodePool
+/// `gpupool.NAME` that launches from it, both declared where the table is.
+/// The table's `depends_on` holds for both.
+fn gpu_nodes(
+    src: &Source<'_>,
+    name: String,
+    t: &Table<'_, '_>,
+    location: Location,
+) -> Result<Vec<Resource>, StackError> {
+    t.only(src, &["empty_ttl", "storage", "class_from", "depends_on"])?;
+    if t.get("empty_ttl").is_none() {
+        return Err(src.error_help(
+            &t.span,
+            &t.field("empty_ttl"),
+            "missing required key `empty_ttl`",
+            "how long Karpenter keeps an empty GPU node, e.g. empty_ttl = \"600s\"",
+        ));
+    }
+    let empty_ttl = positive_duration(src, t, "empty_ttl", Duration::ZERO)?;
+    let (storage, span) = t.required_string(src, "storage")?;
+    if let Err(why) = storage_quantity(&storage) {
+        return Err(src.error_help(&span, &t.field("storage"), why,
+            "use a whole number with Gi (at most 59000), G (64000), Ti (58) or T (64), e.g. \"200Gi\""));
+    }
+    let class_from = match t.string(src, "class_from")? {
+        None => crate::karpenter::automode::BUILT_IN_CLASS.to_string(),
+        Some((from, span)) if from == name => {
+            return Err(src.error_help(
+                &span,
+                &t.field("class_from"),
+                format!("the NodeClass `{name}` cannot be made from itself"),
+                "name the NodeClass to take the role, subnets and security groups from, e.g. class_from = \"default\"",
+            ));
+        }
+        Some((from, span)) if !is_object_name(&from) => {
+            return Err(src.error_help(
+                &span,
+                &t.field("class_from"),
+                format!("`{from}` is not a valid Kubernetes name"),
+                "name an existing NodeClass, e.g. class_from = \"default\"",
+            ));
+        }
+        Some((from, _)) => from,
+    };
+    let intent = GpuNodesIntent {
+        empty_ttl,
+        storage,
+        class_from,
+    };
+    let depends_on = depends_on(src, t)?;
+    Ok(vec![
+        Resource {
+            address: Address::new(ResourceType::GpuClass, name.clone()),
+            spec: ResourceSpec::GpuClass(intent.clone()),
+            depends_on: depends_on.clone(),
+            location: location.clone(),
+        },
+        Resource {
+            address: Address::new(ResourceType::GpuPool, name),
+            spec: ResourceSpec::GpuPool(intent),
+            depends_on,
+            location,
+        },
+    ])
+}
+
+/// A name the API server takes for a cluster-scoped object (a DNS subdomain).
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 fn node_pool(src: &Source<'_>, t: &Table<'_, '_>) -> Result<ResourceSpec, StackError> {

@@ -600,3 +600,87 @@ async fn karpenter_keeps_an_empty_node_a_budget_allows_no_empty_disruption_for()
         "Karpenter removed an empty node its budget allows no Empty disruption for"
     );
 }
+
+/// The NodeClaims of a pool: Karpenter labels each with the pool's name.
+async fn claims(env: &Env, pool: &str) -> usize {
+    let claims: Api<DynamicObject> = Api::all_with(
+        env.client.clone(),
+        &resource("karpenter.sh/v1", "NodeClaim"),
+    );
+    let of_pool = ListParams::default().labels(&format!("karpenter.sh/nodepool={pool}"));
+    claims
+        .list(&of_pool)
+        .await
+        .expect("list NodeClaims")
+        .items
+        .len()
+}
+
+/// A NodePool the stack owns takes its nodes with it: destroy deletes it,
+/// then waits until Karpenter has drained and removed the node it launched
+/// for a worker (its NodeClaim gone), so nothing the stack made outlives
+/// the destroy.
+#[tokio::test]
+async fn destroying_an_owned_pool_waits_until_karpenter_has_removed_its_nodes() {
+    let env = live_pool(
+        "live-owned-drain",
+        json!({"spec": {"template": {"spec": {"requirements": requirements(&["g"])}}}}),
+    )
+    .await;
+    // The stack's own pool, made like the test's (from its KWOKNodeClass).
+    let own = format!("{}-own", env.pool);
+    let pool = json!({"apiVersion": "karpenter.sh/v1", "kind": "NodePool",
+        "metadata": {"name": own}, "spec": env.pool_spec().await});
+    env.write("own-pool.yaml", &pool.to_string());
+    let stack = format!(
+        "[stack]\nname = \"drain\"\nnamespace = \"{}\"\n\n[manifest.{own}]\nfile = \"own-pool.yaml\"\n",
+        env.ns
+    );
+    env.write("drain.toml", &stack);
+    env.rayform(&["apply", "drain.toml", "--auto-approve"]).ok();
+
+    let mut template = worker_template(&env, false, "1");
+    template["spec"]["nodeSelector"]["karpenter.sh/nodepool"] = json!(own);
+    let node = running_on(&env, "on-own-pool", &template).await;
+    assert!(
+        claims(&env, &own).await > 0,
+        "a NodeClaim of the stack's pool"
+    );
+
+    let destroy = env
+        .rayform(&["destroy", "drain.toml", "--auto-approve"])
+        .ok();
+    eprintln!("{}", destroy.all());
+    assert_eq!(
+        claims(&env, &own).await,
+        0,
+        "destroy returned with the pool's node still up:\n{}",
+        destroy.all()
+    );
+    assert!(
+        !node_exists(&env, &node).await,
+        "node {node} outlived the destroy:\n{}",
+        destroy.all()
+    );
+}
+
+/// The node Karpenter launched for a pod from `template`, once the pod runs there.
+async fn running_on(env: &Env, pod: &str, template: &Value) -> String {
+    let Decision::Launched(_) = karpenter_decides(env, pod, template).await else {
+        panic!("Karpenter launched no node for {pod}");
+    };
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let started = Instant::now();
+    loop {
+        let p = pods.get(pod).await.expect("pod");
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if let (true, Some(node)) = (running, p.spec.and_then(|s| s.node_name)) {
+            return node;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "pod {pod} did not run on Karpenter's node within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -304,6 +304,27 @@ const CATALOGUE: &[(&str, &str, &str)] = &[
         "5:22",
         "`secret.hf-token.data.TOKEN.env`: names no environment variable",
     ),
+    // The Auto Mode form: one table, a pool and a class the stack owns.
+    (
+        "59-gpu-nodes-no-storage.toml",
+        "4:12",
+        "`gpu_nodes.gpu.storage`: missing required key `storage`",
+    ),
+    (
+        "60-gpu-nodes-class-from-itself.toml",
+        "7:14",
+        "`gpu_nodes.gpu.class_from`: the NodeClass `gpu` cannot be made from itself",
+    ),
+    (
+        "61-gpu-nodes-and-a-nodepool-intent.toml",
+        "8:11",
+        "`nodepool.gpu`: [gpu_nodes.gpu] creates this object, and [nodepool.gpu] would patch it",
+    ),
+    (
+        "62-gpu-nodes-unknown-key.toml",
+        "7:1",
+        "`gpu_nodes.gpu.instance_families`: unknown key `instance_families`",
+    ),
 ];
 
 fn validate(path: &Path) -> (i32, String, String) {
