@@ -22,7 +22,7 @@ pub const NODECLASS_GROUP: &str = "eks.amazonaws.com";
 /// The NodePools EKS creates (AWS: "Enable or Disable Built-in NodePools").
 pub const BUILT_IN_POOLS: [&str; 2] = ["general-purpose", "system"];
 /// The NodeClass EKS provisions while a built-in pool is enabled.
-pub const BUILT_IN_CLASS: &str = "default";
+pub const BUILT_IN_CLASS: &str = crate::stack::EKS_DEFAULT_CLASS;
 
 /// The help every refusal ends with: what AWS says to do instead.
 pub const HELP: &str = "on EKS Auto Mode, add a NodePool and a NodeClass of your own beside the built-in ones: \

@@ -15,7 +15,7 @@ use std::path::Path;
 
 pub use error::StackError;
 pub use model::*;
-pub use resource::endpoint;
+pub use resource::{EKS_DEFAULT_CLASS, endpoint};
 
 /// Reads and validates a stack file. `state_override` (command-line flags)
 /// replaces where the stack says its state is kept.

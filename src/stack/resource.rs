@@ -16,6 +16,10 @@ use super::model::*;
 use super::parse::{Source, Table, as_string, as_table, fill_identity, to_json};
 use crate::util::format_duration;
 
+/// The NodeClass EKS Auto Mode provisions, which `[gpu_nodes]` copies by
+/// default (the karpenter layer names it too, as `automode::BUILT_IN_CLASS`).
+pub const EKS_DEFAULT_CLASS: &str = "default";
+
 /// A wait looks at Serve no more often than this, whatever the stack says.
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -79,7 +83,7 @@ fn gpu_nodes(
             "use a whole number with Gi (at most 59000), G (64000), Ti (58) or T (64), e.g. \"200Gi\""));
     }
     let class_from = match t.string(src, "class_from")? {
-        None => crate::karpenter::automode::BUILT_IN_CLASS.to_string(),
+        None => EKS_DEFAULT_CLASS.to_string(),
         Some((from, span)) if from == name => {
             return Err(src.error_help(
                 &span,
