@@ -75,6 +75,15 @@ pub(super) async fn apply(
     out: &Out,
     stop: &Stop,
 ) -> Result<u8, Error> {
+    let json = args.json;
+    let outcome = apply_run(args, g, out, stop).await;
+    if json {
+        events::ended(out, &outcome);
+    }
+    outcome
+}
+
+async fn apply_run(args: ApplyArgs, g: &Global, out: &Out, stop: &Stop) -> Result<u8, Error> {
     let ApplyArgs {
         target,
         auto_approve,
@@ -83,10 +92,16 @@ pub(super) async fn apply(
         no_wait,
         keep_waiting,
         endpoint,
+        json,
     } = args;
+    if json && !auto_approve && !is_plan_file(&target) {
+        // No question can be asked on a stream of JSON.
+        return Err("apply --json needs --auto-approve (or a plan saved with `plan --out`)".into());
+    }
     let how = Execution {
         run: &run,
         global: g,
+        json,
         wait: match (no_wait, keep_waiting) {
             (true, _) => Readiness::Skip,
             (false, true) => Readiness::Wait(OnStuck::KeepWaiting),
@@ -121,7 +136,7 @@ pub(super) async fn apply(
             cluster,
             ..
         } = opened;
-        out.raw(&plan_text(&plan, out, g));
+        show_plan(&plan, json, out, g);
         if !plan.errors.is_empty() {
             return Err("the plan has errors; nothing was changed".into());
         }
@@ -135,6 +150,9 @@ pub(super) async fn apply(
         // for, with --refresh-only), but it must still be written.
         let state_only = plan.changes.iter().any(plan::Change::records_only);
         if !plan.has_changes() && !state_only && !waits {
+            if json {
+                events::complete(out, &plan, &apply::ApplyReport::default());
+            }
             return Ok(0);
         }
         if (plan.needs_approval() || (take.refresh_only && state_only))
@@ -162,12 +180,22 @@ pub(super) async fn destroy(
     out: &Out,
     stop: &Stop,
 ) -> Result<u8, Error> {
+    let json = args.json;
+    let outcome = destroy_run(args, g, out, stop).await;
+    if json {
+        events::ended(out, &outcome);
+    }
+    outcome
+}
+
+async fn destroy_run(args: DestroyArgs, g: &Global, out: &Out, stop: &Stop) -> Result<u8, Error> {
     let DestroyArgs {
         stack,
         auto_approve,
         force,
         targets,
         run,
+        json,
     } = args;
     let opened = open(&stack, g, "destroy", out).await?;
     let take = Take {
@@ -182,7 +210,7 @@ pub(super) async fn destroy(
         cluster,
         ..
     } = opened;
-    out.raw(&plan_text(&plan, out, g));
+    show_plan(&plan, json, out, g);
     if !plan.errors.is_empty() {
         return Err("the destroy plan has errors; nothing was changed".into());
     }
@@ -192,6 +220,9 @@ pub(super) async fn destroy(
             .iter()
             .all(|c| c.action() == plan::Action::NoOp)
     {
+        if json {
+            events::complete(out, &plan, &apply::ApplyReport::default());
+        }
         return Ok(0);
     }
     if plan.needs_approval()
@@ -202,6 +233,7 @@ pub(super) async fn destroy(
     let how = Execution {
         run: &run,
         global: g,
+        json,
         wait: Readiness::Skip,
         endpoint: None,
         stop,
@@ -216,4 +248,13 @@ pub(super) async fn destroy(
         out,
     )
     .await
+}
+
+/// The plan before a change: as text, or as the first JSON event.
+fn show_plan(plan: &Plan, json: bool, out: &Out, g: &Global) {
+    if json {
+        events::plan(out, plan);
+    } else {
+        out.raw(&plan_text(plan, out, g));
+    }
 }

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod events;
 mod output;
 mod state_cmd;
 mod suggest;
@@ -11,9 +12,8 @@ use std::collections::BTreeSet;
 use std::io::{BufRead as _, IsTerminal as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use rayform::apply::{self, ApplyOptions, Event, Readiness, SecretValues, Stop};
+use rayform::apply::{self, ApplyOptions, Readiness, SecretValues, Stop};
 use rayform::backend::{Backend, BackendError, Lock};
 use rayform::cluster::{Cluster, ConnectOptions};
 use rayform::desired::{self, Secrets};
@@ -453,11 +453,14 @@ async fn status(
     loop {
         let mut serving = true;
         let mut said = Vec::new();
+        // A pull's time so far is said, but is not a change to print again for.
+        let mut key = String::new();
         for target in &waits {
             let look = rayform::readiness::look(&cluster, &s.namespace, target)
                 .await
                 .map_err(|e| e.to_string())?;
             serving &= matches!(look.serving, rayform::readiness::Serving::Yes { .. });
+            key.push_str(&look.change_key());
             said.push(if json {
                 serde_json::to_string(&look).map_err(|e| e.to_string())?
             } else {
@@ -469,7 +472,7 @@ async fn status(
             out.raw(&format!("{said}\n"));
             return Ok(if serving { 0 } else { 2 });
         }
-        if said != last {
+        if key != last {
             if !json {
                 out.raw(&format!(
                     "[{}]\n",
@@ -477,7 +480,7 @@ async fn status(
                 ));
             }
             out.raw(&format!("{said}\n"));
-            last = said;
+            last = key;
         }
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
@@ -690,6 +693,8 @@ async fn confirm(auto_approve: bool, verb: &str, out: &Out, stop: &Stop) -> Resu
 struct Execution<'a> {
     run: &'a RunArgs,
     global: &'a Global,
+    /// `--json`: progress and the result as JSON lines on stdout.
+    json: bool,
     wait: Readiness,
     endpoint: Option<String>,
     stop: &'a Stop,
@@ -704,16 +709,21 @@ async fn execute(
     how: Execution<'_>,
     out: &Out,
 ) -> Result<u8, Error> {
-    let printer = out.clone();
     let options = ApplyOptions {
         parallelism: how.run.parallelism,
         wait: how.wait,
         delete_timeout: how.run.delete_timeout,
         endpoint: how.endpoint,
-        progress: Arc::new(move |e: Event| printer.progress(&e.address.to_string(), &e.message)),
+        detail: match how.global.verbose {
+            0 => rayform::readiness::Detail::Changes,
+            _ => rayform::readiness::Detail::Complete,
+        },
+        progress: events::progress(out, how.json),
         stop: how.stop.clone(),
     };
-    out.line("");
+    if !how.json {
+        out.line("");
+    }
     let (_state, result) = apply::apply(cluster, plan, state, store, secrets, options).await;
     let report = result.map_err(|e| match e {
         apply::ApplyError::Backend(BackendError::LockLost(_)) => format!(
@@ -723,6 +733,10 @@ async fn execute(
         .into(),
         e => Error::from(e),
     })?;
+    if how.json {
+        events::complete(out, plan, &report);
+        return Ok(0);
+    }
     let s = plan.summary();
     if plan.destroy {
         out.line(&format!(
@@ -847,6 +861,10 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
             e => Error::from(e),
         })?;
     backend.check_size(&state, &plan)?;
-    out.raw(&plan_text(&plan, out, g));
+    if how.json {
+        events::plan(out, &plan);
+    } else {
+        out.raw(&plan_text(&plan, out, g));
+    }
     execute(&cluster, &plan, state, (&backend, &lock), secrets, how, out).await
 }

@@ -57,7 +57,7 @@ pub fn compare(wanted: &BTreeMap<String, Value>, answer: &Value) -> Deployed {
 /// A Serve message in one line: its first (what Serve does about it) and,
 /// for a traceback, its last (the exception), so a retry after a failed
 /// start reads as such in a progress line.
-fn brief(message: &str) -> String {
+pub(super) fn brief(message: &str) -> String {
     let message = strip_ansi(message);
     let lines: Vec<&str> = message
         .lines()

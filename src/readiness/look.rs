@@ -19,8 +19,12 @@ pub struct Look {
     pub model: Option<String>,
     #[serde(flatten)]
     pub serving: Serving,
-    /// One line a pod of the RayService's clusters.
+    /// One line a pod of the RayService's clusters (a pull under way says
+    /// how long it has taken so far).
     pub pods: Vec<String>,
+    /// The same lines without clocks: what tells a change (`status --watch`).
+    #[serde(skip)]
+    pub pods_unclocked: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,6 +64,7 @@ pub async fn look(
         model: target.probe.as_ref().and_then(|p| p.model.clone()),
         serving: Serving::Absent,
         pods: Vec::new(),
+        pods_unclocked: Vec::new(),
     };
     let Some(object) = object else {
         return Ok(look);
@@ -72,9 +77,12 @@ pub async fn look(
     let checked = check(cluster, &mut connections, namespace, target, &mut seen).await;
     let mut below = below::Below::default();
     if let Some(service) = &seen.service {
-        below.look(cluster, namespace, service).await;
+        below
+            .look(cluster, namespace, service, &spec.rayservice)
+            .await;
     }
     look.pods = below.lines();
+    look.pods_unclocked = below.lines_unclocked();
     look.serving = match checked {
         Ok((route, app, _)) => Serving::Yes {
             route,
@@ -95,6 +103,16 @@ pub async fn look(
         },
     };
     Ok(look)
+}
+
+impl Look {
+    /// What changed when this changed, for `status --watch`: all of it but
+    /// the time a pull has taken, which changes at every look.
+    pub fn change_key(&self) -> String {
+        let mut settled = self.clone();
+        settled.pods = std::mem::take(&mut settled.pods_unclocked);
+        settled.to_string()
+    }
 }
 
 fn ready_since(rayservice: &Value) -> Option<String> {

@@ -200,16 +200,7 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
     run.stdout_has(
         "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)",
     );
-    run.stderr_has("Waiting for a running head pod of RayCluster");
-    // The GPU worker's way, as the wait tells it: it runs on a node Karpenter
-    // launched (the launch itself may fall between two looks, a second apart).
-    assert!(
-        run.stderr
-            .lines()
-            .any(|l| l.contains("(worker group gpu) on kwok-") && l.contains(": running")),
-        "no line of the GPU worker running on a Karpenter node:\n{}",
-        run.stderr
-    );
+    the_chain_is_told_in_order_without_a_line_per_look(&run.stderr);
     let pod_line = run
         .stdout
         .lines()
@@ -234,6 +225,59 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
     let look: Value = serde_json::from_str(json.stdout.trim()).expect("one JSON object");
     assert_eq!(look["serving"], "yes");
     assert_eq!(look["route"], "/");
+}
+
+/// The demo's chain as the wait tells it, in the order it happens: the head
+/// pod waited for; the GPU worker unschedulable or given a node by Karpenter
+/// (the launch itself may fall between two looks, a second apart), then
+/// running on the node Karpenter launched; Serve deploying, and only after
+/// the worker runs (the replica needs its GPU) the links past Serve. Each a
+/// line when it changes: with looks every 100 ms, a line a look would be
+/// hundreds, and would repeat.
+fn the_chain_is_told_in_order_without_a_line_per_look(stderr: &str) {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("wait.chat:"))
+        .collect();
+    let first = |what: &str, from: usize, is: &dyn Fn(&str) -> bool| -> usize {
+        lines
+            .iter()
+            .skip(from)
+            .position(|l| is(l))
+            .map(|i| i + from)
+            .unwrap_or_else(|| panic!("no line of {what} (from line {from}):\n{stderr}"))
+    };
+    let head = first("the head pod waited for", 0, &|l| {
+        l.contains("Waiting for a running head pod of RayCluster")
+    });
+    let worker = first("the GPU worker before its node", head, &|l| {
+        l.contains("(worker group gpu)")
+            && (l.contains(": unschedulable") || l.contains("Karpenter is launching a node"))
+    });
+    let running = first("the GPU worker running on a Karpenter node", worker, &|l| {
+        l.contains("(worker group gpu) on kwok-") && l.contains(": running")
+    });
+    let deploying = first("Serve deploying", head, &|l| {
+        l.contains("Waiting for application `llm` (DEPLOYING")
+    });
+    let past_serve = first("a link past Serve", deploying, &|l| {
+        l.contains(": Waiting for ") && !l.contains("application `llm`")
+    });
+    assert!(
+        running < past_serve,
+        "Serve was done before the GPU worker ran:\n{stderr}"
+    );
+    // Each line says something new: without its clock, no line repeats the one before.
+    let said: Vec<&str> = lines
+        .iter()
+        .filter(|l| !l.contains(": Still waiting for "))
+        .map(|l| l.rsplit_once(" [").map_or(*l, |(said, _)| said))
+        .collect();
+    assert!(
+        said.windows(2).all(|w| w[0] != w[1]),
+        "a line repeats:\n{stderr}"
+    );
+    assert!(lines.len() < 40, "{} lines:\n{stderr}", lines.len());
 }
 
 #[tokio::test]
@@ -675,6 +719,91 @@ async fn an_image_the_node_cannot_pull_fails_the_wait_naming_the_image() {
     );
     status.stdout_has("stuck: pod ");
     status.stdout_has("cannot pull image registry.example/no-such/ray:2.60.0");
+}
+
+/// A head behind a minute-long pull (an image tag of this test's own, which
+/// no node has): `apply --json -v` tells it as JSON events, the complete
+/// account among them, and the line after a silence says how long the pull
+/// has taken so far, as do the timeout's last look and `rayform status`.
+#[tokio::test]
+async fn a_long_pull_says_how_long_so_far_and_json_events_tell_the_whole_account() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-slowpull").await;
+    let image = format!("rayproject/ray-llm:slow-pull-{}", env.ns);
+    let echo = Echo {
+        image: &image,
+        ..Echo::default()
+    };
+    let stack = echo.stack(&env, "timeout = \"16s\"");
+    let run = env
+        .rayform(&["apply", &stack, "--auto-approve", "--json", "-v"])
+        .code(1);
+    let events: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of = |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["type"] == kind).collect() };
+    assert_eq!(of("plan").len(), 1, "{}", run.stdout);
+    assert!(
+        of("change")
+            .iter()
+            .any(|e| e["address"] == "rayservice.echo" && e["message"] == "Creating..."),
+        "{}",
+        run.stdout
+    );
+    let pulling = format!("pulling image {image}");
+    assert!(
+        of("pod").iter().any(|e| e["link"] == "head_pod"
+            && e["object"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("pod/echo-"))
+            && e["message"].as_str().is_some_and(|m| m.ends_with(&pulling))),
+        "{}",
+        run.stdout
+    );
+    let still = of("still");
+    let said = still
+        .first()
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no still event:\n{}", run.stdout));
+    assert!(
+        said.starts_with("a running head pod of RayCluster echo-")
+            && said.contains("-head-")
+            && said.contains(&format!("{pulling} for 1")),
+        "{said}"
+    );
+    let account = of("account");
+    let block = account
+        .last()
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no account event:\n{}", run.stdout));
+    for part in [
+        "  RayService echo: not ready; active RayCluster none, pending echo-",
+        "    condition Ready=False",
+        "  RayCluster echo-",
+        "container ray-head: waiting (ContainerCreating)",
+        "event Pulling (kubelet): Pulling image",
+        "  Serve applications: not asked yet",
+    ] {
+        assert!(block.contains(part), "no `{part}` in the account:\n{block}");
+    }
+    assert!(account.len() < 12, "an account a look: {}", account.len());
+    let result = events.last().expect("a last event");
+    assert_eq!(result["type"], "result", "{result}");
+    assert_eq!(result["ok"], false);
+    assert!(
+        result["error"].as_str().is_some_and(|e| e
+            .contains("did not serve /v1/chat/completions within 16s")
+            && e.contains(&format!("{pulling} for 1"))),
+        "{result}"
+    );
+    // stderr keeps the error as it always is, and nothing else but -v's logs.
+    run.stderr_has("Error: wait.chat: rayservice.echo did not serve");
+    assert!(!run.stderr.contains("Waiting for"), "{}", run.stderr);
+
+    let status = env.rayform(&["status", &stack]).code(2);
+    status.stdout_has(&format!("{pulling} for "));
 }
 
 /// A head whose `ray start` exits at once crashes again after each of the
