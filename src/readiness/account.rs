@@ -266,6 +266,7 @@ fn serve_lines(seen: &Seen) -> Vec<String> {
         .and_then(|a| a.get("applications"))
         .and_then(Value::as_object);
     match apps {
+        Some(apps) if apps.is_empty() => lines.push("Serve applications: none yet".to_string()),
         Some(apps) => {
             lines.push("Serve applications:".to_string());
             for (name, app) in apps {
@@ -280,11 +281,27 @@ fn serve_lines(seen: &Seen) -> Vec<String> {
     let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.to_string());
     lines.push(format!("endpoint: {}", or(&seen.endpoint, "none yet")));
     lines.push(format!("/-/routes: {}", or(&seen.routes, "not asked yet")));
-    lines.push(format!("probe: {}", or(&seen.probe, "not sent yet")));
+    lines.push(format!(
+        "probe: {}",
+        or(&seen.probe.as_deref().map(answered), "not sent yet")
+    ));
     if let Some(w) = &seen.watch {
         lines.push(format!("watch: {w}"));
     }
     lines
+}
+
+/// A probe's answer without its body: a chat completion's has an id and a
+/// time of its own, which would make each answer a change.
+fn answered(probe: &str) -> String {
+    match probe.split_once(": ") {
+        Some((what, said))
+            if said.len() > 3 && said.as_bytes()[..3].iter().all(u8::is_ascii_digit) =>
+        {
+            format!("{what}: {}", &said[..3])
+        }
+        _ => probe.to_string(),
+    }
 }
 
 fn application_lines(name: &str, app: &Value) -> impl Iterator<Item = String> {
@@ -473,5 +490,15 @@ mod tests {
              \x20 /-/routes: not asked yet\n\
              \x20 probe: not sent yet"
         );
+    }
+
+    #[test]
+    fn a_probe_s_answer_is_its_status_and_an_error_is_whole() {
+        assert_eq!(
+            answered(r#"POST /v1/chat/completions: 200 {"id":"chatcmpl-1","created":1}"#),
+            "POST /v1/chat/completions: 200"
+        );
+        let refused = "POST /v1/chat/completions: port-forward to p:8000: connection refused";
+        assert_eq!(answered(refused), refused);
     }
 }
