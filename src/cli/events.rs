@@ -23,7 +23,20 @@ fn emit(out: &Out, kind: &str, mut fields: Value) {
         map.insert("type".into(), kind.into());
         map.insert("time".into(), jiff::Timestamp::now().to_string().into());
     }
+    masked(out, &mut fields);
+    // The line is masked again as all output is; each string was masked
+    // before JSON escaped it, which makes forms the masks do not all know
+    // (a Go-escaped value quoted by an API server, escaped again here).
     out.line(&fields.to_string());
+}
+
+fn masked(out: &Out, value: &mut Value) {
+    match value {
+        Value::String(text) => *text = out.masks().redact(text),
+        Value::Array(items) => items.iter_mut().for_each(|v| masked(out, v)),
+        Value::Object(map) => map.values_mut().for_each(|v| masked(out, v)),
+        _ => {}
+    }
 }
 
 /// The plan, as `plan --json` has it, on one line.
