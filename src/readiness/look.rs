@@ -162,3 +162,37 @@ impl std::fmt::Display for Look {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulling(for_: &str) -> Look {
+        let line = "pod p (head) on n: pulling image i";
+        Look {
+            rayservice: "llm".into(),
+            namespace: "ml".into(),
+            path: "/v1/chat/completions".into(),
+            model: None,
+            serving: Serving::No {
+                waiting_for: "a running head pod of RayCluster llm-x".into(),
+                stuck: None,
+            },
+            pods: vec![format!("{line} for {for_}")],
+            pods_unclocked: vec![line.into()],
+        }
+    }
+
+    #[test]
+    fn a_pull_s_clock_is_said_but_is_not_a_change_for_status_watch() {
+        let (before, after) = (pulling("12s"), pulling("14s"));
+        assert!(
+            before.to_string().ends_with("pulling image i for 12s"),
+            "{before}"
+        );
+        assert_eq!(before.change_key(), after.change_key());
+        let mut running = pulling("14s");
+        running.pods_unclocked = vec!["pod p (head) on n: running".into()];
+        assert_ne!(before.change_key(), running.change_key());
+    }
+}
