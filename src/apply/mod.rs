@@ -80,6 +80,8 @@ impl Stop {
 pub struct Event {
     pub address: Address,
     pub message: String,
+    /// The readiness wait's event as data, when it said this (for `--json`).
+    pub wait: Option<crate::readiness::Progress>,
 }
 
 pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
@@ -100,6 +102,8 @@ pub struct ApplyOptions {
     pub delete_timeout: Duration,
     /// A fixed readiness endpoint overriding the stack's (`--endpoint`).
     pub endpoint: Option<String>,
+    /// How much the readiness waits say (the complete account with `-v`).
+    pub detail: crate::readiness::Detail,
     pub progress: Progress,
     pub stop: Stop,
 }
@@ -277,6 +281,7 @@ impl Shared {
         (self.options.progress)(Event {
             address: address.clone(),
             message: message.into(),
+            wait: None,
         });
     }
 
@@ -422,10 +427,12 @@ async fn wait(
         &shared.namespace,
         &target,
         on_stuck,
-        Arc::new(move |m: String| {
+        shared.options.detail,
+        Arc::new(move |p: crate::readiness::Progress| {
             progress(Event {
                 address: address.clone(),
-                message: m,
+                message: p.to_string(),
+                wait: Some(p),
             })
         }),
     );

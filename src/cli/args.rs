@@ -410,6 +410,10 @@ pub struct ApplyArgs {
     /// Readiness endpoint (http://host:port of the Serve proxy), overriding the stack
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub endpoint: Option<String>,
+    /// Print the plan, each progress event and the result as JSON, one object a line
+    /// (needs --auto-approve, or a saved plan)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -427,6 +431,9 @@ pub struct DestroyArgs {
     pub targets: Vec<String>,
     #[command(flatten)]
     pub run: RunArgs,
+    /// Print the plan, each progress event and the result as JSON, one object a line
+    #[arg(long, requires = "auto_approve")]
+    pub json: bool,
 }
 
 impl Command {

@@ -75,6 +75,15 @@ pub(super) async fn apply(
     out: &Out,
     stop: &Stop,
 ) -> Result<u8, Error> {
+    let json = args.json;
+    let outcome = apply_run(args, g, out, stop).await;
+    if json {
+        events::ended(out, &outcome);
+    }
+    outcome
+}
+
+async fn apply_run(args: ApplyArgs, g: &Global, out: &Out, stop: &Stop) -> Result<u8, Error> {
     let ApplyArgs {
         target,
         auto_approve,
@@ -83,10 +92,16 @@ pub(super) async fn apply(
         no_wait,
         keep_waiting,
         endpoint,
+        json,
     } = args;
+    if json && !auto_approve && !is_plan_file(&target) {
+        // No question can be asked on a stream of JSON.
+        return Err("apply --json needs --auto-approve (or a plan saved with `plan --out`)".into());
+    }
     let how = Execution {
         run: &run,
         global: g,
+        json,
         wait: match (no_wait, keep_waiting) {
             (true, _) => Readiness::Skip,
             (false, true) => Readiness::Wait(OnStuck::KeepWaiting),
@@ -113,7 +128,7 @@ pub(super) async fn apply(
     } else {
         let session = ops::open(&g.place(&target), Operation::Apply, out).await?;
         let plan = session.plan(&request(&take, Intent::Apply), out).await?;
-        out.raw(&plan_text(&plan, out, g));
+        show_plan(&plan, json, out, g);
         if !plan.errors.is_empty() {
             return Err("the plan has errors; nothing was changed".into());
         }
@@ -121,6 +136,9 @@ pub(super) async fn apply(
         // state: no question to ask (unless recording is what was asked
         // for, with --refresh-only), but it must still be written.
         if !ops::has_work(&plan, !no_wait) {
+            if json {
+                events::complete(out, &plan, &apply::ApplyReport::default());
+            }
             return Ok(0);
         }
         let state_only = plan.changes.iter().any(plan::Change::records_only);
@@ -140,12 +158,22 @@ pub(super) async fn destroy(
     out: &Out,
     stop: &Stop,
 ) -> Result<u8, Error> {
+    let json = args.json;
+    let outcome = destroy_run(args, g, out, stop).await;
+    if json {
+        events::ended(out, &outcome);
+    }
+    outcome
+}
+
+async fn destroy_run(args: DestroyArgs, g: &Global, out: &Out, stop: &Stop) -> Result<u8, Error> {
     let DestroyArgs {
         stack,
         auto_approve,
         force,
         targets,
         run,
+        json,
     } = args;
     let session = ops::open(&g.place(&stack), Operation::Destroy, out).await?;
     let take = Take {
@@ -155,11 +183,14 @@ pub(super) async fn destroy(
     let plan = session
         .plan(&request(&take, Intent::Destroy { force }), out)
         .await?;
-    out.raw(&plan_text(&plan, out, g));
+    show_plan(&plan, json, out, g);
     if !plan.errors.is_empty() {
         return Err("the destroy plan has errors; nothing was changed".into());
     }
     if !ops::has_work(&plan, false) {
+        if json {
+            events::complete(out, &plan, &apply::ApplyReport::default());
+        }
         return Ok(0);
     }
     if plan.needs_approval()
@@ -170,6 +201,7 @@ pub(super) async fn destroy(
     let how = Execution {
         run: &run,
         global: g,
+        json,
         wait: Readiness::Skip,
         endpoint: None,
         stop,
@@ -186,5 +218,14 @@ fn request(take: &Take, intent: Intent) -> ops::PlanRequest {
         adopt: take.adopt.clone(),
         targets: take.targets.clone(),
         refresh_only: take.refresh_only,
+    }
+}
+
+/// The plan before a change: as text, or as the first JSON event.
+fn show_plan(plan: &Plan, json: bool, out: &Out, g: &Global) {
+    if json {
+        events::plan(out, plan);
+    } else {
+        out.raw(&plan_text(plan, out, g));
     }
 }

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod events;
 mod output;
 mod state_cmd;
 mod suggest;
@@ -10,9 +11,8 @@ mod suggest;
 use std::io::{BufRead as _, IsTerminal as _};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use rayform::apply::{self, ApplyOptions, Event, Readiness, SecretValues, Stop};
+use rayform::apply::{self, ApplyOptions, Readiness, SecretValues, Stop};
 use rayform::backend::{Backend, BackendError, Lock};
 use rayform::cluster::Cluster;
 use rayform::desired;
@@ -356,11 +356,14 @@ async fn status(
     loop {
         let mut serving = true;
         let mut said = Vec::new();
+        // A pull's time so far is said, but is not a change to print again for.
+        let mut key = String::new();
         for target in &waits {
             let look = rayform::readiness::look(&cluster, &s.namespace, target)
                 .await
                 .map_err(|e| e.to_string())?;
             serving &= matches!(look.serving, rayform::readiness::Serving::Yes { .. });
+            key.push_str(&look.change_key());
             said.push(if json {
                 serde_json::to_string(&look).map_err(|e| e.to_string())?
             } else {
@@ -372,7 +375,7 @@ async fn status(
             out.raw(&format!("{said}\n"));
             return Ok(if serving { 0 } else { 2 });
         }
-        if said != last {
+        if key != last {
             if !json {
                 out.raw(&format!(
                     "[{}]\n",
@@ -380,7 +383,7 @@ async fn status(
                 ));
             }
             out.raw(&format!("{said}\n"));
-            last = said;
+            last = key;
         }
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
@@ -470,6 +473,8 @@ async fn confirm(auto_approve: bool, verb: &str, out: &Out, stop: &Stop) -> Resu
 struct Execution<'a> {
     run: &'a RunArgs,
     global: &'a Global,
+    /// `--json`: progress and the result as JSON lines on stdout.
+    json: bool,
     wait: Readiness,
     endpoint: Option<String>,
     stop: &'a Stop,
@@ -482,16 +487,21 @@ async fn execute(
     how: Execution<'_>,
     out: &Out,
 ) -> Result<u8, Error> {
-    let printer = out.clone();
     let options = ApplyOptions {
         parallelism: how.run.parallelism,
         wait: how.wait,
         delete_timeout: how.run.delete_timeout,
         endpoint: how.endpoint,
-        progress: Arc::new(move |e: Event| printer.progress(&e.address.to_string(), &e.message)),
+        detail: match how.global.verbose {
+            0 => rayform::readiness::Detail::Changes,
+            _ => rayform::readiness::Detail::Complete,
+        },
+        progress: events::progress(out, how.json),
         stop: how.stop.clone(),
     };
-    out.line("");
+    if !how.json {
+        out.line("");
+    }
     let report = held.execute(plan, secrets, options).await.map_err(|e| {
         let text = match e {
             OpsError::Apply(apply::ApplyError::Backend(BackendError::LockLost(_))) => {
@@ -503,6 +513,10 @@ async fn execute(
         // name the stack the plan was made from.
         suggest::fill_stack(&text, Some(&plan.stack_file), how.global)
     })?;
+    if how.json {
+        events::complete(out, plan, &report);
+        return Ok(0);
+    }
     let s = plan.summary();
     if plan.destroy {
         out.line(&format!(
@@ -554,6 +568,10 @@ async fn apply_saved(path: &Path, g: &Global, how: Execution<'_>, out: &Out) -> 
     let (held, secrets) = ops::saved_session(path, &plan, &location, &g.connect_options(), out)
         .await
         .map_err(|e| suggest::fill_stack(&e.to_string(), Some(&plan.stack_file), g))?;
-    out.raw(&plan_text(&plan, out, g));
+    if how.json {
+        events::plan(out, &plan);
+    } else {
+        out.raw(&plan_text(&plan, out, g));
+    }
     execute(held, &plan, secrets, how, out).await
 }

@@ -6,34 +6,53 @@
 //! still gets the wait, with less said about why it takes long.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use serde_json::Value;
 
 use super::EVERY_LOOK;
+use super::events;
 use super::pods::{self, PodAccount, Stage, Stuck};
+use super::progress::Detail;
 use super::status::Service;
 use crate::cluster::Cluster;
+use crate::util::format_duration;
 
 /// The last look below KubeRay, kept between looks to report only changes.
 #[derive(Default)]
 pub struct Below {
+    detail: Detail,
     last: Option<Instant>,
     accounts: Vec<PodAccount>,
+    /// Each pod of `accounts`, in order, with the Events about it.
+    pods: Vec<(Pod, Vec<Event>)>,
+    /// With the complete account: the RayClusters KubeRay named...
+    rayclusters: Vec<Value>,
+    /// ...and KubeRay's Events about them and the RayService.
+    kuberay: Vec<Event>,
     said: BTreeMap<String, String>,
 }
 
 impl Below {
-    /// Looks again if it is time; returns the lines that changed since the
-    /// last look, in pod order.
+    pub fn new(detail: Detail) -> Below {
+        Below {
+            detail,
+            ..Below::default()
+        }
+    }
+
+    /// Looks again if it is time; returns the pods whose line changed since
+    /// the last look, in pod order.
     pub async fn look(
         &mut self,
         cluster: &Cluster,
         namespace: &str,
         service: &Service,
-    ) -> Vec<String> {
+        rayservice: &str,
+    ) -> Vec<PodAccount> {
         if self.last.is_some_and(|t| t.elapsed() < EVERY_LOOK) {
             return Vec::new();
         }
@@ -42,26 +61,87 @@ impl Below {
             .into_iter()
             .flatten()
             .collect();
+        if self.detail == Detail::Complete {
+            self.rayclusters = rayclusters(cluster, namespace, &clusters).await;
+            self.kuberay = kuberay_events(cluster, namespace, rayservice).await;
+        }
         if clusters.is_empty() {
             return Vec::new();
         }
-        let Some(accounts) = fetch(cluster, namespace, &clusters).await else {
+        let Some((pods, nodeclaims)) = fetch(cluster, namespace, &clusters).await else {
             return Vec::new();
         };
-        self.accounts = accounts;
+        self.accounts = pods
+            .iter()
+            .map(|(pod, events)| {
+                let about: Vec<&Event> = events.iter().collect();
+                pods::account(pod, &about, &nodeclaims)
+            })
+            .collect();
+        self.pods = pods;
         let mut changed = Vec::new();
         for a in &self.accounts {
             let line = a.to_string();
             if self.said.get(&a.pod) != Some(&line) {
-                self.said.insert(a.pod.clone(), line.clone());
-                changed.push(line);
+                self.said.insert(a.pod.clone(), line);
+                changed.push(a.clone());
             }
         }
         changed
     }
 
+    /// The pods of the last look with the Events about each, for the complete account.
+    pub fn pods(&self) -> impl Iterator<Item = (&PodAccount, &Pod, &[Event])> {
+        self.accounts
+            .iter()
+            .zip(&self.pods)
+            .map(|(a, (pod, events))| (a, pod, events.as_slice()))
+    }
+
+    /// The RayClusters of the last look (with the complete account only).
+    pub fn rayclusters(&self) -> &[Value] {
+        &self.rayclusters
+    }
+
+    #[cfg(test)]
+    pub fn set_for_test(&mut self, rayclusters: Vec<Value>, kuberay: Vec<Event>) {
+        self.rayclusters = rayclusters;
+        self.kuberay = kuberay;
+    }
+
+    /// KubeRay's Events about the RayService and its RayClusters (with the complete account only).
+    pub fn kuberay(&self) -> &[Event] {
+        &self.kuberay
+    }
+
+    /// One line a pod, as of now: a pull under way says how long it has taken.
     pub fn lines(&self) -> Vec<String> {
+        let now = Timestamp::now();
+        self.accounts.iter().map(|a| a.line_at(now)).collect()
+    }
+
+    /// One line a pod, without clocks: each changes only when the pod does.
+    pub fn lines_unclocked(&self) -> Vec<String> {
         self.accounts.iter().map(ToString::to_string).collect()
+    }
+
+    /// The pulls under way and how long each has taken so far, for the line
+    /// that says the wait goes on (a pod's own line says it only once).
+    pub fn pulls(&self) -> Option<String> {
+        let now = Timestamp::now();
+        let said: Vec<String> = self
+            .accounts
+            .iter()
+            .filter_map(|a| match (&a.stage, a.pulling_for(now)) {
+                (Stage::Pulling { image, .. }, Some(took)) => Some(format!(
+                    "pod {} pulling image {image} for {}",
+                    a.pod,
+                    format_duration(Duration::from_secs(took.as_secs()))
+                )),
+                _ => None,
+            })
+            .collect();
+        (!said.is_empty()).then(|| said.join("; "))
     }
 
     /// The first pod that will not get anywhere without a change.
@@ -101,7 +181,13 @@ fn upgrade_past_limit(account: &PodAccount, service: &Service) -> Option<String>
     ))
 }
 
-async fn fetch(cluster: &Cluster, namespace: &str, clusters: &[&str]) -> Option<Vec<PodAccount>> {
+/// The pods of `clusters` with the Events about each, and the NodeClaims
+/// when a pod may be waiting for one.
+async fn fetch(
+    cluster: &Cluster,
+    namespace: &str,
+    clusters: &[&str],
+) -> Option<(Vec<(Pod, Vec<Event>)>, Vec<Value>)> {
     let selector = format!("ray.io/cluster in ({})", clusters.join(","));
     let mut found: Vec<Pod> = cluster
         .list_typed(namespace, &ListParams::default().labels(&selector))
@@ -124,20 +210,51 @@ async fn fetch(cluster: &Cluster, namespace: &str, clusters: &[&str]) -> Option<
     } else {
         Vec::new()
     };
-    Some(
-        found
-            .iter()
-            .map(|pod| {
-                let about: Vec<&Event> = events
-                    .iter()
-                    .filter(|e| {
-                        e.involved_object.uid.is_some() && e.involved_object.uid == pod.metadata.uid
-                    })
-                    .collect();
-                pods::account(pod, &about, &nodeclaims)
-            })
-            .collect(),
-    )
+    let pods = found
+        .into_iter()
+        .map(|pod| {
+            let about: Vec<Event> = events
+                .iter()
+                .filter(|e| {
+                    e.involved_object.uid.is_some() && e.involved_object.uid == pod.metadata.uid
+                })
+                .cloned()
+                .collect();
+            (pod, about)
+        })
+        .collect();
+    Some((pods, nodeclaims))
+}
+
+/// The RayClusters KubeRay named, as they are now (those it has made so far).
+async fn rayclusters(cluster: &Cluster, namespace: &str, names: &[&str]) -> Vec<Value> {
+    let Some(kind) = cluster.kind("ray.io/v1", "RayCluster") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for name in names {
+        if let Ok(Some(object)) = cluster.get(&kind, Some(namespace), name).await {
+            found.push(object);
+        }
+    }
+    found
+}
+
+/// KubeRay's Events about the RayService and about RayClusters (the
+/// account keeps those of the RayService's own).
+async fn kuberay_events(cluster: &Cluster, namespace: &str, rayservice: &str) -> Vec<Event> {
+    let mut found = Vec::new();
+    for fields in [
+        format!("involvedObject.kind=RayService,involvedObject.name={rayservice}"),
+        "involvedObject.kind=RayCluster".to_string(),
+    ] {
+        let listed: Vec<Event> = cluster
+            .list_typed(namespace, &ListParams::default().fields(&fields))
+            .await
+            .unwrap_or_default();
+        found.extend(listed);
+    }
+    found
 }
 
 /// Karpenter's NodeClaims, where the cluster runs Karpenter v1.
@@ -174,8 +291,8 @@ pub async fn refused(
                 Some("InvalidRayServiceSpec" | "InvalidRayServiceMetadata")
             )
         })
-        .filter(|e| pods::when(e).is_some_and(|t| t >= since))
-        .max_by_key(pods::when)
+        .filter(|e| events::when(e).is_some_and(|t| t >= since))
+        .max_by_key(events::when)
         .and_then(|e| e.message)
 }
 

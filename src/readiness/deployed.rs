@@ -89,7 +89,7 @@ pub fn port_kept(answer: &Value, wanted: u16, settled: bool, pod: &str) -> Optio
 /// A Serve message in one line: its first (what Serve does about it) and,
 /// for a traceback, its last (the exception), so a retry after a failed
 /// start reads as such in a progress line.
-fn brief(message: &str) -> String {
+pub(super) fn brief(message: &str) -> String {
     let message = strip_ansi(message);
     let lines: Vec<&str> = message
         .lines()

@@ -19,8 +19,12 @@ pub struct Look {
     pub model: Option<String>,
     #[serde(flatten)]
     pub serving: Serving,
-    /// One line a pod of the RayService's clusters.
+    /// One line a pod of the RayService's clusters (a pull under way says
+    /// how long it has taken so far).
     pub pods: Vec<String>,
+    /// The same lines without clocks: what tells a change (`status --watch`).
+    #[serde(skip)]
+    pub pods_unclocked: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,6 +64,7 @@ pub async fn look(
         model: target.probe.as_ref().and_then(|p| p.model.clone()),
         serving: Serving::Absent,
         pods: Vec::new(),
+        pods_unclocked: Vec::new(),
     };
     let Some(object) = object else {
         return Ok(look);
@@ -72,9 +77,12 @@ pub async fn look(
     let checked = check(cluster, &mut connections, namespace, target, &mut seen).await;
     let mut below = below::Below::default();
     if let Some(service) = &seen.service {
-        below.look(cluster, namespace, service).await;
+        below
+            .look(cluster, namespace, service, &spec.rayservice)
+            .await;
     }
     look.pods = below.lines();
+    look.pods_unclocked = below.lines_unclocked();
     look.serving = match checked {
         Ok((route, app, _)) => Serving::Yes {
             route,
@@ -95,6 +103,16 @@ pub async fn look(
         },
     };
     Ok(look)
+}
+
+impl Look {
+    /// What changed when this changed, for `status --watch`: all of it but
+    /// the time a pull has taken, which changes at every look.
+    pub fn change_key(&self) -> String {
+        let mut settled = self.clone();
+        settled.pods = std::mem::take(&mut settled.pods_unclocked);
+        settled.to_string()
+    }
 }
 
 fn ready_since(rayservice: &Value) -> Option<String> {
@@ -142,5 +160,39 @@ impl std::fmt::Display for Look {
             write!(f, "\n  {pod}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulling(for_: &str) -> Look {
+        let line = "pod p (head) on n: pulling image i";
+        Look {
+            rayservice: "llm".into(),
+            namespace: "ml".into(),
+            path: "/v1/chat/completions".into(),
+            model: None,
+            serving: Serving::No {
+                waiting_for: "a running head pod of RayCluster llm-x".into(),
+                stuck: None,
+            },
+            pods: vec![format!("{line} for {for_}")],
+            pods_unclocked: vec![line.into()],
+        }
+    }
+
+    #[test]
+    fn a_pull_s_clock_is_said_but_is_not_a_change_for_status_watch() {
+        let (before, after) = (pulling("12s"), pulling("14s"));
+        assert!(
+            before.to_string().ends_with("pulling image i for 12s"),
+            "{before}"
+        );
+        assert_eq!(before.change_key(), after.change_key());
+        let mut running = pulling("14s");
+        running.pods_unclocked = vec!["pod p (head) on n: running".into()];
+        assert_ne!(before.change_key(), running.change_key());
     }
 }

@@ -11,17 +11,19 @@
 //! signal is necessary, none is sufficient, and every request has its own
 //! deadline.
 
+mod account;
 mod auth;
 mod below;
 mod deployed;
+mod events;
 mod http;
 mod look;
 pub mod pods;
+pub mod progress;
 pub mod routes;
 pub mod status;
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -29,18 +31,18 @@ use serde_json::Value;
 pub use crate::stack::serving::{ProbeRequest, Target};
 pub use auth::reads_a_secret;
 pub use look::{Look, Serving, look};
+pub use progress::{Detail, Link, Progress, Said, Sink};
 
 use crate::cluster::{Cluster, Followed, WatchTrouble};
 use crate::util::format_duration;
 use deployed::Deployed;
+use progress::{At, Reporter};
 
 /// Where the dashboard listens when the head container names no `dashboard` port.
 const DEFAULT_DASHBOARD_PORT: u16 = 8265;
 /// After this long, look at Serve at most every `PATIENT_INTERVAL`.
 const PATIENT_AFTER: Duration = Duration::from_secs(60);
 const PATIENT_INTERVAL: Duration = Duration::from_secs(2);
-/// After this long without a line, one saying the wait goes on.
-const STILL_EVERY: Duration = Duration::from_secs(10);
 /// How often the wait asks the API server about what lies below its phase:
 /// pods change on the scale of seconds, and the loop may run every 100 ms.
 const EVERY_LOOK: Duration = Duration::from_secs(1);
@@ -133,6 +135,10 @@ struct Seen {
     probe: Option<String>,
     /// One line a pod of the clusters KubeRay named, from the last look below it.
     pods: Vec<String>,
+    /// The dashboard's last answer on Serve's applications, for the complete account.
+    serve: Option<Value>,
+    /// The link of the chain the last look stopped at.
+    at: At,
 }
 
 impl Seen {
@@ -212,21 +218,20 @@ pub async fn wait(
     namespace: &str,
     target: &Target,
     on_stuck: OnStuck,
-    progress: Arc<dyn Fn(String) + Send + Sync>,
+    detail: Detail,
+    progress: Sink,
 ) -> Result<Ready, ReadinessError> {
     let spec = &target.wait;
     let kind = rayservice_kind(cluster)?;
     let mut watch = cluster.watch(&kind, Some(namespace), &spec.rayservice);
-    let started = Instant::now();
+    let mut say = Reporter::new(progress, &spec.rayservice);
     // Event times have whole seconds; one second back keeps KubeRay's first
     // word on this spec, which may come before the wait starts.
     let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
     let mut asked_kuberay = None::<Instant>;
     let mut seen = Seen::default();
-    let mut reported = String::new();
-    let mut next_still = STILL_EVERY;
     let mut operator_asked = false;
-    let mut below = below::Below::default();
+    let mut below = below::Below::new(detail);
     let mut connections = http::Connections::default();
     loop {
         // Mark this version seen, so that only a newer one wakes the wait early.
@@ -244,15 +249,12 @@ pub async fn wait(
                     path: spec.path.clone(),
                     route,
                     app,
-                    elapsed: started.elapsed(),
+                    elapsed: say.elapsed(),
                     endpoint,
                 });
             }
             Err(NotYet::Failed(message)) if on_stuck == OnStuck::Fail => {
-                return Err(ReadinessError::Failed(format!(
-                    "rayservice.{}: {message}",
-                    spec.rayservice
-                )));
+                return Err(say.fail(&seen.at, message, None));
             }
             Err(NotYet::Failed(message)) => format!("a fix for: {message}"),
             Err(NotYet::Waiting(phase)) => match &seen.watch {
@@ -260,69 +262,69 @@ pub async fn wait(
                 None => phase,
             },
         };
-        let elapsed = started.elapsed();
-        if let Some(service) = &seen.service {
-            let changed = below.look(cluster, namespace, service).await;
-            seen.pods = below.lines();
-            for line in changed {
-                progress(format!("  {line} [{:.1}s elapsed]", elapsed.as_secs_f64()));
-                next_still = elapsed + STILL_EVERY;
+        if let Some(service) = seen.service.clone() {
+            for pod in below
+                .look(cluster, namespace, &service, &spec.rayservice)
+                .await
+            {
+                say.pod(&seen.at, &pod);
             }
-            if let Some(stuck) = below.stuck(service).filter(|_| on_stuck == OnStuck::Fail) {
-                return Err(ReadinessError::Failed(format!(
-                    "rayservice.{}: {}\n  help: {}",
-                    spec.rayservice, stuck.cause, stuck.help
-                )));
+            seen.pods = below.lines();
+            if let Some(stuck) = below.stuck(&service).filter(|_| on_stuck == OnStuck::Fail) {
+                let at = At::new(seen.at.link, format!("pod/{}", stuck.pod));
+                return Err(say.fail(&at, stuck.cause, Some(stuck.help.to_string())));
             }
         }
         if only_the_operator_moves(&phase)
             && asked_kuberay.is_none_or(|t| t.elapsed() >= EVERY_LOOK)
         {
             asked_kuberay = Some(Instant::now());
-            let refusal = match on_stuck {
-                OnStuck::Fail => below::refused(cluster, namespace, &spec.rayservice, since).await,
-                OnStuck::KeepWaiting => None,
-            };
-            if let Some(refusal) = refusal {
-                return Err(ReadinessError::Failed(format!(
-                    "rayservice.{}: KubeRay refused the spec: {refusal}\n  help: fix the RayService manifest; `kubectl describe rayservice {}` shows KubeRay's events",
-                    spec.rayservice, spec.rayservice
-                )));
+            if on_stuck == OnStuck::Fail
+                && let Some(refusal) =
+                    below::refused(cluster, namespace, &spec.rayservice, since).await
+            {
+                return Err(say.fail(
+                    &seen.at,
+                    format!("KubeRay refused the spec: {refusal}"),
+                    Some(format!(
+                        "fix the RayService manifest; `kubectl describe rayservice {}` shows KubeRay's events",
+                        spec.rayservice
+                    )),
+                ));
             }
         }
-        if !operator_asked && elapsed >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
+        if !operator_asked && say.elapsed() >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
             // Once: nothing else moves a RayService that KubeRay has not
             // picked up, so a missing operator would otherwise cost the
             // whole timeout.
             operator_asked = true;
             if let Some(missing) = crate::cluster::kuberay::operator_missing(cluster).await {
-                return Err(ReadinessError::Failed(format!(
-                    "rayservice.{}: waiting for {phase}, but {missing}",
-                    spec.rayservice
-                )));
+                return Err(say.fail(
+                    &seen.at,
+                    format!("waiting for {phase}, but {missing}"),
+                    None,
+                ));
             }
         }
-        if phase != reported {
-            tracing::debug!(rayservice = %target.wait.rayservice, %phase, "readiness");
-            progress(format!(
-                "Waiting for {phase} [{:.1}s elapsed]",
-                elapsed.as_secs_f64()
-            ));
-            reported = phase;
-            next_still = elapsed + STILL_EVERY;
-        } else if elapsed >= next_still {
-            progress(format!(
-                "Still waiting for {reported} [{:.1}s elapsed]",
-                elapsed.as_secs_f64()
-            ));
-            next_still = elapsed + STILL_EVERY;
+        say.phase(&seen.at, &phase, below.pulls());
+        if detail == Detail::Complete {
+            let key = account::render(&spec.rayservice, &seen, &below, None);
+            say.account(&seen.at, key, || {
+                account::render(
+                    &spec.rayservice,
+                    &seen,
+                    &below,
+                    Some(jiff::Timestamp::now()),
+                )
+            });
         }
+        let elapsed = say.elapsed();
         if elapsed >= spec.timeout {
             return Err(ReadinessError::Timeout {
                 rayservice: spec.rayservice.clone(),
                 path: spec.path.clone(),
                 timeout: spec.timeout,
-                held_up_by: reported.clone(),
+                held_up_by: say.reported().to_string(),
                 last: seen.describe(),
             });
         }
@@ -373,9 +375,12 @@ async fn check(
     seen: &mut Seen,
 ) -> Result<(String, String, Endpoint), NotYet> {
     let spec = &target.wait;
+    let rayservice = format!("rayservice/{}", spec.rayservice);
+    seen.at = At::new(Link::Rayservice, &rayservice);
     let Some(service) = seen.service.clone() else {
         return Err(format!("rayservice.{} to exist", spec.rayservice).into());
     };
+    seen.at = At::new(Link::Kuberay, &rayservice);
     if let Some(failure) = &service.failure {
         return Err(NotYet::Failed(failure.clone()));
     }
@@ -383,6 +388,7 @@ async fn check(
     let Some(raycluster) = service.cluster() else {
         return Err("KubeRay to name a RayCluster".to_string().into());
     };
+    seen.at = At::new(Link::HeadPod, format!("raycluster/{raycluster}"));
     let mut head = head_pod(cluster, namespace, raycluster).await?;
     head.token = connections
         .tokens
@@ -405,15 +411,23 @@ async fn check(
     });
     // 2. Serve on that head runs the stack's config, not the previous one.
     if !target.apps.is_empty() {
+        seen.at = At::new(Link::ServeConfig, format!("pod/{}", head.name));
         serve_runs_the_config(cluster, connections, namespace, &head, target, seen).await?;
     }
     // 3. The route table.
+    let served_at = match &endpoint {
+        Endpoint::Url(u) => u.clone(),
+        Endpoint::Pod { pod, .. } => format!("pod/{pod}"),
+    };
+    seen.at = At::new(Link::Routes, &served_at);
     let (route, app) = route_for(cluster, connections, &endpoint, &spec.path, seen).await?;
     // 4. A real request.
     if let Some(probe) = &target.probe {
+        seen.at = At::new(Link::Probe, &served_at);
         probe_answers(cluster, connections, &endpoint, probe, &route, seen).await?;
     }
     // 5. All of it for the current generation, on the cluster that serves.
+    seen.at = At::new(Link::Kuberay, &rayservice);
     if let Some(w) = service.waiting_for() {
         return Err(w.into());
     }
@@ -517,6 +531,7 @@ async fn serve_runs_the_config(
     let Ok(answer) = serde_json::from_str::<Value>(&body) else {
         return Err(format!("the Ray dashboard to answer JSON (it said {})", body.trim()).into());
     };
+    seen.serve = Some(answer.clone());
     let settled = seen.service.as_ref().is_some_and(status::Service::settled);
     if let Some(kept) = deployed::port_kept(&answer, target.serve_port, settled, &head.name) {
         return Err(NotYet::Failed(kept));

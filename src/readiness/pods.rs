@@ -14,7 +14,11 @@
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
+
+use super::events::{latest, latest_of, pull_failure, pull_started};
+use crate::util::format_duration;
 
 /// Restarts after which a container in back-off is a crash loop rather than
 /// a hiccup: it crashed a third time (a Ray worker may fail once while its
@@ -34,6 +38,9 @@ pub enum Stage {
     NodeLaunching(NodeClaim),
     Pulling {
         image: String,
+        /// When the kubelet started this pull (its `Pulling` event), so a
+        /// line can say how long it has taken so far.
+        since: Option<Timestamp>,
     },
     /// The kubelet could not pull an image; `backing_off` once it waits to retry.
     PullFailing {
@@ -84,6 +91,8 @@ pub struct PodAccount {
 /// A cause that will not go away by itself, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stuck {
+    /// The pod it is about.
+    pub pod: String,
     pub cause: String,
     pub help: &'static str,
 }
@@ -249,8 +258,12 @@ fn waiting(c: &ContainerStatus, events: &[&Event]) -> Option<Stage> {
             restarts: c.restart_count,
             last: last_termination(c),
         },
-        "ContainerCreating" | "PodInitializing" if pulling(events) => Stage::Pulling {
-            image: c.image.clone(),
+        "ContainerCreating" | "PodInitializing" => match pull_started(events) {
+            Some(since) => Stage::Pulling {
+                image: c.image.clone(),
+                since,
+            },
+            None => Stage::Starting { reason },
         },
         _ => Stage::Starting {
             reason: if reason.is_empty() {
@@ -260,30 +273,6 @@ fn waiting(c: &ContainerStatus, events: &[&Event]) -> Option<Stage> {
             },
         },
     })
-}
-
-/// Why the last pull failed: the kubelet's `Failed` events also include a
-/// bare "Error: ErrImagePull" and "Error: ImagePullBackOff", which say less.
-fn pull_failure(events: &[&Event]) -> Option<String> {
-    events
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("Failed"))
-        .filter(|e| {
-            e.message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("Failed to pull image"))
-        })
-        .max_by_key(|e| when(e))
-        .and_then(|e| e.message.clone())
-}
-
-/// A `Pulling` event with no `Pulled` or `Failed` after it.
-fn pulling(events: &[&Event]) -> bool {
-    let last = events
-        .iter()
-        .filter(|e| matches!(e.reason.as_deref(), Some("Pulling" | "Pulled" | "Failed")))
-        .max_by_key(|e| when(e));
-    last.is_some_and(|e| e.reason.as_deref() == Some("Pulling"))
 }
 
 fn last_termination(c: &ContainerStatus) -> String {
@@ -305,41 +294,6 @@ fn last_termination(c: &ContainerStatus) -> String {
     said
 }
 
-/// The message of the newest event with this reason (from this component).
-fn latest(events: &[&Event], reason: &str, component: Option<&str>) -> Option<String> {
-    latest_of(events, &[reason], component).and_then(|e| e.message.clone())
-}
-
-fn latest_of<'e>(
-    events: &[&'e Event],
-    reasons: &[&str],
-    component: Option<&str>,
-) -> Option<&'e Event> {
-    events
-        .iter()
-        .copied()
-        .filter(|e| e.reason.as_deref().is_some_and(|r| reasons.contains(&r)))
-        .filter(|e| component.is_none_or(|c| reported_by(e) == c))
-        .max_by_key(|e| when(e))
-}
-
-fn reported_by(e: &Event) -> &str {
-    e.reporting_component
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .or_else(|| e.source.as_ref().and_then(|s| s.component.as_deref()))
-        .unwrap_or_default()
-}
-
-/// Events carry one of three timestamps, depending on who wrote them and how.
-pub(super) fn when(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
-    e.last_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .or(e.event_time.as_ref().map(|t| t.0))
-        .or(e.first_timestamp.as_ref().map(|t| t.0))
-}
-
 impl PodAccount {
     /// The cause, when this pod will not get anywhere without a change.
     pub fn stuck(&self) -> Option<Stuck> {
@@ -350,6 +304,7 @@ impl PodAccount {
                 message,
                 backing_off: true,
             } => Some(Stuck {
+                pod: self.pod.clone(),
                 cause: format!("{pod} cannot pull image {image}: {message}"),
                 help: "check the image name and tag in the RayService, and that the nodes can reach its registry (imagePullSecrets)",
             }),
@@ -357,6 +312,7 @@ impl PodAccount {
                 karpenter: Some(verdict),
                 ..
             } => Some(Stuck {
+                pod: self.pod.clone(),
                 cause: format!(
                     "{pod} cannot be scheduled, and Karpenter cannot launch a node for it: {verdict}"
                 ),
@@ -367,6 +323,7 @@ impl PodAccount {
                 restarts,
                 last,
             } if *restarts >= CRASH_LOOP_RESTARTS => Some(Stuck {
+                pod: self.pod.clone(),
                 cause: format!(
                     "{pod}: container {container} keeps crashing ({restarts} restarts; last: {last})"
                 ),
@@ -375,6 +332,37 @@ impl PodAccount {
             _ => None,
         }
     }
+}
+
+impl PodAccount {
+    /// How long the pull under way has taken by `now`, when one is.
+    pub fn pulling_for(&self, now: Timestamp) -> Option<std::time::Duration> {
+        let Stage::Pulling {
+            since: Some(since), ..
+        } = &self.stage
+        else {
+            return None;
+        };
+        // A kubelet clock a little ahead of ours is not a negative pull.
+        let took = now
+            .duration_since(*since)
+            .max(k8s_openapi::jiff::SignedDuration::ZERO);
+        std::time::Duration::try_from(took).ok()
+    }
+
+    /// The line as of `now`: with how long a pull has taken so far. The
+    /// line without it is what tells a change, so a pull does not make one
+    /// every second.
+    pub fn line_at(&self, now: Timestamp) -> String {
+        match self.pulling_for(now) {
+            Some(took) => format!("{self} for {}", format_duration(whole_seconds(took))),
+            None => self.to_string(),
+        }
+    }
+}
+
+fn whole_seconds(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs())
 }
 
 impl fmt::Display for PodAccount {
@@ -412,7 +400,7 @@ impl fmt::Display for Stage {
                     None => write!(f, ")"),
                 }
             }
-            Stage::Pulling { image } => write!(f, "pulling image {image}"),
+            Stage::Pulling { image, .. } => write!(f, "pulling image {image}"),
             Stage::PullFailing {
                 image,
                 message,
@@ -599,11 +587,9 @@ mod tests {
     fn a_pull_in_progress_is_named_and_not_stuck() {
         let e = event("Pulling", "kubelet", "Pulling image \"x\"", "04");
         let a = account(&waiting_worker("ContainerCreating", "", 0), &[&e], &[]);
-        assert_eq!(
-            a.stage,
-            Stage::Pulling {
-                image: "rayproject/ray-llm:2.52.0".into()
-            }
+        assert!(
+            matches!(&a.stage, Stage::Pulling { image, since: Some(_) } if image == "rayproject/ray-llm:2.52.0"),
+            "{a}"
         );
         let pulled = event(
             "Pulled",
@@ -664,5 +650,45 @@ mod tests {
             account(&running, &[&pulled], &[]).to_string(),
             "pod w (worker group gpu) on n1: running (Successfully pulled image \"x\" in 5.2s (5.2s including waiting))"
         );
+    }
+
+    #[test]
+    fn a_pull_under_way_says_how_long_it_has_taken_so_far_but_its_line_does_not_change() {
+        let first = event("Pulling", "kubelet", "Pulling image \"x\"", "04");
+        let failed = event(
+            "Failed",
+            "kubelet",
+            "Failed to pull image \"x\": i/o timeout",
+            "20",
+        );
+        // The kubelet's retry: this attempt's clock starts at its own `Pulling`.
+        let again = event("Pulling", "kubelet", "Pulling image \"x\"", "30");
+        let a = account(
+            &waiting_worker("ContainerCreating", "", 0),
+            &[&first, &failed, &again],
+            &[],
+        );
+        let at = |s: &str| -> Timestamp { format!("2026-12-05T01:{s}Z").parse().expect("a time") };
+        assert_eq!(
+            a.pulling_for(at("01:02.5")),
+            Some(std::time::Duration::from_millis(32_500))
+        );
+        assert_eq!(
+            a.line_at(at("01:02.5")),
+            "pod w (worker group gpu) on n1: pulling image rayproject/ray-llm:2.52.0 for 32s"
+        );
+        assert_eq!(
+            a.line_at(at("02:31")),
+            "pod w (worker group gpu) on n1: pulling image rayproject/ray-llm:2.52.0 for 2m1s"
+        );
+        assert_eq!(
+            a.to_string(),
+            "pod w (worker group gpu) on n1: pulling image rayproject/ray-llm:2.52.0",
+            "the line that tells a change has no clock in it"
+        );
+        // A kubelet clock ahead of ours, and a pod that pulls nothing.
+        assert_eq!(a.pulling_for(at("00:29")), Some(std::time::Duration::ZERO));
+        let running = account(&waiting_worker("CrashLoopBackOff", "", 0), &[&again], &[]);
+        assert_eq!(running.pulling_for(at("01:02")), None);
     }
 }

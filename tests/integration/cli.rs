@@ -446,3 +446,57 @@ mod state_mv_and_push_from_stdin {
         super::state_mv_and_push_from_stdin(crate::support::Backend::Kubernetes).await;
     }
 }
+
+/// `apply --json` asks no question (a stream of JSON has no place for one):
+/// without --auto-approve it refuses before touching anything, a saved plan
+/// needs none; every line is one JSON object, the plan first and the result
+/// last. `destroy --json` the same.
+#[tokio::test]
+async fn apply_and_destroy_json_are_json_lines_from_the_plan_to_the_result() {
+    let env = Env::new(Profile::V1, "applyjson").await;
+    let stack = env.mission_stack("applyjson");
+    env.rayform(&["init", &stack]).ok();
+    let lines = |stdout: &str| -> Vec<serde_json::Value> {
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let refused = env.rayform(&["apply", &stack, "--json"]).code(1);
+    refused.stderr_has("apply --json needs --auto-approve");
+    let said = lines(&refused.stdout);
+    assert_eq!(said.len(), 1, "{}", refused.stdout);
+    assert_eq!(said[0]["type"], "result");
+    assert_eq!(said[0]["ok"], false);
+
+    env.rayform(&["plan", &stack, "--out", "s.plan"]).ok();
+    let applied = env
+        .rayform(&["apply", "s.plan", "--no-wait", "--json"])
+        .ok();
+    let said = lines(&applied.stdout);
+    assert_eq!(said[0]["type"], "plan", "{}", applied.stdout);
+    assert!(said[0]["plan"]["changes"].is_array());
+    assert!(
+        said.iter()
+            .any(|e| e["type"] == "change" && e["message"] == "Creating..."),
+        "{}",
+        applied.stdout
+    );
+    let result = said.last().expect("a result");
+    assert_eq!(result["type"], "result");
+    assert_eq!(result["ok"], true);
+    assert_eq!(result["destroy"], false);
+    assert!(result["summary"]["add"].as_u64() > Some(0), "{result}");
+    assert!(
+        !applied.stderr.contains("Creating..."),
+        "progress went to stdout as JSON, not to stderr as text:\n{}",
+        applied.stderr
+    );
+
+    let destroyed = env
+        .rayform(&["destroy", &stack, "--auto-approve", "--json"])
+        .ok();
+    let result = lines(&destroyed.stdout).pop().expect("a result");
+    assert_eq!(result["destroy"], true, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+}

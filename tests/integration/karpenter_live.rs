@@ -487,7 +487,52 @@ async fn a_cluster_karpenter_will_not_launch_past_a_pool_limit_shows_in_the_wait
         pool_with(&["g"], json!([]), json!({"nvidia.com/gpu": "0"})),
     )
     .await;
-    let worker = worker_template(&env, false, "1");
+    let run = the_wait_on_a_worker_karpenter_refuses(
+        &env,
+        "its limits allow 0 nvidia.com/gpu in all, and one worker pod needs 1",
+    )
+    .await;
+    run.stderr_has(&format!(
+        "all available instance types exceed limits for nodepool (NodePool={})",
+        env.pool
+    ));
+}
+
+/// The same for a taint: the only pool that could launch the GPU worker
+/// (the worker selects it) taints its nodes `nvidia.com/gpu:NoSchedule`,
+/// as GPU pools usually do, and the worker does not tolerate it. Karpenter
+/// says so on the pod, and the wait stops on its words instead of waiting
+/// out its timeout on "a running head pod".
+#[tokio::test]
+async fn a_worker_that_does_not_tolerate_the_only_pool_s_taint_fails_the_wait_with_karpenter_s_verdict()
+ {
+    let env = live_pool(
+        "live-stalled-taint",
+        pool_with(
+            &["g"],
+            json!([{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]),
+            json!({"cpu": "1000"}),
+        ),
+    )
+    .await;
+    let run = the_wait_on_a_worker_karpenter_refuses(
+        &env,
+        "its nodes are tainted nvidia.com/gpu=:NoSchedule, which the workers do not tolerate",
+    )
+    .await;
+    // Karpenter's word for each pool: the taint for the test's, and the
+    // requirement the worker's selector puts on the others.
+    run.stderr_has(
+        "Karpenter cannot launch a node for it: Failed to schedule pod, did not tolerate taint (taint=nvidia.com/gpu:NoSchedule)",
+    );
+}
+
+/// Plans and applies a RayService whose GPU worker only the test's pool
+/// could launch and Karpenter refuses: the plan warns `plan_says`, and the
+/// wait (timeout 35 s) stops within 30 s on Karpenter's verdict. Returns the
+/// failed apply, after a destroy.
+async fn the_wait_on_a_worker_karpenter_refuses(env: &Env, plan_says: &str) -> crate::support::Run {
+    let worker = worker_template(env, false, "1");
     let service = json!({
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "llm"},
         "spec": {"serveConfigV2": "applications: []", "rayClusterConfig": {
@@ -509,7 +554,7 @@ async fn a_cluster_karpenter_will_not_launch_past_a_pool_limit_shows_in_the_wait
     env.write("stalled.toml", &stack);
     env.rayform(&["plan", "stalled.toml"])
         .ok()
-        .stdout_has("its limits allow 0 nvidia.com/gpu in all, and one worker pod needs 1");
+        .stdout_has(plan_says);
     let started = Instant::now();
     let run = env
         .rayform(&["apply", "stalled.toml", "--auto-approve"])
@@ -519,13 +564,11 @@ async fn a_cluster_karpenter_will_not_launch_past_a_pool_limit_shows_in_the_wait
         "the wait ran into its timeout instead of stopping at Karpenter's refusal: {}",
         run.stderr
     );
-    run.stderr_has("cannot be scheduled, and Karpenter cannot launch a node for it:");
-    run.stderr_has(&format!(
-        "all available instance types exceed limits for nodepool (NodePool={})",
-        env.pool
-    ));
+    run.stderr_has("(worker group gpu-group) cannot be scheduled, and Karpenter cannot launch a node for it: Failed to schedule pod");
+    run.stderr_has("help: `rayform plan` names the NodePool requirements, taints or limits");
     env.rayform(&["destroy", "stalled.toml", "--auto-approve"])
         .ok();
+    run
 }
 
 /// Applies a TTL stack over `pool` and checks that rayform leaves the pool

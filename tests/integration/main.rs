@@ -23,3 +23,4 @@ mod redaction;
 mod state_store;
 mod terminal;
 mod validate;
+mod wait_account;

@@ -58,6 +58,7 @@ fn options() -> ApplyOptions {
         wait: Readiness::Skip,
         delete_timeout: Duration::from_secs(60),
         endpoint: None,
+        detail: rayform::readiness::Detail::Changes,
         progress: std::sync::Arc::new(|_| {}),
         stop: Stop::default(),
     }

@@ -9,29 +9,29 @@ use serde_json::{Value, json};
 use crate::support::{Env, Profile, Running, ray_turn};
 
 /// A RayService serving the echo app (tests/serve_apps), as the guide's has one app.
-struct Echo<'a> {
-    args: &'a str,
-    route_prefix: &'a str,
-    serve_port: u16,
+pub(crate) struct Echo<'a> {
+    pub(crate) args: &'a str,
+    pub(crate) route_prefix: &'a str,
+    pub(crate) serve_port: u16,
     /// An env var on the head container: changing it makes KubeRay build a new cluster.
-    marker: &'a str,
+    pub(crate) marker: &'a str,
     /// `maxReplicas` of a CPU worker group that starts no pods.
-    workers_max: Option<u8>,
+    pub(crate) workers_max: Option<u8>,
     /// A worker group of one pod asking for one GPU (the guide's shape), for which
     /// Karpenter launches a node, and a Serve replica that asks for its GPU.
-    gpu_worker: bool,
+    pub(crate) gpu_worker: bool,
     /// The head container's image.
-    image: &'a str,
+    pub(crate) image: &'a str,
     /// The head's `rayStartParams`, as a YAML flow map.
-    head_params: &'a str,
+    pub(crate) head_params: &'a str,
     /// `spec.upgradeStrategy.type`.
-    strategy: Option<&'a str>,
+    pub(crate) strategy: Option<&'a str>,
     /// The head container's `resources`, as a YAML flow map.
-    head_resources: Option<&'a str>,
+    pub(crate) head_resources: Option<&'a str>,
     /// More env of the head container, as YAML flow maps.
-    head_env: &'a [&'a str],
+    pub(crate) head_env: &'a [&'a str],
     /// The head's container port named `serve`, when it is not Serve's port.
-    container_serve_port: Option<u16>,
+    pub(crate) container_serve_port: Option<u16>,
 }
 
 impl Default for Echo<'_> {
@@ -129,7 +129,7 @@ spec:
     }
 
     /// Writes the manifest and a stack around it; `wait` holds extra `[wait]` lines.
-    fn stack(&self, env: &Env, wait: &str) -> String {
+    pub(crate) fn stack(&self, env: &Env, wait: &str) -> String {
         env.write("echo.rayservice.yaml", &self.manifest());
         let stack = format!(
             "[stack]\nname = \"echo\"\nnamespace = \"{}\"\n\n[rayservice.echo]\nmanifest = \"echo.rayservice.yaml\"\n\n\
@@ -155,7 +155,7 @@ fn active_cluster(rs: &Value) -> String {
 }
 
 /// The head pod's address, found as rayform finds it: status, then labels.
-async fn head_ip(env: &Env) -> String {
+pub(crate) async fn head_ip(env: &Env) -> String {
     let cluster = active_cluster(&rayservice(env).await);
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::namespaced(env.client.clone(), &env.ns);
@@ -173,7 +173,7 @@ async fn head_ip(env: &Env) -> String {
 }
 
 /// A chat completion sent straight to the head pod (its address is on this machine).
-fn chat(ip: &str, port: u16) -> Value {
+pub(crate) fn chat(ip: &str, port: u16) -> Value {
     let out = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -211,16 +211,7 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
     run.stdout_has(
         "rayservice.echo serves /v1/chat/completions (route prefix / → application `llm`)",
     );
-    run.stderr_has("Waiting for a running head pod of RayCluster");
-    // The GPU worker's way, as the wait tells it: it runs on a node Karpenter
-    // launched (the launch itself may fall between two looks, a second apart).
-    assert!(
-        run.stderr
-            .lines()
-            .any(|l| l.contains("(worker group gpu) on kwok-") && l.contains(": running")),
-        "no line of the GPU worker running on a Karpenter node:\n{}",
-        run.stderr
-    );
+    the_chain_is_told_in_order_without_a_line_per_look(&run.stderr);
     let pod_line = run
         .stdout
         .lines()
@@ -245,6 +236,59 @@ async fn the_default_path_port_forwards_to_serve_on_its_port_and_probes_with_a_c
     let look: Value = serde_json::from_str(json.stdout.trim()).expect("one JSON object");
     assert_eq!(look["serving"], "yes");
     assert_eq!(look["route"], "/");
+}
+
+/// The demo's chain as the wait tells it, in the order it happens: the head
+/// pod waited for; the GPU worker unschedulable or given a node by Karpenter
+/// (the launch itself may fall between two looks, a second apart), then
+/// running on the node Karpenter launched; Serve deploying, and only after
+/// the worker runs (the replica needs its GPU) the links past Serve. Each a
+/// line when it changes: with looks every 100 ms, a line a look would be
+/// hundreds, and would repeat.
+fn the_chain_is_told_in_order_without_a_line_per_look(stderr: &str) {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("wait.chat:"))
+        .collect();
+    let first = |what: &str, from: usize, is: &dyn Fn(&str) -> bool| -> usize {
+        lines
+            .iter()
+            .skip(from)
+            .position(|l| is(l))
+            .map(|i| i + from)
+            .unwrap_or_else(|| panic!("no line of {what} (from line {from}):\n{stderr}"))
+    };
+    let head = first("the head pod waited for", 0, &|l| {
+        l.contains("Waiting for a running head pod of RayCluster")
+    });
+    let worker = first("the GPU worker before its node", head, &|l| {
+        l.contains("(worker group gpu)")
+            && (l.contains(": unschedulable") || l.contains("Karpenter is launching a node"))
+    });
+    let running = first("the GPU worker running on a Karpenter node", worker, &|l| {
+        l.contains("(worker group gpu) on kwok-") && l.contains(": running")
+    });
+    let deploying = first("Serve deploying", head, &|l| {
+        l.contains("Waiting for application `llm` (DEPLOYING")
+    });
+    let past_serve = first("a link past Serve", deploying, &|l| {
+        l.contains(": Waiting for ") && !l.contains("application `llm`")
+    });
+    assert!(
+        running < past_serve,
+        "Serve was done before the GPU worker ran:\n{stderr}"
+    );
+    // Each line says something new: without its clock, no line repeats the one before.
+    let said: Vec<&str> = lines
+        .iter()
+        .filter(|l| !l.contains(": Still waiting for "))
+        .map(|l| l.rsplit_once(" [").map_or(*l, |(said, _)| said))
+        .collect();
+    assert!(
+        said.windows(2).all(|w| w[0] != w[1]),
+        "a line repeats:\n{stderr}"
+    );
+    assert!(lines.len() < 40, "{} lines:\n{stderr}", lines.len());
 }
 
 #[tokio::test]
@@ -646,111 +690,6 @@ async fn the_head_pod_is_found_from_the_status_and_labels_not_a_name_pattern() {
     let run = apply.finish().code(1);
     run.stderr_has("endpoint: pod/llm-q7x2k-head-8fz9w:8000 (port-forward)");
     assert!(!run.stderr.contains("decoy"), "{}", run.stderr);
-}
-
-/// The kubelet backs off pulling an image it cannot get; nothing will change
-/// that without a new spec, so the wait says so instead of sitting out its
-/// timeout.
-#[tokio::test]
-async fn an_image_the_node_cannot_pull_fails_the_wait_naming_the_image() {
-    let _turn = ray_turn().await;
-    let env = Env::new(Profile::Nodes, "ready-image").await;
-    let echo = Echo {
-        image: "registry.example/no-such/ray:2.60.0",
-        ..Echo::default()
-    };
-    let stack = echo.stack(&env, "timeout = \"10m\"");
-    let started = std::time::Instant::now();
-    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    let took = started.elapsed();
-    run.stderr_has("cannot pull image registry.example/no-such/ray:2.60.0");
-    run.stderr_has("help: check the image name and tag");
-    assert!(
-        took < Duration::from_secs(90),
-        "the wait took {took:?}, not a minute after the back-off:\n{}",
-        run.stderr
-    );
-
-    // Asked to wait anyway, it waits out its timeout and says what held it up.
-    let stack = echo.stack(&env, "timeout = \"20s\"");
-    let run = env
-        .rayform(&["apply", &stack, "--auto-approve", "--keep-waiting"])
-        .code(1);
-    run.stderr_has("did not serve /v1/chat/completions within 20s; held up by: a running head pod of RayCluster");
-    run.stderr_has("backing off pulling image registry.example/no-such/ray:2.60.0");
-
-    let status = env.rayform(&["status", &stack]).code(2);
-    status.stdout_has("rayservice.echo");
-    status.stdout_has(
-        "not serving /v1/chat/completions; waiting for a running head pod of RayCluster",
-    );
-    status.stdout_has("stuck: pod ");
-    status.stdout_has("cannot pull image registry.example/no-such/ray:2.60.0");
-}
-
-/// A head whose `ray start` exits at once crashes again after each of the
-/// kubelet's back-offs; the third crash ends the wait with its exit, where
-/// KubeRay's status only ever says the cluster is not ready.
-#[tokio::test]
-async fn a_head_in_a_crash_loop_fails_the_wait_with_its_last_exit() {
-    let _turn = ray_turn().await;
-    let env = Env::new(Profile::Nodes, "ready-crash").await;
-    let echo = Echo {
-        head_params: "{no-such-flag: '1'}",
-        ..Echo::default()
-    };
-    let stack = echo.stack(&env, "timeout = \"10m\"");
-    let started = std::time::Instant::now();
-    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    let took = started.elapsed();
-    run.stderr_has("(head): container ray-head keeps crashing (2 restarts; last: exit code ");
-    run.stderr_has("help: read its log with `kubectl logs --previous`");
-    assert!(
-        took < Duration::from_secs(150),
-        "the wait took {took:?}:\n{}",
-        run.stderr
-    );
-}
-
-/// KubeRay v1.5 writes no status for a spec it rejects, only an Event; the
-/// wait reads it instead of waiting for a generation KubeRay will never observe.
-#[tokio::test]
-async fn a_spec_kuberay_refuses_fails_the_wait_with_kuberay_s_words() {
-    let _turn = ray_turn().await;
-    let env = Env::new(Profile::Nodes, "ready-refused").await;
-    let echo = Echo {
-        strategy: Some("Sometimes"),
-        ..Echo::default()
-    };
-    let stack = echo.stack(&env, "timeout = \"10m\"");
-    let started = std::time::Instant::now();
-    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
-    let took = started.elapsed();
-    run.stderr_has("rayservice.echo: KubeRay refused the spec: The RayService spec is invalid");
-    run.stderr_has("Spec.UpgradeStrategy.Type value Sometimes is invalid");
-    assert!(
-        took < Duration::from_secs(30),
-        "the wait took {took:?}:\n{}",
-        run.stderr
-    );
-}
-
-/// Ray Serve 2.60 retries a replica that failed to start (up to three times a
-/// replica) and reports DEPLOY_FAILED only once it gives up: a start that fails
-/// once is waited through, and the wait says it is a retry.
-#[tokio::test]
-async fn a_serve_app_that_fails_once_and_recovers_is_waited_through() {
-    let _turn = ray_turn().await;
-    let env = Env::new(Profile::Nodes, "ready-retry").await;
-    let echo = Echo {
-        args: "{model: echo-r, init_delay_s: 3, fail_first: 1}",
-        ..Echo::default()
-    };
-    let stack = echo.stack(&env, "timeout = \"4m\"");
-    let run = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
-    run.stderr_has("A replica failed to start with exception. Retrying");
-    run.stderr_has("RuntimeError: echo_app: start 1 of the first 1 fails on purpose (fail_first)");
-    assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-r");
 }
 
 /// Ray 2.60 with token authentication on the head, set up as KubeRay v1.5.1+

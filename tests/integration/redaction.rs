@@ -239,6 +239,19 @@ async fn a_policy_message_quoting_the_token_is_masked_in_every_form_at_every_ver
     .code(1);
     assert_masked(&token, "apply -vv", &apply);
     apply.stderr_has("the token (sensitive value) is not allowed here");
+    // As JSON events for CI: the error's string is masked before it is escaped.
+    let json = run(&[
+        "apply",
+        &stack,
+        "--auto-approve",
+        "--no-wait",
+        "--server-dry-run",
+        "none",
+        "--json",
+    ])
+    .code(1);
+    assert_masked(&token, "apply --json", &json);
+    json.stdout_has("the token (sensitive value) is not allowed here");
     // kube's request logs are still there at -vv; its body logs are not.
     apply.stderr_has("kube_client::client::builder");
     assert!(
