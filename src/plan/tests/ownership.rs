@@ -269,7 +269,7 @@ fn fields_another_manager_owns_are_taken_with_force_conflicts() {
 
 #[test]
 fn conflict_paths_with_dotted_keys_are_found() {
-    use crate::plan::field_in;
+    use crate::plan::object::field_in;
     let applied = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "rayform"}},
                          "data": {".dockerconfigjson": "x"}, "spec": {"a": [1]}});
     assert!(field_in(
