@@ -20,7 +20,7 @@ use rayform::desired::{self, Secrets};
 use rayform::graph::Graph;
 use rayform::observe::{self, Mode, ObserveOptions};
 use rayform::plan::{self, Plan, PlanOptions};
-use rayform::readiness::OnStuck;
+use rayform::readiness::{Connections, OnStuck};
 use rayform::stack::StateLocation;
 use rayform::stack::{self, Address, ResourceSpec, Stack};
 use rayform::state::{State, StateError};
@@ -99,6 +99,9 @@ pub fn main() -> ExitCode {
         rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;
         outcome
     });
+    // Whatever is still running (a watch, a port-forward, a connection) is
+    // not waited for: the run is over, and its output written.
+    runtime.shutdown_background();
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {
@@ -450,11 +453,13 @@ async fn status(
         return Err(format!("{} has no [wait] to look at", path.display()).into());
     }
     let mut last = String::new();
+    // Kept for the whole watch: one port-forward per head port, not one a look.
+    let mut connections: Vec<_> = waits.iter().map(|_| Connections::default()).collect();
     loop {
         let mut serving = true;
         let mut said = Vec::new();
-        for target in &waits {
-            let look = rayform::readiness::look(&cluster, &s.namespace, target)
+        for (target, connections) in waits.iter().zip(&mut connections) {
+            let look = rayform::readiness::look(&cluster, &s.namespace, target, connections)
                 .await
                 .map_err(|e| e.to_string())?;
             serving &= matches!(look.serving, rayform::readiness::Serving::Yes { .. });

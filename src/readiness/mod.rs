@@ -10,6 +10,13 @@
 //! requests sent then hang until it is up (minutes with vLLM). So each
 //! signal is necessary, none is sufficient, and every request has its own
 //! deadline.
+//!
+//! All of it holds in one look, or the look does not count. The requests
+//! of a look that do not depend on each other may go at once (the deployed
+//! config and the route table are on different ports); what they answer is
+//! judged in the order above, and the probe is only sent once the config
+//! and the route hold in that look, so a replica still starting is not sent
+//! requests that would hang.
 
 mod below;
 mod deployed;
@@ -26,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use http::Connections;
 pub use look::{Look, Serving, look};
 pub use target::{ProbeRequest, Target};
 
@@ -236,8 +244,12 @@ pub async fn wait(
             None => None,
         };
         seen.service = object.as_ref().map(status::read);
-        let phase = match check(cluster, &mut connections, namespace, target, &mut seen).await {
+        let look_started = Instant::now();
+        let checked = check(cluster, &mut connections, namespace, target, &mut seen).await;
+        tracing::trace!(took = ?look_started.elapsed(), ok = checked.is_ok(), "readiness look");
+        let phase = match checked {
             Ok((route, app, endpoint)) => {
+                tracing::debug!(rayservice = %spec.rayservice, look = ?look_started.elapsed(), "serving");
                 return Ok(Ready {
                     rayservice: spec.rayservice.clone(),
                     path: spec.path.clone(),
@@ -325,22 +337,31 @@ pub async fn wait(
                 last: seen.describe(),
             });
         }
-        // Fast while a deploy is fresh; after that, gentler on the API server
-        // (a first deploy with image pulls and model downloads takes minutes).
-        let pause = if elapsed < PATIENT_AFTER {
-            spec.interval
-        } else {
-            spec.interval.max(PATIENT_INTERVAL)
-        };
+        let next = next_look(look_started, elapsed, spec.interval);
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep_until(next.into()) => {}
             changed = watch.changed() => {
                 if changed.is_err() {
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep_until(next.into()).await;
                 }
             }
         }
     }
+}
+
+/// When the next look starts: one period after the start of this one, not
+/// after its end, as a ticker would (a look's own round trips do not
+/// stretch the period; a look longer than it is followed at once). The
+/// period is `interval` while a deploy is fresh; after that, gentler on the
+/// API server (a first deploy with image pulls and model downloads takes
+/// minutes).
+fn next_look(look_started: Instant, elapsed: Duration, interval: Duration) -> Instant {
+    let period = if elapsed < PATIENT_AFTER {
+        interval
+    } else {
+        interval.max(PATIENT_INTERVAL)
+    };
+    look_started + period
 }
 
 /// The RayService kind as the cluster serves it, or why there is none.
@@ -385,12 +406,7 @@ async fn check(
     let head = head_pod(cluster, namespace, raycluster).await?;
     let endpoint = match &spec.url {
         Some(url) => Endpoint::Url(url.clone()),
-        None => Endpoint::Pod {
-            namespace: namespace.to_string(),
-            pod: head.name.clone(),
-            serve_port: target.serve_port,
-            dashboard_port: head.dashboard_port,
-        },
+        None => head.endpoint(target.serve_port),
     };
     seen.endpoint = Some(match &endpoint {
         Endpoint::Url(u) => u.clone(),
@@ -398,12 +414,11 @@ async fn check(
             pod, serve_port, ..
         } => format!("pod/{pod}:{serve_port} (port-forward)"),
     });
-    // 2. Serve on that head runs the stack's config, not the previous one.
-    if !target.apps.is_empty() {
-        serve_runs_the_config(cluster, connections, namespace, &head, target, seen).await?;
-    }
-    // 3. The route table.
-    let (route, app) = route_for(cluster, connections, &endpoint, &spec.path, seen).await?;
+    // 2. Serve on that head runs the stack's config, not the previous one,
+    // and 3. the route table, both asked at once when they can be.
+    let routes =
+        ask_config_and_routes(cluster, connections, &head, &endpoint, target, seen).await?;
+    let (route, app) = route_for(routes, &spec.path, seen)?;
     // 4. A real request.
     if let Some(probe) = &target.probe {
         probe_answers(cluster, connections, &endpoint, probe, &route, seen).await?;
@@ -416,8 +431,21 @@ async fn check(
 }
 
 struct HeadPod {
+    namespace: String,
     name: String,
     dashboard_port: u16,
+}
+
+impl HeadPod {
+    /// The head through port-forwards: the dashboard's port, and Serve's.
+    fn endpoint(&self, serve_port: u16) -> Endpoint {
+        Endpoint::Pod {
+            namespace: self.namespace.clone(),
+            pod: self.name.clone(),
+            serve_port,
+            dashboard_port: self.dashboard_port,
+        }
+    }
 }
 
 /// Found by KubeRay's labels from the cluster the status names, never by name pattern.
@@ -448,6 +476,7 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(DEFAULT_DASHBOARD_PORT);
     Ok(HeadPod {
+        namespace: namespace.to_string(),
         name: pod["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -456,28 +485,51 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
     })
 }
 
-async fn serve_runs_the_config(
+const CONFIG_PATH: &str = "/api/serve/applications/";
+const ROUTES_PATH: &str = "/-/routes";
+
+/// Asks the dashboard for the deployed config and Serve's proxy for its
+/// routes; the routes' answer, once the config holds. The two are different
+/// ports, so different connections: when the dashboard's is open from an
+/// earlier look they are asked at once (a look costs one round trip less).
+/// While it is not, the dashboard is asked alone first: a head still
+/// starting refuses both, and one refused port-forward a look is enough.
+/// Either way the routes count only when the config holds, as before.
+async fn ask_config_and_routes(
     cluster: &Cluster,
     connections: &mut http::Connections,
-    namespace: &str,
+    head: &HeadPod,
+    endpoint: &Endpoint,
+    target: &Target,
+    seen: &mut Seen,
+) -> Result<Result<http::Answer, String>, NotYet> {
+    let http::Connections { dashboard, serve } = connections;
+    let config = http::Ask::get(CONFIG_PATH, LOOK_TIMEOUT);
+    let routes = http::Ask::get(ROUTES_PATH, LOOK_TIMEOUT);
+    if target.apps.is_empty() {
+        return Ok(serve.send(cluster, endpoint, routes).await);
+    }
+    let on_head = head.endpoint(target.serve_port);
+    if dashboard.is_open_to(&on_head) {
+        let (config, routes) = tokio::join!(
+            dashboard.send(cluster, &on_head, config),
+            serve.send(cluster, endpoint, routes)
+        );
+        serve_runs_the_config(config, head, target, seen)?;
+        return Ok(routes);
+    }
+    let config = dashboard.send(cluster, &on_head, config).await;
+    serve_runs_the_config(config, head, target, seen)?;
+    Ok(serve.send(cluster, endpoint, routes).await)
+}
+
+/// Whether the dashboard's answer says Serve runs the stack's config.
+fn serve_runs_the_config(
+    answer: Result<http::Answer, String>,
     head: &HeadPod,
     target: &Target,
     seen: &mut Seen,
 ) -> Result<(), NotYet> {
-    let dashboard = Endpoint::Pod {
-        namespace: namespace.to_string(),
-        pod: head.name.clone(),
-        serve_port: target.serve_port,
-        dashboard_port: head.dashboard_port,
-    };
-    let answer = connections
-        .send(
-            cluster,
-            &dashboard,
-            http::Port::Dashboard,
-            http::Ask::get("/api/serve/applications/", LOOK_TIMEOUT),
-        )
-        .await;
     let body = match answer {
         Err(e) => {
             seen.serve_apps = Some(e.clone());
@@ -506,21 +558,12 @@ async fn serve_runs_the_config(
     }
 }
 
-async fn route_for(
-    cluster: &Cluster,
-    connections: &mut http::Connections,
-    endpoint: &Endpoint,
+/// The route prefix (and its application) that serves `path`, from Serve's answer.
+fn route_for(
+    answer: Result<http::Answer, String>,
     path: &str,
     seen: &mut Seen,
 ) -> Result<(String, String), NotYet> {
-    let answer = connections
-        .send(
-            cluster,
-            endpoint,
-            http::Port::Serve,
-            http::Ask::get("/-/routes", LOOK_TIMEOUT),
-        )
-        .await;
     let routes: std::collections::BTreeMap<String, String> = match answer {
         Err(e) => {
             seen.routes = Some(e.clone());
@@ -556,10 +599,10 @@ async fn probe_answers(
     let p = &probe.request;
     let what = format!("{} {}", p.method, p.path);
     let answer = connections
+        .serve
         .send(
             cluster,
             endpoint,
-            http::Port::Serve,
             http::Ask {
                 method: &p.method,
                 path: &p.path,
@@ -598,4 +641,29 @@ async fn probe_answers(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_start_an_interval_apart_whatever_a_look_took() {
+        let start = Instant::now();
+        let interval = Duration::from_millis(100);
+        let next = next_look(start, Duration::from_secs(5), interval);
+        assert_eq!(next - start, interval);
+        // A look that took longer than the interval is followed at once.
+        let late = start + Duration::from_millis(150);
+        assert!(next_look(start, Duration::from_secs(5), interval) < late);
+    }
+
+    #[test]
+    fn after_the_first_minute_looks_are_at_least_two_seconds_apart() {
+        let start = Instant::now();
+        let next = next_look(start, PATIENT_AFTER, Duration::from_millis(100));
+        assert_eq!(next - start, PATIENT_INTERVAL);
+        let next = next_look(start, PATIENT_AFTER, Duration::from_secs(5));
+        assert_eq!(next - start, Duration::from_secs(5));
+    }
 }
