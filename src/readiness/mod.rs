@@ -140,6 +140,9 @@ struct Seen {
     probe: Option<String>,
     /// One line a pod of the clusters KubeRay named, from the last look below it.
     pods: Vec<String>,
+    /// Serve runs a replica of the stack's config in every deployment, and
+    /// the probe (if sent) answered: the next look may send its probe early.
+    replicas_running: bool,
 }
 
 impl Seen {
@@ -393,6 +396,8 @@ async fn check(
     seen: &mut Seen,
 ) -> Result<(String, String, Endpoint), NotYet> {
     let spec = &target.wait;
+    // What the previous look showed; this look says it anew.
+    let early = std::mem::take(&mut seen.replicas_running);
     let Some(service) = seen.service.clone() else {
         return Err(format!("rayservice.{} to exist", spec.rayservice).into());
     };
@@ -414,15 +419,19 @@ async fn check(
             pod, serve_port, ..
         } => format!("pod/{pod}:{serve_port} (port-forward)"),
     });
-    // 2. Serve on that head runs the stack's config, not the previous one,
-    // and 3. the route table, both asked at once when they can be.
-    let routes =
-        ask_config_and_routes(cluster, connections, &head, &endpoint, target, seen).await?;
-    let (route, app) = route_for(routes, &spec.path, seen)?;
-    // 4. A real request.
-    if let Some(probe) = &target.probe {
-        probe_answers(cluster, connections, &endpoint, probe, &route, seen).await?;
-    }
+    // 2. Serve on that head runs the stack's config, not the previous one;
+    // 3. a route prefix serves the path; 4. a real request answers.
+    let asks = Asks {
+        head: &head,
+        endpoint: &endpoint,
+        target,
+    };
+    let (route, app) = match &target.probe {
+        Some(probe) if early && asks.connections_open(connections) => {
+            probe_first(cluster, connections, &asks, probe, seen).await?
+        }
+        _ => config_first(cluster, connections, &asks, seen).await?,
+    };
     // 5. All of it for the current generation, on the cluster that serves.
     if let Some(w) = service.waiting_for() {
         return Err(w.into());
@@ -488,39 +497,117 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
 const CONFIG_PATH: &str = "/api/serve/applications/";
 const ROUTES_PATH: &str = "/-/routes";
 
-/// Asks the dashboard for the deployed config and Serve's proxy for its
-/// routes; the routes' answer, once the config holds. The two are different
-/// ports, so different connections: when the dashboard's is open from an
-/// earlier look they are asked at once (a look costs one round trip less).
-/// While it is not, the dashboard is asked alone first: a head still
-/// starting refuses both, and one refused port-forward a look is enough.
-/// Either way the routes count only when the config holds, as before.
-async fn ask_config_and_routes(
+/// Where a look's requests go: the head, and Serve (on the head or behind a URL).
+struct Asks<'a> {
+    head: &'a HeadPod,
+    endpoint: &'a Endpoint,
+    target: &'a Target,
+}
+
+impl Asks<'_> {
+    fn on_head(&self) -> Endpoint {
+        self.head.endpoint(self.target.serve_port)
+    }
+
+    /// Both connections of the previous look still open, to this head.
+    fn connections_open(&self, connections: &http::Connections) -> bool {
+        connections.dashboard.is_open_to(&self.on_head())
+            && connections.serve.is_open_to(self.endpoint)
+    }
+}
+
+/// The usual order: the config, then the routes, and the probe only once
+/// both hold, so that a replica still in its constructor is not sent a
+/// request that would wait for it (minutes with vLLM). The dashboard and
+/// Serve's proxy are different ports, so different connections: when the
+/// dashboard's is open from an earlier look the config and the routes are
+/// asked at once (a look costs one round trip less). While it is not, the
+/// dashboard is asked alone first: a head still starting refuses both, and
+/// one refused port-forward a look is enough.
+async fn config_first(
     cluster: &Cluster,
     connections: &mut http::Connections,
-    head: &HeadPod,
-    endpoint: &Endpoint,
-    target: &Target,
+    asks: &Asks<'_>,
     seen: &mut Seen,
-) -> Result<Result<http::Answer, String>, NotYet> {
+) -> Result<(String, String), NotYet> {
+    let Asks {
+        head,
+        endpoint,
+        target,
+    } = asks;
     let http::Connections { dashboard, serve } = connections;
     let config = http::Ask::get(CONFIG_PATH, LOOK_TIMEOUT);
     let routes = http::Ask::get(ROUTES_PATH, LOOK_TIMEOUT);
-    if target.apps.is_empty() {
-        return Ok(serve.send(cluster, endpoint, routes).await);
-    }
-    let on_head = head.endpoint(target.serve_port);
-    if dashboard.is_open_to(&on_head) {
+    let on_head = asks.on_head();
+    let routes = if target.apps.is_empty() {
+        serve.send(cluster, endpoint, routes).await
+    } else if dashboard.is_open_to(&on_head) {
         let (config, routes) = tokio::join!(
             dashboard.send(cluster, &on_head, config),
             serve.send(cluster, endpoint, routes)
         );
         serve_runs_the_config(config, head, target, seen)?;
-        return Ok(routes);
+        routes
+    } else {
+        let config = dashboard.send(cluster, &on_head, config).await;
+        serve_runs_the_config(config, head, target, seen)?;
+        serve.send(cluster, endpoint, routes).await
+    };
+    let (route, app) = route_for(routes, &target.wait.path, seen)?;
+    if let Some(probe) = &target.probe {
+        let answer = send_probe(cluster, serve, endpoint, probe, probe.request.timeout).await;
+        if answer.is_err() {
+            seen.replicas_running = false;
+        }
+        probe_answers(answer, probe, &route, seen)?;
     }
-    let config = dashboard.send(cluster, &on_head, config).await;
-    serve_runs_the_config(config, head, target, seen)?;
-    Ok(serve.send(cluster, endpoint, routes).await)
+    Ok((route, app))
+}
+
+/// The order once the previous look saw a replica of the stack's config
+/// running (during a rolling update, before the application is `RUNNING`):
+/// the routes, the probe, and the config last. The verdict is the same,
+/// judged in the same order: the probe counts only if the config and the
+/// route hold in this look. What changes is when the config is read: the
+/// config is what turns last, and read last, the look ends one round trip
+/// after it turned, not three (the probe, answered by the replica through
+/// Serve's proxy, is the slowest). A replica that stopped in between could
+/// hold the probe, so its deadline here is a look's, and a probe that did
+/// not answer sends the next look back to the usual order.
+async fn probe_first(
+    cluster: &Cluster,
+    connections: &mut http::Connections,
+    asks: &Asks<'_>,
+    probe: &ProbeRequest,
+    seen: &mut Seen,
+) -> Result<(String, String), NotYet> {
+    let Asks {
+        head,
+        endpoint,
+        target,
+    } = asks;
+    tracing::trace!("the probe before the config: a replica of it was running");
+    let http::Connections { dashboard, serve } = connections;
+    let routes = serve
+        .send(cluster, endpoint, http::Ask::get(ROUTES_PATH, LOOK_TIMEOUT))
+        .await;
+    let deadline = probe.request.timeout.min(LOOK_TIMEOUT);
+    let answer = send_probe(cluster, serve, endpoint, probe, deadline).await;
+    let config = dashboard
+        .send(
+            cluster,
+            &asks.on_head(),
+            http::Ask::get(CONFIG_PATH, LOOK_TIMEOUT),
+        )
+        .await;
+    let config = serve_runs_the_config(config, head, target, seen);
+    if answer.is_err() {
+        seen.replicas_running = false;
+    }
+    config?;
+    let (route, app) = route_for(routes, &target.wait.path, seen)?;
+    probe_answers(answer, probe, &route, seen)?;
+    Ok((route, app))
 }
 
 /// Whether the dashboard's answer says Serve runs the stack's config.
@@ -545,6 +632,7 @@ fn serve_runs_the_config(
     let Ok(answer) = serde_json::from_str::<Value>(&body) else {
         return Err(format!("the Ray dashboard to answer JSON (it said {})", body.trim()).into());
     };
+    seen.replicas_running = deployed::replicas_running(&target.apps, &answer);
     match deployed::compare(&target.apps, &answer) {
         Deployed::Running => {
             seen.serve_apps = Some("the stack's config is RUNNING".into());
@@ -588,29 +676,32 @@ fn route_for(
     })
 }
 
-async fn probe_answers(
+async fn send_probe(
     cluster: &Cluster,
-    connections: &mut http::Connections,
+    serve: &mut http::Slot,
     endpoint: &Endpoint,
+    probe: &ProbeRequest,
+    timeout: Duration,
+) -> Result<http::Answer, String> {
+    let p = &probe.request;
+    let ask = http::Ask {
+        method: &p.method,
+        path: &p.path,
+        body: p.body.as_deref(),
+        timeout,
+    };
+    serve.send(cluster, endpoint, ask).await
+}
+
+/// Whether the probe's answer is a success, from the model the stack names.
+fn probe_answers(
+    answer: Result<http::Answer, String>,
     probe: &ProbeRequest,
     route: &str,
     seen: &mut Seen,
 ) -> Result<(), NotYet> {
     let p = &probe.request;
     let what = format!("{} {}", p.method, p.path);
-    let answer = connections
-        .serve
-        .send(
-            cluster,
-            endpoint,
-            http::Ask {
-                method: &p.method,
-                path: &p.path,
-                body: p.body.as_deref(),
-                timeout: p.timeout,
-            },
-        )
-        .await;
     let a = match answer {
         Err(e) => {
             seen.probe = Some(format!("{what}: {e}"));
