@@ -102,6 +102,7 @@ pub fn main() -> ExitCode {
     // Whatever is still running (a watch, a port-forward, a connection) is
     // not waited for: the run is over, and its output written.
     runtime.shutdown_background();
+    out.debug("the run is over; exiting");
     match outcome {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(e)) => {

@@ -125,7 +125,9 @@ impl Slot {
         };
         let request = build(method, path, body)?;
         let forward = format!("port-forward to {}:{}", key.1, key.2);
+        let sent = std::time::Instant::now();
         let (answer, usable) = exchange(kept, request, timeout, &forward).await;
+        tracing::trace!(%forward, path, took = ?sent.elapsed(), "answered");
         if !usable {
             self.kept = None;
         }
