@@ -100,7 +100,7 @@ pub fn main() -> ExitCode {
         outcome
     });
     // Whatever is still running (a watch, a port-forward, a connection) is
-    // not waited for: the run is over, and its output written.
+    // not waited for: the run is over, and what is left to print needs no task.
     runtime.shutdown_background();
     out.debug("the run is over; exiting");
     match outcome {
