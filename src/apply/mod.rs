@@ -256,7 +256,9 @@ pub async fn apply(
     let result = queue::walk(&shared, plan).await;
     // Every task has finished; what they recorded is the outcome, written whole.
     let mut state = shared.state.lock().await.clone();
+    let writing = Instant::now();
     let finished = shared.writer.finish(&mut state).await;
+    tracing::debug!(took = ?writing.elapsed(), ok = finished.is_ok(), "state written");
     let result = match (result, finished) {
         (Ok(report), Ok(())) => Ok(report),
         (Ok(_), Err(e)) => Err(e.into()),

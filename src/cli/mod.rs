@@ -19,7 +19,7 @@ use rayform::desired;
 use rayform::graph::Graph;
 use rayform::ops::{self, Held, Intent, Operation, OpsError};
 use rayform::plan::{self, Plan};
-use rayform::readiness::OnStuck;
+use rayform::readiness::{Connections, OnStuck};
 use rayform::stack::StateLocation;
 use rayform::stack::{self, ResourceSpec, Stack};
 use rayform::state::State;
@@ -98,6 +98,10 @@ pub fn main() -> ExitCode {
         rayform::backend::kubernetes::settle(std::time::Duration::from_secs(3)).await;
         outcome
     });
+    // Whatever is still running (a watch, a port-forward, a connection) is
+    // not waited for: the run is over, and what is left to print needs no task.
+    runtime.shutdown_background();
+    tracing::debug!("the run is over; exiting");
     exit_with(outcome, &out, &explain)
 }
 
@@ -353,13 +357,15 @@ async fn status(
         return Err(format!("{} has no [wait] to look at", path.display()).into());
     }
     let mut last = String::new();
+    // Kept for the whole watch: one port-forward per head port, not one a look.
+    let mut connections: Vec<_> = waits.iter().map(|_| Connections::default()).collect();
     loop {
         let mut serving = true;
         let mut said = Vec::new();
         // A pull's time so far is said, but is not a change to print again for.
         let mut key = String::new();
-        for target in &waits {
-            let look = rayform::readiness::look(&cluster, &s.namespace, target)
+        for (target, connections) in waits.iter().zip(&mut connections) {
+            let look = rayform::readiness::look(&cluster, &s.namespace, target, connections)
                 .await
                 .map_err(|e| e.to_string())?;
             serving &= matches!(look.serving, rayform::readiness::Serving::Yes { .. });

@@ -167,7 +167,7 @@ pub struct Tokens {
 
 impl Tokens {
     /// The token of the head pod `pod`, read from `source`.
-    pub async fn token(
+    pub(super) async fn token(
         &mut self,
         cluster: &Cluster,
         namespace: &str,
@@ -192,7 +192,7 @@ impl Tokens {
     /// Fails when the head `pod` of `raycluster` runs Ray with token
     /// authentication and KubeRay sends its dashboard no token: asked while
     /// Serve lacks the stack's config, which KubeRay then never delivers.
-    pub async fn kuberay_sends_a_token(
+    pub(super) async fn kuberay_sends_a_token(
         &mut self,
         cluster: &Cluster,
         namespace: &str,

@@ -86,6 +86,30 @@ pub fn port_kept(answer: &Value, wanted: u16, settled: bool, pod: &str) -> Optio
     })
 }
 
+/// Whether Serve already runs the stack's config and every deployment of
+/// each wanted application has a replica `RUNNING`, whatever the
+/// application's own status: a request sent now is answered at once, not
+/// queued behind a replica still in its constructor (minutes with vLLM).
+/// During a rolling update this holds while the application is still
+/// `DEPLOYING`, which is when a look may send its probe early.
+pub fn replicas_running(wanted: &BTreeMap<String, Value>, answer: &Value) -> bool {
+    !wanted.is_empty()
+        && wanted.iter().all(|(name, config)| {
+            let app = answer.pointer(&format!("/applications/{}", escape(name)));
+            app.is_some_and(|app| {
+                let deployments = app["deployments"].as_object();
+                contains(&app["deployed_app_config"], config)
+                    && deployments.is_some_and(|d| !d.is_empty() && d.values().all(has_running))
+            })
+        })
+}
+
+fn has_running(deployment: &Value) -> bool {
+    deployment["replicas"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["state"] == "RUNNING"))
+}
+
 /// A Serve message in one line: its first (what Serve does about it) and,
 /// for a traceback, its last (the exception), so a retry after a failed
 /// start reads as such in a progress line.
@@ -278,6 +302,38 @@ mod tests {
         let empty = json!({"controller_info": {}, "proxies": {}, "applications": {}, "target_capacity": null});
         assert_eq!(serving_port(&empty), None);
         assert_eq!(port_kept(&empty, 8123, true, "p"), None);
+    }
+
+    fn replicas(answer: &mut Value, states: &[&str]) {
+        let replicas: Vec<Value> = states.iter().map(|s| json!({"state": s})).collect();
+        answer["applications"]["llm"]["deployments"]["EchoModel"]["replicas"] = json!(replicas);
+    }
+
+    #[test]
+    fn a_running_replica_of_the_stack_s_config_takes_requests_before_the_app_is_running() {
+        // As Serve 2.60 reports a rolling update of `args`, in order.
+        let mut update = answer("echo-b", "DEPLOYING");
+        replicas(&mut update, &["RUNNING"]);
+        assert!(replicas_running(&wanted("echo-b"), &update));
+        replicas(&mut update, &["STOPPING", "STARTING"]);
+        assert!(
+            !replicas_running(&wanted("echo-b"), &update),
+            "a request now would wait for the new replica's constructor"
+        );
+        replicas(&mut update, &["STOPPING", "RUNNING"]);
+        assert!(replicas_running(&wanted("echo-b"), &update));
+    }
+
+    #[test]
+    fn no_replica_listed_or_the_previous_config_is_not_running_replicas() {
+        let mut previous = answer("echo-a", "RUNNING");
+        replicas(&mut previous, &["RUNNING"]);
+        assert!(!replicas_running(&wanted("echo-b"), &previous));
+        assert!(!replicas_running(
+            &wanted("echo-a"),
+            &answer("echo-a", "RUNNING")
+        ));
+        assert!(!replicas_running(&BTreeMap::new(), &previous));
     }
 
     #[test]

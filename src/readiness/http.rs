@@ -3,8 +3,6 @@
 //! Every request carries its own deadline: a Serve proxy queues requests
 //! until a replica exists, so a request without one can hang for minutes.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -19,8 +17,8 @@ use crate::secret::SecretValue;
 use crate::util::format_duration;
 
 /// Which of the head's ports a request goes to.
-#[derive(Debug, Clone, Copy)]
-pub enum Port {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
     Serve,
     Dashboard,
 }
@@ -56,12 +54,32 @@ impl<'a> Ask<'a> {
 /// for the whole wait: opening a port-forward is a round trip through the
 /// API server and the node, most of what one look used to cost. A
 /// connection that fails, times out or is closed is dropped and reopened on
-/// the next request.
-#[derive(Default)]
+/// the next request; one to another pod (a new head) replaces it.
+///
+/// One slot per port, as separate fields, so that a look can ask the
+/// dashboard and Serve's proxy at the same time (an HTTP/1.1 connection
+/// carries one request at a time; two ports are two connections).
 pub struct Connections {
-    open: HashMap<(String, String, u16), Kept>,
+    pub(super) dashboard: Slot,
+    pub(super) serve: Slot,
     /// The dashboard's token, read once a head pod.
-    pub tokens: super::auth::Tokens,
+    pub(super) tokens: super::auth::Tokens,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections {
+            dashboard: Slot::new(Port::Dashboard),
+            serve: Slot::new(Port::Serve),
+            tokens: super::auth::Tokens::default(),
+        }
+    }
+}
+
+/// The kept connection to one port of the head pod, if one is open.
+pub struct Slot {
+    port: Port,
+    kept: Option<((String, String, u16), Kept)>,
 }
 
 /// One port-forwarded HTTP/1.1 connection, with the node's word on it.
@@ -70,7 +88,22 @@ struct Kept {
     error: Pin<Box<dyn Future<Output = Option<String>> + Send>>,
 }
 
-impl Connections {
+impl Slot {
+    fn new(port: Port) -> Slot {
+        Slot { port, kept: None }
+    }
+
+    /// Whether a connection from an earlier request is open, and to this
+    /// endpoint's pod: the next request on it costs no port-forward.
+    pub fn is_open_to(&self, endpoint: &Endpoint) -> bool {
+        match (&self.kept, target(endpoint, self.port)) {
+            (Some((open_to, kept)), Ok(To::Pod(key))) => {
+                *open_to == key && !kept.sender.is_closed()
+            }
+            _ => false,
+        }
+    }
+
     /// Sends one request to the endpoint: over TCP to a URL, or through the
     /// kept port-forward to the head pod, where the node's error for the
     /// connection (e.g. "connection refused") is reported instead of a
@@ -79,7 +112,6 @@ impl Connections {
         &mut self,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        port: Port,
         ask: Ask<'_>,
     ) -> Result<Answer, String> {
         let Ask {
@@ -89,54 +121,60 @@ impl Connections {
             timeout,
             token,
         } = ask;
-        let (namespace, pod, port) = match (endpoint, port) {
-            // Serve's proxy checks no token: one is never sent past the dashboard.
-            (Endpoint::Url(url), Port::Serve) => {
-                return to_url(url, method, path, body, timeout).await;
-            }
-            (Endpoint::Url(_), Port::Dashboard) => {
-                return Err("no dashboard behind a URL endpoint".into());
-            }
-            (
-                Endpoint::Pod {
-                    namespace,
-                    pod,
-                    serve_port,
-                    ..
-                },
-                Port::Serve,
-            ) => (namespace, pod, *serve_port),
-            (
-                Endpoint::Pod {
-                    namespace,
-                    pod,
-                    dashboard_port,
-                    ..
-                },
-                Port::Dashboard,
-            ) => (namespace, pod, *dashboard_port),
+        let key = match target(endpoint, self.port)? {
+            To::Url(url) => return to_url(url, method, path, body, timeout).await,
+            To::Pod(key) => key,
         };
-        let key = (namespace.clone(), pod.clone(), port);
-        let kept = match self.open.entry(key.clone()) {
-            Entry::Occupied(e) if !e.get().sender.is_closed() => e.into_mut(),
-            entry => {
-                let fresh = open(cluster, namespace, pod, port, timeout).await?;
-                match entry {
-                    Entry::Occupied(mut e) => {
-                        e.insert(fresh);
-                        e.into_mut()
-                    }
-                    Entry::Vacant(e) => e.insert(fresh),
-                }
+        let kept = match &mut self.kept {
+            Some((open_to, kept)) if *open_to == key && !kept.sender.is_closed() => kept,
+            slot => {
+                // Dropped before the new one opens: a replaced head keeps no forward.
+                *slot = None;
+                let (namespace, pod, port) = &key;
+                let fresh = open(cluster, namespace, pod, *port, timeout).await?;
+                &mut slot.insert((key.clone(), fresh)).1
             }
         };
+        // Serve's proxy checks no token: one is never sent past the dashboard.
+        let token = token.filter(|_| self.port == Port::Dashboard);
         let request = build(method, path, body, token)?;
-        let forward = format!("port-forward to {pod}:{port}");
+        let forward = format!("port-forward to {}:{}", key.1, key.2);
+        let sent = std::time::Instant::now();
         let (answer, usable) = exchange(kept, request, timeout, &forward).await;
+        tracing::trace!(%forward, path, took = ?sent.elapsed(), "answered");
         if !usable {
-            self.open.remove(&key);
+            self.kept = None;
         }
         answer
+    }
+}
+
+/// Where a request to one port of an endpoint goes.
+enum To<'a> {
+    Url(&'a str),
+    /// `(namespace, pod, port)`, through a port-forward.
+    Pod((String, String, u16)),
+}
+
+fn target(endpoint: &Endpoint, port: Port) -> Result<To<'_>, String> {
+    match (endpoint, port) {
+        (Endpoint::Url(url), Port::Serve) => Ok(To::Url(url)),
+        (Endpoint::Url(_), Port::Dashboard) => Err("no dashboard behind a URL endpoint".into()),
+        (
+            Endpoint::Pod {
+                namespace,
+                pod,
+                serve_port,
+                dashboard_port,
+            },
+            port,
+        ) => {
+            let number = match port {
+                Port::Serve => *serve_port,
+                Port::Dashboard => *dashboard_port,
+            };
+            Ok(To::Pod((namespace.clone(), pod.clone(), number)))
+        }
     }
 }
 
@@ -406,5 +444,41 @@ mod tests {
         assert_eq!(ask(None).await, 401);
         assert_eq!(ask(Some(&SecretValue::new(b"wrong".to_vec()))).await, 403);
         assert_eq!(ask(Some(&SecretValue::new(b"right".to_vec()))).await, 200);
+    }
+
+    fn pod() -> Endpoint {
+        Endpoint::Pod {
+            namespace: "ns".into(),
+            pod: "head".into(),
+            serve_port: 8000,
+            dashboard_port: 8265,
+        }
+    }
+
+    #[test]
+    fn each_port_of_a_head_is_its_own_connection() {
+        let key = |port| match target(&pod(), port) {
+            Ok(To::Pod(key)) => key,
+            _ => panic!("a pod endpoint is reached by port-forward"),
+        };
+        assert_eq!(key(Port::Serve), ("ns".into(), "head".into(), 8000));
+        assert_eq!(key(Port::Dashboard), ("ns".into(), "head".into(), 8265));
+    }
+
+    #[test]
+    fn a_url_serves_requests_but_has_no_dashboard() {
+        let url = Endpoint::Url("http://gw:8080".into());
+        assert!(matches!(
+            target(&url, Port::Serve),
+            Ok(To::Url("http://gw:8080"))
+        ));
+        assert!(target(&url, Port::Dashboard).is_err());
+    }
+
+    #[test]
+    fn a_slot_with_nothing_open_is_open_to_no_one() {
+        let connections = Connections::default();
+        assert!(!connections.dashboard.is_open_to(&pod()));
+        assert!(!connections.serve.is_open_to(&pod()));
     }
 }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{NotYet, ReadinessError, Seen, Target, below, check, http, status};
+use super::{Connections, NotYet, ReadinessError, Seen, Target, below, check, status};
 use crate::cluster::Cluster;
 
 /// What one look saw of one wait's RayService.
@@ -45,11 +45,14 @@ pub enum Serving {
     Absent,
 }
 
-/// Looks once at the RayService of `target` in `namespace`.
+/// Looks once at the RayService of `target` in `namespace`, through
+/// `connections` (kept by a caller that looks again, as `status --watch`
+/// does: each port-forward is then opened once, not once a look).
 pub async fn look(
     cluster: &Cluster,
     namespace: &str,
     target: &Target,
+    connections: &mut Connections,
 ) -> Result<Look, ReadinessError> {
     let spec = &target.wait;
     let kind = super::rayservice_kind(cluster)?;
@@ -73,8 +76,7 @@ pub async fn look(
         service: Some(status::read(&object)),
         ..Seen::default()
     };
-    let mut connections = http::Connections::default();
-    let checked = check(cluster, &mut connections, namespace, target, &mut seen).await;
+    let checked = check(cluster, connections, namespace, target, &mut seen).await;
     let mut below = below::Below::default();
     if let Some(service) = &seen.service {
         below

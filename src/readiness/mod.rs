@@ -10,6 +10,13 @@
 //! requests sent then hang until it is up (minutes with vLLM). So each
 //! signal is necessary, none is sufficient, and every request has its own
 //! deadline.
+//!
+//! All of it holds in one look, or the look does not count. The requests
+//! of a look that do not depend on each other may go at once (the deployed
+//! config and the route table are on different ports); what they answer is
+//! judged in the order above, and the probe is only sent once the config
+//! and the route hold in that look, so a replica still starting is not sent
+//! requests that would hang.
 
 mod account;
 mod auth;
@@ -30,6 +37,7 @@ use serde_json::Value;
 
 pub use crate::stack::serving::{ProbeRequest, Target};
 pub use auth::reads_a_secret;
+pub use http::Connections;
 pub use look::{Look, Serving, look};
 pub use progress::{Detail, Link, Progress, Said, Sink};
 
@@ -139,6 +147,9 @@ struct Seen {
     serve: Option<Value>,
     /// The link of the chain the last look stopped at.
     at: At,
+    /// Serve runs a replica of the stack's config in every deployment, and
+    /// the probe (if sent) answered: the next look may send its probe early.
+    replicas_running: bool,
 }
 
 impl Seen {
@@ -242,8 +253,12 @@ pub async fn wait(
             None => None,
         };
         seen.service = object.as_ref().map(status::read);
-        let phase = match check(cluster, &mut connections, namespace, target, &mut seen).await {
+        let look_started = Instant::now();
+        let checked = check(cluster, &mut connections, namespace, target, &mut seen).await;
+        tracing::trace!(took = ?look_started.elapsed(), ok = checked.is_ok(), "readiness look");
+        let phase = match checked {
             Ok((route, app, endpoint)) => {
+                tracing::debug!(rayservice = %spec.rayservice, look = ?look_started.elapsed(), "serving");
                 return Ok(Ready {
                     rayservice: spec.rayservice.clone(),
                     path: spec.path.clone(),
@@ -328,22 +343,31 @@ pub async fn wait(
                 last: seen.describe(),
             });
         }
-        // Fast while a deploy is fresh; after that, gentler on the API server
-        // (a first deploy with image pulls and model downloads takes minutes).
-        let pause = if elapsed < PATIENT_AFTER {
-            spec.interval
-        } else {
-            spec.interval.max(PATIENT_INTERVAL)
-        };
+        let next = next_look(look_started, elapsed, spec.interval);
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep_until(next.into()) => {}
             changed = watch.changed() => {
                 if changed.is_err() {
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep_until(next.into()).await;
                 }
             }
         }
     }
+}
+
+/// When the next look starts: one period after the start of this one, not
+/// after its end, as a ticker would (a look's own round trips do not
+/// stretch the period; a look longer than it is followed at once). The
+/// period is `interval` while a deploy is fresh; after that, gentler on the
+/// API server (a first deploy with image pulls and model downloads takes
+/// minutes).
+fn next_look(look_started: Instant, elapsed: Duration, interval: Duration) -> Instant {
+    let period = if elapsed < PATIENT_AFTER {
+        interval
+    } else {
+        interval.max(PATIENT_INTERVAL)
+    };
+    look_started + period
 }
 
 /// The RayService kind as the cluster serves it, or why there is none.
@@ -377,6 +401,8 @@ async fn check(
     let spec = &target.wait;
     let rayservice = format!("rayservice/{}", spec.rayservice);
     seen.at = At::new(Link::Rayservice, &rayservice);
+    // What the previous look showed; this look says it anew.
+    let early = std::mem::take(&mut seen.replicas_running);
     let Some(service) = seen.service.clone() else {
         return Err(format!("rayservice.{} to exist", spec.rayservice).into());
     };
@@ -396,12 +422,7 @@ async fn check(
         .await?;
     let endpoint = match &spec.url {
         Some(url) => Endpoint::Url(url.clone()),
-        None => Endpoint::Pod {
-            namespace: namespace.to_string(),
-            pod: head.name.clone(),
-            serve_port: target.serve_port,
-            dashboard_port: head.dashboard_port,
-        },
+        None => head.endpoint(target.serve_port),
     };
     seen.endpoint = Some(match &endpoint {
         Endpoint::Url(u) => u.clone(),
@@ -409,23 +430,19 @@ async fn check(
             pod, serve_port, ..
         } => format!("pod/{pod}:{serve_port} (port-forward)"),
     });
-    // 2. Serve on that head runs the stack's config, not the previous one.
-    if !target.apps.is_empty() {
-        seen.at = At::new(Link::ServeConfig, format!("pod/{}", head.name));
-        serve_runs_the_config(cluster, connections, namespace, &head, target, seen).await?;
-    }
-    // 3. The route table.
-    let served_at = match &endpoint {
-        Endpoint::Url(u) => u.clone(),
-        Endpoint::Pod { pod, .. } => format!("pod/{pod}"),
+    // 2. Serve on that head runs the stack's config, not the previous one;
+    // 3. a route prefix serves the path; 4. a real request answers.
+    let asks = Asks {
+        head: &head,
+        endpoint: &endpoint,
+        target,
     };
-    seen.at = At::new(Link::Routes, &served_at);
-    let (route, app) = route_for(cluster, connections, &endpoint, &spec.path, seen).await?;
-    // 4. A real request.
-    if let Some(probe) = &target.probe {
-        seen.at = At::new(Link::Probe, &served_at);
-        probe_answers(cluster, connections, &endpoint, probe, &route, seen).await?;
-    }
+    let (route, app) = match &target.probe {
+        Some(probe) if early && asks.connections_open(connections) => {
+            probe_first(cluster, connections, &asks, probe, seen).await?
+        }
+        _ => config_first(cluster, connections, &asks, seen).await?,
+    };
     // 5. All of it for the current generation, on the cluster that serves.
     seen.at = At::new(Link::Kuberay, &rayservice);
     if let Some(w) = service.waiting_for() {
@@ -435,12 +452,25 @@ async fn check(
 }
 
 struct HeadPod {
+    namespace: String,
     name: String,
     raycluster: String,
     dashboard_port: u16,
     /// Where its Ray gets the dashboard's token, if it runs with one.
     auth: auth::Source,
     token: auth::Token,
+}
+
+impl HeadPod {
+    /// The head through port-forwards: the dashboard's port, and Serve's.
+    fn endpoint(&self, serve_port: u16) -> Endpoint {
+        Endpoint::Pod {
+            namespace: self.namespace.clone(),
+            pod: self.name.clone(),
+            serve_port,
+            dashboard_port: self.dashboard_port,
+        }
+    }
 }
 
 /// Found by KubeRay's labels from the cluster the status names, never by name pattern.
@@ -472,6 +502,7 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
         .unwrap_or(DEFAULT_DASHBOARD_PORT);
     Ok(HeadPod {
         raycluster: raycluster.to_string(),
+        namespace: namespace.to_string(),
         name: pod["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -482,28 +513,143 @@ async fn head_pod(cluster: &Cluster, namespace: &str, raycluster: &str) -> Resul
     })
 }
 
-async fn serve_runs_the_config(
+const CONFIG_PATH: &str = "/api/serve/applications/";
+const ROUTES_PATH: &str = "/-/routes";
+
+/// Where a look's requests go: the head, and Serve (on the head or behind a URL).
+struct Asks<'a> {
+    head: &'a HeadPod,
+    endpoint: &'a Endpoint,
+    target: &'a Target,
+}
+
+impl Asks<'_> {
+    fn on_head(&self) -> Endpoint {
+        self.head.endpoint(self.target.serve_port)
+    }
+
+    /// Both connections of the previous look still open, to this head.
+    fn connections_open(&self, connections: &http::Connections) -> bool {
+        connections.dashboard.is_open_to(&self.on_head())
+            && connections.serve.is_open_to(self.endpoint)
+    }
+}
+
+/// The usual order: the config, then the routes, and the probe only once
+/// both hold, so that a replica still in its constructor is not sent a
+/// request that would wait for it (minutes with vLLM). The dashboard and
+/// Serve's proxy are different ports, so different connections: when the
+/// dashboard's is open from an earlier look the config and the routes are
+/// asked at once (a look costs one round trip less). While it is not, the
+/// dashboard is asked alone first: a head still starting refuses both, and
+/// one refused port-forward a look is enough.
+async fn config_first(
     cluster: &Cluster,
     connections: &mut http::Connections,
-    namespace: &str,
+    asks: &Asks<'_>,
+    seen: &mut Seen,
+) -> Result<(String, String), NotYet> {
+    let Asks {
+        head,
+        endpoint,
+        target,
+    } = asks;
+    let http::Connections {
+        dashboard,
+        serve,
+        tokens,
+    } = connections;
+    let config = http::Ask::get(CONFIG_PATH, LOOK_TIMEOUT).with_token(head.token.value());
+    let routes = http::Ask::get(ROUTES_PATH, LOOK_TIMEOUT);
+    let on_head = asks.on_head();
+    let routes = if target.apps.is_empty() {
+        serve.send(cluster, endpoint, routes).await
+    } else if dashboard.is_open_to(&on_head) {
+        let (config, routes) = tokio::join!(
+            dashboard.send(cluster, &on_head, config),
+            serve.send(cluster, endpoint, routes)
+        );
+        serve_runs_the_config((cluster, tokens), config, head, target, seen).await?;
+        routes
+    } else {
+        let config = dashboard.send(cluster, &on_head, config).await;
+        serve_runs_the_config((cluster, tokens), config, head, target, seen).await?;
+        serve.send(cluster, endpoint, routes).await
+    };
+    seen.at = At::new(Link::Routes, served_at(endpoint));
+    let (route, app) = route_for(routes, &target.wait.path, seen)?;
+    if let Some(probe) = &target.probe {
+        let answer = send_probe(cluster, serve, endpoint, probe, probe.request.timeout).await;
+        if answer.is_err() {
+            seen.replicas_running = false;
+        }
+        seen.at = At::new(Link::Probe, served_at(endpoint));
+        probe_answers(answer, probe, &route, seen)?;
+    }
+    Ok((route, app))
+}
+
+/// The order once the previous look saw a replica of the stack's config
+/// running (during a rolling update, before the application is `RUNNING`):
+/// the routes, the probe, and the config last. The verdict is the same,
+/// judged in the same order: the probe counts only if the config and the
+/// route hold in this look. What changes is when the config is read: the
+/// config is what turns last, and read last, the look ends one round trip
+/// after it turned, not three (the probe, answered by the replica through
+/// Serve's proxy, is the slowest). A replica that stopped in between could
+/// hold the probe, so its deadline here is a look's, and a probe that did
+/// not answer sends the next look back to the usual order.
+async fn probe_first(
+    cluster: &Cluster,
+    connections: &mut http::Connections,
+    asks: &Asks<'_>,
+    probe: &ProbeRequest,
+    seen: &mut Seen,
+) -> Result<(String, String), NotYet> {
+    let Asks {
+        head,
+        endpoint,
+        target,
+    } = asks;
+    tracing::trace!("the probe before the config: a replica of it was running");
+    let http::Connections {
+        dashboard,
+        serve,
+        tokens,
+    } = connections;
+    let routes = serve
+        .send(cluster, endpoint, http::Ask::get(ROUTES_PATH, LOOK_TIMEOUT))
+        .await;
+    let deadline = probe.request.timeout.min(LOOK_TIMEOUT);
+    let answer = send_probe(cluster, serve, endpoint, probe, deadline).await;
+    let config = dashboard
+        .send(
+            cluster,
+            &asks.on_head(),
+            http::Ask::get(CONFIG_PATH, LOOK_TIMEOUT).with_token(head.token.value()),
+        )
+        .await;
+    let config = serve_runs_the_config((cluster, tokens), config, head, target, seen).await;
+    if answer.is_err() {
+        seen.replicas_running = false;
+    }
+    config?;
+    seen.at = At::new(Link::Routes, served_at(endpoint));
+    let (route, app) = route_for(routes, &target.wait.path, seen)?;
+    seen.at = At::new(Link::Probe, served_at(endpoint));
+    probe_answers(answer, probe, &route, seen)?;
+    Ok((route, app))
+}
+
+/// Whether the dashboard's answer says Serve runs the stack's config.
+async fn serve_runs_the_config(
+    (cluster, tokens): (&Cluster, &mut auth::Tokens),
+    answer: Result<http::Answer, String>,
     head: &HeadPod,
     target: &Target,
     seen: &mut Seen,
 ) -> Result<(), NotYet> {
-    let dashboard = Endpoint::Pod {
-        namespace: namespace.to_string(),
-        pod: head.name.clone(),
-        serve_port: target.serve_port,
-        dashboard_port: head.dashboard_port,
-    };
-    let answer = connections
-        .send(
-            cluster,
-            &dashboard,
-            http::Port::Dashboard,
-            http::Ask::get("/api/serve/applications/", LOOK_TIMEOUT).with_token(head.token.value()),
-        )
-        .await;
+    seen.at = At::new(Link::ServeConfig, format!("pod/{}", head.name));
     let body = match answer {
         Err(e) => {
             seen.serve_apps = Some(e.clone());
@@ -536,6 +682,7 @@ async fn serve_runs_the_config(
     if let Some(kept) = deployed::port_kept(&answer, target.serve_port, settled, &head.name) {
         return Err(NotYet::Failed(kept));
     }
+    seen.replicas_running = deployed::replicas_running(&target.apps, &answer);
     match deployed::compare(&target.apps, &answer) {
         Deployed::Running => {
             seen.serve_apps = Some("the stack's config is RUNNING".into());
@@ -548,11 +695,10 @@ async fn serve_runs_the_config(
                 .as_object()
                 .is_none_or(serde_json::Map::is_empty)
             {
-                connections
-                    .tokens
+                tokens
                     .kuberay_sends_a_token(
                         cluster,
-                        namespace,
+                        &head.namespace,
                         &head.raycluster,
                         &head.name,
                         &head.auth,
@@ -565,21 +711,20 @@ async fn serve_runs_the_config(
     }
 }
 
-async fn route_for(
-    cluster: &Cluster,
-    connections: &mut http::Connections,
-    endpoint: &Endpoint,
+/// Where Serve was asked, for the link a look stopped at.
+fn served_at(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Url(u) => u.clone(),
+        Endpoint::Pod { pod, .. } => format!("pod/{pod}"),
+    }
+}
+
+/// The route prefix (and its application) that serves `path`, from Serve's answer.
+fn route_for(
+    answer: Result<http::Answer, String>,
     path: &str,
     seen: &mut Seen,
 ) -> Result<(String, String), NotYet> {
-    let answer = connections
-        .send(
-            cluster,
-            endpoint,
-            http::Port::Serve,
-            http::Ask::get("/-/routes", LOOK_TIMEOUT),
-        )
-        .await;
     let routes: std::collections::BTreeMap<String, String> = match answer {
         Err(e) => {
             seen.routes = Some(e.clone());
@@ -604,30 +749,33 @@ async fn route_for(
     })
 }
 
-async fn probe_answers(
+async fn send_probe(
     cluster: &Cluster,
-    connections: &mut http::Connections,
+    serve: &mut http::Slot,
     endpoint: &Endpoint,
+    probe: &ProbeRequest,
+    timeout: Duration,
+) -> Result<http::Answer, String> {
+    let p = &probe.request;
+    let ask = http::Ask {
+        method: &p.method,
+        path: &p.path,
+        body: p.body.as_deref(),
+        timeout,
+        token: None,
+    };
+    serve.send(cluster, endpoint, ask).await
+}
+
+/// Whether the probe's answer is a success, from the model the stack names.
+fn probe_answers(
+    answer: Result<http::Answer, String>,
     probe: &ProbeRequest,
     route: &str,
     seen: &mut Seen,
 ) -> Result<(), NotYet> {
     let p = &probe.request;
     let what = format!("{} {}", p.method, p.path);
-    let answer = connections
-        .send(
-            cluster,
-            endpoint,
-            http::Port::Serve,
-            http::Ask {
-                method: &p.method,
-                path: &p.path,
-                body: p.body.as_deref(),
-                timeout: p.timeout,
-                token: None,
-            },
-        )
-        .await;
     let a = match answer {
         Err(e) => {
             seen.probe = Some(format!("{what}: {e}"));
@@ -658,4 +806,29 @@ async fn probe_answers(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_start_an_interval_apart_whatever_a_look_took() {
+        let start = Instant::now();
+        let interval = Duration::from_millis(100);
+        let next = next_look(start, Duration::from_secs(5), interval);
+        assert_eq!(next - start, interval);
+        // A look that took longer than the interval is followed at once.
+        let late = start + Duration::from_millis(150);
+        assert!(next_look(start, Duration::from_secs(5), interval) < late);
+    }
+
+    #[test]
+    fn after_the_first_minute_looks_are_at_least_two_seconds_apart() {
+        let start = Instant::now();
+        let next = next_look(start, PATIENT_AFTER, Duration::from_millis(100));
+        assert_eq!(next - start, PATIENT_INTERVAL);
+        let next = next_look(start, PATIENT_AFTER, Duration::from_secs(5));
+        assert_eq!(next - start, Duration::from_secs(5));
+    }
 }

@@ -820,3 +820,35 @@ async fn a_serve_port_change_applied_in_place_is_said_not_probed() {
     // Serve still answers where it started.
     assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-a");
 }
+
+/// What this guards: `status --watch` keeps one port-forward per head port
+/// for the whole watch (as the wait does), instead of opening them anew on
+/// every look, every 2 s: counted on the wire, in the API server's audit log.
+#[tokio::test]
+async fn status_watch_keeps_its_port_forwards_across_looks() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "status-watch").await;
+    let stack = Echo::default().stack(&env, "timeout = \"4m\"");
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let mark = env.audit_mark();
+    let watch = Running::spawn(env.command(&["status", &stack, "--watch"]));
+    // Four looks at least: one at once, then one every 2 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    watch.interrupt();
+    let run = watch.finish().code(130);
+    run.stdout_has("serving /v1/chat/completions");
+    // A port-forward is written to the audit log once it is closed: here,
+    // when the process exits.
+    let forwards: Vec<String> = env
+        .requests_since(mark)
+        .await
+        .iter()
+        .filter(|e| e["objectRef"]["subresource"] == "portforward")
+        .map(|e| e["requestURI"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        forwards.len(),
+        2,
+        "one port-forward to the dashboard and one to Serve for the whole watch: {forwards:#?}"
+    );
+}

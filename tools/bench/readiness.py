@@ -13,9 +13,13 @@ starts three things at once:
     address, the RayService's status, the dashboard's deployed Serve config and a
     chat completion, and notes the first moment all of them say "new model served".
 The figure that matters is rayform's own lag: from that moment to rayform returning.
+rayform runs with its debug log on (RAYFORM_LOG=rayform=debug), whose timestamped
+events split the lag in three: until its wait saw the service serving (the poll and
+the look itself), until the state was written, and until the process was gone.
 """
 
 import base64
+import datetime
 import json
 import os
 import ssl
@@ -132,8 +136,28 @@ def served(api, model):
 def apply(model, stack):
     with open(os.path.join(work, "bench.yaml"), "w") as f:
         f.write(MANIFEST.format(model=model))
-    return subprocess.Popen([rayform, "apply", stack, "--auto-approve"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+    # A file, not a pipe: the log is read once rayform is gone.
+    log = open(os.path.join(work, f"{model}.log"), "w+")
+    env = dict(os.environ, RAYFORM_LOG="rayform=debug")
+    p = subprocess.Popen([rayform, "apply", stack, "--auto-approve"],
+                         stdout=subprocess.DEVNULL, stderr=log, cwd=work, env=env)
+    p.log = log
+    return p
+
+
+def logged(p, message):
+    """The wall-clock time of rayform's first debug event `message` (its log's own timestamp)."""
+    p.log.seek(0)
+    for line in p.log:
+        parts = line.split(None, 3)
+        if len(parts) == 4 and parts[1] == "DEBUG" and parts[3].startswith(message):
+            return datetime.datetime.fromisoformat(parts[0].replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def said(p):
+    p.log.seek(0)
+    return p.log.read()
 
 
 def run(api, stack, i):
@@ -150,10 +174,10 @@ def run(api, stack, i):
         # The moment is the start of the first check that passes: conservative,
         # a check (four requests) takes tens of milliseconds.
         while "served" not in seen and time.monotonic() - start < 300:
-            began = time.monotonic()
+            began, wall = time.monotonic(), time.time()
             try:
                 if served(api, model):
-                    seen["served"] = began
+                    seen["served"], seen["wall"] = began, wall
             except Exception:
                 pass
             checks.append(time.monotonic() - began)
@@ -164,11 +188,17 @@ def run(api, stack, i):
     done = {}
     for name, p in (("kubectl", kube), ("rayform", ray)):
         p.wait()
-        done[name] = (time.monotonic(), p.returncode)
+        done[name] = (time.monotonic(), p.returncode, time.time())
     poller.join()
     if done["rayform"][1] != 0 or "served" not in seen:
-        sys.exit(f"run {i} failed: {ray.stderr.read().decode()}")
+        sys.exit(f"run {i} failed: {said(ray)}")
+    serving, written = logged(ray, "serving"), logged(ray, "state written")
+    if serving is None or written is None:
+        sys.exit(f"run {i}: rayform's log lacks its `serving` or `state written` event:\n{said(ray)}")
     return {
+        "saw": serving - seen["wall"],
+        "wrote": written - serving,
+        "exit": done["rayform"][2] - written,
         "own": done["rayform"][0] - seen["served"],
         "rayform": done["rayform"][0] - start,
         "kubectl": done["kubectl"][0] - start,
@@ -185,7 +215,7 @@ def main():
         f.write(STACK)
     first = apply("bench-0", stack)
     if first.wait() != 0:
-        sys.exit(f"the first apply failed: {first.stderr.read().decode()}")
+        sys.exit(f"the first apply failed: {said(first)}")
     rows = [run(api, stack, i) for i in range(1, RUNS + 1)]
     for n, r in enumerate(rows, 1):
         print(f"run {n:2}: new model served {r['served']:6.3f} s   rayform returned {r['rayform']:6.3f} s"
@@ -194,6 +224,10 @@ def main():
     early = sum(r["kubectl"] < r["served"] for r in rows)
     print(f"served → rayform apply returned: median {statistics.median(own):.3f} s, max {max(own):.3f} s,"
           f" min {min(own):.3f} s (n={len(own)})")
+    for key, what in (("saw", "served → the wait saw it serving"), ("wrote", "the wait saw it → state written"),
+                      ("exit", "state written → process gone")):
+        print(f"  {what + ':':39} median {statistics.median(r[key] for r in rows) * 1000:4.0f} ms,"
+              f" max {max(r[key] for r in rows) * 1000:4.0f} ms")
     print(f"one check of the poller:         median {statistics.median(r['check'] for r in rows) * 1000:.0f} ms")
     print(f"apply → new model served:        median {statistics.median(r['served'] for r in rows):.3f} s")
     print(f"apply → rayform returned:        median {statistics.median(r['rayform'] for r in rows):.3f} s")
