@@ -240,9 +240,14 @@ pub async fn wait(
     // Event times have whole seconds; one second back keeps KubeRay's first
     // word on this spec, which may come before the wait starts.
     let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
-    let mut asked_kuberay = None::<Instant>;
+    let scope = Scope {
+        cluster,
+        namespace,
+        spec,
+        on_stuck,
+    };
+    let mut asked = Asked::default();
     let mut seen = Seen::default();
-    let mut operator_asked = false;
     let mut below = below::Below::new(detail);
     let mut connections = http::Connections::default();
     loop {
@@ -278,50 +283,8 @@ pub async fn wait(
                 None => phase,
             },
         };
-        if let Some(service) = seen.service.clone() {
-            for pod in below
-                .look(cluster, namespace, &service, &spec.rayservice)
-                .await
-            {
-                say.pod(&seen.at, &pod);
-            }
-            seen.pods = below.lines();
-            if let Some(stuck) = below.stuck(&service).filter(|_| on_stuck == OnStuck::Fail) {
-                let at = At::new(seen.at.link, format!("pod/{}", stuck.pod));
-                return Err(say.fail(&at, stuck.cause, Some(stuck.help.to_string())));
-            }
-        }
-        if only_the_operator_moves(&phase)
-            && asked_kuberay.is_none_or(|t| t.elapsed() >= EVERY_LOOK)
-        {
-            asked_kuberay = Some(Instant::now());
-            if on_stuck == OnStuck::Fail
-                && let Some(refusal) =
-                    below::refused(cluster, namespace, &spec.rayservice, since).await
-            {
-                return Err(say.fail(
-                    &seen.at,
-                    format!("KubeRay refused the spec: {refusal}"),
-                    Some(format!(
-                        "fix the RayService manifest; `kubectl describe rayservice {}` shows KubeRay's events",
-                        spec.rayservice
-                    )),
-                ));
-            }
-        }
-        if !operator_asked && say.elapsed() >= OPERATOR_GRACE && only_the_operator_moves(&phase) {
-            // Once: nothing else moves a RayService that KubeRay has not
-            // picked up, so a missing operator would otherwise cost the
-            // whole timeout.
-            operator_asked = true;
-            if let Some(missing) = crate::cluster::kuberay::operator_missing(cluster).await {
-                return Err(say.fail(
-                    &seen.at,
-                    format!("waiting for {phase}, but {missing}"),
-                    None,
-                ));
-            }
-        }
+        look_below(&scope, &mut below, &mut seen, &mut say).await?;
+        ask_kuberay(&scope, &phase, since, &mut asked, &seen, &mut say).await?;
         say.phase(&seen.at, &phase, below.pulls());
         if detail == Detail::Complete {
             let key = account::render(&spec.rayservice, &seen, &below, None);
@@ -354,6 +317,89 @@ pub async fn wait(
             }
         }
     }
+}
+
+/// What one wait looks at, and how it treats a cause that will not go away.
+struct Scope<'a> {
+    cluster: &'a Cluster,
+    namespace: &'a str,
+    spec: &'a crate::stack::WaitSpec,
+    on_stuck: OnStuck,
+}
+
+/// When the wait last asked KubeRay's own words, and whether it asked for the operator.
+#[derive(Default)]
+struct Asked {
+    refusal_at: Option<Instant>,
+    operator: bool,
+}
+
+/// What lies below the phase: a line for each pod when it changes, and a
+/// cause that will not go away by itself (the wait stops on it, unless told
+/// to keep waiting).
+async fn look_below(
+    scope: &Scope<'_>,
+    below: &mut below::Below,
+    seen: &mut Seen,
+    say: &mut Reporter,
+) -> Result<(), ReadinessError> {
+    let Some(service) = seen.service.clone() else {
+        return Ok(());
+    };
+    let rayservice = &scope.spec.rayservice;
+    for pod in below
+        .look(scope.cluster, scope.namespace, &service, rayservice)
+        .await
+    {
+        say.pod(&seen.at, &pod);
+    }
+    seen.pods = below.lines();
+    match below.stuck(&service) {
+        Some(stuck) if scope.on_stuck == OnStuck::Fail => {
+            let at = At::new(seen.at.link, format!("pod/{}", stuck.pod));
+            Err(say.fail(&at, stuck.cause, Some(stuck.help.to_string())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// KubeRay's own word while only it can move the RayService: a spec it
+/// refused (its Events, once a second), or no operator at all (once, after
+/// a grace period: a missing operator would otherwise cost the whole timeout).
+async fn ask_kuberay(
+    scope: &Scope<'_>,
+    phase: &str,
+    since: jiff::Timestamp,
+    asked: &mut Asked,
+    seen: &Seen,
+    say: &mut Reporter,
+) -> Result<(), ReadinessError> {
+    if !only_the_operator_moves(phase) {
+        return Ok(());
+    }
+    let (cluster, rayservice) = (scope.cluster, &scope.spec.rayservice);
+    if asked.refusal_at.is_none_or(|t| t.elapsed() >= EVERY_LOOK) {
+        asked.refusal_at = Some(Instant::now());
+        if scope.on_stuck == OnStuck::Fail
+            && let Some(refusal) = below::refused(cluster, scope.namespace, rayservice, since).await
+        {
+            return Err(say.fail(
+                &seen.at,
+                format!("KubeRay refused the spec: {refusal}"),
+                Some(format!(
+                    "fix the RayService manifest; `kubectl describe rayservice {rayservice}` shows KubeRay's events"
+                )),
+            ));
+        }
+    }
+    if !asked.operator && say.elapsed() >= OPERATOR_GRACE {
+        asked.operator = true;
+        if let Some(missing) = crate::cluster::kuberay::operator_missing(cluster).await {
+            let message = format!("waiting for {phase}, but {missing}");
+            return Err(say.fail(&seen.at, message, None));
+        }
+    }
+    Ok(())
 }
 
 /// When the next look starts: one period after the start of this one, not
