@@ -776,3 +776,19 @@ impl Running {
         }
     }
 }
+
+/// Many ConfigMaps, so a kill can land with some of them done and not others.
+pub fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
+    let mut text = format!(
+        "[stack]\nname = \"{stack_name}\"\nnamespace = \"{}\"\n",
+        env.ns
+    );
+    for i in 0..count {
+        text.push_str(&format!(
+            "\n[manifest.cm{i}]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ index = \"{i}\" }} }}\n"
+        ));
+    }
+    let file = format!("{stack_name}.toml");
+    env.write(&file, &text);
+    file
+}
