@@ -368,9 +368,13 @@ async fn state_mv_and_push_from_stdin(backend: Backend) {
     let state = env.state("statemv");
     let recorded = state["resources"]["secret.hf-token"].clone();
 
-    env.rayform(&["state", "mv", &stack, "secret.hf-token", "secret.token"])
-        .ok()
-        .stdout_has("Moved secret.hf-token to secret.token");
+    let mv = env
+        .rayform(&["state", "mv", &stack, "secret.hf-token", "secret.token"])
+        .ok();
+    assert_eq!(
+        mv.line_starting("Moved "),
+        "Moved secret.hf-token to secret.token: the state records the object under its new address; the cluster was not touched."
+    );
     let moved = env.state("statemv");
     assert!(moved["resources"]["secret.hf-token"].is_null(), "{moved}");
     assert_eq!(moved["resources"]["secret.token"], recorded);
@@ -387,16 +391,27 @@ async fn state_mv_and_push_from_stdin(backend: Backend) {
     let gone = env
         .rayform(&["state", "mv", &stack, "secret.hf-token", "secret.x"])
         .code(1);
-    gone.stderr_has("the state does not track secret.hf-token");
+    assert_eq!(
+        gone.error_line(),
+        "the state does not track secret.hf-token"
+    );
     let rayservice = "rayservice.mistral-7b";
-    env.rayform(&["state", "mv", &stack, "secret.token", rayservice])
-        .code(1)
-        .stderr_has("different types");
+    let other_type = env
+        .rayform(&["state", "mv", &stack, "secret.token", rayservice])
+        .code(1);
+    assert_eq!(
+        other_type.error_line(),
+        format!(
+            "secret.token and {rayservice} are resources of different types; an entry can only move to another name of its type"
+        )
+    );
     let pool = format!("nodepool.{}", env.pool);
     let class = format!("nodeclass.{}", env.class);
-    env.rayform(&["state", "mv", &stack, &pool, &pool])
-        .code(1)
-        .stderr_has(&format!("the state already tracks {pool}"));
+    let taken = env.rayform(&["state", "mv", &stack, &pool, &pool]).code(1);
+    assert_eq!(
+        taken.error_line(),
+        format!("the state already tracks {pool}")
+    );
     env.rayform(&["state", "mv", &stack, &class, &pool])
         .code(1)
         .stderr_has("different types");

@@ -219,8 +219,14 @@ async fn ctrl_c_mid_apply_finishes_what_is_in_flight_and_records_it(backend: Bac
         recorded, live,
         "every object written is recorded, and no other"
     );
-    env.rayform(&["plan", &stack])
-        .ok()
-        .stdout_has(&format!("Plan: {} to add, 0 to change", n - live));
+    let plan = env.rayform(&["plan", &stack]).ok();
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        format!(
+            "Plan: {} to add, 0 to change, 0 to destroy, 0 to patch.",
+            n - live
+        ),
+        "the plan adds exactly what the interrupted run did not"
+    );
 }
 on_both_backends!(ctrl_c_mid_apply_finishes_what_is_in_flight_and_records_it);

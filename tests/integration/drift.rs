@@ -28,7 +28,13 @@ async fn a_change_by_another_field_manager_is_reported_and_restored(backend: Bac
     let plan = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(2);
-    plan.stdout_has("rayservice.mistral-7b will be updated in place");
+    assert_eq!(
+        plan.line_starting("~ rayservice.mistral-7b "),
+        format!(
+            "~ rayservice.mistral-7b will be updated in place (ray.io/v1 RayService {}/mistral-7b)",
+            env.ns
+        )
+    );
     plan.stdout_has("changed outside rayform");
     // Each diff says what its sides are: what happened outside, then what apply does.
     plan.stdout_has("--- last applied by rayform");
@@ -109,7 +115,13 @@ async fn refresh_only_records_what_is_live_and_changes_nothing() {
         .rayform(&["plan", "refreshonly.toml", "--refresh-only"])
         .ok();
     plan.stdout_has("changed outside rayform: recorded as it is now");
-    plan.stdout_has("manifest.gone will be removed from state");
+    assert_eq!(
+        plan.line_starting("x manifest.gone "),
+        format!(
+            "x manifest.gone will be removed from state (nothing left to revert) (v1 ConfigMap {}/gone)",
+            env.ns
+        )
+    );
     assert!(!plan.stdout.contains("will be updated"), "{}", plan.stdout);
     assert!(!plan.stdout.contains("will be created"), "{}", plan.stdout);
     env.rayform(&[
@@ -134,8 +146,15 @@ async fn refresh_only_records_what_is_live_and_changes_nothing() {
 
     // The stack still says "1" and still has `gone`: an ordinary plan restores both.
     let plan = env.rayform(&["plan", "refreshonly.toml"]).ok();
-    plan.stdout_has("manifest.kept will be updated in place");
-    plan.stdout_has("manifest.gone will be created");
+    let ns = &env.ns;
+    assert_eq!(
+        plan.line_starting("~ manifest.kept "),
+        format!("~ manifest.kept will be updated in place (v1 ConfigMap {ns}/kept)")
+    );
+    assert_eq!(
+        plan.line_starting("+ manifest.gone "),
+        format!("+ manifest.gone will be created (v1 ConfigMap {ns}/gone)")
+    );
     assert!(
         !plan.stdout.contains("changed outside rayform"),
         "{}",
@@ -218,16 +237,24 @@ async fn forgetting_what_is_already_gone_is_saved_even_with_nothing_else_to_do()
         .unwrap();
     env.write("forgetonly.toml", &format!("{head}{}", secret("kept")));
     // A stack without a wait node: the plan holds one forget and nothing else.
-    env.rayform(&["plan", "forgetonly.toml"])
-        .ok()
-        .stdout_has("Plan: 0 to add, 0 to change, 0 to destroy, 0 to patch, 1 to forget.");
+    let plan = env.rayform(&["plan", "forgetonly.toml"]).ok();
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        "Plan: 0 to add, 0 to change, 0 to destroy, 0 to patch, 1 to forget."
+    );
     // Forgetting is a change a person approves: the state lets go of it.
-    env.rayform(&["apply", "forgetonly.toml"])
-        .code(1)
-        .stdout_has("needs confirmation");
+    let unasked = env.rayform(&["apply", "forgetonly.toml"]).code(1);
+    assert_eq!(
+        unasked.line_starting("rayform apply "),
+        "rayform apply needs confirmation, but standard input is not a terminal."
+    );
     assert!(state().contains("secret.dropped"));
-    env.rayform(&["apply", "forgetonly.toml", "--auto-approve"])
-        .ok()
-        .stdout_has("0 patched, 1 forgotten.");
+    let applied = env
+        .rayform(&["apply", "forgetonly.toml", "--auto-approve"])
+        .ok();
+    assert_eq!(
+        applied.line_starting("Apply complete!"),
+        "Apply complete! Resources: 0 added, 0 changed, 0 destroyed, 0 patched, 1 forgotten."
+    );
     assert!(!state().contains("secret.dropped"), "{}", state());
 }

@@ -47,12 +47,18 @@ async fn met_intents_are_left_alone(profile: Profile, pool: Value, disk: &str) {
     let plan = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
-    plan.stdout_has(&format!("nodepool.{} has no changes", env.pool));
+    assert_eq!(
+        plan.line_starting(&format!("= nodepool.{} ", env.pool)),
+        format!("= nodepool.{} has no changes", env.pool)
+    );
     plan.stdout_has("(kept (longer than the stack asks), already satisfied: ");
     plan.stdout_has(&format!(
         "already satisfied: /dev/xvda is {disk}, at least 200Gi)"
     ));
-    plan.stdout_has("Plan: 0 to add, 0 to change, 0 to destroy, 0 to patch.");
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        "Plan: 0 to add, 0 to change, 0 to destroy, 0 to patch."
+    );
 
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     assert_eq!(env.karpenter_specs().await, before, "nothing was written");
@@ -88,7 +94,10 @@ async fn values_raised_since_the_apply_are_kept(profile: Profile, longer: Value)
     let plan = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
-    plan.stdout_has(&format!("nodepool.{} has no changes", env.pool));
+    assert_eq!(
+        plan.line_starting(&format!("= nodepool.{} ", env.pool)),
+        format!("= nodepool.{} has no changes", env.pool)
+    );
     plan.stdout_has("(kept (longer than the stack asks), set since the apply: ");
     plan.stdout_has("300Gi, at least 200Gi");
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
@@ -579,7 +588,10 @@ async fn the_two_models_stack_creates_its_gpu_pool_and_destroy_removes_it() {
     let plan = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(2);
-    plan.stdout_has("Plan: 5 to add, 0 to change, 0 to destroy, 0 to patch.");
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        "Plan: 5 to add, 0 to change, 0 to destroy, 0 to patch."
+    );
     assert!(
         !plan.stdout.contains("no pool of the stack can launch"),
         "the stack's own pool fits its workers:\n{}",

@@ -28,23 +28,34 @@ async fn two_stacks_share_karpenter_objects_and_the_last_one_reverts(backend: Ba
 
     // A's destroy only lets go: it says so, not "reverted".
     let plan = env.rayform(&["plan", &a, "--destroy"]).ok();
-    plan.stdout_has(&format!(
-        "nodepool.{} will be released (karpenter.sh/v1 NodePool {}): stack `model-b` still holds it, so its values stay",
-        env.pool, env.pool
-    ));
-    plan.stdout_has("Plan: 2 to destroy, 0 to revert, 2 to release.");
+    assert_eq!(
+        plan.line_starting(&format!("< nodepool.{} ", env.pool)),
+        format!(
+            "< nodepool.{} will be released (karpenter.sh/v1 NodePool {}): stack `model-b` still holds it, so its values stay",
+            env.pool, env.pool
+        )
+    );
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        "Plan: 2 to destroy, 0 to revert, 2 to release."
+    );
     let destroyed = env.rayform(&["destroy", &a, "--auto-approve"]).ok();
     destroyed.stderr_has("still holds it");
-    destroyed.stdout_has("Resources: 2 destroyed, 0 reverted, 2 released.");
+    assert_eq!(
+        destroyed.line_starting("Destroy complete!"),
+        "Destroy complete! Resources: 2 destroyed, 0 reverted, 2 released."
+    );
     assert_eq!(
         env.karpenter_specs().await,
         patched,
         "B still holds the patch"
     );
 
-    env.rayform(&["destroy", b, "--auto-approve"])
-        .ok()
-        .stdout_has("Resources: 0 destroyed, 2 reverted.");
+    let last = env.rayform(&["destroy", b, "--auto-approve"]).ok();
+    assert_eq!(
+        last.line_starting("Destroy complete!"),
+        "Destroy complete! Resources: 0 destroyed, 2 reverted."
+    );
     assert_eq!(
         env.karpenter_specs().await,
         before,

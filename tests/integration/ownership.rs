@@ -1,7 +1,7 @@
 //! Whose object it is: another stack's, one rayform did not create, one that
 //! lost its label, one of another state of the same name; adopt and import.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::{Env, Profile};
 
@@ -34,14 +34,16 @@ async fn an_object_of_another_stack_is_named_as_such_and_adopt_shows_its_diff() 
         "{}",
         refused.all()
     );
-    env.rayform(&["import", &beta, "secret.shared"])
-        .code(1)
-        .stderr_has("belongs to rayform stack `alpha`");
+    let import = env.rayform(&["import", &beta, "secret.shared"]).code(1);
+    assert_eq!(
+        import.error_line(),
+        "secret.shared: Secret `shared` belongs to rayform stack `alpha` (label rayform.io/stack=alpha); import takes only objects no live stack manages"
+    );
 
     let adopting = env
         .rayform(&["plan", &beta, "--adopt", "secret.shared", "--json"])
         .ok();
-    let plan: Value = serde_json::from_str(&adopting.stdout).expect("plan --json is JSON");
+    let plan = adopting.json();
     let change = &plan["changes"][0];
     assert_eq!(change["address"], json!("secret.shared"), "{plan}");
     let diff = change["diff"]
@@ -233,9 +235,13 @@ async fn import_takes_an_existing_object_into_the_state_and_the_plan_shows_the_r
     let refused = env.rayform(&["plan", &stack]).code(1);
     assert!(refused.all().contains("was not created by rayform"));
 
-    env.rayform(&["import", &stack, "secret.hf-token"])
-        .ok()
-        .stdout_has("Imported secret.hf-token");
+    let imported = env.rayform(&["import", &stack, "secret.hf-token"]).ok();
+    assert_eq!(
+        imported.line_starting("Imported "),
+        format!(
+            "Imported secret.hf-token (uid {uid}). Run `rayform plan {stack}` to see what apply would change to match the stack."
+        )
+    );
     env.rayform(&["state", "show", &stack, "secret.hf-token"])
         .ok()
         .stdout_has(&uid);
@@ -267,10 +273,14 @@ async fn import_takes_an_existing_object_into_the_state_and_the_plan_shows_the_r
         secret["metadata"]["labels"]["rayform.io/stack"],
         json!("import")
     );
-    env.rayform(&["import", &stack, "secret.hf-token"])
-        .code(1)
-        .stderr_has("already in the state");
-    env.rayform(&["import", &stack, "nodepool.nothere"])
-        .code(1)
-        .stderr_has("is not in");
+    let again = env.rayform(&["import", &stack, "secret.hf-token"]).code(1);
+    assert_eq!(
+        again.error_line(),
+        "secret.hf-token is already in the state; nothing to import"
+    );
+    let absent = env.rayform(&["import", &stack, "nodepool.nothere"]).code(1);
+    assert_eq!(
+        absent.error_line(),
+        format!("nodepool.nothere is not in {stack}")
+    );
 }

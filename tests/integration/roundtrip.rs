@@ -16,9 +16,15 @@ async fn mission_round_trip(profile: Profile, backend: Backend) {
     let plan = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(2);
-    plan.stdout_has("Plan: 2 to add, 0 to change, 0 to destroy, 2 to patch.");
-    let (pool_api, pool_kind) = profile.pool();
-    plan.stdout_has(&format!("Karpenter API: {pool_api} {pool_kind}"));
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        "Plan: 2 to add, 0 to change, 0 to destroy, 2 to patch."
+    );
+    let ((pool_api, pool_kind), (class_api, class_kind)) = (profile.pool(), profile.class());
+    assert_eq!(
+        plan.line_starting("Karpenter API: "),
+        format!("Karpenter API: {pool_api} {pool_kind} + {class_api} {class_kind}")
+    );
 
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
@@ -60,7 +66,10 @@ async fn mission_round_trip(profile: Profile, backend: Backend) {
     let again = env
         .rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
-    again.stdout_has("No changes.");
+    assert_eq!(
+        again.line_starting("No changes"),
+        "No changes. The cluster matches the stack."
+    );
 
     // Destroy sends no Secret body, so it needs no token.
     let destroy = env
@@ -130,8 +139,17 @@ async fn a_resource_removed_from_the_stack_is_deleted(backend: Backend) {
 
     env.write(&stack, &base);
     let plan = env.rayform(&["plan", &stack]).ok();
-    plan.stdout_has("manifest.extra-config will be deleted");
-    plan.stdout_has("Plan: 0 to add, 0 to change, 1 to destroy, 0 to patch.");
+    assert_eq!(
+        plan.line_starting("- manifest.extra-config "),
+        format!(
+            "- manifest.extra-config will be deleted (v1 ConfigMap {}/extra-config)",
+            env.ns
+        )
+    );
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        "Plan: 0 to add, 0 to change, 1 to destroy, 0 to patch."
+    );
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
     assert!(
@@ -166,7 +184,10 @@ async fn a_plan_without_a_state_writes_nothing_and_says_the_same_each_time() {
         "{}",
         destroy.stdout
     );
-    destroy.stdout_has("Plan: 0 to destroy, 0 to revert.");
+    assert_eq!(
+        destroy.line_starting("Plan: "),
+        "Plan: 0 to destroy, 0 to revert."
+    );
     assert!(!env.path("state").exists());
 }
 
@@ -201,8 +222,14 @@ async fn a_targeted_plan_covers_the_resource_and_its_dependencies() {
     let plan = env
         .rayform(&["plan", &stack, "--target", "secret.hf-token"])
         .ok();
-    plan.stdout_has("resource targeting is in effect (secret.hf-token)");
-    plan.stdout_has("Plan: 1 to add, 0 to change, 0 to destroy, 0 to patch.");
+    assert_eq!(
+        plan.line_starting("Warning: resource targeting"),
+        "Warning: resource targeting is in effect (secret.hf-token): the plan covers only those and what they depend on, so it may not show every change the stack needs; use it for exceptional cases, then run a plan without --target"
+    );
+    assert_eq!(
+        plan.line_starting("Plan: "),
+        "Plan: 1 to add, 0 to change, 0 to destroy, 0 to patch."
+    );
     env.rayform(&[
         "apply",
         &stack,
@@ -233,11 +260,24 @@ async fn a_targeted_plan_covers_the_resource_and_its_dependencies() {
     let destroy = env
         .rayform(&["plan", &stack, "--destroy", "--target", "secret.hf-token"])
         .ok();
-    destroy.stdout_has("rayservice.mistral-7b will be deleted");
-    destroy.stdout_has("Plan: 2 to destroy, 0 to revert.");
-    env.rayform(&["plan", &stack, "--target", "secret.nothere"])
-        .code(1)
-        .stderr_has("--target secret.nothere: no such resource");
+    assert_eq!(
+        destroy.line_starting("- rayservice.mistral-7b "),
+        format!(
+            "- rayservice.mistral-7b will be deleted (ray.io/v1 RayService {}/mistral-7b)",
+            env.ns
+        )
+    );
+    assert_eq!(
+        destroy.line_starting("Plan: "),
+        "Plan: 2 to destroy, 0 to revert."
+    );
+    let unknown = env
+        .rayform(&["plan", &stack, "--target", "secret.nothere"])
+        .code(1);
+    assert_eq!(
+        unknown.error_line(),
+        format!("--target secret.nothere: no such resource in {stack} or its state")
+    );
 }
 
 #[tokio::test]
@@ -258,7 +298,10 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
 
     // Without a terminal and without --auto-approve, nothing happens.
     let refused = env.rayform(&["apply", &stack, "--no-wait"]).code(1);
-    refused.stdout_has("needs confirmation");
+    assert_eq!(
+        refused.line_starting("rayform apply "),
+        "rayform apply needs confirmation, but standard input is not a terminal."
+    );
     assert!(
         env.get("v1", "Secret", Some(&env.ns), "hf-token")
             .await
@@ -269,10 +312,10 @@ async fn plans_speak_terraform_json_and_apply_asks_first() {
         .ok();
     env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
     let again = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
-    assert!(
-        again.stdout.contains("Plan: 0 to destroy, 0 to revert."),
-        "destroy is idempotent: {}",
-        again.stdout
+    assert_eq!(
+        again.line_starting("Plan: "),
+        "Plan: 0 to destroy, 0 to revert.",
+        "destroy is idempotent"
     );
 }
 
@@ -291,7 +334,10 @@ async fn a_missing_kuberay_crd_is_said_plainly_and_apply_refuses() {
     let apply = env
         .rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .code(1);
-    apply.stderr_has("nothing was changed");
+    assert_eq!(
+        apply.error_line(),
+        "the plan has errors; nothing was changed"
+    );
 }
 
 /// A no-op plan costs a LIST per kind and a GET per Karpenter object,

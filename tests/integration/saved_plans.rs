@@ -43,7 +43,11 @@ async fn a_stale_saved_plan_is_refused(backend: Backend) {
     )
     .await;
     let refused = env.rayform(&["apply", "first.plan", "--no-wait"]).code(1);
-    refused.stderr_has("stale");
+    let said = refused.error_line();
+    assert!(
+        said.starts_with("the saved plan is stale: ") && said.ends_with("; nothing was changed"),
+        "{said}"
+    );
     assert!(
         env.get("v1", "Secret", Some(&env.ns), "hf-token")
             .await
@@ -54,9 +58,16 @@ async fn a_stale_saved_plan_is_refused(backend: Backend) {
     // A fresh plan applies; a plan made before that apply is then stale by serial.
     env.rayform(&["plan", &stack, "--out", "second.plan"]).ok();
     env.rayform(&["plan", &stack, "--out", "third.plan"]).ok();
+    let then = env.state("stale")["serial"].clone();
     env.rayform(&["apply", "second.plan", "--no-wait"]).ok();
+    let now = env.state("stale")["serial"].clone();
     let refused = env.rayform(&["apply", "third.plan", "--no-wait"]).code(1);
-    refused.stderr_has("the state changed since the plan was made");
+    assert_eq!(
+        refused.error_line(),
+        format!(
+            "the saved plan is stale: the state changed since the plan was made (serial {then} then, {now} now); nothing was changed"
+        )
+    );
 }
 on_both_backends!(a_stale_saved_plan_is_refused);
 
@@ -77,8 +88,10 @@ async fn a_saved_plan_is_refused_whole_when_a_secret_value_changed() {
             .unwrap(),
     )
     .code(1);
-    refused.stderr_has("changed since the plan was made");
-    refused.stderr_has("nothing was changed");
+    assert_eq!(
+        refused.error_line(),
+        "the saved plan is stale: secret.hf-token: the value of key `HUGGING_FACE_HUB_TOKEN` changed since the plan was made; nothing was changed"
+    );
     assert!(!refused.all().contains("Patched"), "{}", refused.all());
     assert_eq!(env.karpenter_specs().await, before, "nothing was patched");
     assert!(
@@ -107,8 +120,14 @@ async fn a_saved_plan_missing_what_a_change_needs_is_refused_whole() {
     secret.as_object_mut().unwrap().remove("body");
     env.write("cut.plan", &plan.to_string());
     let refused = env.rayform(&["apply", "cut.plan", "--no-wait"]).code(1);
-    refused.stderr_has("is not a rayform plan");
-    refused.stderr_has("secret.hf-token: a create change without a body");
+    // What follows is where in the file serde stopped reading.
+    let said = refused.error_line();
+    assert!(
+        said.starts_with(
+            "cut.plan is not a rayform plan: secret.hf-token: a create change without a body"
+        ),
+        "{said}"
+    );
     for (api, kind, ns, name) in [
         ("v1", "Secret", Some(env.ns.as_str()), "hf-token"),
         (
@@ -190,8 +209,11 @@ async fn a_saved_plan_that_does_not_hold_together_is_refused_before_anything_is_
         *change.pointer_mut(pointer).unwrap() = bad.clone();
         env.write("bent.plan", &plan.to_string());
         let refused = env.rayform(&["apply", "bent.plan", "--no-wait"]).code(1);
-        refused.stderr_has("is not a rayform plan");
-        refused.stderr_has(said);
+        let first = refused.error_line();
+        assert!(
+            first.starts_with("bent.plan is not a rayform plan: ") && first.contains(said),
+            "{pointer} = {bad}: {first}"
+        );
         assert!(
             !refused.stderr.contains("panicked") && !refused.stderr.contains("Patching"),
             "{pointer} = {bad}: {}",
@@ -230,6 +252,9 @@ async fn a_plan_with_errors_is_not_saved() {
     .await;
     env.rayform(&["init", &stack]).ok();
     let run = env.rayform(&["plan", &stack, "--out", "bad.plan"]).code(1);
-    run.stderr_has("the plan has errors, so it was not saved");
+    assert_eq!(
+        run.error_line(),
+        "the plan has errors, so it was not saved to bad.plan"
+    );
     assert!(!env.path("bad.plan").exists());
 }

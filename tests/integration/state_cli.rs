@@ -45,11 +45,21 @@ async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_clu
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
     let list = env.rayform(&["state", "list", &stack]).ok();
-    let listed: Vec<&str> = list.stdout.lines().collect();
-    assert!(
-        listed.contains(&"secret.hf-token")
-            && listed.contains(&format!("nodepool.{}", env.pool).as_str()),
-        "{listed:?}"
+    // Every tracked address once, and nothing else; the order is not the contract.
+    let mut listed: Vec<&str> = list.stdout.lines().collect();
+    listed.sort_unstable();
+    let (class, pool) = (
+        format!("nodeclass.{}", env.class),
+        format!("nodepool.{}", env.pool),
+    );
+    assert_eq!(
+        listed,
+        [
+            class.as_str(),
+            &pool,
+            "rayservice.mistral-7b",
+            "secret.hf-token"
+        ]
     );
 
     let show = env
@@ -66,13 +76,12 @@ async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_clu
         &BTreeMap::from([("state show".to_string(), show.all())]),
     );
 
-    env.rayform(&["state", "show", &stack, "bogus"])
-        .code(1)
-        .stderr_has("is not an address");
+    let bogus = env.rayform(&["state", "show", &stack, "bogus"]).code(1);
+    assert_eq!(bogus.error_line(), "`bogus` is not an address");
     let unknown = env
         .rayform(&["state", "rm", &stack, "secret.hf-token", "secret.nope"])
         .code(1);
-    unknown.stderr_has("the state does not track secret.nope");
+    assert_eq!(unknown.error_line(), "the state does not track secret.nope");
     // All or nothing: the known address is still tracked.
     assert!(
         env.rayform(&["state", "list", &stack])
@@ -81,9 +90,13 @@ async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_clu
             .contains("secret.hf-token")
     );
 
-    env.rayform(&["state", "rm", &stack, "secret.hf-token"])
-        .ok()
-        .stdout_has("Removed secret.hf-token");
+    let removed = env
+        .rayform(&["state", "rm", &stack, "secret.hf-token"])
+        .ok();
+    assert_eq!(
+        removed.line_starting("Removed "),
+        "Removed secret.hf-token: the object stays in the cluster, and rayform no longer manages it."
+    );
     // Still labelled, but no longer taken back without being asked.
     let plan = env.rayform(&["plan", &stack]).code(1);
     assert!(
@@ -158,7 +171,10 @@ async fn a_missing_state_namespace_is_named_with_how_to_create_it() {
     let run = env
         .rayform(&["--state-namespace", "no-such-ns", "plan", &stack])
         .code(1);
-    run.stderr_has("the state namespace `no-such-ns` does not exist");
+    assert_eq!(
+        run.error_line(),
+        "the state namespace `no-such-ns` does not exist"
+    );
     run.stderr_has("kubectl create namespace no-such-ns");
 }
 

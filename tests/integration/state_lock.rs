@@ -78,7 +78,10 @@ async fn force_unlock_checks_the_id_and_never_breaks_a_live_holders_lock() {
         rayform::state::lock::StateLock::acquire(&env.path("state/unlock.json"), "apply").unwrap();
     let id = held.info.id.clone();
     let wrong = env.rayform(&["force-unlock", &stack, "not-the-id"]).code(1);
-    wrong.stderr_has("does not match the current lock");
+    assert_eq!(
+        wrong.error_line(),
+        format!("lock ID `not-the-id` does not match the current lock `{id}`")
+    );
     let alive = env.rayform(&["force-unlock", &stack, &id]).code(1);
     alive.stderr_has("held by a running process");
     // The record can say anything (another host, a dead pid): the holder is
@@ -132,7 +135,11 @@ async fn a_run_whose_lease_is_taken_over_stops_without_writing_the_state() {
     let run = holder.finish();
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(started.elapsed() < Duration::from_secs(20));
-    run.stderr_has("the state lock was lost");
+    assert!(
+        run.error_line().starts_with("the state lock was lost: "),
+        "{}",
+        run.stderr
+    );
     assert_eq!(serial().await, before, "no state written after the loss");
     // Its help line runs as printed. The intruder never renews the Lease, so
     // the suggested run sees a dead holder and takes over after a duration.
