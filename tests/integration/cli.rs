@@ -85,9 +85,11 @@ async fn every_help_line_names_a_command_that_runs_as_printed() {
     // Importing what does not exist: apply creates it.
     let import = env.rayform(&["import", &stack, "secret.hf-token"]).code(1);
     import.stderr_has("there is nothing to import");
-    run_suggested(&env, &import)
-        .code(1)
-        .stdout_has("needs confirmation");
+    let unconfirmed = run_suggested(&env, &import).code(1);
+    assert_eq!(
+        unconfirmed.line_starting("rayform apply "),
+        "rayform apply needs confirmation, but standard input is not a terminal."
+    );
 
     // A saved plan needs a state: init makes it.
     let unsaved = env.rayform(&["plan", &stack, "--out", "a.plan"]).code(1);
@@ -127,7 +129,11 @@ async fn every_help_line_names_a_command_that_runs_as_printed() {
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
     let stale = env.rayform(&["apply", "a.plan", "--auto-approve"]).code(1);
-    stale.stderr_has("the saved plan is stale");
+    assert!(
+        stale.error_line().starts_with("the saved plan is stale: "),
+        "{}",
+        stale.stderr
+    );
     run_suggested(&env, &stale).ok();
 
     // Help lines the library writes name the stack as STACK; the command
@@ -256,7 +262,7 @@ async fn terraform_single_dash_flags_are_accepted() {
     .code(2);
     assert!(env.path("s.plan").exists(), "-out=FILE saved the plan");
     let json = env.rayform(&["plan", &stack, "-destroy", "-json"]).ok();
-    let plan: serde_json::Value = serde_json::from_str(&json.stdout).expect("-json is JSON");
+    let plan = json.json();
     assert_eq!(plan["destroy"], serde_json::json!(true), "{plan}");
     env.rayform(&[
         "apply",
@@ -368,9 +374,13 @@ async fn state_mv_and_push_from_stdin(backend: Backend) {
     let state = env.state("statemv");
     let recorded = state["resources"]["secret.hf-token"].clone();
 
-    env.rayform(&["state", "mv", &stack, "secret.hf-token", "secret.token"])
-        .ok()
-        .stdout_has("Moved secret.hf-token to secret.token");
+    let mv = env
+        .rayform(&["state", "mv", &stack, "secret.hf-token", "secret.token"])
+        .ok();
+    assert_eq!(
+        mv.line_starting("Moved "),
+        "Moved secret.hf-token to secret.token: the state records the object under its new address; the cluster was not touched."
+    );
     let moved = env.state("statemv");
     assert!(moved["resources"]["secret.hf-token"].is_null(), "{moved}");
     assert_eq!(moved["resources"]["secret.token"], recorded);
@@ -387,16 +397,27 @@ async fn state_mv_and_push_from_stdin(backend: Backend) {
     let gone = env
         .rayform(&["state", "mv", &stack, "secret.hf-token", "secret.x"])
         .code(1);
-    gone.stderr_has("the state does not track secret.hf-token");
+    assert_eq!(
+        gone.error_line(),
+        "the state does not track secret.hf-token"
+    );
     let rayservice = "rayservice.mistral-7b";
-    env.rayform(&["state", "mv", &stack, "secret.token", rayservice])
-        .code(1)
-        .stderr_has("different types");
+    let other_type = env
+        .rayform(&["state", "mv", &stack, "secret.token", rayservice])
+        .code(1);
+    assert_eq!(
+        other_type.error_line(),
+        format!(
+            "secret.token and {rayservice} are resources of different types; an entry can only move to another name of its type"
+        )
+    );
     let pool = format!("nodepool.{}", env.pool);
     let class = format!("nodeclass.{}", env.class);
-    env.rayform(&["state", "mv", &stack, &pool, &pool])
-        .code(1)
-        .stderr_has(&format!("the state already tracks {pool}"));
+    let taken = env.rayform(&["state", "mv", &stack, &pool, &pool]).code(1);
+    assert_eq!(
+        taken.error_line(),
+        format!("the state already tracks {pool}")
+    );
     env.rayform(&["state", "mv", &stack, &class, &pool])
         .code(1)
         .stderr_has("different types");

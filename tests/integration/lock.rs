@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::engine::many_config_maps;
+use crate::support::many_config_maps;
 use crate::support::{Backend, Env, OwnCluster, Profile, Run, Running};
 
 /// `rayform args` with its clock moved by `offset` (e.g. "+20s"), by

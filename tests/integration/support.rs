@@ -258,6 +258,54 @@ impl Run {
     pub fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
     }
+
+    /// The one stdout line that starts with `prefix`, its indent taken off.
+    /// Where a whole line is the contract (a plan's summary, a change's
+    /// headline, an exit message), the test compares it whole: a substring
+    /// passes a line that grew a wrong count or a stray word.
+    #[track_caller]
+    pub fn line_starting(&self, prefix: &str) -> &str {
+        only_line(&self.stdout, prefix, "stdout")
+    }
+
+    /// As [`Run::line_starting`], on stderr.
+    #[track_caller]
+    pub fn stderr_line_starting(&self, prefix: &str) -> &str {
+        only_line(&self.stderr, prefix, "stderr")
+    }
+
+    /// The first line of the error the run ended with, `Error: ` taken off;
+    /// its help lines follow it and are checked on their own.
+    #[track_caller]
+    pub fn error_line(&self) -> &str {
+        let line = self.stderr_line_starting("Error: ");
+        &line["Error: ".len()..]
+    }
+
+    /// stdout as JSON, for comparing fields by value.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// The only line of `text` starting with `prefix` once its indent is off;
+/// none or two is a failure, so a summary printed twice cannot pass.
+#[track_caller]
+fn only_line<'a>(text: &'a str, prefix: &str, stream: &str) -> &'a str {
+    let found: Vec<&str> = text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with(prefix))
+        .collect();
+    match found[..] {
+        [line] => line,
+        _ => panic!(
+            "expected one line starting with {prefix:?} on {stream}, found {}:\n{text}",
+            found.len()
+        ),
+    }
 }
 
 impl Env {
@@ -775,4 +823,20 @@ impl Running {
             stderr: self.lines.lock().unwrap().join("\n"),
         }
     }
+}
+
+/// Many ConfigMaps, so a kill can land with some of them done and not others.
+pub fn many_config_maps(env: &Env, stack_name: &str, count: usize) -> String {
+    let mut text = format!(
+        "[stack]\nname = \"{stack_name}\"\nnamespace = \"{}\"\n",
+        env.ns
+    );
+    for i in 0..count {
+        text.push_str(&format!(
+            "\n[manifest.cm{i}]\nobject = {{ apiVersion = \"v1\", kind = \"ConfigMap\", data = {{ index = \"{i}\" }} }}\n"
+        ));
+    }
+    let file = format!("{stack_name}.toml");
+    env.write(&file, &text);
+    file
 }

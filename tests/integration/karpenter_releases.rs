@@ -1,0 +1,159 @@
+//! Karpenter releases before v1 and migrations between them: objects are
+//! patched in the API they exist in, a stored v1beta1 is read as stored, and
+//! a disruption annotation a release ignores is named.
+
+use serde_json::json;
+
+use crate::karpenter::{intents, merge_pool};
+use crate::support::{Env, Profile};
+
+#[tokio::test]
+async fn on_karpenter_v0_32_objects_are_patched_in_the_api_they_exist_in() {
+    let env = Env::new(Profile::V032, "v032").await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("v032");
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(&format!(
+        "will be patched (karpenter.sh/v1alpha5 Provisioner {})",
+        env.pool
+    ));
+    plan.stdout_has("reaches new nodes only: Karpenter up to v0.32");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    assert_eq!(env.pool_spec().await["ttlSecondsAfterEmpty"], json!(600));
+    assert_eq!(
+        env.class_spec().await["blockDeviceMappings"][0]["ebs"]["volumeSize"],
+        json!("200Gi")
+    );
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(env.karpenter_specs().await, before);
+}
+
+/// A cluster half-way through the v0.32 migration has a Provisioner and a
+/// NodePool of one name, and Karpenter launches from both: rayform patches
+/// the NodePool, and the plan names the Provisioner it leaves alone.
+#[tokio::test]
+async fn on_karpenter_v0_32_a_provisioner_beside_the_patched_nodepool_is_named() {
+    let env = Env::new(Profile::V032, "v032-both").await;
+    let fixture = env
+        .get("karpenter.sh/v1beta1", "NodePool", None, "default")
+        .await
+        .expect("the v1beta1 fixture `default` exists");
+    let mut spec = fixture["spec"].clone();
+    spec["disruption"] = json!({"consolidationPolicy": "WhenEmpty", "consolidateAfter": "30s"});
+    env.apply_as(
+        "karpenter-install",
+        "karpenter.sh/v1beta1",
+        "NodePool",
+        None,
+        &env.pool,
+        json!({ "spec": spec }),
+    )
+    .await;
+    let stack = intents(&env, Some("600s"), None);
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(&format!(
+        "will be patched (karpenter.sh/v1beta1 NodePool {})",
+        env.pool
+    ));
+    plan.stdout_has(&format!(
+        "a Provisioner `{}` (karpenter.sh/v1alpha5) exists beside the NodePool and is not patched",
+        env.pool
+    ));
+    let nodepool_spec = async || {
+        env.get("karpenter.sh/v1beta1", "NodePool", None, &env.pool)
+            .await
+            .expect("the test's NodePool")["spec"]
+            .clone()
+    };
+    let before = nodepool_spec().await;
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    assert_eq!(
+        nodepool_spec().await["disruption"]["consolidateAfter"],
+        json!("600s")
+    );
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(nodepool_spec().await, before);
+}
+
+/// Karpenter v0.33.6-v0.37 serve karpenter.sh/v1 beside the v1beta1 they
+/// store, and convert with loss: the pool and class are read and patched
+/// through the stored v1beta1, destroy gives back exactly what was there,
+/// and do-not-evict, which those releases honour, is not said to be ignored.
+#[tokio::test]
+async fn on_karpenter_v0_37_the_stored_v1beta1_is_read_and_patched() {
+    let env = Env::new(Profile::V037, "v037").await;
+    merge_pool(
+        &env,
+        json!({"spec": {"disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "30s"}}}),
+    )
+    .await;
+    let before = env.karpenter_specs().await;
+    let stack = env.mission_stack("v037");
+    let manifest = std::fs::read_to_string(env.path("mistral-7b.rayservice.yaml")).unwrap();
+    env.write(
+        "mistral-7b.rayservice.yaml",
+        &manifest.replace("karpenter.sh/do-not-disrupt", "karpenter.sh/do-not-evict"),
+    );
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(&format!(
+        "will be patched (karpenter.sh/v1beta1 NodePool {})",
+        env.pool
+    ));
+    plan.stdout_has(&format!(
+        "will be patched (karpenter.k8s.aws/v1beta1 EC2NodeClass {})",
+        env.class
+    ));
+    assert!(!plan.stdout.contains("protects nothing"), "{}", plan.stdout);
+
+    let mark = env.audit_mark();
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let writes: Vec<String> = env
+        .requests_since(mark)
+        .await
+        .into_iter()
+        .filter(|e| e["verb"] == "patch" && e["objectRef"]["namespace"].is_null())
+        .map(|e| {
+            let object = &e["objectRef"];
+            let field = |k: &str| object[k].as_str().unwrap_or_default().to_string();
+            format!("{} {}", field("resource"), field("apiVersion"))
+        })
+        .collect();
+    assert!(!writes.is_empty());
+    assert!(
+        writes.iter().all(|w| w.ends_with(" v1beta1")),
+        "patched through the stored version only: {writes:?}"
+    );
+    let pool = env.pool_spec().await;
+    assert_eq!(
+        pool["disruption"]["consolidationPolicy"],
+        json!("WhenEmpty")
+    );
+    assert_eq!(pool["disruption"]["consolidateAfter"], json!("600s"));
+
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(env.karpenter_specs().await, before);
+}
+
+#[tokio::test]
+async fn a_disruption_annotation_the_karpenter_release_ignores_is_named() {
+    let old = Env::new(Profile::V1alpha5, "annotation-old").await;
+    let stack = old.mission_stack("annotations");
+    old.rayform(&["plan", &stack]).ok().stdout_has(
+        "the head group's karpenter.sh/do-not-disrupt annotation protects nothing here: the cluster serves only karpenter.sh/v1alpha5",
+    );
+
+    let new = Env::new(Profile::V1, "annotation-new").await;
+    let stack = new.mission_stack("annotations");
+    let plan = new.rayform(&["plan", &stack]).ok();
+    assert!(!plan.stdout.contains("protects nothing"), "{}", plan.stdout);
+    let manifest = std::fs::read_to_string(new.path("mistral-7b.rayservice.yaml")).unwrap();
+    new.write(
+        "mistral-7b.rayservice.yaml",
+        &manifest.replace("karpenter.sh/do-not-disrupt", "karpenter.sh/do-not-evict"),
+    );
+    new.rayform(&["plan", &stack]).ok().stdout_has(
+        "karpenter.sh/do-not-evict annotation protects nothing here: the cluster stores karpenter.sh/v1 NodePools",
+    );
+}
