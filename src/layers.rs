@@ -1,4 +1,4 @@
-//! Keeps the library's layers pointing down. Each module of the pipeline
+//! Keeps the library's layers pointing down, and its files short. Each module of the pipeline
 //! has a rank; a module may name only modules of a lower rank (`crate::x`
 //! paths and `use crate::x` lines are what is read). A new upward reach
 //! fails here, at `cargo test --lib`, before it becomes a cycle someone has
@@ -83,4 +83,24 @@ fn every_module_of_the_library_has_a_rank() {
         .filter(|m| rank(m).is_none())
         .collect();
     assert_eq!(unranked, Vec::<&str>::new());
+}
+
+/// Past this a file holds more than one idea; split it by idea.
+const MOST_LINES: usize = 700;
+
+#[test]
+fn no_source_file_is_over_700_lines() {
+    let mut files = Vec::new();
+    sources(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).ok()?.lines().count();
+            (lines > MOST_LINES).then(|| format!("{}: {lines} lines", f.display()))
+        })
+        .collect();
+    assert_eq!(long, Vec::<String>::new());
 }

@@ -182,6 +182,8 @@ fn auto_mode_form(list: &[String], served: &crate::karpenter::Served) -> String 
 }
 
 /// The objects the stack patches exist, and its pools can launch its GPU workers.
+/// Long on purpose: one line of the report per intent and generation, in
+/// the order a user reads the report, from one reading of the objects.
 pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
     let served = served_stored_first(cluster).await;
     let mut checks = Vec::new();

@@ -61,6 +61,9 @@ fn headline(c: &Change) -> Option<(&'static str, String)> {
     Some((sym, line))
 }
 
+/// The plan as the terminal shows it, Terraform's layout top to bottom.
+/// Long on purpose: the sections follow each other as they print, so the
+/// output reads off the function.
 pub fn render_text(plan: &Plan, options: RenderOptions) -> String {
     let p = Paint(options.color);
     let mut out = String::new();

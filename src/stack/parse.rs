@@ -260,6 +260,8 @@ pub(super) fn to_json(
 }
 
 /// Parses and validates the text of a stack file.
+/// Long on purpose: each table of the stack in the order the reference
+/// documents them, every error collected rather than the first returned.
 pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<Stack, StackError> {
     let doc = DeTable::parse(src.text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
