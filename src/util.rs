@@ -186,6 +186,23 @@ impl Paint {
 }
 
 /// One-line JSON for messages (`"30s"`, `[{"deviceName":...}]`).
+/// An object's namespace, empty for a cluster-scoped one.
+pub fn namespace_of(object: &serde_json::Value) -> &str {
+    object
+        .pointer("/metadata/namespace")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+}
+
+/// `namespace/name`, as kubectl names an object in its messages.
+pub fn qualified(object: &serde_json::Value) -> String {
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    format!("{}/{name}", namespace_of(object))
+}
+
 pub fn compact_json(v: &serde_json::Value) -> String {
     canonical_json(v)
 }

@@ -62,7 +62,7 @@ pub async fn operator_missing(cluster: &Cluster) -> Option<String> {
 }
 
 fn deployed(deployment: &Value) -> Result<Operator, NotRunning> {
-    let name = qualified(deployment);
+    let name = crate::util::qualified(deployment);
     let ready = deployment
         .pointer("/status/readyReplicas")
         .and_then(Value::as_u64)
@@ -72,7 +72,7 @@ fn deployed(deployment: &Value) -> Result<Operator, NotRunning> {
             message: format!("Deployment {name} has no ready replica"),
             help: format!(
                 "look at its pods and events: kubectl -n {} describe deployment {}",
-                namespace_of(deployment),
+                crate::util::namespace_of(deployment),
                 name.rsplit('/').next().unwrap_or_default()
             ),
         });
@@ -108,20 +108,5 @@ async fn operator_lease(cluster: &Cluster) -> Option<(String, i64)> {
         .parse()
         .ok()?;
     let age = jiff::Timestamp::now().as_second() - renewed.as_second();
-    Some((qualified(&lease), age))
-}
-
-fn namespace_of(object: &Value) -> &str {
-    object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
-fn qualified(object: &Value) -> String {
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    format!("{}/{name}", namespace_of(object))
+    Some((crate::util::qualified(&lease), age))
 }

@@ -108,21 +108,6 @@ fn version_note(version: Option<String>) -> String {
     }
 }
 
-fn namespace_of(object: &Value) -> &str {
-    object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
-fn qualified(object: &Value) -> String {
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    format!("{}/{name}", namespace_of(object))
-}
-
 pub fn karpenter_apis(cluster: &Cluster) -> Check {
     let served = served(cluster);
     let list: Vec<String> = served
@@ -363,7 +348,7 @@ async fn device_plugin(cluster: &Cluster) -> Option<String> {
                 .iter()
                 .filter_map(|c| c["image"].as_str())
                 .any(|i| i.contains("k8s-device-plugin") || i.contains("gpu-operator"))
-                .then(|| qualified(&ds))
+                .then(|| crate::util::qualified(&ds))
         })
         .await
         .ok()?;

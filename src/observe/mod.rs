@@ -30,7 +30,7 @@ mod objects;
 mod patches;
 use objects::{Group, Route, observe_objects, route};
 use patches::*;
-pub use patches::{api_holding, served, served_stored_first};
+pub use patches::{api_holding, decide_patch, served, served_stored_first};
 
 /// Everything the planner needs to know about the cluster.
 #[derive(Debug, Clone)]

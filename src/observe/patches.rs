@@ -239,24 +239,43 @@ pub(super) async fn observe_karpenter(
         out.live = Some(live);
         return Ok(out);
     }
-    let patch = match wanted(&live, &karpenter::floor::original_view(&live)) {
+    let Some(patch) = decide_patch(&stack.name, &live, wanted, &mut out) else {
+        out.live = Some(live);
+        return Ok(out);
+    };
+    out.live = Some(live);
+    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
+    Ok(out)
+}
+
+/// This stack's patch of the Karpenter object `live`, decided without the
+/// cluster: what `wanted` (the intent as a floor) says to write, kept as
+/// it is where a value set since meets the intent too, or the stack's own
+/// fields given back when the floor is met without them. None when nothing
+/// can be written; `out` says why (a problem, fields changed outside).
+pub fn decide_patch(
+    stack: &str,
+    live: &Value,
+    wanted: impl Fn(&Value, &Value) -> Result<Wanted, String>,
+    out: &mut ObservedPatch,
+) -> Option<KarpenterPatch> {
+    match wanted(live, &karpenter::floor::original_view(live)) {
         Err(problem) => {
             out.problem = Some(problem);
-            out.live = Some(live);
-            return Ok(out);
+            None
         }
         Ok(Wanted::Write {
             fields,
             notes,
             warnings,
         }) => {
-            let mut patch = karpenter::patch(&stack.name, &live, &fields);
+            let mut patch = karpenter::patch(stack, live, &fields);
             // Someone set a value since this stack wrote its own, and it
             // meets the intent as well (a longer TTL, a larger disk): the
             // floor holds, so it is kept, not "corrected" back down.
             if let (true, Ok(Wanted::Satisfied(why))) = (
-                patch.needed && karpenter::changed_since_written(&stack.name, &live),
-                wanted(&live, &live),
+                patch.needed && karpenter::changed_since_written(stack, live),
+                wanted(live, live),
             ) {
                 out.kept = Some(format!(
                     "kept (longer than the stack asks), set since the apply: {why}"
@@ -266,23 +285,19 @@ pub(super) async fn observe_karpenter(
                 out.notes = notes;
                 out.warnings = warnings;
             }
-            patch
+            Some(patch)
         }
         Ok(left) => {
             out.notes.extend(left.left_alone());
-            match karpenter::withdraw(&stack.name, &live) {
-                Ok(patch) => patch,
+            match karpenter::withdraw(stack, live) {
+                Ok(patch) => Some(patch),
                 Err(changed) => {
                     out.changed_outside = changed;
-                    out.live = Some(live);
-                    return Ok(out);
+                    None
                 }
             }
         }
-    };
-    out.live = Some(live);
-    finish_patch(cluster, &kind, &stack.field_manager(), patch, &mut out).await?;
-    Ok(out)
+    }
 }
 
 pub(super) async fn observe_pool(

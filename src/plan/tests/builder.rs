@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::desired::{self, Desired, DesiredObject, Secrets};
 use crate::graph::Graph;
-use crate::karpenter::{self, ClassApi, PoolApi, Served, Wanted, floor};
+use crate::karpenter::{self, ClassApi, PoolApi, Served, floor};
 use crate::observe::{Observed, ObservedObject, ObservedPatch, Unlabelled, World};
 use crate::plan::{self, Change, Plan, PlanOptions};
 use crate::stack::{Address, Stack, StateOverride};
@@ -303,43 +303,9 @@ impl Scenario {
             other => panic!("{at} is a Karpenter intent: {other:?}"),
         };
         let mut out = identity(&live);
-        let patch = match wanted(&live, &floor::original_view(&live)) {
-            Err(problem) => {
-                out.problem = Some(problem);
-                out.live = Some(live);
-                return self.sees_patch(at, out);
-            }
-            Ok(Wanted::Write {
-                fields,
-                notes,
-                warnings,
-            }) => {
-                let mut patch = karpenter::patch(STACK, &live, &fields);
-                if let (true, Ok(Wanted::Satisfied(why))) = (
-                    patch.needed && karpenter::changed_since_written(STACK, &live),
-                    wanted(&live, &live),
-                ) {
-                    out.kept = Some(format!(
-                        "kept (longer than the stack asks), set since the apply: {why}"
-                    ));
-                    patch.needed = false;
-                } else {
-                    out.notes = notes;
-                    out.warnings = warnings;
-                }
-                patch
-            }
-            Ok(left) => {
-                out.notes.extend(left.left_alone());
-                match karpenter::withdraw(STACK, &live) {
-                    Ok(patch) => patch,
-                    Err(changed) => {
-                        out.changed_outside = changed;
-                        out.live = Some(live);
-                        return self.sees_patch(at, out);
-                    }
-                }
-            }
+        let Some(patch) = crate::observe::decide_patch(STACK, &live, wanted, &mut out) else {
+            out.live = Some(live);
+            return self.sees_patch(at, out);
         };
         out.after = patch.needed.then(|| merged(&live, &patch.merge));
         out.patch = Some(patch);
