@@ -14,7 +14,7 @@ use crate::state::{ResourceState, State};
 /// Records `address` in the state, under the session's lock; returns the
 /// uid of the object found.
 pub async fn import(session: &mut Session, address: &str) -> Result<String, OpsError> {
-    let fail = |m: String| Err(OpsError::Import(m));
+    let fail = |m: String| Err(OpsError::Refused(m));
     let Some(address) = Address::parse(address) else {
         return fail(format!(
             "`{address}` is not an address like secret.hf-token"
@@ -68,7 +68,7 @@ async fn as_found(
     secret_keys: &[String],
     state: &State,
 ) -> Result<ResourceState, OpsError> {
-    let fail = |message: String| OpsError::Import(format!("{address}: {message}"));
+    let fail = |message: String| OpsError::Refused(format!("{address}: {message}"));
     let kind = cluster.kind(&want.api_version, &want.kind).ok_or_else(|| {
         fail(crate::cluster::missing_kind_message(
             &want.api_version,

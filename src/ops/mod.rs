@@ -16,6 +16,7 @@
 
 mod import;
 mod saved;
+pub mod state;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -74,8 +75,9 @@ pub enum OpsError {
         file.display()
     )]
     UnknownTarget { address: Address, file: PathBuf },
+    /// What an operation will not do, said with its reason (and help).
     #[error("{0}")]
-    Import(String),
+    Refused(String),
 }
 
 /// What the caller shows of a run that is not its outcome.
