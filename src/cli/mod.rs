@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use rayform::apply::{self, ApplyOptions, Readiness, SecretValues, Stop};
-use rayform::backend::{Backend, BackendError, Lock};
+use rayform::backend::{Backend, BackendError};
 use rayform::cluster::Cluster;
 use rayform::desired;
 use rayform::graph::Graph;
@@ -22,7 +22,6 @@ use rayform::plan::{self, Plan};
 use rayform::readiness::{Connections, OnStuck};
 use rayform::stack::StateLocation;
 use rayform::stack::{self, ResourceSpec, Stack};
-use rayform::state::State;
 
 use args::{Cli, Command, Global, RunArgs};
 use output::Out;
@@ -299,19 +298,9 @@ fn load(path: &Path, g: &Global) -> Result<Stack, Error> {
     Ok(stack::load(path, &g.state_override())?)
 }
 
-/// Takes the state lock (see [`ops::lock`]).
-async fn lock(backend: &Backend, operation: &str, out: &Out) -> Result<Lock, Error> {
-    Ok(ops::lock(backend, operation, out).await?)
-}
-
 /// The backend at `location`; connects to the cluster only if the state is kept there.
 async fn backend_for(location: &StateLocation, g: &Global) -> Result<Backend, Error> {
     Ok(ops::backend_at(location, &g.connect_options()).await?)
-}
-
-/// The state kept by `backend` (see [`ops::read_state`]).
-async fn read_state(backend: &Backend, out: &Out) -> Result<Option<State>, Error> {
-    Ok(ops::read_state(backend, out).await?)
 }
 
 async fn doctor(
