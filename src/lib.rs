@@ -23,7 +23,7 @@
 //! first apply and says, check by check, whether it can work.
 //!
 //! [`ops`] joins the stages into what a user asks for (plan, apply, destroy,
-//! import): the CLI and the integration tests call those.
+//! import, the state commands): the CLI and the integration tests call those.
 //!
 //! [`cluster`] is the only module that talks to Kubernetes.
 //! The library knows nothing of the command line; `src/cli/` does.

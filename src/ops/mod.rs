@@ -1,6 +1,6 @@
 //! Operations: the pipeline joined into what a user asks for (plan, apply,
-//! destroy, import), so that any caller can run one: the CLI, the
-//! integration tests, another tool. cargo keeps its commands thin over its
+//! destroy, import, and the state commands in [`state`]), so that any
+//! caller can run one: the CLI, the integration tests, another tool. cargo keeps its commands thin over its
 //! `ops` for the same reason: a command parses arguments, calls one
 //! operation and renders its outcome; everything between the stack file and
 //! the outcome is here, where it can be driven without a terminal.
