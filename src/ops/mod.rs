@@ -1,9 +1,10 @@
 //! Operations: the pipeline joined into what a user asks for (plan, apply,
 //! destroy, import, and the state commands in [`state`]), so that any
-//! caller can run one: the CLI, the integration tests, another tool. cargo keeps its commands thin over its
-//! `ops` for the same reason: a command parses arguments, calls one
-//! operation and renders its outcome; everything between the stack file and
-//! the outcome is here, where it can be driven without a terminal.
+//! caller can run one: the CLI, the integration tests, another tool. cargo
+//! keeps its commands thin over its `ops` for the same reason: a command
+//! parses arguments, calls one operation and renders its outcome;
+//! everything between the stack file and the outcome is here, where it can
+//! be driven without a terminal.
 //!
 //! An operation starts from a [`Session`]: the stack and its graph, the
 //! state under its lock, and a connection to the cluster the state belongs
