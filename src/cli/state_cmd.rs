@@ -16,8 +16,12 @@ pub async fn run(command: &StateCommand, g: &Global, out: &Out) -> Result<u8, Er
     match command {
         StateCommand::List { stack } => {
             let state = ops_state::read(&g.place(stack), out).await?;
-            for address in state.resources.keys() {
-                out.line(&address.to_string());
+            // Sorted as text, as `terraform state list` prints them.
+            let mut addresses: Vec<String> =
+                state.resources.keys().map(ToString::to_string).collect();
+            addresses.sort();
+            for address in addresses {
+                out.line(&address);
             }
         }
         StateCommand::Show { stack, address } => {

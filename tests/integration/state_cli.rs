@@ -45,9 +45,8 @@ async fn state_list_show_and_rm_read_and_edit_the_state_without_touching_the_clu
     env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
         .ok();
     let list = env.rayform(&["state", "list", &stack]).ok();
-    // Every tracked address once, and nothing else; the order is not the contract.
-    let mut listed: Vec<&str> = list.stdout.lines().collect();
-    listed.sort_unstable();
+    // Every tracked address once, sorted as text (as `terraform state list`).
+    let listed: Vec<&str> = list.stdout.lines().collect();
     let (class, pool) = (
         format!("nodeclass.{}", env.class),
         format!("nodepool.{}", env.pool),
