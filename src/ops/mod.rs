@@ -81,6 +81,17 @@ pub enum OpsError {
     Refused(String),
 }
 
+impl OpsError {
+    /// The state found at the stack's location belongs to stack `found`.
+    fn other_stack(s: &Stack, found: String) -> OpsError {
+        OpsError::OtherStack {
+            location: s.state.clone(),
+            found,
+            stack: s.name.clone(),
+        }
+    }
+}
+
 /// What the caller shows of a run that is not its outcome.
 pub trait Notes: Sync {
     /// Why the run waits (a Lease held by another run, watched before it is taken over).
@@ -359,11 +370,7 @@ pub async fn load_state(
     notes: &dyn Notes,
 ) -> Result<(State, bool), OpsError> {
     match read_state(backend, notes).await? {
-        Some(st) if st.stack != s.name => Err(OpsError::OtherStack {
-            location: s.state.clone(),
-            found: st.stack,
-            stack: s.name.clone(),
-        }),
+        Some(st) if st.stack != s.name => Err(OpsError::other_stack(s, st.stack)),
         Some(st) => Ok((st, false)),
         None => Ok((State::new(&s.name).map_err(BackendError::from)?, true)),
     }

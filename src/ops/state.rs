@@ -23,7 +23,7 @@ pub async fn init(place: &Place, notes: &dyn Notes) -> Result<(Stack, Initialize
     let lock = super::lock(&backend, "init", notes).await?;
     if let Some(current) = super::read_state(&backend, notes).await? {
         if current.stack != s.name {
-            return Err(other_stack(&s, current.stack));
+            return Err(OpsError::other_stack(&s, current.stack));
         }
         return Ok((s, Initialized::Existed(current)));
     }
@@ -166,14 +166,6 @@ async fn existing(backend: &Backend, s: &Stack, notes: &dyn Notes) -> Result<Sta
             "no state at {}: nothing has been applied with this stack yet",
             s.state
         ))),
-    }
-}
-
-fn other_stack(s: &Stack, found: String) -> OpsError {
-    OpsError::OtherStack {
-        location: s.state.clone(),
-        found,
-        stack: s.name.clone(),
     }
 }
 
