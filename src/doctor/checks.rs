@@ -471,11 +471,13 @@ fn needed(cluster: &Cluster, stack: &Stack) -> BTreeSet<Access> {
                     grant(&mut needed, cluster.kind("v1", "Secret"), &["get"], ns);
                 }
             }
+            // Karpenter v0.32 has the intent patched into its Provisioner
+            // and NodePool alike: every generation served.
             ResourceSpec::NodePool(_) => {
-                let kind = karpenter
-                    .pool()
-                    .and_then(|a| cluster.kind(a.api_version(), a.kind()));
-                grant(&mut needed, kind, &["get", "list", "patch"], None);
+                for a in &karpenter.pools {
+                    let kind = cluster.kind(a.api_version(), a.kind());
+                    grant(&mut needed, kind, &["get", "list", "patch"], None);
+                }
             }
             ResourceSpec::NodeClass(_) => {
                 let kind = karpenter

@@ -163,10 +163,13 @@ impl Graph {
             .unwrap_or_default()
     }
 
+    /// The node of an address; a Provisioner beside a NodePool shares its
+    /// intent's node, so it has the intent's edges.
     fn node(&self, address: &Address) -> Option<NodeIndex> {
+        let declared = address.declared();
         self.graph
             .node_indices()
-            .find(|&i| &self.graph[i] == address)
+            .find(|&i| self.graph[i] == declared)
     }
 
     /// DOT for the apply order, or with edges reversed for the destroy order.

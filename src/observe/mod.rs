@@ -178,7 +178,13 @@ pub async fn observe(
     // Objects, grouped so that each kind costs one LIST per namespace;
     // Karpenter objects one by one, as each is patched on its own.
     let mut groups: BTreeMap<Group, Vec<Address>> = BTreeMap::new();
-    let addresses: BTreeSet<&Address> = desired.keys().chain(state.resources.keys()).collect();
+    // The Provisioners that may stand beside the NodePools are looked for too.
+    let beside: Vec<Address> = desired.keys().filter_map(Address::beside).collect();
+    let addresses: BTreeSet<&Address> = desired
+        .keys()
+        .chain(state.resources.keys())
+        .chain(&beside)
+        .collect();
     for address in addresses {
         match route(address, desired, state, mode, &stack.namespace) {
             Route::Object(group) => groups.entry(group).or_default().push(address.clone()),

@@ -50,6 +50,9 @@ pub(super) enum Route<'a> {
     /// Destroy of a partially applied stack: a patch whose state write was
     /// lost still carries this stack's holder annotation.
     Unrecorded(ResourceType),
+    /// The Provisioner that may stand beside a wanted NodePool, with what
+    /// the state recorded of it.
+    Beside(&'a crate::stack::NodePoolIntent, Option<&'a ResourceState>),
     Nothing,
 }
 
@@ -60,6 +63,9 @@ pub(super) fn route<'a>(
     mode: Mode,
     stack_namespace: &str,
 ) -> Route<'a> {
+    if address.kind == ResourceType::Provisioner {
+        return beside_route(address, desired, state, mode);
+    }
     let wanted = if mode == Mode::Destroy {
         None
     } else {
@@ -80,6 +86,26 @@ pub(super) fn route<'a>(
             Some(Desired::NodeClass(_)) => Route::Unrecorded(ResourceType::NodeClass),
             _ => Route::Nothing,
         },
+    }
+}
+
+/// The Provisioner beside a `[nodepool]` intent's NodePool follows the
+/// intent: looked for while it is wanted, reverted once it is not.
+fn beside_route<'a>(
+    address: &Address,
+    desired: &'a BTreeMap<Address, Desired>,
+    state: &'a State,
+    mode: Mode,
+) -> Route<'a> {
+    let intent = match desired.get(&address.declared()) {
+        Some(Desired::NodePool(intent)) => Some(intent),
+        _ => None,
+    };
+    match (mode, intent, state.resources.get(address)) {
+        (Mode::Apply, Some(intent), recorded) => Route::Beside(intent, recorded),
+        (_, _, Some(st)) if st.patch.is_some() => Route::Revert(st),
+        (Mode::Destroy, Some(_), None) => Route::Unrecorded(ResourceType::Provisioner),
+        _ => Route::Nothing,
     }
 }
 

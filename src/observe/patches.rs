@@ -34,9 +34,23 @@ pub(super) async fn observe_patch(
             observe_class(cluster, stack, address, api, intent).await?
         }
         Route::Revert(st) => observe_revert(cluster, stack, st, options.force).await?,
+        Route::Beside(intent, recorded) => {
+            return observe_beside(cluster, stack, address, served, intent, recorded, options)
+                .await;
+        }
         Route::Unrecorded(kind) => {
             let api = match kind {
-                ResourceType::NodePool => served.pool().map(api_of),
+                ResourceType::NodePool => {
+                    api_holding(cluster, &served.pools, &address.name, api_of)
+                        .await?
+                        .map(api_of)
+                }
+                ResourceType::Provisioner => {
+                    match stands_beside(cluster, served, &address.name).await? {
+                        (true, true) => Some(api_of(PoolApi::V1alpha5)),
+                        _ => None,
+                    }
+                }
                 _ => served.class().map(class_of),
             };
             let Some((api_version, kind_name)) = api else {
@@ -316,7 +330,7 @@ pub(super) async fn observe_pool(
             ..Default::default()
         });
     };
-    let mut out = observe_karpenter(
+    observe_karpenter(
         cluster,
         stack,
         address,
@@ -330,34 +344,74 @@ pub(super) async fn observe_pool(
             karpenter::floor::pool(api, intent, original)
         },
     )
-    .await?;
-    out.warnings
-        .extend(provisioner_beside(cluster, api, &address.name).await?);
-    Ok(out)
+    .await
 }
 
 /// Karpenter v0.32 launches from a Provisioner and a NodePool alike, and a
-/// half-migrated cluster has both under one name. rayform patches the
-/// NodePool only, so nodes launched from the Provisioner keep its own
-/// empty-node TTL; the plan says so rather than let the user believe both
-/// are covered.
-pub(super) async fn provisioner_beside(
+/// cluster half-way through the migration has both under one name: the
+/// intent holds for both, so the Provisioner is patched too. Once it no
+/// longer stands beside the NodePool, what the state recorded of it is let
+/// go: forgotten when nodepool.NAME patches the Provisioner itself (its
+/// NodePool is gone), reverted or found gone otherwise.
+pub(super) async fn observe_beside(
     cluster: &Cluster,
-    api: PoolApi,
-    name: &str,
-) -> Result<Option<String>, ClusterError> {
-    let provisioner = PoolApi::V1alpha5;
-    let Some(kind) = cluster.kind(provisioner.api_version(), provisioner.kind()) else {
+    stack: &Stack,
+    address: &Address,
+    served: &Served,
+    intent: &crate::stack::NodePoolIntent,
+    recorded: Option<&ResourceState>,
+    options: &ObserveOptions,
+) -> Result<Option<ObservedPatch>, ClusterError> {
+    let (provisioner, nodepool) = stands_beside(cluster, served, &address.name).await?;
+    if provisioner && nodepool {
+        let api = Some(PoolApi::V1alpha5);
+        return Ok(Some(
+            observe_pool(cluster, stack, address, api, intent).await?,
+        ));
+    }
+    let Some(st) = recorded else {
         return Ok(None);
     };
-    if api == provisioner || cluster.get(&kind, None, name).await?.is_none() {
-        return Ok(None);
+    if provisioner {
+        return Ok(Some(ObservedPatch {
+            api_version: st.api_version.clone(),
+            kind: st.kind.clone(),
+            name: st.name.clone(),
+            problem: Some(format!(
+                "the NodePool `{}` is gone, so {} patches the Provisioner itself",
+                address.name,
+                address.declared()
+            )),
+            gone: true,
+            ..Default::default()
+        }));
     }
-    Ok(Some(format!(
-        "a Provisioner `{name}` (karpenter.sh/v1alpha5) exists beside the NodePool and is not patched: \
-         Karpenter v0.32 launches from both, and nodes launched from the Provisioner keep its own ttlSecondsAfterEmpty; \
-         finish the migration (delete the Provisioner), or set its TTL by hand"
-    )))
+    Ok(Some(
+        observe_revert(cluster, stack, st, options.force).await?,
+    ))
+}
+
+/// Whether a Provisioner `name` exists where a NodePool API is served too
+/// (v0.32), and if so, whether a NodePool `name` stands beside it.
+async fn stands_beside(
+    cluster: &Cluster,
+    served: &Served,
+    name: &str,
+) -> Result<(bool, bool), ClusterError> {
+    let exists = async |api: PoolApi| -> Result<bool, ClusterError> {
+        let Some(kind) = cluster.kind(api.api_version(), api.kind()) else {
+            return Ok(false);
+        };
+        Ok(cluster.get(&kind, None, name).await?.is_some())
+    };
+    let both = served.pools.contains(&PoolApi::V1alpha5) && served.pools.len() > 1;
+    if !both || !exists(PoolApi::V1alpha5).await? {
+        return Ok((false, false));
+    }
+    match served.pools.iter().find(|a| a.kind() == "NodePool") {
+        Some(&api) => Ok((true, exists(api).await?)),
+        None => Ok((true, false)),
+    }
 }
 
 pub(super) async fn observe_class(

@@ -239,7 +239,7 @@ impl Session {
         let targets = addresses("--target", &request.targets)?;
         if let Some(unknown) = targets
             .iter()
-            .find(|a| s.get(a).is_none() && !state.resources.contains_key(a))
+            .find(|a| s.get(&a.declared()).is_none() && !state.resources.contains_key(a))
         {
             return Err(OpsError::UnknownTarget {
                 address: unknown.clone(),

@@ -28,7 +28,7 @@ use crate::desired::{self, Desired, DesiredObject, LABEL_STACK};
 use crate::graph::Graph;
 use crate::karpenter;
 use crate::observe::{Observed, ObservedObject, ObservedPatch, Unlabelled, World};
-use crate::stack::{Address, Stack};
+use crate::stack::{Address, ResourceType, Stack};
 use crate::state::{ResourceState, State};
 use crate::target::ClusterId;
 use diff::Sides;
@@ -155,9 +155,12 @@ pub fn build(
             .filter(|a| stack.get(a).is_none())
             .cloned(),
     );
+    let mut order = next_to_their_pools(order, world);
     if !options.targets.is_empty() {
+        // A target covers the Provisioner beside it, as Terraform's covers
+        // every instance of a resource.
         let keep = scope::targeted(graph, &options.targets, options.destroy);
-        order.retain(|a| keep.contains(a));
+        order.retain(|a| keep.contains(a) || keep.contains(&a.declared()));
     }
     let mut plan = Plan {
         format_version: FORMAT_VERSION.into(),
@@ -217,6 +220,27 @@ pub fn build(
     plan
 }
 
+/// Each Provisioner found beside a NodePool right after the NodePool's
+/// intent; one only the state still has, where the state's entries go.
+fn next_to_their_pools(order: Vec<Address>, world: &World) -> Vec<Address> {
+    let (recorded, rest): (Vec<Address>, Vec<Address>) = order
+        .into_iter()
+        .partition(|a| a.kind == ResourceType::Provisioner);
+    let mut out = Vec::with_capacity(rest.len() + recorded.len());
+    for address in rest {
+        let beside = address.beside().filter(|b| world.resources.contains_key(b));
+        out.push(address);
+        out.extend(beside);
+    }
+    let placed: BTreeSet<Address> = out
+        .iter()
+        .filter(|a| a.kind == ResourceType::Provisioner)
+        .cloned()
+        .collect();
+    out.extend(recorded.into_iter().filter(|a| !placed.contains(a)));
+    out
+}
+
 /// The change for one resource, by what was observed of it.
 fn plan_one(
     address: &Address,
@@ -244,8 +268,16 @@ fn plan_one(
             _ => None,
         },
         Observed::Patch(o) => {
+            // The Provisioner beside a NodePool is wanted with the intent,
+            // while it stands there.
+            let wanted = match address.kind {
+                ResourceType::Provisioner => {
+                    !options.destroy && desired.contains_key(&address.declared()) && !o.gone
+                }
+                _ => wanted.is_some(),
+            };
             let drift_off = world.karpenter.drift_off_by_default();
-            plan_patch(address, o, wanted.is_some(), state, drift_off, warnings)
+            plan_patch(address, o, wanted, state, drift_off, warnings)
         }
         Observed::Object(o) => {
             let mut c = plan_object(address, o, wanted, desired.get(address), state, options)?;
@@ -267,7 +299,15 @@ fn order_changes(plan: &mut Plan, graph: &Graph, destroy: bool) {
         } else {
             graph.dependencies(&c.address)
         };
-        c.depends_on = deps.into_iter().filter(|d| present.contains(d)).collect();
+        // What waits for a NodePool's patch waits for its Provisioner's too.
+        c.depends_on = deps
+            .into_iter()
+            .flat_map(|d| {
+                let beside = d.beside();
+                [Some(d), beside].into_iter().flatten()
+            })
+            .filter(|d| present.contains(d))
+            .collect();
     }
     if !destroy {
         return;

@@ -73,12 +73,27 @@ pub(super) fn plan_patch(
             .and_then(|after| diff::unified(live, after, None, Sides::LivePlanned)),
         resource_version: resource_version(live),
     };
+    if address.kind == ResourceType::Provisioner {
+        c.reasons.insert(0, beside_reason(address, wanted));
+    }
     c.op = if wanted {
         Op::Patch(edit)
     } else {
         Op::Revert(edit)
     };
     Some(c)
+}
+
+/// Why a Provisioner the stack does not declare is written to.
+fn beside_reason(address: &Address, wanted: bool) -> String {
+    let pool = address.declared();
+    match wanted {
+        true => format!(
+            "beside the NodePool `{}`: Karpenter v0.32 launches from both, so {pool} holds for both",
+            address.name
+        ),
+        false => format!("patched beside the NodePool `{}` for {pool}", address.name),
+    }
 }
 
 /// Nothing to write: for a revert, nothing of ours is left on the object, so

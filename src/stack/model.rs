@@ -43,7 +43,8 @@ impl fmt::Display for Location {
     }
 }
 
-/// The kinds of resource a stack can declare, named as in the stack file.
+/// The kinds of resource in a graph, state and plan: those a stack declares,
+/// named as in the stack file, and one that follows from a `[nodepool]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceType {
@@ -57,6 +58,10 @@ pub enum ResourceType {
     GpuPool,
     /// The NodeClass of a `[gpu_nodes]` table, created and owned by the stack.
     GpuClass,
+    /// The Karpenter v0.32 Provisioner beside the NodePool of a `[nodepool]`
+    /// table, of the same name: Karpenter launches from both, so the intent
+    /// is patched into both. Never declared; see [`Address::declared`].
+    Provisioner,
 }
 
 /// The table that declares a [`ResourceType::GpuPool`] and a
@@ -64,7 +69,7 @@ pub enum ResourceType {
 pub const GPU_NODES_TABLE: &str = "gpu_nodes";
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 8] = [
+    pub const ALL: [ResourceType; 9] = [
         ResourceType::NodePool,
         ResourceType::NodeClass,
         ResourceType::Secret,
@@ -73,6 +78,7 @@ impl ResourceType {
         ResourceType::Wait,
         ResourceType::GpuPool,
         ResourceType::GpuClass,
+        ResourceType::Provisioner,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,15 +91,18 @@ impl ResourceType {
             ResourceType::Wait => "wait",
             ResourceType::GpuPool => "gpupool",
             ResourceType::GpuClass => "gpuclass",
+            ResourceType::Provisioner => "provisioner",
         }
     }
 
     /// The table a stack declares it in (`[gpu_nodes.NAME]` for both owned
-    /// Karpenter objects; the type's own name for the others).
-    pub fn table(self) -> &'static str {
+    /// Karpenter objects; the type's own name for the others), or none for
+    /// what follows from another table.
+    pub fn table(self) -> Option<&'static str> {
         match self {
-            ResourceType::GpuPool | ResourceType::GpuClass => GPU_NODES_TABLE,
-            other => other.as_str(),
+            ResourceType::GpuPool | ResourceType::GpuClass => Some(GPU_NODES_TABLE),
+            ResourceType::Provisioner => None,
+            other => Some(other.as_str()),
         }
     }
 
@@ -103,7 +112,10 @@ impl ResourceType {
 
     /// Karpenter objects belong to the cluster's installer; rayform only patches fields of them.
     pub fn is_patch(self) -> bool {
-        matches!(self, ResourceType::NodePool | ResourceType::NodeClass)
+        matches!(
+            self,
+            ResourceType::NodePool | ResourceType::NodeClass | ResourceType::Provisioner
+        )
     }
 
     /// Karpenter objects, patched or owned: they come before the workload
@@ -132,6 +144,22 @@ impl Address {
         let (kind, name) = s.split_once('.')?;
         let kind = ResourceType::parse(kind)?;
         (!name.is_empty()).then(|| Address::new(kind, name))
+    }
+
+    /// The address the stack declares this one under: itself, but for the
+    /// Provisioner beside a NodePool, which follows its `[nodepool]` table.
+    pub fn declared(&self) -> Address {
+        match self.kind {
+            ResourceType::Provisioner => Address::new(ResourceType::NodePool, &self.name),
+            _ => self.clone(),
+        }
+    }
+
+    /// For a `[nodepool]` intent: the Provisioner that may stand beside its
+    /// NodePool on Karpenter v0.32.
+    pub fn beside(&self) -> Option<Address> {
+        (self.kind == ResourceType::NodePool)
+            .then(|| Address::new(ResourceType::Provisioner, &self.name))
     }
 }
 

@@ -273,9 +273,12 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
         path: String::new(),
     };
     let mut allowed = vec!["stack"];
-    for t in ResourceType::ALL {
-        if !allowed.contains(&t.table()) {
-            allowed.push(t.table());
+    for table in ResourceType::ALL
+        .into_iter()
+        .filter_map(ResourceType::table)
+    {
+        if !allowed.contains(&table) {
+            allowed.push(table);
         }
     }
     root.only(src, &allowed)?;
@@ -311,7 +314,7 @@ pub(crate) fn parse(src: &Source<'_>, state_override: &StateOverride) -> Result<
         let type_name = type_key.get_ref().as_ref();
         let Some(kind) = ResourceType::ALL
             .into_iter()
-            .find(|t| t.table() == type_name)
+            .find(|t| t.table() == Some(type_name))
         else {
             continue;
         };
@@ -364,7 +367,7 @@ impl Declared<'_, '_> {
         namespace: &str,
     ) -> Result<Vec<Resource>, StackError> {
         let (kind, name_key, body) = (self.kind, self.name_key, self.body);
-        let type_name = kind.table();
+        let type_name = kind.table().unwrap_or(kind.as_str());
         let name = name_key.get_ref().to_string();
         let path = format!("{type_name}.{name}");
         if !matches!(body.get_ref(), DeValue::Table(_)) {

@@ -49,6 +49,8 @@ pub(super) fn resources(
             object(src, dir, kind, &name, namespace, t)?
         }
         ResourceType::Wait => wait(src, t)?,
+        // Has no table (`ResourceType::table`), so is never declared.
+        ResourceType::Provisioner => return Ok(Vec::new()),
     };
     Ok(vec![Resource {
         address: Address::new(kind, name),

@@ -2,7 +2,7 @@
 //! patched in the API they exist in, a stored v1beta1 is read as stored, and
 //! a disruption annotation a release ignores is named.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::karpenter::{intents, merge_pool};
 use crate::support::{Env, Profile};
@@ -29,12 +29,9 @@ async fn on_karpenter_v0_32_objects_are_patched_in_the_api_they_exist_in() {
     assert_eq!(env.karpenter_specs().await, before);
 }
 
-/// A cluster half-way through the v0.32 migration has a Provisioner and a
-/// NodePool of one name, and Karpenter launches from both: rayform patches
-/// the NodePool, and the plan names the Provisioner it leaves alone.
-#[tokio::test]
-async fn on_karpenter_v0_32_a_provisioner_beside_the_patched_nodepool_is_named() {
-    let env = Env::new(Profile::V032, "v032-both").await;
+/// A NodePool of the test's Provisioner's name, as a cluster half-way
+/// through the v0.32 migration has: Karpenter launches from both.
+async fn nodepool_beside(env: &Env) {
     let fixture = env
         .get("karpenter.sh/v1beta1", "NodePool", None, "default")
         .await
@@ -50,30 +47,73 @@ async fn on_karpenter_v0_32_a_provisioner_beside_the_patched_nodepool_is_named()
         json!({ "spec": spec }),
     )
     .await;
+}
+
+async fn nodepool_spec(env: &Env) -> Value {
+    env.get("karpenter.sh/v1beta1", "NodePool", None, &env.pool)
+        .await
+        .expect("the test's NodePool")["spec"]
+        .clone()
+}
+
+/// A Provisioner and a NodePool of one name: the intent is patched into
+/// both, each recorded under its own address, and destroy gives both back.
+#[tokio::test]
+async fn on_karpenter_v0_32_the_provisioner_beside_the_nodepool_is_patched_too() {
+    let env = Env::new(Profile::V032, "v032-both").await;
+    nodepool_beside(&env).await;
+    let before = (nodepool_spec(&env).await, env.pool_spec().await);
     let stack = intents(&env, Some("600s"), None);
     let plan = env.rayform(&["plan", &stack]).ok();
+    let pool = &env.pool;
     plan.stdout_has(&format!(
-        "will be patched (karpenter.sh/v1beta1 NodePool {})",
-        env.pool
+        "nodepool.{pool} will be patched (karpenter.sh/v1beta1 NodePool {pool})"
     ));
     plan.stdout_has(&format!(
-        "a Provisioner `{}` (karpenter.sh/v1alpha5) exists beside the NodePool and is not patched",
-        env.pool
+        "provisioner.{pool} will be patched (karpenter.sh/v1alpha5 Provisioner {pool})"
     ));
-    let nodepool_spec = async || {
-        env.get("karpenter.sh/v1beta1", "NodePool", None, &env.pool)
-            .await
-            .expect("the test's NodePool")["spec"]
-            .clone()
-    };
-    let before = nodepool_spec().await;
+    plan.stdout_has("Karpenter v0.32 launches from both");
+    plan.stdout_has("2 to patch");
+
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     assert_eq!(
-        nodepool_spec().await["disruption"]["consolidateAfter"],
+        nodepool_spec(&env).await["disruption"]["consolidateAfter"],
         json!("600s")
     );
+    assert_eq!(env.pool_spec().await["ttlSecondsAfterEmpty"], json!(600));
+    let list = env.rayform(&["state", "list", &stack]).ok();
+    assert_eq!(
+        list.stdout,
+        format!("nodepool.{pool}\nprovisioner.{pool}\n")
+    );
+    env.rayform(&["plan", &stack]).ok().stdout_has("No changes");
+
     env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
-    assert_eq!(nodepool_spec().await, before);
+    assert_eq!((nodepool_spec(&env).await, env.pool_spec().await), before);
+}
+
+/// The migration finished (the Provisioner deleted) after an apply: the
+/// next plan drops it from the state, and destroy still restores the NodePool.
+#[tokio::test]
+async fn on_karpenter_v0_32_a_provisioner_deleted_after_the_apply_is_dropped_from_the_state() {
+    let env = Env::new(Profile::V032, "v032-done").await;
+    nodepool_beside(&env).await;
+    let before = nodepool_spec(&env).await;
+    let stack = intents(&env, Some("600s"), None);
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let (api, kind) = Profile::V032.pool();
+    env.delete(api, kind, None, &env.pool).await;
+    let plan = env.rayform(&["plan", &stack]).ok();
+    plan.stdout_has(&format!(
+        "provisioner.{}: Provisioner `{}` does not exist",
+        env.pool, env.pool
+    ));
+    plan.stdout_has("nothing to revert, so it is dropped from the state");
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let list = env.rayform(&["state", "list", &stack]).ok();
+    assert_eq!(list.stdout, format!("nodepool.{}\n", env.pool));
+    env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
+    assert_eq!(nodepool_spec(&env).await, before);
 }
 
 /// Karpenter v0.33.6-v0.37 serve karpenter.sh/v1 beside the v1beta1 they

@@ -399,6 +399,14 @@ impl Env {
             .map(|o| serde_json::to_value(o).expect("json"))
     }
 
+    /// Deletes an object as someone other than rayform would.
+    pub async fn delete(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) {
+        self.api(api_version, kind, ns)
+            .delete(name, &Default::default())
+            .await
+            .expect("delete");
+    }
+
     /// Server-side apply as some other field manager (an installer, a human, a controller).
     pub async fn apply_as(
         &self,

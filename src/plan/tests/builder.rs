@@ -284,7 +284,8 @@ impl Scenario {
     /// requests): the floor, the patch or its withdrawal, and the server's
     /// answer to the patch.
     pub fn observe_intent(&mut self, at: &str, live: Value) {
-        let intent = self.desired[&address(at)].clone();
+        // The Provisioner beside a NodePool is observed for the NodePool's intent.
+        let intent = self.desired[&address(at).declared()].clone();
         let wanted = |live: &Value, original: &Value| match &intent {
             Desired::NodePool(i) => {
                 let api = PoolApi::ALL

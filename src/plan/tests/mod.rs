@@ -8,11 +8,13 @@
 //! By theme: `objects` (what rayform creates and owns), `ownership` (what is
 //! not, or no longer, this state's), `karpenter` (patches, reverts, floors),
 //! `scope` (--target, --refresh-only, destroy, ordering, saved plans),
-//! `render` (snapshots of the text and JSON a user and a machine read).
+//! `provisioner` (Karpenter v0.32's Provisioner beside a NodePool), `render`
+//! (snapshots of the text and JSON a user and a machine read).
 
 mod builder;
 mod karpenter;
 mod objects;
 mod ownership;
+mod provisioner;
 mod render;
 mod scope;
