@@ -18,7 +18,7 @@ use crate::stack::{Address, GPU_NODES_TABLE};
 
 /// Completes every class made from another; returns why a class could not
 /// be, by address (those objects are then refused by the plan).
-pub(super) async fn complete_classes(
+pub async fn complete_classes(
     cluster: &Cluster,
     desired: &mut BTreeMap<Address, Desired>,
 ) -> Result<BTreeMap<Address, String>, ClusterError> {

@@ -28,6 +28,7 @@ use crate::target::ClusterId;
 mod gpu_nodes;
 mod objects;
 mod patches;
+pub use gpu_nodes::complete_classes;
 use objects::{Group, Route, observe_objects, route};
 use patches::*;
 pub use patches::{api_holding, decide_patch, served, served_stored_first};
@@ -77,10 +78,11 @@ pub struct ObservedObject {
     pub unlabelled: Option<Unlabelled>,
     /// Labelled for this stack, but made by a state of another lineage.
     pub other_lineage: Option<String>,
-    /// For a RayService: the KubeRay version that built its serving RayCluster.
+    /// For a RayService: the KubeRay version that built that RayCluster.
     pub kuberay_version: Option<String>,
-    /// For a RayService: what KubeRay recorded on its serving RayCluster of
-    /// the spec it built it from.
+    /// For a RayService: what KubeRay recorded of the spec it built the
+    /// RayCluster it compares changes with (the serving one, or the one it
+    /// is preparing during an upgrade).
     pub built_from: Option<Box<BuiltFrom>>,
 }
 
@@ -96,6 +98,17 @@ pub struct BuiltFrom {
     pub hash: String,
     /// `ray.io/num-worker-groups`: how many groups the hash covers.
     pub worker_groups: Option<usize>,
+    /// Which RayCluster this is, the one KubeRay compares a new spec with.
+    pub cluster: Compared,
+}
+
+/// The RayCluster KubeRay compares a changed RayService with: the one it
+/// is preparing while an upgrade is in progress, else the serving one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compared {
+    Serving,
+    /// The pending cluster of an upgrade in progress (`pendingServiceStatus`).
+    Preparing,
 }
 
 /// An object the state records, found by name though it lost this stack's label.

@@ -172,10 +172,11 @@ pub(super) async fn observe_objects(
                 };
                 let (address, mut obs) = observe_member(&context, &group.0, member).await?;
                 if let (ResourceType::RayService, Some(namespace)) = (address.kind, &group.1)
-                    && let Some(raycluster) = serving_cluster(cluster, namespace, &obs).await
+                    && let Some((raycluster, compared)) =
+                        compared_cluster(cluster, namespace, &obs).await
                 {
                     obs.kuberay_version = annotation(&raycluster, "ray.io/kuberay-version");
-                    obs.built_from = built_from(&raycluster).map(Box::new);
+                    obs.built_from = built_from(&raycluster, compared).map(Box::new);
                 }
                 Ok::<_, ClusterError>((address, obs))
             }
@@ -557,17 +558,35 @@ async fn dry_run(
     Ok(())
 }
 
-/// The RayCluster the RayService's status names as serving: its annotations
-/// say which operator built it (whose rules apply) and from what spec.
-async fn serving_cluster(cluster: &Cluster, namespace: &str, o: &ObservedObject) -> Option<Value> {
-    let name = o
-        .live
-        .as_ref()?
-        .pointer("/status/activeServiceStatus/rayClusterName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())?;
+/// The RayCluster KubeRay compares a changed RayService with, as its
+/// status names them: the pending one while an upgrade is in progress,
+/// else the serving one (KubeRay v1.5's `shouldPrepareNewCluster`). Its
+/// annotations say which operator built it (whose rules apply) and from
+/// what spec.
+async fn compared_cluster(
+    cluster: &Cluster,
+    namespace: &str,
+    o: &ObservedObject,
+) -> Option<(Value, Compared)> {
+    let status = o.live.as_ref()?.get("status")?;
+    let named = |at: &str| {
+        status
+            .pointer(at)
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+    };
+    // A pending cluster named but not made yet is about to be made from the
+    // live spec: then none is compared, and the live spec stands for it.
+    let (name, compared) = match named("/pendingServiceStatus/rayClusterName") {
+        Some(name) => (name, Compared::Preparing),
+        None => (
+            named("/activeServiceStatus/rayClusterName")?,
+            Compared::Serving,
+        ),
+    };
     let kind = cluster.kind("ray.io/v1", "RayCluster")?;
-    cluster.get(&kind, Some(namespace), name).await.ok()?
+    let raycluster = cluster.get(&kind, Some(namespace), name).await.ok()??;
+    Some((raycluster, compared))
 }
 
 fn annotation(object: &Value, key: &str) -> Option<String> {
@@ -579,10 +598,11 @@ fn annotation(object: &Value, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn built_from(raycluster: &Value) -> Option<BuiltFrom> {
+fn built_from(raycluster: &Value, cluster: Compared) -> Option<BuiltFrom> {
     Some(BuiltFrom {
         hash: annotation(raycluster, HASH_ANNOTATION)?,
         worker_groups: annotation(raycluster, WORKER_GROUPS_ANNOTATION)
             .and_then(|n| n.parse().ok()),
+        cluster,
     })
 }

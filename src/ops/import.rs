@@ -26,7 +26,13 @@ pub async fn import(session: &mut Session, address: &str) -> Result<String, OpsE
             "{address} is already in the state; nothing to import"
         ));
     }
-    let desired = desired::render(s, &state.fingerprint_key, &state.lineage, Secrets::Skip)?;
+    let mut desired = desired::render(s, &state.fingerprint_key, &state.lineage, Secrets::Skip)?;
+    // A class made from another is recorded as apply would write it, so
+    // the next plan does not show the copied fields as a change.
+    let incomplete = crate::observe::complete_classes(&session.cluster, &mut desired).await?;
+    if let Some(why) = incomplete.get(&address) {
+        return fail(format!("{address}: {why}"));
+    }
     let want = match desired.get(&address) {
         Some(Desired::Object(o)) => o,
         Some(_) => {

@@ -9,9 +9,11 @@
 //! replicas, worker groups appended in place, `upgradeStrategy` deciding
 //! whether a changed cluster is replaced or left alone, and `serveConfigV2`
 //! compared as a string. The hash is KubeRay's own (see `kuberay_hash`),
-//! compared with the one on the serving RayCluster: the live RayService may
-//! hold a spec KubeRay never built (under `upgradeStrategy: None`), and a
-//! respelled quantity is a diff but no change to KubeRay. Without that
+//! compared with the one on the RayCluster KubeRay compares with (the one
+//! it is preparing while an upgrade is in progress, else the serving one):
+//! the live RayService may hold a spec KubeRay never built (under
+//! `upgradeStrategy: None`), and a respelled quantity is a diff but no
+//! change to KubeRay. Without that
 //! annotation, or for a spec the hash cannot be reproduced for, the live
 //! and planned specs are compared instead.
 
@@ -22,7 +24,7 @@ use super::kuberay_hash;
 pub use super::kuberay_hash::{
     ANNOTATION as HASH_ANNOTATION, WORKER_GROUPS as WORKER_GROUPS_ANNOTATION,
 };
-use crate::observe::BuiltFrom;
+use crate::observe::{BuiltFrom, Compared};
 
 /// The KubeRay minor version these rules were read from and tested against.
 pub const RULES: &str = "v1.5";
@@ -57,8 +59,12 @@ pub enum Rollout {
 pub struct Assessment {
     #[serde(flatten)]
     pub rollout: Rollout,
-    /// `ray.io/kuberay-version` of the serving RayCluster, when there is one.
+    /// `ray.io/kuberay-version` of the RayCluster compared with, when there is one.
     pub kuberay_version: Option<String>,
+    /// KubeRay is preparing a new RayCluster (an upgrade is in progress),
+    /// and compares the change with that one, not the serving one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upgrade_in_progress: bool,
 }
 
 impl Assessment {
@@ -69,7 +75,16 @@ impl Assessment {
             Some(v) => format!("KubeRay {v}, judged by the rules of {RULES}"),
             None => format!("KubeRay version unknown (no RayCluster yet), rules of {RULES}"),
         };
-        format!("{version}: {}", self.rollout.describe())
+        let what = self.rollout.describe();
+        match (self.upgrade_in_progress, &self.rollout) {
+            (false, _) => format!("{version}: {what}"),
+            (true, Rollout::NewCluster { .. }) => format!(
+                "{version}: upgrade in progress, so compared with the RayCluster KubeRay is preparing: {what}, in place of the one being prepared"
+            ),
+            (true, _) => format!(
+                "{version}: upgrade in progress, so compared with the RayCluster KubeRay is preparing: {what}"
+            ),
+        }
     }
 }
 
@@ -133,6 +148,9 @@ pub fn assess(
     planned: &Value,
     kuberay_version: Option<String>,
 ) -> Assessment {
+    let upgrade_in_progress = live
+        .and_then(|l| l.built_from)
+        .is_some_and(|b| b.cluster == Compared::Preparing);
     let rollout = match live {
         None => Rollout::FirstCluster {
             gpus: gpus(&planned["spec"]["rayClusterConfig"]),
@@ -149,6 +167,7 @@ pub fn assess(
     Assessment {
         rollout,
         kuberay_version,
+        upgrade_in_progress,
     }
 }
 
@@ -442,16 +461,63 @@ mod tests {
     }
 
     fn rollout_by(live: &Value, built: &Value, planned: &Value, version: &str) -> Rollout {
+        assessed(live, (built, Compared::Serving), planned, version).rollout
+    }
+
+    /// The change from `live` to `planned`, judged by KubeRay `version`
+    /// against the RayCluster (serving, or being prepared) built from `built`.
+    fn assessed(
+        live: &Value,
+        (built, cluster): (&Value, Compared),
+        planned: &Value,
+        version: &str,
+    ) -> Assessment {
         let config = &built["spec"]["rayClusterConfig"];
         let built_from = BuiltFrom {
             hash: kuberay_hash::cluster_hash(config).expect("hashable"),
             worker_groups: config["workerGroupSpecs"].as_array().map(Vec::len),
+            cluster,
         };
         let live = Live {
             spec: live,
             built_from: Some(&built_from),
         };
-        assess(Some(live), planned, Some(version.into())).rollout
+        assess(Some(live), planned, Some(version.into()))
+    }
+
+    #[test]
+    fn during_an_upgrade_a_change_is_compared_with_the_cluster_being_prepared() {
+        // Serving "one", preparing "two" (the live spec): going back to
+        // "one" is not "no change" to KubeRay, but a third cluster.
+        let serving = service("apps: a", "one", 4, None);
+        let preparing = service("apps: a", "two", 4, None);
+        let back = assessed(
+            &preparing,
+            (&preparing, Compared::Preparing),
+            &serving,
+            "v1.5.0",
+        );
+        assert_eq!(
+            back.describe(),
+            "KubeRay v1.5.0: upgrade in progress, so compared with the RayCluster KubeRay is preparing: new RayCluster (zero-downtime upgrade: 8 more GPUs until promotion), in place of the one being prepared"
+        );
+        assert_eq!(
+            assessed(&serving, (&serving, Compared::Serving), &serving, "v1.5.0").rollout,
+            Rollout::NoRollout,
+            "the same spec against the serving cluster"
+        );
+        let mut relabelled = preparing.clone();
+        relabelled["metadata"]["labels"] = json!({"team": "llm"});
+        let same = assessed(
+            &preparing,
+            (&preparing, Compared::Preparing),
+            &relabelled,
+            "v1.5.0",
+        );
+        assert_eq!(
+            same.describe(),
+            "KubeRay v1.5.0: upgrade in progress, so compared with the RayCluster KubeRay is preparing: no new RayCluster and no Serve update"
+        );
     }
 
     #[test]

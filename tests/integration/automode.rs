@@ -305,6 +305,19 @@ async fn the_auto_mode_stack_owns_its_gpu_pool_and_class_from_apply_to_destroy()
     // What the plan read from `default` is what it reads again: no change.
     env.rayform(&["plan", &stack, "--detailed-exitcode"])
         .code(0);
+    // Let go and imported again, the class is recorded as apply wrote it,
+    // copied fields and all: no change, and none said to be made outside.
+    let class_address = format!("gpuclass.{name}");
+    env.rayform(&["state", "rm", &stack, &class_address]).ok();
+    env.rayform(&["import", &stack, &class_address]).ok();
+    let plan = env
+        .rayform(&["plan", &stack, "--detailed-exitcode"])
+        .code(0);
+    assert!(
+        !plan.stdout.contains("changed outside rayform"),
+        "the copied fields were recorded as imported:\n{}",
+        plan.stdout
+    );
 
     let destroy = env.rayform(&["destroy", &stack, "--auto-approve"]).ok();
     destroy.stdout_has(&format!(

@@ -391,7 +391,13 @@ async fn empty_node(env: &Env, pod: &str) -> (String, Instant) {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
     let started = Instant::now();
     let node = loop {
-        let p = pods.get(pod).await.expect("pod");
+        let Some(p) = pods.get_opt(pod).await.expect("get pod") else {
+            // A bare pod Karpenter evicted, consolidating the node it was
+            // bound to before it ran, is gone: it is made again.
+            eprintln!("pod {pod} was evicted before it ran; creating it again");
+            create_pod(env, pod, &template).await;
+            continue;
+        };
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         if let (true, Some(node)) = (running, p.spec.and_then(|s| s.node_name)) {
             break node;

@@ -136,8 +136,9 @@ proptest! {
             let _ = fit::misfits(PoolApi::V1, &live, w);
         }
         // Through KubeRay's hash too: any spec is hashed or refused, never a panic.
-        let built = rayform::observe::BuiltFrom { hash: "H".into(), worker_groups: Some(1) };
-        for built_from in [None, Some(&built)] {
+        let built = |cluster| rayform::observe::BuiltFrom { hash: "H".into(), worker_groups: Some(1), cluster };
+        let (serving, preparing) = (built(rayform::observe::Compared::Serving), built(rayform::observe::Compared::Preparing));
+        for built_from in [None, Some(&serving), Some(&preparing)] {
             let live = rayform::plan::rollout::Live { spec: &live, built_from };
             let _ = rayform::plan::rollout::assess(Some(live), &after, None).describe();
         }

@@ -32,6 +32,8 @@ pub(crate) struct Echo<'a> {
     pub(crate) head_env: &'a [&'a str],
     /// The head's container port named `serve`, when it is not Serve's port.
     pub(crate) container_serve_port: Option<u16>,
+    /// The head asks for a node label no node has: its pod stays Pending.
+    pub(crate) head_unschedulable: bool,
 }
 
 impl Default for Echo<'_> {
@@ -49,6 +51,7 @@ impl Default for Echo<'_> {
             head_resources: None,
             head_env: &[],
             container_serve_port: None,
+            head_unschedulable: false,
         }
     }
 }
@@ -79,6 +82,10 @@ impl Echo<'_> {
                 )
             })
             .unwrap_or_default();
+        let node_selector = match self.head_unschedulable {
+            true => "\n          nodeSelector: {rayform.io/test-node: none-has-this}",
+            false => "",
+        };
         let head_env: String = self
             .head_env
             .iter()
@@ -109,7 +116,7 @@ spec:
     headGroupSpec:
       rayStartParams: {head_params}
       template:
-        spec:
+        spec:{node_selector}
           containers:
             - name: ray-head
               image: {image}{resources}
@@ -556,6 +563,72 @@ async fn what_kuberay_rebuilds_is_judged_by_its_own_hash_on_the_serving_cluster(
         serving,
         "KubeRay built a new cluster, as planned: {rs}"
     );
+}
+
+/// The RayCluster KubeRay names as being prepared, once it has made it.
+async fn preparing_cluster(env: &Env, other_than: &str) -> String {
+    for _ in 0..300 {
+        let rs = rayservice(env).await;
+        let name = rs
+            .pointer("/status/pendingServiceStatus/rayClusterName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !name.is_empty()
+            && name != other_than
+            && env
+                .get("ray.io/v1", "RayCluster", Some(&env.ns), name)
+                .await
+                .is_some()
+        {
+            return name.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "KubeRay prepared no new RayCluster in 30 s: {}",
+        rayservice(env).await
+    );
+}
+
+/// While KubeRay prepares a new RayCluster (an upgrade in progress), it
+/// compares a change with that one, not the serving one: a change the one
+/// being prepared already has builds nothing more, and going back to the
+/// serving spec builds a third cluster in its place.
+#[tokio::test]
+async fn during_an_upgrade_a_change_is_judged_against_the_cluster_being_prepared() {
+    let _turn = ray_turn().await;
+    let env = Env::new(Profile::Nodes, "ready-preparing").await;
+    let first = Echo::default();
+    let stack = first.stack(&env, "timeout = \"4m\"");
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let serving = active_cluster(&rayservice(&env).await);
+
+    let stuck = Echo {
+        marker: "two",
+        head_unschedulable: true,
+        ..Echo::default()
+    };
+    let stack = stuck.stack(&env, "");
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let preparing = preparing_cluster(&env, "").await;
+
+    let respelled = Echo {
+        head_resources: Some("{}"),
+        ..stuck
+    };
+    env.rayform(&["plan", &respelled.stack(&env, "")])
+        .ok()
+        .stdout_has("(KubeRay v1.5.0: upgrade in progress, so compared with the RayCluster KubeRay is preparing: no new RayCluster and no Serve update)");
+
+    let stack = first.stack(&env, "");
+    env.rayform(&["plan", &stack]).ok().stdout_has(
+        "(KubeRay v1.5.0: upgrade in progress, so compared with the RayCluster KubeRay is preparing: new RayCluster (zero-downtime upgrade: 0 more GPUs until promotion), in place of the one being prepared)",
+    );
+    env.rayform(&["apply", &stack, "--auto-approve", "--no-wait"])
+        .ok();
+    let replacing = preparing_cluster(&env, &preparing).await;
+    assert_ne!(replacing, serving, "a third RayCluster, as planned");
 }
 
 /// No operator runs on this profile: a RayService there never becomes ready.

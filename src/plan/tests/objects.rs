@@ -380,6 +380,7 @@ fn a_new_rayservice_is_predicted_to_get_its_first_raycluster() {
         Some(Assessment {
             rollout: Rollout::FirstCluster { gpus: 1 },
             kuberay_version: None,
+            upgrade_in_progress: false,
         })
     );
 }
@@ -402,6 +403,7 @@ fn a_rayservice_whose_serve_config_alone_changed_is_updated_in_place() {
         Some(Assessment {
             rollout: Rollout::InPlaceServe,
             kuberay_version: Some("v1.5.0".into()),
+            upgrade_in_progress: false,
         })
     );
 }
