@@ -27,6 +27,7 @@ mod ops;
 mod ownership;
 mod readiness;
 mod redaction;
+mod rollout;
 mod roundtrip;
 mod saved_plans;
 mod secrets;
