@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/sirupsen/logrus"
 )
 
 const podSupernet = "198.18.0.0/15"
@@ -30,6 +32,7 @@ type network struct {
 
 	mu   sync.Mutex
 	used map[int]bool // host parts handed out in 198.18.n.0/24
+	last int          // the host part handed out last
 }
 
 type podNet struct {
@@ -108,11 +111,17 @@ func (nw *network) podRecord(h string) string { return filepath.Join(nw.dir, "po
 func (nw *network) addPod(uid string, names podNames) (*podNet, error) {
 	h := hashUID(uid)
 	p := &podNet{netns: fmt.Sprintf("rf%d-%s", nw.n, h), veth: fmt.Sprintf("rfv%d-%s", nw.n, h)}
+	// Addresses go round, the one after the last first: an address given
+	// back is not handed out again at once, so what still points at the
+	// pod that had it (a connection, an endpoint) does not reach a new one.
 	nw.mu.Lock()
-	for k := 2; k < 255; k++ {
+	last := max(nw.last, 1) // none yet: 2 comes first
+	for i := 1; i <= 253; i++ {
+		k := 2 + (last-2+i)%253
 		if !nw.used[k] {
 			p.host = k
 			nw.used[k] = true
+			nw.last = k
 			break
 		}
 	}
@@ -178,9 +187,17 @@ func (nw *network) release(p *podNet) {
 }
 
 // removePod kills whatever still runs in the namespace, then deletes it.
+// Connections the host still holds to the pod's address are aborted: once
+// the address leads nowhere, their packets are dropped unanswered, and a
+// peer with no deadline of its own (the API server's pod proxy, which pools
+// connections, for KubeRay's Serve health checks) would wait minutes for
+// TCP to give up, holding every caller behind it.
 func (nw *network) removePod(p *podNet) {
 	nw.dns.forget(p.netns)
 	teardownPodNet(p.netns, p.veth)
+	if out, err := exec.Command("ss", "-K", "dst", p.ip).CombinedOutput(); err != nil {
+		logrus.Warnf("aborting host connections to %s: %v: %s", p.ip, err, out)
+	}
 	os.Remove(nw.podRecord(strings.TrimPrefix(p.netns, fmt.Sprintf("rf%d-", nw.n))))
 	nw.release(p)
 }
