@@ -46,9 +46,9 @@ pub(super) async fn observe_patch(
                         .map(api_of)
                 }
                 ResourceType::Provisioner => {
-                    match stands_beside(cluster, served, &address.name).await? {
-                        (true, true) => Some(api_of(PoolApi::V1alpha5)),
-                        _ => None,
+                    match provisioner_standing(cluster, served, &address.name).await? {
+                        Standing::BesideNodePool => Some(api_of(PoolApi::V1alpha5)),
+                        Standing::Alone | Standing::Absent => None,
                     }
                 }
                 _ => served.class().map(class_of),
@@ -362,8 +362,8 @@ pub(super) async fn observe_beside(
     recorded: Option<&ResourceState>,
     options: &ObserveOptions,
 ) -> Result<Option<ObservedPatch>, ClusterError> {
-    let (provisioner, nodepool) = stands_beside(cluster, served, &address.name).await?;
-    if provisioner && nodepool {
+    let standing = provisioner_standing(cluster, served, &address.name).await?;
+    if standing == Standing::BesideNodePool {
         let api = Some(PoolApi::V1alpha5);
         return Ok(Some(
             observe_pool(cluster, stack, address, api, intent).await?,
@@ -372,7 +372,7 @@ pub(super) async fn observe_beside(
     let Some(st) = recorded else {
         return Ok(None);
     };
-    if provisioner {
+    if standing == Standing::Alone {
         return Ok(Some(ObservedPatch {
             api_version: st.api_version.clone(),
             kind: st.kind.clone(),
@@ -391,13 +391,21 @@ pub(super) async fn observe_beside(
     ))
 }
 
-/// Whether a Provisioner `name` exists where a NodePool API is served too
-/// (v0.32), and if so, whether a NodePool `name` stands beside it.
-async fn stands_beside(
+/// A Provisioner of a name, where a NodePool API is served too (v0.32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// None of that name, or no cluster serving both generations.
+    Absent,
+    /// No NodePool of its name: `nodepool.NAME` patches it itself.
+    Alone,
+    BesideNodePool,
+}
+
+async fn provisioner_standing(
     cluster: &Cluster,
     served: &Served,
     name: &str,
-) -> Result<(bool, bool), ClusterError> {
+) -> Result<Standing, ClusterError> {
     let exists = async |api: PoolApi| -> Result<bool, ClusterError> {
         let Some(kind) = cluster.kind(api.api_version(), api.kind()) else {
             return Ok(false);
@@ -406,12 +414,13 @@ async fn stands_beside(
     };
     let both = served.pools.contains(&PoolApi::V1alpha5) && served.pools.len() > 1;
     if !both || !exists(PoolApi::V1alpha5).await? {
-        return Ok((false, false));
+        return Ok(Standing::Absent);
     }
-    match served.pools.iter().find(|a| a.kind() == "NodePool") {
-        Some(&api) => Ok((true, exists(api).await?)),
-        None => Ok((true, false)),
-    }
+    let nodepool = served.pools.iter().find(|a| a.kind() == "NodePool");
+    Ok(match nodepool {
+        Some(&api) if exists(api).await? => Standing::BesideNodePool,
+        _ => Standing::Alone,
+    })
 }
 
 pub(super) async fn observe_class(
