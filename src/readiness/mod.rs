@@ -285,6 +285,7 @@ pub async fn wait(
         };
         look_below(&scope, &mut below, &mut seen, &mut say).await?;
         ask_kuberay(&scope, &phase, since, &mut asked, &seen, &mut say).await?;
+        let phase = asked.with_a_quiet_operator(phase);
         say.phase(&seen.at, &phase, below.pulls());
         if detail == Detail::Complete {
             let key = account::render(&spec.rayservice, &seen, &below, None);
@@ -327,11 +328,35 @@ struct Scope<'a> {
     on_stuck: OnStuck,
 }
 
-/// When the wait last asked KubeRay's own words, and whether it asked for the operator.
+/// When the wait last asked KubeRay's own words, whether it asked for the
+/// operator, and since when only the operator could have moved.
 #[derive(Default)]
 struct Asked {
     refusal_at: Option<Instant>,
     operator: bool,
+    operator_alone_since: Option<Instant>,
+}
+
+impl Asked {
+    /// The phase, with a word on the operator once only it could have
+    /// moved the RayService for `OPERATOR_QUIET` and has not: from here, an
+    /// operator that runs but is stuck, or backlogged behind other work,
+    /// looks like one at work, and the wait would otherwise sit out its
+    /// timeout saying only "still waiting".
+    fn with_a_quiet_operator(&mut self, phase: String) -> String {
+        if !only_the_operator_moves(&phase) {
+            self.operator_alone_since = None;
+            return phase;
+        }
+        let since = *self.operator_alone_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < OPERATOR_QUIET {
+            return phase;
+        }
+        format!(
+            "{phase} (the KubeRay operator runs, but has not acted on this RayService for over {}: it may be stuck, or busy with other work; its log says which)",
+            format_duration(OPERATOR_QUIET)
+        )
+    }
 }
 
 /// What lies below the phase: a line for each pod when it changes, and a
@@ -431,6 +456,10 @@ fn rayservice_kind(cluster: &Cluster) -> Result<crate::cluster::Kind, ReadinessE
 /// whether an operator runs at all (a healthy one acts within a second).
 const OPERATOR_GRACE: Duration = Duration::from_secs(5);
 
+/// How long only the operator may have been able to move the RayService
+/// before the wait says it has not: a healthy one acts within seconds.
+const OPERATOR_QUIET: Duration = Duration::from_secs(30);
+
 /// Phases that only the KubeRay operator can end.
 fn only_the_operator_moves(phase: &str) -> bool {
     phase.starts_with("KubeRay to name a RayCluster")
@@ -501,6 +530,21 @@ async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_only_the_operator_can_end_says_so_once_it_has_lasted() {
+        let mut asked = Asked::default();
+        let phase = "KubeRay to observe the current generation".to_string();
+        assert_eq!(asked.with_a_quiet_operator(phase.clone()), phase);
+        asked.operator_alone_since = Instant::now().checked_sub(OPERATOR_QUIET);
+        assert_eq!(
+            asked.with_a_quiet_operator(phase.clone()),
+            "KubeRay to observe the current generation (the KubeRay operator runs, but has not acted on this RayService for over 30s: it may be stuck, or busy with other work; its log says which)"
+        );
+        let ready = "the RayService to report Ready".to_string();
+        assert_eq!(asked.with_a_quiet_operator(ready.clone()), ready);
+        assert_eq!(asked.with_a_quiet_operator(phase.clone()), phase);
+    }
 
     #[test]
     fn looks_start_an_interval_apart_whatever_a_look_took() {

@@ -433,7 +433,7 @@ async fn a_change_that_starts_a_new_cluster_is_ready_only_once_traffic_moved_to_
 }
 
 /// No operator runs on this profile: a RayService there never becomes ready.
-fn unreconciled_stack(env: &Env, timeout: &str) -> String {
+pub(crate) fn unreconciled_stack(env: &Env, timeout: &str) -> String {
     let manifest = "apiVersion: ray.io/v1\nkind: RayService\nmetadata:\n  name: llm\nspec:\n  rayClusterConfig:\n    headGroupSpec:\n      rayStartParams: {}\n      template:\n        spec:\n          containers: [{name: ray-head, image: rayproject/ray:2.60.0}]\n";
     env.write("llm.yaml", manifest);
     let stack = format!(

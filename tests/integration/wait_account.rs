@@ -1,16 +1,16 @@
 //! What the wait tells on the way to serving, against the real KubeRay
 //! operator, Karpenter and Ray: the causes it stops on at once (an image the
 //! node cannot pull, a crash loop, a spec KubeRay refuses) and the one it
-//! waits through (a Serve start that fails once), and the account of a slow
-//! start, as lines and as `apply --json` events. The RayServices are
-//! `readiness`'s echo app.
+//! waits through (a Serve start that fails once), an operator that runs but
+//! does not act, and the account of a slow start, as lines and as
+//! `apply --json` events. The RayServices are `readiness`'s echo app.
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::readiness::{Echo, chat, head_ip};
-use crate::support::{Env, Profile, ray_turn};
+use crate::readiness::{Echo, chat, head_ip, unreconciled_stack};
+use crate::support::{Backend, Env, OwnCluster, Profile, ray_turn};
 
 /// The kubelet backs off pulling an image it cannot get; nothing will change
 /// that without a new spec, so the wait says so instead of sitting out its
@@ -234,4 +234,36 @@ async fn a_serve_app_that_fails_once_and_recovers_is_waited_through() {
     run.stderr_has("A replica failed to start with exception. Retrying");
     run.stderr_has("RuntimeError: echo_app: start 1 of the first 1 fails on purpose (fail_first)");
     assert_eq!(chat(&head_ip(&env).await, 8000)["model"], "echo-r");
+}
+
+/// A KubeRay operator that runs (its leader Lease is fresh) but never acts
+/// on the RayService, as one stuck behind a hung request does: once only it
+/// could have moved for 30 s, the wait says so, and the timeout repeats it,
+/// instead of "still waiting" alone. A control plane of its own: the Lease
+/// would make every other test on it see an operator.
+#[tokio::test]
+async fn an_operator_that_runs_but_does_not_act_is_said_to_be_quiet() {
+    let own = OwnCluster::up(Profile::V1);
+    let env = Env::on_cluster(
+        Backend::File,
+        Profile::V1,
+        own.kubeconfig.clone(),
+        "quietop",
+    )
+    .await;
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    env.apply_as(
+        "kuberay-operator",
+        "coordination.k8s.io/v1",
+        "Lease",
+        Some(&env.ns),
+        "ray-operator-leader",
+        json!({"spec": {"holderIdentity": "kuberay-operator-0", "leaseDurationSeconds": 60, "renewTime": now}}),
+    )
+    .await;
+    let stack = unreconciled_stack(&env, "40s");
+    let run = env.rayform(&["apply", &stack, "--auto-approve"]).code(1);
+    let quiet = "KubeRay to name a RayCluster (the KubeRay operator runs, but has not acted on this RayService for over 30s: it may be stuck, or busy with other work; its log says which)";
+    run.stderr_has(&format!("Waiting for {quiet}"));
+    run.stderr_has(&format!("held up by: {quiet}"));
 }
