@@ -205,6 +205,9 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
                         object: live.clone(),
                     });
                 }
+                if found.is_ok() && api != Some(PoolApi::V1alpha5) {
+                    checks.extend(provisioner_beside(cluster, &served, name, &mut pools).await);
+                }
                 found
             }
             ResourceSpec::NodeClass(_) => {
@@ -251,6 +254,36 @@ pub async fn karpenter_objects(cluster: &Cluster, stack: &Stack) -> Vec<Check> {
     }
     checks.extend(workers_fit(stack, &pools, &classes));
     checks
+}
+
+/// Karpenter v0.32's Provisioner of a NodePool's name, which launches
+/// nodes too and gets the intent as well: said, and a pool the workers'
+/// fit is judged against.
+async fn provisioner_beside(
+    cluster: &Cluster,
+    served: &crate::karpenter::Served,
+    name: &str,
+    pools: &mut Vec<PoolObject>,
+) -> Option<Check> {
+    let api = PoolApi::V1alpha5;
+    if !served.pools.contains(&api) {
+        return None;
+    }
+    let live = find(cluster, Some((api.api_version(), api.kind())), name)
+        .await
+        .ok()?;
+    pools.push(PoolObject {
+        name: name.to_string(),
+        api,
+        object: live,
+    });
+    Some(Check::ok(
+        format!("provisioner.{name}"),
+        format!(
+            "{} Provisioner `{name}` exists beside the NodePool: Karpenter v0.32 launches from both, and the intent is patched into both",
+            api.api_version()
+        ),
+    ))
 }
 
 async fn find(cluster: &Cluster, api: Option<(&str, &str)>, name: &str) -> Result<Value, String> {

@@ -74,6 +74,9 @@ async fn on_karpenter_v0_32_the_provisioner_beside_the_nodepool_is_patched_too()
     ));
     plan.stdout_has("Karpenter v0.32 launches from both");
     plan.stdout_has("2 to patch");
+    env.rayform(&["doctor", &stack]).stdout_has(&format!(
+        "✔ provisioner.{pool}: karpenter.sh/v1alpha5 Provisioner `{pool}` exists beside the NodePool"
+    ));
 
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     assert_eq!(
