@@ -16,7 +16,7 @@ use super::rollout::{self, Rollout};
 use crate::desired::Desired;
 use crate::karpenter::fit::{self, PoolObject};
 use crate::karpenter::{PoolApi, Served};
-use crate::observe::{Observed, World};
+use crate::observe::{Observed, ObservedPatch, World};
 use crate::stack::{Address, ResourceType};
 
 pub fn warnings(
@@ -30,14 +30,12 @@ pub fn warnings(
     for (address, wanted) in desired {
         match (wanted, world.resources.get(address)) {
             (Desired::NodePool(_), Some(Observed::Patch(p))) => {
-                if let (Some(api), Some(live)) =
-                    (PoolApi::from_api_version(&p.api_version), &p.live)
+                pools.extend(pool_object(&address.name, p));
+                // Karpenter v0.32 launches from the Provisioner beside it too.
+                if let Some(Observed::Patch(beside)) =
+                    address.beside().and_then(|b| world.resources.get(&b))
                 {
-                    pools.push(PoolObject {
-                        name: address.name.clone(),
-                        api,
-                        object: live.clone(),
-                    });
+                    pools.extend(pool_object(&address.name, beside));
                 }
             }
             (Desired::NodeClass(_), _) => classes.push(address.name.clone()),
@@ -79,6 +77,15 @@ pub fn warnings(
         }
     }
     out
+}
+
+/// The pool a Karpenter object observed for a `[nodepool]` intent is.
+fn pool_object(name: &str, observed: &ObservedPatch) -> Option<PoolObject> {
+    Some(PoolObject {
+        name: name.to_string(),
+        api: PoolApi::from_api_version(&observed.api_version)?,
+        object: observed.live.clone()?,
+    })
 }
 
 /// The GPUs the RayService's pods hold at once while this plan's change rolls out.

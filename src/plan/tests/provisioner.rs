@@ -1,7 +1,8 @@
 //! Karpenter v0.32 half-way through the Provisioner → NodePool migration:
 //! a Provisioner and a NodePool of one name, both launching nodes. The
 //! `[nodepool]` intent is patched into both, ordered, saved, reverted and
-//! targeted as one; a Provisioner no longer beside its NodePool is let go.
+//! targeted as one, and both launch the GPU workers; a Provisioner no
+//! longer beside its NodePool is let go.
 
 use serde_json::{Value, json};
 
@@ -193,4 +194,27 @@ fn a_target_on_the_nodepool_covers_the_provisioner_beside_it() {
         actions(&s.plan()),
         [(PROVISIONER.to_string(), Action::Patch)]
     );
+}
+
+#[test]
+fn gpu_workers_the_provisioner_beside_a_nodepool_can_launch_are_not_warned_about() {
+    let cpu_only = with(
+        &nodepool_v1beta1("30s"),
+        "/spec/template/spec/requirements",
+        json!([{"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m"]}]),
+    );
+    let plan_with = |beside: Option<Value>| {
+        let mut s = on_v0_32(&format!("{NODEPOOL}{SECRET}{RAYSERVICE}"));
+        s.observe_intent(POOL, cpu_only.clone());
+        if let Some(provisioner) = beside {
+            s.observe_intent(PROVISIONER, provisioner);
+        }
+        s.applied("secret.hf-token");
+        s.absent("rayservice.llm");
+        s.plan().warnings.join("\n")
+    };
+    let cannot = "no pool of the stack can launch worker group `gpu`";
+    assert!(plan_with(None).contains(cannot), "the NodePool alone");
+    let both = plan_with(Some(provisioner(30)));
+    assert!(!both.contains(cannot), "{both}");
 }
