@@ -10,6 +10,13 @@ use serde_json::{Value, json};
 use crate::readiness::{Echo, active_cluster, rayservice};
 use crate::support::{Env, Profile, ray_turn};
 
+/// Applies `echo` and waits until it serves; returns its serving RayCluster.
+async fn serving_after_apply(env: &Env, echo: &Echo<'_>) -> String {
+    let stack = echo.stack(env, "timeout = \"4m\"");
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    active_cluster(&rayservice(env).await)
+}
+
 /// Applies `echo` without waiting, gives KubeRay time for several
 /// reconciles, and returns the serving RayCluster as KubeRay then has it.
 async fn applied_and_left_to_kuberay(env: &Env, echo: &Echo<'_>, said: &str) -> Value {
@@ -55,13 +62,7 @@ async fn changes_kuberay_leaves_alone_are_planned_as_not_applied() {
         workers_max: Some(1),
         ..Echo::default()
     };
-    env.rayform(&[
-        "apply",
-        &first.stack(&env, "timeout = \"4m\""),
-        "--auto-approve",
-    ])
-    .ok();
-    let serving = active_cluster(&rayservice(&env).await);
+    let serving = serving_after_apply(&env, &first).await;
 
     let more_workers = Echo {
         workers_max: Some(3),
@@ -100,13 +101,7 @@ async fn what_kuberay_rebuilds_is_judged_by_its_own_hash_on_the_serving_cluster(
         head_resources: Some("{limits: {memory: 8Gi}}"),
         ..Echo::default()
     };
-    env.rayform(&[
-        "apply",
-        &first.stack(&env, "timeout = \"4m\""),
-        "--auto-approve",
-    ])
-    .ok();
-    let serving = active_cluster(&rayservice(&env).await);
+    let serving = serving_after_apply(&env, &first).await;
 
     // A respelling KubeRay reads as the same quantity: no new cluster.
     let respelled = Echo {
@@ -177,9 +172,7 @@ async fn during_an_upgrade_a_change_is_judged_against_the_cluster_being_prepared
     let _turn = ray_turn().await;
     let env = Env::new(Profile::Nodes, "ready-preparing").await;
     let first = Echo::default();
-    let stack = first.stack(&env, "timeout = \"4m\"");
-    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
-    let serving = active_cluster(&rayservice(&env).await);
+    let serving = serving_after_apply(&env, &first).await;
 
     let stuck = Echo {
         marker: "two",
