@@ -257,12 +257,19 @@ async fn kuberay_events(cluster: &Cluster, namespace: &str, rayservice: &str) ->
     found
 }
 
-/// Karpenter's NodeClaims, where the cluster runs Karpenter v1.
+/// What Karpenter launches nodes for: NodeClaims, through the newest
+/// version served (v1 from v0.33.6, v1beta1 on v0.32 to v0.33.5), and on
+/// v0.32 and older also the Machines its Provisioners launch.
 async fn nodeclaims(cluster: &Cluster) -> Vec<Value> {
-    let Some(kind) = cluster.kind("karpenter.sh/v1", "NodeClaim") else {
-        return Vec::new();
-    };
-    cluster.list(&kind, None, "").await.unwrap_or_default()
+    let claims = ["karpenter.sh/v1", "karpenter.sh/v1beta1"]
+        .into_iter()
+        .find_map(|v| cluster.kind(v, "NodeClaim"));
+    let machines = cluster.kind("karpenter.sh/v1alpha5", "Machine");
+    let mut found = Vec::new();
+    for kind in claims.iter().chain(&machines) {
+        found.extend(cluster.list(kind, None, "").await.unwrap_or_default());
+    }
+    found
 }
 
 /// KubeRay's refusal of the RayService's spec, if it said so since `since`.

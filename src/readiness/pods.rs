@@ -69,6 +69,8 @@ pub enum Stage {
 /// A NodeClaim Karpenter nominated a pod to, and how far its node got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeClaim {
+    /// `nodeclaim`, or `machine` for a Provisioner's (Karpenter v0.32 and older).
+    pub kind: &'static str,
     pub name: String,
     /// `g5.xlarge, on-demand` once Karpenter chose; empty before.
     pub instance: String,
@@ -126,7 +128,7 @@ pub fn account(pod: &Pod, events: &[&Event], nodeclaims: &[Value]) -> PodAccount
 }
 
 fn unscheduled(pod: &Pod, events: &[&Event], nodeclaims: &[Value]) -> Stage {
-    if let Some(claim) = nominated(events).and_then(|n| nodeclaim(&n, nodeclaims)) {
+    if let Some(claim) = nominated(events).and_then(|n| nodeclaim(n, nodeclaims)) {
         return Stage::NodeLaunching(claim);
     }
     let why = pod
@@ -161,19 +163,24 @@ fn unscheduled(pod: &Pod, events: &[&Event], nodeclaims: &[Value]) -> Stage {
     }
 }
 
-/// The NodeClaim named by Karpenter's latest `Nominated` event.
-fn nominated(events: &[&Event]) -> Option<String> {
+/// The NodeClaim (or, up to Karpenter v0.32, the Machine) named by
+/// Karpenter's latest `Nominated` event: its kind and name.
+fn nominated(events: &[&Event]) -> Option<(&'static str, String)> {
     let message = latest(events, "Nominated", Some("karpenter"))?;
     message
         .split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|w| w.strip_prefix("nodeclaim/"))
-        .map(str::to_string)
+        .find_map(|w| {
+            ["nodeclaim", "machine"].into_iter().find_map(|kind| {
+                let name = w.strip_prefix(kind)?.strip_prefix('/')?;
+                Some((kind, name.to_string()))
+            })
+        })
 }
 
-fn nodeclaim(name: &str, nodeclaims: &[Value]) -> Option<NodeClaim> {
+fn nodeclaim((kind, name): (&'static str, String), nodeclaims: &[Value]) -> Option<NodeClaim> {
     let claim = nodeclaims
         .iter()
-        .find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(name))?;
+        .find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(&name))?;
     let label = |key: &str| {
         claim
             .pointer("/metadata/labels")
@@ -189,19 +196,24 @@ fn nodeclaim(name: &str, nodeclaims: &[Value]) -> Option<NodeClaim> {
     .flatten()
     .collect::<Vec<_>>()
     .join(", ");
+    // A Machine's conditions are the same, named MachineLaunched and so on.
     let holds = |t: &str| {
         claim
             .pointer("/status/conditions")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .any(|c| c["type"] == t && c["status"] == "True")
+            .any(|c| {
+                let named = c["type"].as_str().map(|n| n.trim_start_matches("Machine"));
+                named == Some(t) && c["status"] == "True"
+            })
     };
     let progress = ["Initialized", "Registered", "Launched"]
         .into_iter()
         .find(|t| holds(t));
     Some(NodeClaim {
-        name: name.to_string(),
+        kind,
+        name,
         instance,
         progress,
     })
@@ -389,8 +401,8 @@ impl fmt::Display for Stage {
             Stage::NodeLaunching(c) => {
                 write!(
                     f,
-                    "Karpenter is launching a node for it (nodeclaim/{}",
-                    c.name
+                    "Karpenter is launching a node for it ({}/{}",
+                    c.kind, c.name
                 )?;
                 if !c.instance.is_empty() {
                     write!(f, ", {}", c.instance)?;
@@ -558,6 +570,28 @@ mod tests {
              (nodeclaim/gpu-x7k2p, g5.xlarge, on-demand; registered)"
         );
         assert_eq!(a.stuck(), None);
+    }
+
+    /// Karpenter v0.32 and older launch a Provisioner's nodes through
+    /// Machines, whose conditions carry the same steps under other names.
+    #[test]
+    fn a_pod_nominated_to_a_provisioners_machine_shows_it_too() {
+        let e = event(
+            "Nominated",
+            "karpenter",
+            "Pod should schedule on: machine/default-4kq2m",
+            "03",
+        );
+        let machine = json!({"metadata": {"name": "default-4kq2m", "labels": {
+                "node.kubernetes.io/instance-type": "g5.2xlarge"}},
+            "status": {"conditions": [{"type": "MachineLaunched", "status": "True"},
+                {"type": "MachineRegistered", "status": "False"}]}});
+        let a = account(&unscheduled_worker(), &[&e], &[machine]);
+        assert_eq!(
+            a.to_string(),
+            "pod w (worker group gpu): Karpenter is launching a node for it \
+             (machine/default-4kq2m, g5.2xlarge; launched)"
+        );
     }
 
     #[test]
