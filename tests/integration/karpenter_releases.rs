@@ -77,6 +77,9 @@ async fn on_karpenter_v0_32_the_provisioner_beside_the_nodepool_is_patched_too()
     env.rayform(&["doctor", &stack]).stdout_has(&format!(
         "✔ provisioner.{pool}: karpenter.sh/v1alpha5 Provisioner `{pool}` exists beside the NodePool"
     ));
+    env.rayform(&["import", &stack, &format!("provisioner.{pool}")])
+        .code(1)
+        .stderr_has("Karpenter objects are patched, not owned");
 
     env.rayform(&["apply", &stack, "--auto-approve"]).ok();
     assert_eq!(
