@@ -79,7 +79,8 @@ pub fn warnings(
     out
 }
 
-/// The pool a Karpenter object observed for a `[nodepool]` intent is.
+/// A Karpenter object observed for a `[nodepool]` intent, as a pool the
+/// workers' fit and GPU limits are judged against.
 fn pool_object(name: &str, observed: &ObservedPatch) -> Option<PoolObject> {
     Some(PoolObject {
         name: name.to_string(),
