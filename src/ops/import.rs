@@ -33,18 +33,16 @@ pub async fn import(session: &mut Session, address: &str) -> Result<String, OpsE
     if let Some(why) = incomplete.get(&address) {
         return fail(format!("{address}: {why}"));
     }
-    // A Karpenter object is patched (the Provisioner beside a NodePool
-    // too, though the stack does not name it): nothing to import.
-    let want = match desired.get(&address) {
+    // The Provisioner beside a NodePool is the NodePool's intent's: patched,
+    // like the NodePool, so nothing to import.
+    let want = match desired.get(&address.declared()) {
         Some(Desired::Object(o)) => o,
-        None if !address.kind.is_patch() => {
-            return fail(format!("{address} is not in {}", s.file.display()));
-        }
-        _ => {
+        Some(_) => {
             return fail(format!(
                 "{address}: only objects rayform creates (secret, rayservice, manifest, gpupool, gpuclass) can be imported; Karpenter objects are patched, not owned"
             ));
         }
+        None => return fail(format!("{address} is not in {}", s.file.display())),
     };
     // The keys a Secret declares; their values are not needed to import it.
     let secret_keys: Vec<String> = s
