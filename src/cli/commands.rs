@@ -76,11 +76,7 @@ pub(super) async fn apply(
     stop: &Stop,
 ) -> Result<u8, Error> {
     let json = args.json;
-    let outcome = apply_run(args, g, out, stop).await;
-    if json {
-        events::ended(out, &outcome);
-    }
-    outcome
+    ended_with_json(json, out, apply_run(args, g, out, stop).await)
 }
 
 async fn apply_run(args: ApplyArgs, g: &Global, out: &Out, stop: &Stop) -> Result<u8, Error> {
@@ -159,7 +155,11 @@ pub(super) async fn destroy(
     stop: &Stop,
 ) -> Result<u8, Error> {
     let json = args.json;
-    let outcome = destroy_run(args, g, out, stop).await;
+    ended_with_json(json, out, destroy_run(args, g, out, stop).await)
+}
+
+/// An apply's or destroy's outcome, with its closing event under `--json`.
+fn ended_with_json(json: bool, out: &Out, outcome: Result<u8, Error>) -> Result<u8, Error> {
     if json {
         events::ended(out, &outcome);
     }

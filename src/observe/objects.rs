@@ -506,35 +506,18 @@ async fn dry_run(
     key: &str,
     obs: &mut ObservedObject,
 ) -> Result<(), ClusterError> {
-    let attempt = cluster
-        .apply(
-            kind,
-            namespace,
-            &want.name,
-            want.body(),
-            Ssa {
-                manager,
-                force: false,
-                dry_run: true,
-            },
-        )
-        .await;
-    let result = match attempt {
+    let ssa = |force| {
+        let how = Ssa {
+            manager,
+            force,
+            dry_run: true,
+        };
+        cluster.apply(kind, namespace, &want.name, want.body(), how)
+    };
+    let result = match ssa(false).await {
         Err(ClusterError::Conflict { causes, .. }) => {
             obs.conflicts = causes;
-            cluster
-                .apply(
-                    kind,
-                    namespace,
-                    &want.name,
-                    want.body(),
-                    Ssa {
-                        manager,
-                        force: true,
-                        dry_run: true,
-                    },
-                )
-                .await
+            ssa(true).await
         }
         other => other,
     };

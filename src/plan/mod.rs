@@ -221,23 +221,19 @@ pub fn build(
 }
 
 /// Each Provisioner found beside a NodePool right after the NodePool's
-/// intent; one only the state still has, where the state's entries go.
+/// intent. One the state records comes later in `order` (the state's
+/// entries go last, a NodePool's before its Provisioner's), so it is
+/// skipped where it was placed already.
 fn next_to_their_pools(order: Vec<Address>, world: &World) -> Vec<Address> {
-    let (recorded, rest): (Vec<Address>, Vec<Address>) = order
-        .into_iter()
-        .partition(|a| a.kind == ResourceType::Provisioner);
-    let mut out = Vec::with_capacity(rest.len() + recorded.len());
-    for address in rest {
+    let mut out: Vec<Address> = Vec::with_capacity(order.len());
+    for address in order {
+        if address.kind == ResourceType::Provisioner && out.contains(&address) {
+            continue;
+        }
         let beside = address.beside().filter(|b| world.resources.contains_key(b));
         out.push(address);
         out.extend(beside);
     }
-    let placed: BTreeSet<Address> = out
-        .iter()
-        .filter(|a| a.kind == ResourceType::Provisioner)
-        .cloned()
-        .collect();
-    out.extend(recorded.into_iter().filter(|a| !placed.contains(a)));
     out
 }
 
