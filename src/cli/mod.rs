@@ -523,11 +523,12 @@ async fn execute(
         ));
     } else {
         out.line(&format!(
-            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched{}{}.",
+            "\nApply complete! Resources: {} added, {} changed, {} destroyed, {} patched{}{}{}.",
             s.add,
             s.change,
             s.destroy,
             s.patch,
+            counted(s.revert, "reverted"),
             counted(s.release, "released"),
             counted(s.forget, "forgotten")
         ));

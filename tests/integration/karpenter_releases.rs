@@ -122,6 +122,25 @@ async fn on_karpenter_v0_32_a_provisioner_deleted_after_the_apply_is_dropped_fro
     assert_eq!(nodepool_spec(&env).await, before);
 }
 
+/// The intent taken out of the stack: the next apply reverts it from both
+/// objects, and says it did.
+#[tokio::test]
+async fn on_karpenter_v0_32_an_intent_removed_from_the_stack_is_reverted_from_both() {
+    let env = Env::new(Profile::V032, "v032-removed").await;
+    nodepool_beside(&env).await;
+    let before = (nodepool_spec(&env).await, env.pool_spec().await);
+    let stack = intents(&env, Some("600s"), None);
+    env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    let stack = intents(&env, None, None);
+    let apply = env.rayform(&["apply", &stack, "--auto-approve"]).ok();
+    apply.stdout_has(
+        "Apply complete! Resources: 0 added, 0 changed, 0 destroyed, 0 patched, 2 reverted.",
+    );
+    assert_eq!((nodepool_spec(&env).await, env.pool_spec().await), before);
+    let list = env.rayform(&["state", "list", &stack]).ok();
+    assert_eq!(list.stdout, "");
+}
+
 /// Karpenter v0.33.6-v0.37 serve karpenter.sh/v1 beside the v1beta1 they
 /// store, and convert with loss: the pool and class are read and patched
 /// through the stored v1beta1, destroy gives back exactly what was there,
