@@ -745,6 +745,8 @@ pub struct Running {
     child: std::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The threads reading stderr and stdout, done at end of file.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -759,13 +761,13 @@ impl Running {
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (err, out) = (child.stderr.take().unwrap(), child.stdout.take().unwrap());
         let l = lines.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 l.lock().unwrap().push(line);
             }
         });
         let o = stdout.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             let mut text = String::new();
             let _ = std::io::BufReader::new(out).read_to_string(&mut text);
             o.lock().unwrap().push_str(&text);
@@ -774,6 +776,7 @@ impl Running {
             child,
             lines,
             stdout,
+            readers: vec![err_reader, out_reader],
         }
     }
 
@@ -822,9 +825,14 @@ impl Running {
         let _ = self.child.wait();
     }
 
+    /// Waits for the exit, and for what it wrote up to its last line: a
+    /// fixed pause could end before a loaded machine has read the error
+    /// printed at exit (seen in a clean-clone CI run).
     pub fn finish(mut self) -> Run {
         let status = self.child.wait().expect("wait");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
         Run {
             code: status.code().unwrap_or(-1),
             stdout: self.stdout.lock().unwrap().clone(),
